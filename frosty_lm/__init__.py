@@ -1,0 +1,1 @@
+"""Frosty: a character-level GPT and the experiment framework around it."""

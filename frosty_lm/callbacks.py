@@ -1,0 +1,55 @@
+"""Lightning callbacks: training throughput, and a text sample at every validation."""
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+from frosty_lm.sampling import sample_text
+
+
+class Throughput(L.Callback):
+    """Logs train/chars_per_sec: characters (batch x context) trained per second, over the last steps."""
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not hasattr(self, "_t0"):
+            self._t0, self._chars = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._chars += batch[0].numel()
+        if trainer.global_step % self.every_n_steps == 0:
+            now = time.perf_counter()
+            pl_module.log("train/chars_per_sec", self._chars / (now - self._t0), prog_bar=True)
+            self._t0, self._chars = now, 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._t0, self._chars = time.perf_counter(), 0  # validation time is not training time
+
+
+class SampleText(L.Callback):
+    """After each validation, samples from a fixed prompt and seed and logs the text to TensorBoard
+    (as a code block, so its line breaks survive Markdown), so samples compare across steps and runs."""
+
+    def __init__(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> None:
+        self.prompt, self.max_new_tokens, self.seed = prompt, max_new_tokens, seed
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+            return
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not hasattr(experiment, "add_text"):
+            return  # only TensorBoard shows text
+        text = self.sample(pl_module)
+        experiment.add_text("sample", f"```\n{text}\n```", global_step=trainer.global_step)
+
+    def sample(self, pl_module) -> str:
+        vocab = pl_module.hparams.vocab
+        prompt = "".join(ch for ch in self.prompt if ch in vocab) or vocab[0]
+        return sample_text(pl_module.model, vocab, prompt, self.max_new_tokens, self.temperature,
+                           self.top_k, self.top_p, self.seed)

@@ -1,0 +1,24 @@
+"""What train.py and generate.py share: turning a FrostyError into one line on stderr and exit status 1."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+from frosty_lm.errors import FrostyError
+
+
+def exit_on_user_error(func):
+    """Run func; a FrostyError prints `error: ...` and exits 1 (FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FrostyError as err:
+            if os.environ.get("FROSTY_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    return wrapper

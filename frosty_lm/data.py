@@ -1,0 +1,112 @@
+"""The corpus as a LightningDataModule: vocabulary, contiguous train/val split, batches of windows."""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from frosty_lm import corpus
+from frosty_lm.errors import FrostyError
+from frosty_lm.tokenizer import CharTokenizer
+
+
+class RandomWindows(IterableDataset):
+    """Batches of random windows of block_size + 1 characters, endlessly.
+
+    Batch i depends only on (seed, rank, i), and iteration starts at start_batch(): a run resumed at
+    step s continues exactly the stream an uninterrupted run would have seen, with no sampler state
+    to save. One "epoch" is as many batches as it takes to draw about as many characters as the split holds.
+    """
+
+    def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, seed: int,
+                 rank: int = 0, start_batch: Callable[[], int] = lambda: 0) -> None:
+        self.data, self.block_size, self.batch_size = data, block_size, batch_size
+        self.seed, self.rank, self.start_batch = seed, rank, start_batch
+        self.offsets = torch.arange(block_size + 1)
+
+    def __len__(self) -> int:
+        return max(1, len(self.data) // (self.batch_size * self.block_size))
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(hash((self.seed, self.rank, i)) & 0x7FFF_FFFF_FFFF_FFFF)
+        starts = torch.randint(len(self.data) - self.block_size, (self.batch_size,), generator=g)
+        windows = self.data[starts[:, None] + self.offsets].long()  # (B, T + 1)
+        return windows[:, :-1], windows[:, 1:]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        first = self.start_batch()
+        for i in range(first, first + len(self)):
+            yield self.batch(i)
+
+
+def fixed_windows(data: torch.Tensor, block_size: int) -> TensorDataset:
+    """Non-overlapping windows that predict every character of data after the first exactly once.
+
+    Window j has inputs data[jT : jT+T] and targets data[jT+1 : jT+T+1]. The remainder is covered by a
+    last window over the final T + 1 characters whose already-counted targets are masked with -1.
+    """
+    T, n_targets = block_size, len(data) - 1
+    full = n_targets // T
+    x = data[: full * T].view(full, T).long()
+    y = data[1 : full * T + 1].view(full, T).long()
+    rest = n_targets - full * T
+    if rest:
+        tail = data[-(T + 1) :].long()
+        tail_y = tail[1:].clone()
+        tail_y[: T - rest] = -1
+        x, y = torch.cat((x, tail[None, :-1])), torch.cat((y, tail_y[None]))
+    return TensorDataset(x, y)
+
+
+class CharDataModule(L.LightningDataModule):
+    def __init__(self, name: str, data_dir: str, block_size: int, batch_size: int = 32,
+                 val_fraction: float = 0.1, seed: int = 0, path: str | None = None, url: str | None = None,
+                 sha256: str | None = None, decode_errors: str = "strict") -> None:
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise FrostyError(f"data.val_fraction={val_fraction} must be between 0 and 1, e.g. data.val_fraction=0.1")
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise FrostyError(f"data.batch_size={batch_size!r} must be a positive integer, e.g. data.batch_size=32")
+        if decode_errors not in ("strict", "replace"):
+            raise FrostyError(f"dataset.decode_errors={decode_errors!r} must be strict or replace")
+        self.name, self.data_dir, self.path, self.url, self.sha256 = name, data_dir, path, url, sha256
+        self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
+        self.seed, self.decode_errors = seed, decode_errors
+        self.tokenizer: CharTokenizer | None = None
+
+    def _file(self):
+        return corpus.resolve(self.name, self.data_dir, self.path, self.url, self.sha256)
+
+    def prepare_data(self) -> None:
+        self._file()  # downloads and verifies on first use
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        file = self._file()
+        text = corpus.read_text(file, self.decode_errors)
+        self.tokenizer = CharTokenizer.from_text(text)
+        data = self.tokenizer.encode_tensor(text)
+        n_val = int(len(data) * self.val_fraction)
+        self.train_data, self.val_data = data[: len(data) - n_val], data[len(data) - n_val :]
+        for split, part in (("train", self.train_data), ("val", self.val_data)):
+            if len(part) < self.block_size + 1:
+                raise FrostyError(
+                    f"the {split} split of {file} has {len(part)} characters, fewer than "
+                    f"model.block_size + 1 = {self.block_size + 1}: lower model.block_size"
+                    + (" or raise data.val_fraction" if split == "val" else " or use a longer corpus")
+                )
+        self.val_set = fixed_windows(self.val_data, self.block_size)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer else 0
+        accumulate = trainer.accumulate_grad_batches if trainer else 1
+        start = (lambda: trainer.global_step * accumulate) if trainer else (lambda: 0)
+        windows = RandomWindows(self.train_data, self.block_size, self.batch_size, self.seed, rank, start)
+        return DataLoader(windows, batch_size=None)  # the dataset yields whole batches
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)

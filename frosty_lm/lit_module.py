@@ -1,0 +1,88 @@
+"""The GPT as a LightningModule: loss, exact validation, AdamW with an optional schedule, logging."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+
+from frosty_lm.model import GPT, GPTConfig
+from frosty_lm.schedule import lr_lambda
+
+LN2 = math.log(2)
+
+
+class FrostyLM(L.LightningModule):
+    """Hyperparameters are plain containers (str, numbers, dicts), so checkpoints load with weights_only=True.
+
+    vocab: the characters, in id order. model: GPTConfig fields but vocab_size. optim: lr, weight_decay,
+    betas. scheduler: name (constant | cosine), warmup_steps, decay_steps, min_lr_ratio. run_config: the
+    whole run's config, logged to TensorBoard's HPARAMS tab and kept in the checkpoint for the record.
+    """
+
+    def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, run_config: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # hparams go to the logger with their metrics, below
+        self.model = GPT(GPTConfig(vocab_size=len(vocab), **model))
+        self.register_buffer("best_val_loss", torch.tensor(float("inf")))  # saved in checkpoints, so resume keeps it
+        self._hparams_logged = False
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)[0]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        _, loss, _ = self.model(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.trainer.max_steps > 0 and self.trainer.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True  # Lightning then validates once more, so the last step is evaluated
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, target count
+
+    def validation_step(self, batch, batch_idx) -> None:
+        x, y = batch
+        logits, _, _ = self.model(x)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="sum")
+        self._val_totals += torch.stack((loss_sum.double(), (y != -1).sum().double()))
+
+    def on_validation_epoch_end(self) -> None:
+        totals = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")  # exact across processes
+        val_loss = (totals[0] / totals[1]).float()
+        self.log_dict({"val/loss": val_loss, "val/bpc": val_loss / LN2}, prog_bar=True)
+        if self.trainer.sanity_checking:
+            return
+        self.best_val_loss = torch.minimum(self.best_val_loss, val_loss.to(self.best_val_loss))
+        best = {"best/val_loss": self.best_val_loss.item(), "best/val_bpc": self.best_val_loss.item() / LN2}
+        if not self._hparams_logged and self.logger is not None:
+            self.logger.log_hyperparams(flatten(self.hparams.run_config or {}), best)  # registers the metrics
+            self._hparams_logged = True
+        self.log_dict(best)
+
+    def configure_optimizers(self):
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]  # matrices and embeddings
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]  # biases and LayerNorms
+        o = self.hparams.optim
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o["lr"], betas=tuple(o["betas"]), foreach=True,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(**self.hparams.scheduler))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{'model': {'n_layer': 4}} -> {'model.n_layer': 4}; lists become strings (TensorBoard takes scalars)."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    return flat

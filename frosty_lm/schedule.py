@@ -1,0 +1,29 @@
+"""Learning-rate schedules as multipliers of the base lr, for torch's LambdaLR."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from frosty_lm.errors import FrostyError
+
+
+def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | None = None,
+              min_lr_ratio: float = 0.1) -> Callable[[int], float]:
+    """constant: linear warm-up, then the base lr. cosine: warm-up, then cosine decay to
+    min_lr_ratio * lr at decay_steps, constant after that."""
+    if name not in ("constant", "cosine"):
+        raise FrostyError(f"scheduler.name={name!r} is not known: use constant or cosine")
+    if warmup_steps < 0:
+        raise FrostyError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    if name == "cosine" and (not decay_steps or decay_steps <= warmup_steps):
+        raise FrostyError(f"scheduler.decay_steps={decay_steps} must be larger than scheduler.warmup_steps={warmup_steps}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / (decay_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

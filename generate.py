@@ -1,0 +1,16 @@
+"""Sample from a trained checkpoint: `python generate.py prompt="Whose woods these are"` (see conf/generate.yaml)."""
+import hydra
+from omegaconf import DictConfig
+
+from frosty_lm.cli import exit_on_user_error
+from frosty_lm.generation import run_generation
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    run_generation(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Train a character GPT: `python train.py model=small dataset=frost` (see conf/train.yaml)."""
+import hydra
+from omegaconf import DictConfig
+
+from frosty_lm.cli import exit_on_user_error
+from frosty_lm.training import run_training
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float:
+    return run_training(cfg)
+
+
+if __name__ == "__main__":
+    main()
