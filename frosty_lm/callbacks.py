@@ -4,9 +4,28 @@ from __future__ import annotations
 import time
 
 import lightning as L
-import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 from frosty_lm.sampling import sample_text
+
+
+class StepProgressBar(RichProgressBar):
+    """Rich progress bar over the whole run (global step out of max_steps) rather than per epoch:
+    Frosty's runs are measured in steps, and an epoch is only a nominal pass over the corpus."""
+
+    @property
+    def total_train_batches(self):
+        return self.trainer.max_steps if self.trainer.max_steps > 0 else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "Training"
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.train_progress_bar_id is None:  # one bar for the run, not reset every epoch
+            super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
 
 
 class Throughput(L.Callback):

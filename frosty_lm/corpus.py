@@ -17,10 +17,6 @@ class CorpusError(FrostyError):
     """A corpus cannot be found, fetched or read; the message says what to do."""
 
 
-def default_data_dir() -> str:
-    return os.environ.get("FROSTY_DATA_DIR") or "data"
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -106,7 +106,8 @@ class CharDataModule(L.LightningDataModule):
         accumulate = trainer.accumulate_grad_batches if trainer else 1
         start = (lambda: trainer.global_step * accumulate) if trainer else (lambda: 0)
         windows = RandomWindows(self.train_data, self.block_size, self.batch_size, self.seed, rank, start)
-        return DataLoader(windows, batch_size=None)  # the dataset yields whole batches
+        # the dataset yields whole batches; a private generator keeps the loader off the global RNG (dropout's)
+        return DataLoader(windows, batch_size=None, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, generator=torch.Generator())

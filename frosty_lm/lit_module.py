@@ -64,6 +64,13 @@ class FrostyLM(L.LightningModule):
             self._hparams_logged = True
         self.log_dict(best)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["torch_rng_state"] = torch.get_rng_state()  # dropout's random stream, for exact resume
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+
     def configure_optimizers(self):
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]  # matrices and embeddings
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]  # biases and LayerNorms

@@ -1,0 +1,57 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+TINY = ["model=tiny", "trainer.max_steps=30", "trainer.val_check_interval=15", "data.batch_size=8"]
+
+
+def poem(lines: int = 200) -> str:
+    """A small corpus of verse-like text, made up here (tests never need a real corpus)."""
+    words = ["snow", "woods", "road", "dark", "deep", "miles", "sleep", "keep", "horse", "lake", "stop", "ice"]
+    return "".join(
+        " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 4)).capitalize() + (",\n" if i % 4 else ".\n\n")
+        for i in range(lines)
+    )
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(poem(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def frost_dir() -> Path:
+    """The directory holding frost.txt: FROSTY_DATA_DIR (CI sets it), else ../shared/data beside the repo."""
+    for candidate in (os.environ.get("FROSTY_DATA_DIR"), ROOT.parent / "shared" / "data"):
+        if candidate and (Path(candidate) / "frost.txt").is_file():
+            return Path(candidate)
+    pytest.skip("frost.txt not found: set FROSTY_DATA_DIR to the directory that holds it")
+
+
+def run(script: str, *args: str, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run train.py or generate.py as a user would, from cwd."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FROSTY_DEBUG": "0", **(env or {})}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One tiny training run on a made-up corpus, shared by the tests that need a checkpoint."""
+    work = tmp_path_factory.mktemp("trained")
+    corpus = work / "corpus.txt"
+    corpus.write_text(poem(), encoding="utf-8")
+    run_dir = work / "run"
+    run("train.py", *TINY, "dataset=text", f"dataset.path={corpus}", f"hydra.run.dir={run_dir}", cwd=work)
+    return run_dir

@@ -1,0 +1,64 @@
+"""Every option of every config group composes, resolves and builds what it describes."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF
+from frosty_lm.model import GPTConfig
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
+OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/frosty-compose", *overrides])
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def test_every_group_has_options():
+    assert {"model", "dataset", "dropout", "trainer", "logger", "callbacks", "scheduler"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes(group, option, tmp_path):
+    extra = [f"dataset.path={tmp_path / 'x.txt'}"] if (group, option) == ("dataset", "text") else []
+    cfg = compose_train(f"{group}={option}", *extra)
+    GPTConfig(vocab_size=10, **cfg.model)  # a valid model config
+    if group in ("logger", "callbacks"):
+        assert all(instantiate(node) is not None for node in cfg[group].values())
+    if group == "trainer":
+        assert cfg.trainer._target_ == "lightning.pytorch.Trainer" and cfg.trainer.max_steps > 0
+    if group == "dataset" and option != "text":
+        assert cfg.data.url.startswith("https://") and len(cfg.data.sha256) == 64
+
+
+def test_large_is_the_seed_model():
+    m = compose_train("model=large").model
+    assert (m.n_embd, m.n_head, m.n_layer, m.block_size, m.dropout) == (384, 6, 6, 256, 0.2)
+
+
+def test_dropout_group_sets_model_dropout_and_a_key_still_overrides_it():
+    assert compose_train("dropout=none").model.dropout == 0.0
+    assert compose_train("dropout=seed").model.dropout == 0.2
+    assert compose_train("dropout=heavy").model.dropout == 0.4
+    assert compose_train("dropout=heavy", "model.dropout=0.15").model.dropout == 0.15
+    assert compose_train("model.dropout=0.15").model.dropout == 0.15
+
+
+def test_seed_lr_is_the_default_and_data_dir_follows_the_environment(monkeypatch):
+    monkeypatch.setenv("FROSTY_DATA_DIR", "/corpora")
+    cfg = compose_train()
+    assert cfg.optim.lr == 3e-4
+    assert cfg.data.data_dir == "/corpora"
+    monkeypatch.delenv("FROSTY_DATA_DIR")
+    assert compose_train().data.data_dir == "data"
+
+
+def test_data_and_model_share_block_size_and_seed():
+    cfg = compose_train("model.block_size=48", "seed=7")
+    assert cfg.data.block_size == 48 and cfg.data.seed == 7

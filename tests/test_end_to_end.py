@@ -1,0 +1,144 @@
+"""train.py and generate.py as a user runs them, in subprocesses."""
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY, run
+
+
+def ckpt_weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def frost_run(frost_dir, tmp_path_factory) -> tuple[Path, str]:
+    """The command contract: a tiny run on frost leaves checkpoints and a TensorBoard event file."""
+    work = tmp_path_factory.mktemp("frost")
+    run_dir = work / "D"
+    result = run("train.py", "model=tiny", "dataset=frost", "trainer.max_steps=30", f"hydra.run.dir={run_dir}",
+                 cwd=work, env={"FROSTY_DATA_DIR": str(frost_dir)})
+    return run_dir, result.stdout + result.stderr
+
+
+def test_frost_run_leaves_checkpoints_events_and_a_summary(frost_run):
+    run_dir, output = frost_run
+    assert sorted(p.name for p in run_dir.rglob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert list(run_dir.rglob("events.out.tfevents.*"))
+    best = (run_dir / "checkpoints" / "best.ckpt").resolve()
+    assert f"best checkpoint: {best}" in output
+    assert "bits/char" in output and "sample:" in output
+    assert f"python generate.py ckpt_path={best} prompt='Whose woods these are'" in output
+
+
+def test_checkpoint_is_plain_data_with_the_vocabulary(frost_run, frost_dir):
+    ckpt = torch.load(frost_run[0] / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    vocab = ckpt["hyper_parameters"]["vocab"]
+    assert isinstance(vocab, str) and vocab == "".join(sorted(set((frost_dir / "frost.txt").read_text("utf-8"))))
+    assert ckpt["hyper_parameters"]["model"]["n_layer"] == 2
+    assert ckpt["global_step"] == 30
+
+
+def test_generate_prints_only_samples_starting_with_the_prompt(frost_run, tmp_path):
+    ckpt = frost_run[0] / "checkpoints" / "best.ckpt"
+    args = [f"ckpt_path={ckpt}", "prompt=Whose woods", "max_new_tokens=100"]
+    first = run("generate.py", *args, "seed=1", cwd=tmp_path)
+    again = run("generate.py", *args, "seed=1", cwd=tmp_path)
+    other = run("generate.py", *args, "seed=2", cwd=tmp_path)
+    assert first.stdout.startswith("Whose woods")
+    assert len(first.stdout) == len("Whose woods") + 100 + 1  # the sample and its closing line break
+    assert first.stdout == again.stdout != other.stdout
+    assert str(ckpt) not in first.stdout
+    assert not any(tmp_path.iterdir())  # generate.py writes no files
+
+
+def test_generate_several_samples_and_greedy(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    two = run("generate.py", f"ckpt_path={ckpt}", "prompt=Snow", "max_new_tokens=20", "num_samples=2", cwd=tmp_path)
+    first, second = two.stdout[:25], two.stdout[25:]
+    assert len(two.stdout) == 2 * (len("Snow") + 20 + 1)
+    assert first.startswith("Snow") and second.startswith("Snow") and first.endswith("\n")
+    assert first != second  # sample i uses seed + i
+    assert "--- sample 2 ---" in two.stderr
+    greedy = [run("generate.py", f"ckpt_path={ckpt}", "prompt=Snow", "max_new_tokens=30", "temperature=0",
+                  f"seed={s}", cwd=tmp_path).stdout for s in (1, 2)]
+    assert greedy[0] == greedy[1]  # greedy decoding does not depend on the seed
+
+
+def test_generate_uses_the_latest_run_when_no_checkpoint_is_given(trained_run, tmp_path):
+    outputs = tmp_path / "outputs"
+    shutil.copytree(trained_run, outputs / "runs" / "r1")
+    result = run("generate.py", "prompt=Snow", "max_new_tokens=10", cwd=tmp_path)
+    assert result.stdout.startswith("Snow")
+    assert "using the latest best checkpoint: outputs/runs/r1/checkpoints/best.ckpt" in result.stderr
+
+
+def test_prompt_outside_the_vocabulary_is_a_clear_error(trained_run, tmp_path):
+    ckpt = trained_run / "checkpoints" / "best.ckpt"
+    result = run("generate.py", f"ckpt_path={ckpt}", "prompt='Snow Z%'", cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: prompt characters not in the checkpoint's vocabulary: 'Z', '%'; "
+                                     "remove or replace them")
+    assert result.stdout == ""
+
+
+def test_tensorboard_has_curves_hparams_with_best_val_loss_and_samples(trained_run):
+    events = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/bpc", "train/lr", "train/chars_per_sec", "best/val_loss", "best/val_bpc"} <= scalars
+    val = [e.value for e in events.Scalars("val/loss")]
+    best = [e.value for e in events.Scalars("best/val_loss")]
+    assert len(val) == 2 and best[-1] == pytest.approx(min(val))  # validation at steps 15 and 30
+    assert [e.value for e in events.Scalars("val/bpc")] == pytest.approx([v / 0.6931471805599453 for v in val])
+    plugins = events.PluginTagToContent("hparams")
+    experiment = plugins["_hparams_/experiment"].decode("latin-1")
+    assert "best/val_loss" in experiment and "model.n_layer" in experiment
+    texts = [t for t in events.Tags()["tensors"] if t.startswith("sample")]
+    sample = events.Tensors(texts[0])[0].tensor_proto.string_val[0].decode()
+    assert sample.startswith("```\n") and sample.endswith("\n```")
+
+
+def test_text_dataset_run_trains(trained_run):
+    first, last = (torch.load(trained_run / "checkpoints" / name, weights_only=True) for name in ("best.ckpt", "last.ckpt"))
+    assert last["global_step"] == 30
+    assert first["hyper_parameters"]["vocab"] == "".join(sorted(set(Path(first["hyper_parameters"]["run_config"]["dataset"]["path"]).read_text())))
+
+
+def test_multirun_gives_each_job_its_directory_checkpoints_and_logs(text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    run("train.py", "-m", *TINY, "trainer.max_steps=10", "dataset=text", f"dataset.path={text_file}",
+        "model.dropout=0.0,0.2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [j.name.split("-")[0] for j in jobs] == ["0", "1"]
+    assert "model.dropout=0.0" in jobs[0].name and "model.dropout=0.2" in jobs[1].name
+    for job in jobs:
+        assert (job / "checkpoints" / "best.ckpt").is_file()
+        assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+    dropouts = [torch.load(j / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]["model"]["dropout"] for j in jobs]
+    assert dropouts == [0.0, 0.2]
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(text_file, tmp_path):
+    common = [*TINY, "model.dropout=0.1", "dataset=text", f"dataset.path={text_file}", "trainer.val_check_interval=10"]
+    run("train.py", *common, "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
+    run("train.py", *common, "trainer.max_steps=40", f"ckpt_path={tmp_path / 'first/checkpoints/last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    run("train.py", *common, "trainer.max_steps=40", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path)
+    resumed = ckpt_weights(tmp_path / "resumed/checkpoints/last.ckpt")
+    straight = ckpt_weights(tmp_path / "straight/checkpoints/last.ckpt")
+    first = ckpt_weights(tmp_path / "first/checkpoints/last.ckpt")
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in resumed)
+    assert not all(torch.equal(resumed[k], first[k]) for k in resumed)  # it did train on from step 20
+
+
+def test_invalid_model_config_fails_fast_with_one_line(text_file, tmp_path):
+    result = run("train.py", *TINY, "model.n_embd=30", "model.n_head=4", "dataset=text", f"dataset.path={text_file}",
+                 f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert "error: model.n_embd=30 is not divisible by model.n_head=4" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()

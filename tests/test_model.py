@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from frosty_lm.model import GPT, GPTConfig, sample_next
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    return GPT(GPTConfig(**{**cfg, **overrides})).eval()
+
+
+def test_shapes_and_loss():
+    model = tiny()
+    idx = torch.randint(11, (3, 16))
+    logits, loss, cache = model(idx, idx)
+    assert logits.shape == (3, 16, 11)
+    assert loss.shape == () and 2.0 < loss.item() < 3.0  # about ln(11) = 2.4 at initialisation
+    assert len(cache) == 2 and cache[0][0].shape == (3, 2, 16, 8)
+
+
+def test_causal_a_later_character_changes_no_earlier_logit():
+    model = tiny()
+    a = torch.randint(11, (1, 16))
+    b = a.clone()
+    b[0, 9] = (a[0, 9] + 1) % 11
+    la, lb = model(a)[0], model(b)[0]
+    assert torch.allclose(la[:, :9], lb[:, :9], atol=1e-6)
+    assert not torch.allclose(la[:, 9:], lb[:, 9:], atol=1e-4)
+
+
+def test_parameter_count_matches_the_formula():
+    V, T, L, C = 11, 16, 2, 16
+    model = tiny()
+    per_block = 2 * 2 * C + (3 * C * C + 3 * C) + (C * C + C) + (4 * C * C + 4 * C) + (4 * C * C + C)
+    assert model.num_params() == V * C + T * C + L * per_block + 2 * C + C * V
+
+
+def test_cached_logits_equal_full_forward():
+    model = tiny()
+    idx = torch.randint(11, (2, 12))
+    full = model(idx)[0]
+    _, _, cache = model(idx[:, :5])
+    steps = [model(idx[:, 5:8], cache=cache)]  # several new positions at once, after a cache
+    _, _, cache = steps[0]
+    for t in range(8, 12):
+        logits, _, cache = model(idx[:, t : t + 1], cache=cache)
+        steps.append((logits,))
+    cached = torch.cat([s[0] for s in steps], dim=1)
+    assert torch.allclose(full[:, 5:], cached, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(top_p=0.8), dict(temperature=0)])
+def test_cached_generation_equals_uncached(kwargs):
+    model = tiny()
+    prompt = torch.randint(11, (1, 5))
+    # 60 new characters with block_size 16: the context is cropped several times on the way
+    runs = []
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(123)
+        runs.append(torch.stack(list(model.generate(prompt, 60, generator=g, use_cache=use_cache, **kwargs)), dim=1))
+    assert runs[0].shape == (1, 60)
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_generation_is_reproducible_and_seed_dependent():
+    model = tiny()
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    draw = lambda seed: torch.stack(list(model.generate(prompt, 40, generator=torch.Generator().manual_seed(seed))))
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(500, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, top_k=2, generator=g).tolist()) == {0, 1}
+    # probabilities ~ .64 .24 .09 .03 .01: top_p=0.8 keeps the first two, top_p=0.5 only the first
+    assert set(sample_next(logits, top_p=0.8, generator=g).tolist()) == {0, 1}
+    assert set(sample_next(logits, top_p=0.5, generator=g).tolist()) == {0}
+    assert set(sample_next(logits, temperature=0).tolist()) == {0}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(n_embd=30, n_head=4), "not divisible by model.n_head=4"),
+        (dict(n_layer=0), "model.n_layer=0 must be a positive integer"),
+        (dict(block_size=-8), "model.block_size=-8"),
+        (dict(dropout=1.0), "model.dropout=1.0 must be in [0, 1)"),
+        (dict(dropout=-0.1), "model.dropout=-0.1"),
+    ],
+)
+def test_config_is_validated_with_a_clear_message(overrides, message):
+    with pytest.raises(ValueError) as err:
+        tiny(**overrides)
+    assert message in str(err.value)
+
+
+def test_context_longer_than_block_size_is_refused_by_forward():
+    with pytest.raises(ValueError, match="longer than block_size=16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
