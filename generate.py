@@ -1,4 +1,6 @@
 """Sample from a trained checkpoint: `python generate.py prompt="Whose woods these are"` (see conf/generate.yaml)."""
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -6,7 +8,7 @@ from frosty_lm.cli import exit_on_user_error
 from frosty_lm.generation import run_generation
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="generate")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     run_generation(cfg)

@@ -1,12 +1,17 @@
 """Train a character GPT: `python train.py model=small dataset=frost` (see conf/train.yaml)."""
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 from frosty_lm.cli import exit_on_user_error
+from frosty_lm.runs import register_resolvers
 from frosty_lm.training import run_training
 
+register_resolvers()  # conf/train.yaml's hydra node uses them to pick the run directory
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
     return run_training(cfg)

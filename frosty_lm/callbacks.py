@@ -1,6 +1,9 @@
 """Lightning callbacks: training throughput, and a text sample at every validation."""
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 
 import lightning as L
@@ -72,3 +75,35 @@ class SampleText(L.Callback):
         prompt = "".join(ch for ch in self.prompt if ch in vocab) or vocab[0]
         return sample_text(pl_module.model, vocab, prompt, self.max_new_tokens, self.temperature,
                            self.top_k, self.top_p, self.seed)
+
+
+class StopOnInterrupt(L.Callback):
+    """Ctrl-C (SIGINT) during training: finish the current step, validate, save the checkpoints, stop.
+    A second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, signum, frame) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("\ninterrupted: stopping after this step and saving checkpoints (Ctrl-C again to abort now)",
+              file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.interrupted:
+            trainer.should_stop = True  # Lightning validates, ModelCheckpoint saves best and last
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.on_train_end(trainer, pl_module)

@@ -1,11 +1,15 @@
 """Finding and safely loading Frosty checkpoints (weights_only: loading never runs code from the file)."""
 from __future__ import annotations
 
+import os
 import pickle
-import zipfile
+import re
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, GPTConfig
@@ -19,21 +23,48 @@ def load_checkpoint(path: str | Path) -> dict:
     if file.is_dir():
         raise FrostyError(f"checkpoint {file} is a directory: give the path of a .ckpt file inside it")
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about some foreign files before failing on them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
-        raise FrostyError(
-            f"checkpoint {file} was refused: it holds objects other than plain data, which could run code "
-            f"when loaded ({first_line}); only load checkpoints written by train.py"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
-        raise FrostyError(f"{file} is not a readable checkpoint (truncated or not a torch file: {type(err).__name__}): "
+        blocked = re.search(r"GLOBAL (\S+)", str(err))
+        if blocked:  # the weights-only unpickler met a reference to code
+            raise FrostyError(
+                f"checkpoint {file} was refused: it refers to code ({blocked.group(1)}) that loading would run; "
+                "only load checkpoints written by train.py"
+            ) from None
+        raise FrostyError(f"{file} is not a readable checkpoint (not a torch file): give a .ckpt file written by train.py") from None
+    except Exception as err:  # torch raises many kinds for a truncated or foreign file
+        raise FrostyError(f"{file} is not a readable checkpoint (truncated, or not a torch file: {type(err).__name__}): "
                           "give a .ckpt file written by train.py") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or not {"vocab", "model"} <= hparams.keys() or "state_dict" not in ckpt:
         raise FrostyError(f"{file} is not a Frosty checkpoint (no vocabulary or model config in it): "
                           "give a .ckpt file written by train.py")
     return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, made safe: a checkpoint is written to a temporary file beside its target,
+    flushed to disk and renamed over it, so a kill at any moment leaves either the old file or the new one;
+    loading goes through load_checkpoint (weights_only, and a clear error for a bad file)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_checkpoint(path)
 
 
 def model_from_checkpoint(ckpt: dict) -> tuple[GPT, str]:

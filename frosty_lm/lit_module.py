@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from torch.nn import functional as F
 
+from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, GPTConfig
 from frosty_lm.schedule import lr_lambda
 
@@ -34,6 +35,9 @@ class FrostyLM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         _, loss, _ = self.model(x, y)
+        if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
+            raise FrostyError(f"the training loss is {loss.item()} at step {self.global_step}: training stopped; "
+                              "lower optim.lr, or keep trainer.gradient_clip_val set")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss

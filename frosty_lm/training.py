@@ -1,64 +1,128 @@
-"""One training run from a composed config: data, model, trainer, fit, then a summary."""
+"""One training run from a composed config: check, build, fit, summarise."""
 from __future__ import annotations
 
 import logging
 import math
+import re
 import shlex
+import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
+from frosty_lm.callbacks import StopOnInterrupt
+from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.model import GPTConfig
+from frosty_lm.runs import LAST, resumed_config
 from frosty_lm.sampling import sample_text
 
 log = logging.getLogger("frosty")
+# Lightning's advertisements and warnings about its own internals are noise in a Frosty run
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec).*")
+# Frosty's training stream resumes exactly without loader state (batch i is a function of seed and i), a
+# resumed run reuses its checkpoint directory, and an "epoch" is nominal: these warnings do not apply.
+warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|Checkpoint directory .* exists and is not empty"
+                                          r"|smaller than the logging interval).*")
+
+
+def make(node: DictConfig, **kwargs):
+    """Hydra's instantiate; a user error raised by the constructor (ours, or Lightning's
+    MisconfigurationException, e.g. trainer=gpu without a GPU) comes out as a FrostyError, not a report."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, FrostyError):
+            raise cause from None
+        if isinstance(cause, MisconfigurationException):
+            raise FrostyError(" ".join(str(cause).split())) from None
+        raise
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail in seconds, before the corpus is read, on what the config alone shows to be wrong."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        missing = re.search(r"Missing mandatory value: (\S+)", str(err))
+        if missing:  # the message names the key in full when an interpolation led to it
+            key = missing.group(1) if "." in missing.group(1) else err.full_key
+            raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
+        raise FrostyError(str(err).splitlines()[0]) from None
+    try:
+        GPTConfig(vocab_size=1, **OmegaConf.to_container(cfg.model, resolve=True))
+    except (TypeError, ValueError) as err:
+        raise FrostyError(str(err)) from None
+    for key in ("max_steps", "val_check_interval"):
+        value = cfg.trainer.get(key)
+        if not isinstance(value, int) or value <= 0:
+            raise FrostyError(f"trainer.{key}={value!r} must be a positive integer")
 
 
 def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
     """The data module (set up, so its vocabulary is known) and the LightningModule of a run config."""
-    for key in ("max_steps", "val_check_interval"):
-        value = cfg.trainer.get(key)
-        if isinstance(value, int) and value <= 0 and not (key == "max_steps" and value == -1):
-            raise FrostyError(f"trainer.{key}={value} must be a positive integer")
-    datamodule: CharDataModule = instantiate(cfg.data)
-    module_kwargs = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
-    try:
-        GPTConfig(vocab_size=1, **module_kwargs["model"])  # check the model config before reading the corpus
-    except (TypeError, ValueError) as err:
-        raise FrostyError(str(err)) from None
+    check_config(cfg)
+    datamodule: CharDataModule = make(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
     model = FrostyLM(
         vocab=datamodule.tokenizer.chars,
-        model=module_kwargs["model"],
-        optim=module_kwargs["optim"],
-        scheduler=module_kwargs["scheduler"],
-        run_config=module_kwargs,
+        model=run_config["model"],
+        optim=run_config["optim"],
+        scheduler=run_config["scheduler"],
+        run_config=run_config,
     )
     return datamodule, model
 
 
+def resume_if_asked(cfg: DictConfig) -> DictConfig:
+    """resume=latest|RUN_DIR: Hydra has already put this job in that run's directory; continue it with
+    the config it was started with (plus this command's key=value overrides) from its last checkpoint."""
+    if not cfg.get("resume"):
+        return cfg
+    hydra = HydraConfig.get()
+    last = Path(hydra.runtime.output_dir) / LAST
+    stored = load_checkpoint(last)["hyper_parameters"].get("run_config")
+    if not stored:
+        raise FrostyError(f"{last} holds no run config to resume with: use ckpt_path={last} and the run's overrides")
+    cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
+    cfg.ckpt_path = str(last)
+    log.info("resuming %s from step %d", last.parents[1], load_checkpoint(last)["global_step"])
+    return cfg
+
+
 def run_training(cfg: DictConfig) -> float:
     """Train, checkpoint, summarise; returns the best val loss (the value sweeps minimise)."""
+    cfg = resume_if_asked(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build(cfg)
     if cfg.ckpt_path:
         load_checkpoint(cfg.ckpt_path)  # a clear error now for a missing, foreign or unsafe file
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}", len(model.hparams.vocab))
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None)
-    best = float(model.best_val_loss)
+    interrupt = StopOnInterrupt()
+    callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [interrupt]
+    loggers = [make(c) for c in cfg.get("logger", {}).values() if c is not None]
+    trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     summarise(trainer, cfg)
-    return best
+    if interrupt.interrupted:
+        log.info("interrupted at step %d; continue with: python train.py resume=%s",
+                 trainer.global_step, shlex.quote(str(Path(cfg.paths.output_dir))))
+        sys.exit(130)
+    return float(model.best_val_loss)
 
 
 @rank_zero_only
@@ -72,14 +136,14 @@ def summarise(trainer: L.Trainer, cfg: DictConfig) -> None:
     loss = float(checkpoint.best_model_score)
     prompt = "\n" if "\n" in vocab else vocab[0]
     sample = sample_text(model, vocab, prompt, cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
-    command = f"python generate.py ckpt_path={shlex.quote(str(path))} prompt={shlex.quote(repr_prompt(vocab))}"
+    command = f"python generate.py ckpt_path={shlex.quote(str(path))} prompt={shlex.quote(short_prompt(vocab))}"
     log.info("best checkpoint: %s", path)
     log.info("best val loss %.4f nats/char, %.4f bits/char", loss, loss / math.log(2))
     log.info("sample:\n%s", sample.strip("\n"))
     log.info("continue from it with:\n  %s", command)
 
 
-def repr_prompt(vocab: str) -> str:
+def short_prompt(vocab: str) -> str:
     """A short prompt that the vocabulary can spell, for the printed generate.py command."""
     for candidate in ("Whose woods these are", "The ", "the "):
         if all(ch in vocab for ch in candidate):

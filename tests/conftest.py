@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -55,3 +56,36 @@ def trained_run(tmp_path_factory) -> Path:
     run_dir = work / "run"
     run("train.py", *TINY, "dataset=text", f"dataset.path={corpus}", f"hydra.run.dir={run_dir}", cwd=work)
     return run_dir
+
+
+def _entry_point(script: str):
+    spec = importlib.util.spec_from_file_location(f"frosty_entry_{Path(script).stem}", ROOT / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def invoke(capsys, monkeypatch):
+    """Run train.py or generate.py's main() in this process, as from the command line; returns
+    (exit status, stdout, stderr). Faster than a subprocess, for the many bad-input checks."""
+
+    def call(script: str, *args: str) -> tuple[int, str, str]:
+        module = _entry_point(script)
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+        monkeypatch.setenv("FROSTY_DEBUG", "0")
+        try:
+            module.main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root with its content and modification time, to show that nothing changed."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}

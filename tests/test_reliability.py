@@ -1,0 +1,334 @@
+"""Bad input gets one clear line and exit status 1, and nothing of earlier runs is touched;
+interrupted runs resume exactly; checkpoints are written atomically and loaded safely."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, run, snapshot
+from frosty_lm.checkpoint import AtomicCheckpointIO
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+@pytest.fixture
+def earlier_run(trained_run, tmp_path) -> Path:
+    """A copy of a finished run, whose files the failing commands must leave alone."""
+    import shutil
+
+    copy = tmp_path / "earlier"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
+# ---- train.py: configuration ---------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.n_embd=30", "model.n_head=4"], "model.n_embd=30 is not divisible by model.n_head=4"),
+        (["model.n_layer=0"], "model.n_layer=0 must be a positive integer"),
+        (["model.block_size=-4"], "model.block_size=-4 must be a positive integer"),
+        (["model.dropout=1.0"], "model.dropout=1.0 must be in [0, 1)"),
+        (["model.dropout=-0.2"], "model.dropout=-0.2 must be in [0, 1)"),
+        (["trainer.max_steps=0"], "trainer.max_steps=0 must be a positive integer"),
+        (["trainer.max_steps=-3"], "trainer.max_steps=-3 must be a positive integer"),
+        (["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be a positive integer"),
+        (["data.batch_size=0"], "data.batch_size=0 must be a positive integer"),
+        (["data.batch_size=-2"], "data.batch_size=-2 must be a positive integer"),
+        (["data.val_fraction=0"], "data.val_fraction=0 must be between 0 and 1"),
+        (["data.val_fraction=1.5"], "data.val_fraction=1.5 must be between 0 and 1"),
+        (["model.block_size=5000"], "the train split of"),
+        (["model.block_size=600", "data.val_fraction=0.05"], "the val split of"),
+        (["scheduler=cosine", "scheduler.decay_steps=10", "scheduler.warmup_steps=20"], "scheduler.decay_steps=10"),
+    ],
+)
+def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_run, tmp_path, overrides, message):
+    before = snapshot(earlier_run)
+    new_dir = tmp_path / "new"
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={text_file}", *overrides,
+                          f"hydra.run.dir={new_dir}")
+    assert_one_line_error(code, err, message)
+    assert snapshot(earlier_run) == before
+    assert not (new_dir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("model=huge", "Could not find 'model/huge'"), ("model.colour=3", "Key 'colour' is not in struct"),
+     ("trainer=tpu9000", "Could not find 'trainer/tpu9000'")],
+)
+def test_unknown_option_or_key_is_hydras_clear_error(invoke, text_file, tmp_path, override, message):
+    code, _, err = invoke("train.py", "dataset=text", f"dataset.path={text_file}", override, f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_a_run_directory_in_use_is_refused_and_left_alone(invoke, earlier_run, text_file):
+    before = snapshot(earlier_run)
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={text_file}", f"hydra.run.dir={earlier_run}")
+    assert_one_line_error(code, err, "already holds a run", f"resume={earlier_run}")
+    assert snapshot(earlier_run) == before
+
+
+def test_runs_started_together_get_their_own_directories(text_file, tmp_path):
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_steps=2", "dataset=text", f"dataset.path={text_file}"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    runs = [p.parents[1] for p in (tmp_path / "outputs" / "runs").rglob("last.ckpt")]
+    assert len(set(runs)) == 2
+
+
+# ---- train.py: data ------------------------------------------------------------------------
+
+def corpus_case(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.txt"
+    if kind == "empty":
+        path.write_text("")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "latin1":
+        path.write_bytes(("snow and ice\n" * 50).encode() + "caf\xe9\n".encode("latin-1") + b"more text\n" * 50)
+    elif kind == "one_char":
+        path.write_text("a" * 5000)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "does not exist: give an existing UTF-8 file with dataset.path="),
+        ("empty", "is empty"),
+        ("directory", "is a directory, not a file"),
+        ("latin1", "is not valid UTF-8 (byte 653): convert it to UTF-8, or set dataset.decode_errors=replace"),
+        ("one_char", "only one distinct character"),
+    ],
+)
+def test_bad_corpus_file(invoke, tmp_path, kind, message):
+    path = corpus_case(tmp_path, kind)
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={path}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, message)
+
+
+def test_text_dataset_needs_a_path(invoke, tmp_path):
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "dataset.path has no value")
+
+
+def test_invalid_utf8_can_be_replaced(invoke, tmp_path):
+    path = corpus_case(tmp_path, "latin1")
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=2", "dataset=text", f"dataset.path={path}",
+                          "dataset.decode_errors=replace", f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 0, err
+    vocab = torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)["hyper_parameters"]["vocab"]
+    assert "\ufffd" in vocab
+
+
+def test_missing_corpus_that_cannot_be_downloaded(invoke, tmp_path):
+    code, _, err = invoke("train.py", *TINY, "dataset=frost", f"data.data_dir={tmp_path / 'corpora'}",
+                          f"dataset.url={(tmp_path / 'nowhere.txt').as_uri()}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "could not download", "FROSTY_DATA_DIR")
+    assert not (tmp_path / "corpora" / "frost.txt").exists()
+
+
+def test_download_with_wrong_sha256_is_refused_and_not_kept(invoke, tmp_path, text_file):
+    code, _, err = invoke("train.py", *TINY, "dataset=frost", f"data.data_dir={tmp_path / 'corpora'}",
+                          f"dataset.url={text_file.as_uri()}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "has sha256", "expected 51b38742")
+    assert list((tmp_path / "corpora").iterdir()) == []
+
+
+def test_local_corpus_with_wrong_sha256_is_refused(invoke, tmp_path, text_file):
+    (tmp_path / "corpora").mkdir()
+    (tmp_path / "corpora" / "frost.txt").write_text(text_file.read_text())
+    code, _, err = invoke("train.py", *TINY, "dataset=frost", f"data.data_dir={tmp_path / 'corpora'}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "expected 51b38742", "delete it to download it again")
+
+
+def test_nan_loss_stops_the_run_with_its_step(invoke, text_file, tmp_path):
+    code, _, err = invoke("train.py", *TINY, "optim.lr=1e30", "trainer.gradient_clip_val=null", "dataset=text",
+                          f"dataset.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "the training loss is nan at step", "lower optim.lr")
+    assert not (tmp_path / "r" / "checkpoints").exists()  # no checkpoint of garbage weights
+
+
+# ---- generate.py ---------------------------------------------------------------------------
+
+def malicious_checkpoint(path: Path, marker: Path) -> None:
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"vocab": "ab", "model": {}}, "payload": RunsCode()}, path)
+
+
+def bad_checkpoint(tmp_path: Path, trained_run: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "text":
+        path.write_text("these are not weights\n")
+    elif kind == "truncated":
+        data = (trained_run / "checkpoints" / "best.ckpt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "directory":
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "does not exist"),
+        ("directory", "is a directory"),
+        ("text", "is not a readable checkpoint"),
+        ("truncated", "is not a readable checkpoint (truncated"),
+        ("foreign", "is not a Frosty checkpoint"),
+    ],
+)
+def test_generate_refuses_bad_checkpoints(invoke, trained_run, tmp_path, kind, message):
+    path = bad_checkpoint(tmp_path, trained_run, kind)
+    code, out, err = invoke("generate.py", f"ckpt_path={path}")
+    assert_one_line_error(code, err, message)
+    assert out == ""
+
+
+def test_checkpoint_that_would_run_code_is_refused_everywhere(invoke, text_file, tmp_path):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.ckpt"
+    malicious_checkpoint(evil, marker)
+    code, _, err = invoke("generate.py", f"ckpt_path={evil}")
+    assert_one_line_error(code, err, "was refused", "posix.system")
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={text_file}", f"ckpt_path={evil}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "was refused")
+    assert not marker.exists()
+
+
+def test_generate_without_any_checkpoint(invoke, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke("generate.py")
+    assert_one_line_error(code, err, "no best.ckpt found under outputs/", "python train.py")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("max_new_tokens=-1", "max_new_tokens=-1 must be >= 0"),
+        ("temperature=-0.5", "temperature=-0.5 must be >= 0 (0 means greedy decoding)"),
+        ("top_p=0", "top_p=0 must be in (0, 1]"),
+        ("top_p=1.5", "top_p=1.5 must be in (0, 1]"),
+        ("top_k=0", "top_k=0 must be >= 1"),
+        ("num_samples=0", "num_samples=0 must be >= 1"),
+    ],
+)
+def test_generate_refuses_bad_options(invoke, trained_run, option, message):
+    code, out, err = invoke("generate.py", f"ckpt_path={trained_run / 'checkpoints/best.ckpt'}", option)
+    assert_one_line_error(code, err, message)
+    assert out == ""
+
+
+def test_generate_clamps_top_k_and_starts_an_empty_prompt_on_a_line_break(invoke, trained_run):
+    ckpt = f"ckpt_path={trained_run / 'checkpoints/best.ckpt'}"
+    code, clamped, err = invoke("generate.py", ckpt, "top_k=100000", "max_new_tokens=40", "prompt=Snow")
+    _, unrestricted, _ = invoke("generate.py", ckpt, "top_k=null", "max_new_tokens=40", "prompt=Snow")
+    assert code == 0 and clamped == unrestricted  # top_k above the vocabulary size keeps every character
+    code, empty, _ = invoke("generate.py", ckpt, "prompt=", "max_new_tokens=10")
+    assert code == 0 and empty.startswith("\n") and len(empty) == 1 + 10 + 1
+
+
+# ---- interruption, resume, atomic checkpoints -------------------------------------------
+
+def start_training(run_dir: Path, text_file: Path, *extra: str) -> subprocess.Popen:
+    args = [*TINY, "model.dropout=0.1", "trainer.val_check_interval=10", "dataset=text", f"dataset.path={text_file}"]
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, *extra, f"hydra.run.dir={run_dir}"],
+                            cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(path: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if path.is_file():
+            step = torch.load(path, weights_only=True)["global_step"]  # atomic writes: always a whole file
+            if step >= min_step:
+                return step
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step >= {min_step} in {timeout}s")
+
+
+def test_ctrl_c_saves_a_last_checkpoint_and_exits_cleanly(text_file, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_training(run_dir, text_file, "trainer.max_steps=100000")
+    step = wait_for_checkpoint(run_dir / "checkpoints/last.ckpt", proc, 10)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted at step" in output and f"resume={run_dir}" in output and "Traceback" not in output
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] > step
+
+
+def test_kill_9_then_resume_reaches_the_uninterrupted_weights(text_file, tmp_path):
+    run_dir = tmp_path / "killed"
+    proc = start_training(run_dir, text_file, "trainer.max_steps=150")
+    wait_for_checkpoint(run_dir / "checkpoints/last.ckpt", proc, 30)
+    proc.kill()
+    proc.wait()
+    result = run("train.py", f"resume={run_dir}", cwd=tmp_path)
+    assert f"resuming {run_dir}" in result.stdout + result.stderr
+    straight = start_training(tmp_path / "straight", text_file, "trainer.max_steps=150")
+    assert straight.wait(timeout=300) == 0
+    resumed = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    uninterrupted = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == uninterrupted["global_step"] == 150
+    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in uninterrupted["state_dict"].items())
+    assert resumed["callbacks"] and float(resumed["state_dict"]["best_val_loss"]) == float(uninterrupted["state_dict"]["best_val_loss"])
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2  # curves continue in one run
+
+
+def test_resume_latest_picks_the_newest_run_and_keeps_its_config(invoke, text_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke("train.py", *TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "dataset=text",
+                  f"dataset.path={text_file}", "model.n_layer=1")[0] == 0
+    (original,) = [p.parents[1] for p in (tmp_path / "outputs").rglob("last.ckpt")]
+    code, out, err = invoke("train.py", "resume=latest", "trainer.max_steps=20")
+    assert code == 0, err
+    ckpt = torch.load(original / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 20 and ckpt["hyper_parameters"]["model"]["n_layer"] == 1
+    assert len(list((tmp_path / "outputs").rglob("last.ckpt"))) == 1  # no second run directory
+    code, _, err = invoke("train.py", "resume=latest", "model=small")
+    assert_one_line_error(code, err, "a resumed run keeps its config groups")
+
+
+def test_resume_of_a_directory_without_checkpoint(invoke, tmp_path):
+    code, _, err = invoke("train.py", f"resume={tmp_path}")
+    assert_one_line_error(code, err, f"cannot resume {tmp_path}")
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "weights": torch.ones(3)}, target)
+    good = target.read_bytes()
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"partial checkpoint bytes")
+        raise KeyboardInterrupt  # as a kill would, mid-write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2}, target)
+    assert target.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
