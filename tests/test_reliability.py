@@ -68,7 +68,7 @@ def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_r
 @pytest.mark.parametrize(
     "override, message",
     [("model=huge", "Could not find 'model/huge'"), ("model.colour=3", "Key 'colour' is not in struct"),
-     ("trainer=tpu9000", "Could not find 'trainer/tpu9000'")],
+     ("trainer=tpu9000", "Could not find 'trainer/tpu9000'"), ("dataset=poems", "Could not find 'dataset/poems'")],
 )
 def test_unknown_option_or_key_is_hydras_clear_error(invoke, text_file, tmp_path, override, message):
     code, _, err = invoke("train.py", "dataset=text", f"dataset.path={text_file}", override, f"hydra.run.dir={tmp_path / 'r'}")
