@@ -5,10 +5,7 @@ import hydra
 from omegaconf import DictConfig
 
 from frosty_lm.cli import exit_on_user_error
-from frosty_lm.runs import register_resolvers
-from frosty_lm.training import run_training
-
-register_resolvers()  # conf/train.yaml's hydra node uses them to pick the run directory
+from frosty_lm.training import run_training  # also registers the resolvers that conf/train.yaml's hydra node uses
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")

@@ -5,11 +5,16 @@ import functools
 import os
 import sys
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 from frosty_lm.errors import FrostyError
 
 
 def exit_on_user_error(func):
-    """Run func; a FrostyError prints `error: ...` and exits 1 (FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: traceback)."""
+    """Run func; a FrostyError prints `error: ...` and exits 1 (FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: traceback).
+    In a sweep (Hydra multirun) the job returns NaN instead, so the other jobs go on; its status.json says
+    failed, and the sweep's summary lists it."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -19,6 +24,8 @@ def exit_on_user_error(func):
             if os.environ.get("FROSTY_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {err}", file=sys.stderr, flush=True)
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                return float("nan")
             sys.exit(1)
 
     return wrapper

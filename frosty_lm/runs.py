@@ -5,10 +5,15 @@ checks are OmegaConf resolvers that conf/train.yaml calls from the hydra node.
 """
 from __future__ import annotations
 
+import json
+import os
+import socket
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.errors import FrostyError
@@ -62,9 +67,63 @@ def output_subdir(output_dir: str, resume: str | None) -> str:
     return ".hydra"
 
 
+def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params) -> str:
+    """hydra.sweep.subdir: a job is named by the values of what its sweep varies, e.g. `dropout=0.2,n_layer=4`
+    (the keys of hydra.sweeper.params, and the command line's a=x,y sweeps, read from multirun.yaml)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    swept = set(sweeper_params or {})
+    manifest = Path(sweep_dir) / "multirun.yaml"
+    if manifest.is_file():
+        original = OmegaConf.load(manifest).hydra.overrides.task
+        swept |= {o.key_or_group for o in parser.parse_overrides(list(original)) if o.is_sweep_override()}
+    job = [o for o in parser.parse_overrides(list(task_overrides)) if o.key_or_group in swept]
+    short = [o.key_or_group.split(".")[-1] for o in job]
+    names = [s if short.count(s) == 1 else o.key_or_group for s, o in zip(short, job)]  # full key if ambiguous
+    name = ",".join(f"{n}={short_value(o.get_value_element_as_str())}" for n, o in zip(names, job)).replace("/", "_")
+    if not name or (Path(sweep_dir) / name).exists():  # nothing varies, or a repeated trial
+        name = f"{name}#{job_num}" if name else f"job{job_num}"
+    return name
+
+
+def short_value(value: str) -> str:
+    """0.10480987000623268 -> 0.1048 (Optuna's samples), anything else unchanged."""
+    try:
+        return value if len(value) <= 8 or "." not in value else f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("frosty_run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("frosty_output_subdir", output_subdir, replace=True)
+    OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
+
+
+# At import, not only in train.py: sweep launchers that run jobs in worker processes (joblib, submitit)
+# resolve the hydra node there, after unpickling the task function, which imports this module.
+register_resolvers()
+
+
+class RunRecord:
+    """status.json in a run directory: running (with pid and host), finished or failed, and the numbers
+    the report needs. A run killed hard stays "running"; the report tells it from a live one by its pid."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / "status.json"
+        self.started = time.time()
+        self.data: dict = {}
+
+    def write(self, **fields) -> None:
+        self.data.update(fields, wall_time_s=round(time.time() - self.started, 1))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+    def start(self, **fields) -> None:
+        self.write(status="running", pid=os.getpid(), host=socket.gethostname(),
+                   started=datetime.now().isoformat(timespec="seconds"), **fields)
 
 
 def resumed_config(run_config: dict, overrides: list[str], groups: set[str]) -> DictConfig:
@@ -82,3 +141,19 @@ def resumed_config(run_config: dict, overrides: list[str], groups: set[str]) -> 
                               "override single keys instead (e.g. trainer.max_steps=5000)")
         OmegaConf.update(cfg, key, override.value(), force_add=True)
     return cfg
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of a sweep, one line for the sweep and one per failed job; exit status 1
+    if any job failed (the others have all run)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        records = {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/status.json"))}
+        failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
+        print(f"sweep {sweep}: {len(records) - len(failed)} of {len(records)} runs finished; "
+              f"compare them with: python -m frosty_lm.report {sweep}", file=sys.stderr, flush=True)
+        for name, record in failed.items():
+            print(f"failed: {name}: {record.get('error')}", file=sys.stderr, flush=True)
+        if failed:
+            sys.exit(1)

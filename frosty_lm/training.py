@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shlex
 import sys
@@ -10,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -24,7 +26,7 @@ from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.model import GPTConfig
-from frosty_lm.runs import LAST, resumed_config
+from frosty_lm.runs import LAST, RunRecord, resumed_config
 from frosty_lm.sampling import sample_text
 
 log = logging.getLogger("frosty")
@@ -105,24 +107,55 @@ def resume_if_asked(cfg: DictConfig) -> DictConfig:
 
 
 def run_training(cfg: DictConfig) -> float:
-    """Train, checkpoint, summarise; returns the best val loss (the value sweeps minimise)."""
+    """Train, checkpoint, summarise; returns the best val loss (the value sweeps minimise).
+    The run's status.json follows it: running, then finished, interrupted or failed."""
     cfg = resume_if_asked(cfg)
+    record = RunRecord(cfg.paths.output_dir)
+    record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
+    try:
+        best, stopped_at = fit(cfg, record)
+    except BaseException as err:
+        record.write(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise
+    record.write(status="interrupted" if stopped_at is not None else "finished")
+    if stopped_at is not None:
+        log.info("interrupted at step %d; continue with: python train.py resume=%s",
+                 stopped_at, shlex.quote(str(Path(cfg.paths.output_dir))))
+        sys.exit(130)
+    return best
+
+
+def fit(cfg: DictConfig, record: RunRecord) -> tuple[float, int | None]:
+    """The run itself; returns the best val loss, and the step if Ctrl-C stopped it."""
+    set_threads(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, model = build(cfg)
     if cfg.ckpt_path:
         load_checkpoint(cfg.ckpt_path)  # a clear error now for a missing, foreign or unsafe file
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}", len(model.hparams.vocab))
+    record.write(num_params=model.model.num_params())
     interrupt = StopOnInterrupt()
     callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [interrupt]
     loggers = [make(c) for c in cfg.get("logger", {}).values() if c is not None]
     trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
+    best = float(model.best_val_loss)
+    record.write(steps=trainer.global_step, best_val_loss=best)
     summarise(trainer, cfg)
-    if interrupt.interrupted:
-        log.info("interrupted at step %d; continue with: python train.py resume=%s",
-                 trainer.global_step, shlex.quote(str(Path(cfg.paths.output_dir))))
-        sys.exit(130)
-    return float(model.best_val_loss)
+    return best, trainer.global_step if interrupt.interrupted else None
+
+
+def set_threads(cfg: DictConfig) -> None:
+    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep of n_jobs, this job's share of the cores."""
+    threads = cfg.get("threads")
+    if threads is None and HydraConfig.initialized():
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+        if n_jobs:
+            cores = os.cpu_count() or 1
+            threads = max(1, cores // (cores if n_jobs < 0 else n_jobs))
+    if threads:
+        torch.set_num_threads(int(threads))
+    log.info("torch threads: %d", torch.get_num_threads())
 
 
 @rank_zero_only

@@ -11,6 +11,7 @@ from frosty_lm.model import GPTConfig
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
+ADDED = {"experiment", "sweep", "search"}  # not in train.yaml's defaults: chosen with +group=option
 
 
 def compose_train(*overrides: str):
@@ -27,7 +28,7 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes(group, option, tmp_path):
     extra = [f"dataset.path={tmp_path / 'x.txt'}"] if (group, option) == ("dataset", "text") else []
-    cfg = compose_train(f"{group}={option}", *extra)
+    cfg = compose_train(f"{'+' if group in ADDED else ''}{group}={option}", *extra)
     GPTConfig(vocab_size=10, **cfg.model)  # a valid model config
     if group in ("logger", "callbacks"):
         assert all(instantiate(node) is not None for node in cfg[group].values())
@@ -35,6 +36,23 @@ def test_option_composes(group, option, tmp_path):
         assert cfg.trainer._target_ == "lightning.pytorch.Trainer" and cfg.trainer.max_steps > 0
     if group == "dataset" and option != "text":
         assert cfg.data.url.startswith("https://") and len(cfg.data.sha256) == 64
+
+
+def test_seed_frosty_is_the_seeds_run():
+    cfg = compose_train("+experiment=seed_frosty")
+    m = cfg.model
+    assert (m.n_embd, m.n_head, m.n_layer, m.block_size, m.dropout) == (384, 6, 6, 256, 0.2)
+    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.optim.lr, cfg.dataset.name) == (32, 5000, 3e-4, "frost")
+    assert cfg.scheduler.name == "constant"
+
+
+def test_sweep_and_search_presets_name_their_parameters():
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        sweep = compose("train", overrides=["+sweep=dropout_depth"], return_hydra_config=True)
+        search = compose("train", overrides=["+search=optuna"], return_hydra_config=True)
+    assert dict(sweep.hydra.sweeper.params) == {"model.dropout": "0.0,0.1,0.2,0.3", "model.n_layer": "2,4,6"}
+    assert search.hydra.sweeper._target_.endswith("OptunaSweeper") and search.hydra.sweeper.direction == "minimize"
+    assert {"model.dropout", "optim.lr"} <= set(search.hydra.sweeper.params)
 
 
 def test_large_is_the_seed_model():

@@ -1,0 +1,167 @@
+"""Compare runs: python -m frosty_lm.report PATH [PATH ...]
+
+PATH is a sweep directory, a run directory, or any directory above runs (outputs/). Prints a markdown
+table with one row per run and writes it to report.md, with val_loss.png (the val-loss curves of all
+runs on one plot), in --out (default: PATH when there is one, else the current directory).
+Metrics are read from each run's own logs: TensorBoard event files (TensorBoard's EventAccumulator),
+or the csv logger's metrics.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LN2 = math.log(2)
+FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)
+
+
+@dataclass
+class Run:
+    path: Path
+    status: dict
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+    @property
+    def overrides(self) -> list[str]:
+        return [o for o in self.status.get("overrides", []) if not o.startswith(("hydra.", "+search", "+sweep"))]
+
+    def final(self, tag: str, points: int = 1) -> float | None:
+        values = [v for _, v in self.curves.get(tag, [])][-points:]
+        return sum(values) / len(values) if values else None
+
+    def best_val(self) -> float | None:
+        values = [v for _, v in self.curves.get("val/loss", [])]
+        return min(values) if values else self.status.get("best_val_loss")
+
+    def steps(self) -> int | None:
+        steps = [s + 1 for s, _ in self.curves.get("train/loss", [])]  # logged at 0-based steps
+        return self.status.get("steps") or (max(steps) if steps else None)
+
+    def state(self) -> str:
+        """finished / failed / interrupted / running; a "running" run whose process is gone was killed."""
+        state = self.status.get("status", "unknown")
+        if state == "running" and self.status.get("host") == socket.gethostname() and not alive(self.status.get("pid")):
+            return "killed"
+        return state
+
+
+def alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    if list(run_dir.glob("events.out.tfevents.*")):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        curves = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    else:
+        curves = {}
+        for metrics in sorted(run_dir.glob("**/metrics.csv")):
+            with open(metrics, newline="") as f:
+                for row in csv.DictReader(f):
+                    for tag, value in row.items():
+                        if tag not in ("step", "epoch") and value not in ("", None):
+                            curves.setdefault(tag, []).append((int(row["step"]), float(value)))
+    # a resumed run logs some steps twice: keep the last value logged for each step
+    return {tag: sorted(dict(points).items()) for tag, points in curves.items()}
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    runs = []
+    for root in paths:
+        if not root.exists():
+            raise SystemExit(f"error: {root} does not exist: give a run or sweep directory, e.g. outputs/")
+        for status_file in sorted({*root.glob("status.json"), *root.rglob("*/status.json")}):
+            run_dir = status_file.parent
+            runs.append(Run(run_dir, json.loads(status_file.read_text()), read_curves(run_dir)))
+    return runs
+
+
+def differing(runs: list[Run]) -> tuple[list[str], dict[Path, str]]:
+    """The overrides all runs share, and for each run the ones that set it apart."""
+    common = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
+    return sorted(common), {r.path: " ".join(o for o in r.overrides if o not in common) or "(defaults)" for r in runs}
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(runs: list[Run], labels: dict[Path, str]) -> str:
+    header = ["run", "overrides", "params", "steps", "wall time (s)", "final train loss", "best val loss",
+              "best val bpc", "train/val gap", "status"]
+    rows = []
+    for run in runs:
+        train, val, best = run.final("train/loss", FINAL_TRAIN_POINTS), run.final("val/loss"), run.best_val()
+        rows.append([run.path.name, labels[run.path], fmt(run.status.get("num_params")), fmt(run.steps()),
+                     fmt(run.status.get("wall_time_s"), 1), fmt(train), fmt(best),
+                     fmt(best / LN2 if best is not None else None),
+                     fmt(val - train if val is not None and train is not None else None), run.state()])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], labels: dict[Path, str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for run in runs:
+        points = run.curves.get("val/loss", [])
+        if points:
+            ax.plot(*zip(*points), marker=".", label=labels[run.path])
+    ax.set_xlabel("step")
+    ax.set_ylabel("val loss (nats per character)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m frosty_lm.report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep or run directories (or outputs/)")
+    parser.add_argument("--out", type=Path, default=None, help="where report.md and val_loss.png go")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.paths)
+    if not runs:
+        print(f"error: no runs (directories with status.json) under {', '.join(map(str, args.paths))}: "
+              "give a sweep or run directory of train.py", file=sys.stderr)
+        return 1
+    out = args.out or (args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else Path("."))
+    out.mkdir(parents=True, exist_ok=True)
+    common, labels = differing(runs)
+    title = " ".join(common) or ", ".join(map(str, args.paths))
+    text = f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "") + "\n\n" + table(runs, labels) + "\n"
+    (out / "report.md").write_text(text)
+    plot(runs, labels, out / "val_loss.png", title)
+    print(text)
+    print(f"wrote {out / 'report.md'} and {out / 'val_loss.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

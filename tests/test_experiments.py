@@ -1,0 +1,97 @@
+"""Sweeps through the real entry point (basic, joblib and Optuna), a sweep with a failing job, and the report."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from matplotlib.image import imread
+
+from conftest import TINY, run
+from frosty_lm.report import main as report_main
+from frosty_lm.runs import sweep_subdir
+
+SWEEP = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]
+
+
+def report_rows(capsys, sweep: Path) -> dict[str, list[str]]:
+    assert report_main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.strip() == (sweep / "report.md").read_text().strip()
+    lines = [line for line in printed.splitlines() if line.startswith("| ") and not line.startswith("| run ")]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split(" | ")] for line in lines)}
+    png = imread(sweep / "val_loss.png")
+    assert png.shape[0] > 100 and png.shape[1] > 100
+    return rows
+
+
+def assert_grid(sweep: Path, rows: dict[str, list[str]]) -> None:
+    expected = {f"dropout={d},n_layer={n}" for d in ("0.0", "0.2") for n in (1, 2)}
+    assert set(rows) == expected
+    for name, cells in rows.items():
+        dropout, layers = (part.split("=")[1] for part in name.split(","))
+        assert cells[1] == f"model.dropout={dropout} model.n_layer={layers}"  # the overrides that differ
+        assert cells[3] == "10" and cells[-1] == "finished"
+        assert 2.0 < float(cells[6]) < 6.0 and float(cells[7]) == pytest.approx(float(cells[6]) / 0.693147, abs=2e-4)
+        assert (sweep / name / "checkpoints" / "best.ckpt").is_file()
+    one_layer, two_layers = rows["dropout=0.0,n_layer=1"][2], rows["dropout=0.0,n_layer=2"][2]
+    assert int(two_layers.replace(",", "")) > int(one_layer.replace(",", ""))
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_2x2_sweep_and_its_report(launcher, text_file, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    result = run("train.py", "-m", *SWEEP, "dataset=text", f"dataset.path={text_file}", "model.dropout=0.0,0.2",
+                 "model.n_layer=1,2", *extra, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert f"4 of 4 runs finished; compare them with: python -m frosty_lm.report {sweep}" in result.stderr
+    assert_grid(sweep, report_rows(capsys, sweep))
+    if launcher == "joblib":  # each of the 2 parallel jobs got its share of the 2 cores
+        logs = [(sweep / name / "train.log").read_text() for name in ("dropout=0.0,n_layer=1", "dropout=0.2,n_layer=2")]
+        assert all("torch threads: 1" in log for log in logs)
+
+
+def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
+    sweep = tmp_path / "search"
+    run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"dataset.path={text_file}",
+        "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
+    assert len(records) == 3 and all(r["status"] == "finished" for r in records)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(min(r["best_val_loss"] for r in records))
+
+
+def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    result = run("train.py", "-m", *SWEEP, "dataset=text", f"dataset.path={text_file}", "model.n_head=3,2,4",
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
+    assert result.returncode == 1  # the sweep finished, and says that a job failed
+    assert "2 of 3 runs finished" in result.stderr
+    assert "failed: n_head=3: model.n_embd=32 is not divisible by model.n_head=3" in result.stderr
+    rows = report_rows(capsys, sweep)
+    assert {name: cells[-1] for name, cells in rows.items()} == {"n_head=3": "failed", "n_head=2": "finished",
+                                                                 "n_head=4": "finished"}
+
+
+def test_report_tells_a_killed_run_from_a_running_one(tmp_path, capsys):
+    for name, pid in (("gone", 999_999_999), ("alive", __import__("os").getpid())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "status.json").write_text(json.dumps(
+            {"status": "running", "pid": pid, "host": __import__("socket").gethostname(), "overrides": [f"seed={pid}"]}))
+    rows = report_rows(capsys, tmp_path)
+    assert rows["gone"][-1] == "killed" and rows["alive"][-1] == "running"
+
+
+def test_report_of_a_path_without_runs(tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 1
+    assert "no runs" in capsys.readouterr().err
+
+
+def test_sweep_jobs_are_named_by_what_varies(tmp_path):
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"overrides": {"task": ["model=tiny", "model.dropout=0.0,0.2", "data.seed=1,2", "seed=3,4"]}}}))
+    name = sweep_subdir(str(tmp_path), 0, ["model=tiny", "model.dropout=0.2", "data.seed=1", "seed=4"], None)
+    assert name == "dropout=0.2,data.seed=1,seed=4"  # full keys where the short ones would clash
+    assert sweep_subdir(str(tmp_path), 5, ["model=tiny"], {"optim.lr": "interval(0.1,1)"}) == "job5"
+    assert sweep_subdir(str(tmp_path), 1, ["optim.lr=0.00017155187458635287"], {"optim.lr": "x"}) == "lr=0.0001716"
+    (tmp_path / "lr=0.5").mkdir()  # a repeated trial gets its job number
+    assert sweep_subdir(str(tmp_path), 7, ["optim.lr=0.5"], {"optim.lr": "x"}) == "lr=0.5#7"
