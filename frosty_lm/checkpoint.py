@@ -16,7 +16,17 @@ from frosty_lm.model import GPT, GPTConfig
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """The checkpoint's contents as plain data, or a FrostyError that says what is wrong with the file."""
+    """A Frosty checkpoint's contents as plain data, or a FrostyError that says what is wrong with the file."""
+    ckpt = read_safely(path)
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or not {"vocab", "model"} <= hparams.keys() or "state_dict" not in ckpt:
+        raise FrostyError(f"{path} is not a Frosty checkpoint (no vocabulary or model config in it): "
+                          "give a .ckpt file written by train.py")
+    return ckpt
+
+
+def read_safely(path: str | Path):
+    """torch.load with weights_only=True (nothing in the file can run code), and clear errors."""
     file = Path(path).expanduser()
     if not file.exists():
         raise FrostyError(f"checkpoint {file} does not exist: give the path of a .ckpt file written by train.py")
@@ -37,17 +47,13 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as err:  # torch raises many kinds for a truncated or foreign file
         raise FrostyError(f"{file} is not a readable checkpoint (truncated, or not a torch file: {type(err).__name__}): "
                           "give a .ckpt file written by train.py") from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or not {"vocab", "model"} <= hparams.keys() or "state_dict" not in ckpt:
-        raise FrostyError(f"{file} is not a Frosty checkpoint (no vocabulary or model config in it): "
-                          "give a .ckpt file written by train.py")
     return ckpt
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, made safe: a checkpoint is written to a temporary file beside its target,
     flushed to disk and renamed over it, so a kill at any moment leaves either the old file or the new one;
-    loading goes through load_checkpoint (weights_only, and a clear error for a bad file)."""
+    loading goes through read_safely (weights_only, and a clear error for a bad file)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         target = Path(path)
@@ -64,7 +70,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.unlink(tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-        return load_checkpoint(path)
+        return read_safely(path)  # also Lightning's own files, e.g. ddp_spawn's weights handed back
 
 
 def model_from_checkpoint(ckpt: dict) -> tuple[GPT, str]:

@@ -5,7 +5,7 @@ from typing import Callable, Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 
 from frosty_lm import corpus
 from frosty_lm.errors import FrostyError
@@ -110,4 +110,9 @@ class CharDataModule(L.LightningDataModule):
         return DataLoader(windows, batch_size=None, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, generator=torch.Generator())
+        """Every val window once in all: with several processes, each evaluates every world_size-th window
+        (no padding, unlike a DistributedSampler), and the loss totals are summed across processes."""
+        val_set = self.val_set
+        if self.trainer is not None and self.trainer.world_size > 1:
+            val_set = Subset(val_set, range(self.trainer.global_rank, len(val_set), self.trainer.world_size))
+        return DataLoader(val_set, batch_size=self.batch_size, shuffle=False, generator=torch.Generator())

@@ -32,9 +32,19 @@ class FrostyLM(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
 
+    @property
+    def net(self):
+        """The model that training and validation run: torch.compile'd when model.compile is set. Kept out of
+        the module tree (self.__dict__), so checkpoints hold the plain model's weights once."""
+        if not self.model.cfg.compile:
+            return self.model
+        if "_compiled" not in self.__dict__:
+            self.__dict__["_compiled"] = torch.compile(self.model)
+        return self.__dict__["_compiled"]
+
     def training_step(self, batch, batch_idx):
         x, y = batch
-        _, loss, _ = self.model(x, y)
+        _, loss, _ = self.net(x, y)
         if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
             raise FrostyError(f"the training loss is {loss.item()} at step {self.global_step}: training stopped; "
                               "lower optim.lr, or keep trainer.gradient_clip_val set")
@@ -51,7 +61,7 @@ class FrostyLM(L.LightningModule):
 
     def validation_step(self, batch, batch_idx) -> None:
         x, y = batch
-        logits, _, _ = self.model(x)
+        logits, _, _ = self.net(x)
         loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="sum")
         self._val_totals += torch.stack((loss_sum.double(), (y != -1).sum().double()))
 

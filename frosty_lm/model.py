@@ -25,6 +25,7 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.2
     bias: bool = True  # bias in Linear and LayerNorm layers
+    compile: bool = False  # torch.compile the model for training (FrostyLM); no change to the model itself
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -46,8 +47,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # all heads, q k v at once
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = cfg.dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)  # dropout after attention (not on the attention weights,
+        # which would force the slow unfused attention path on the CPU)
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None):
         B, T, C = x.shape
@@ -59,9 +60,9 @@ class CausalSelfAttention(nn.Module):
         causal = T > 1
         if causal and k.size(2) != T:  # several new positions after a cache: explicit bottom-right causal mask
             mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=k.size(2) - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.proj(y)), (k, v)
 

@@ -90,6 +90,14 @@ def find_runs(paths: list[Path]) -> list[Run]:
     return runs
 
 
+def names(runs: list[Run]) -> dict[Path, str]:
+    """Each run's directory relative to the deepest directory above them all (a sweep's runs: their own names)."""
+    if len(runs) == 1:
+        return {runs[0].path: runs[0].path.name}
+    root = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
+    return {r.path: str(r.path.resolve().relative_to(root)) for r in runs}
+
+
 def differing(runs: list[Run]) -> tuple[list[str], dict[Path, str]]:
     """The overrides all runs share, and for each run the ones that set it apart."""
     common = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
@@ -105,12 +113,13 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def table(runs: list[Run], labels: dict[Path, str]) -> str:
+    run_names = names(runs)
     header = ["run", "overrides", "params", "steps", "wall time (s)", "final train loss", "best val loss",
               "best val bpc", "train/val gap", "status"]
     rows = []
     for run in runs:
         train, val, best = run.final("train/loss", FINAL_TRAIN_POINTS), run.final("val/loss"), run.best_val()
-        rows.append([run.path.name, labels[run.path], fmt(run.status.get("num_params")), fmt(run.steps()),
+        rows.append([run_names[run.path], labels[run.path], fmt(run.status.get("num_params")), fmt(run.steps()),
                      fmt(run.status.get("wall_time_s"), 1), fmt(train), fmt(best),
                      fmt(best / LN2 if best is not None else None),
                      fmt(val - train if val is not None and train is not None else None), run.state()])

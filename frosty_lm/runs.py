@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.errors import FrostyError
@@ -67,9 +68,10 @@ def output_subdir(output_dir: str, resume: str | None) -> str:
     return ".hydra"
 
 
-def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params) -> str:
+def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, sweeper: str = "") -> str:
     """hydra.sweep.subdir: a job is named by the values of what its sweep varies, e.g. `dropout=0.2,n_layer=4`
-    (the keys of hydra.sweeper.params, and the command line's a=x,y sweeps, read from multirun.yaml)."""
+    (the keys of hydra.sweeper.params, and the command line's a=x,y sweeps, read from multirun.yaml).
+    A search (any sweeper but the basic grid) may try the same values twice: its names end in #job."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -82,9 +84,9 @@ def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params) -
     short = [o.key_or_group.split(".")[-1] for o in job]
     names = [s if short.count(s) == 1 else o.key_or_group for s, o in zip(short, job)]  # full key if ambiguous
     name = ",".join(f"{n}={short_value(o.get_value_element_as_str())}" for n, o in zip(names, job)).replace("/", "_")
-    if not name or (Path(sweep_dir) / name).exists():  # nothing varies, or a repeated trial
-        name = f"{name}#{job_num}" if name else f"job{job_num}"
-    return name
+    if not name:
+        return f"job{job_num}"
+    return name if sweeper.endswith("BasicSweeper") else f"{name}#{job_num}"
 
 
 def short_value(value: str) -> str:
@@ -116,6 +118,8 @@ class RunRecord:
         self.data: dict = {}
 
     def write(self, **fields) -> None:
+        if rank_zero_only.rank != 0:  # in a multi-process run, the first process keeps the record
+            return
         self.data.update(fields, wall_time_s=round(time.time() - self.started, 1))
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=2))

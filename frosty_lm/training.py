@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import re
 import shlex
@@ -14,8 +15,10 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -134,39 +137,61 @@ def fit(cfg: DictConfig, record: RunRecord) -> tuple[float, int | None]:
         load_checkpoint(cfg.ckpt_path)  # a clear error now for a missing, foreign or unsafe file
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}", len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
+    if in_sweep() and cfg.trainer.get("strategy") == "ddp":
+        # plain ddp starts the other processes by re-running the command line: inside a sweep that would
+        # re-run the whole sweep in each of them; ddp_spawn starts them from this job instead
+        log.info("inside a sweep: trainer.strategy=ddp_spawn instead of ddp")
+        cfg.trainer.strategy = "ddp_spawn"
+        if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
+            multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing
     interrupt = StopOnInterrupt()
     callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [interrupt]
+    bars = parallel_jobs() == 1  # jobs running side by side would garble each other's progress bars
+    callbacks = [c for c in callbacks if bars or not isinstance(c, ProgressBar)]
     loggers = [make(c) for c in cfg.get("logger", {}).values() if c is not None]
-    trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
+                              enable_progress_bar=bars)
+    per_step = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    log.info("effective batch: %d windows of %d characters per step (data.batch_size %d x %d processes x %d "
+             "accumulated); lr %g (not scaled with the batch)", per_step, cfg.model.block_size, cfg.data.batch_size,
+             trainer.world_size, trainer.accumulate_grad_batches, cfg.optim.lr)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     best = float(model.best_val_loss)
-    record.write(steps=trainer.global_step, best_val_loss=best)
-    summarise(trainer, cfg)
+    record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
+    summarise(trainer, cfg, best)
     return best, trainer.global_step if interrupt.interrupted else None
 
 
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at once on this machine (the joblib launcher's n_jobs), else 1."""
+    if not in_sweep():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+    return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+
+
 def set_threads(cfg: DictConfig) -> None:
-    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep of n_jobs, this job's share of the cores."""
+    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep, this job's share of the cores."""
     threads = cfg.get("threads")
-    if threads is None and HydraConfig.initialized():
-        n_jobs = HydraConfig.get().launcher.get("n_jobs")
-        if n_jobs:
-            cores = os.cpu_count() or 1
-            threads = max(1, cores // (cores if n_jobs < 0 else n_jobs))
+    if threads is None and parallel_jobs() > 1:
+        threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
     if threads:
         torch.set_num_threads(int(threads))
     log.info("torch threads: %d", torch.get_num_threads())
 
 
 @rank_zero_only
-def summarise(trainer: L.Trainer, cfg: DictConfig) -> None:
+def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float) -> None:
     checkpoint = trainer.checkpoint_callback
     if checkpoint is None or not checkpoint.best_model_path:
         log.info("no best checkpoint was written (no validation ran)")
         return
     path = Path(checkpoint.best_model_path).resolve()
     model, vocab = model_from_checkpoint(load_checkpoint(path))
-    loss = float(checkpoint.best_model_score)
     prompt = "\n" if "\n" in vocab else vocab[0]
     sample = sample_text(model, vocab, prompt, cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
     command = f"python generate.py ckpt_path={shlex.quote(str(path))} prompt={shlex.quote(short_prompt(vocab))}"

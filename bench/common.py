@@ -1,0 +1,129 @@
+"""What the benchmarks share: the corpus, model presets, the seed-style reference, the machine's matmul peak."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def corpus_text() -> str:
+    """frost.txt from FROSTY_DATA_DIR or data/ (the benchmarks never download)."""
+    for directory in (os.environ.get("FROSTY_DATA_DIR"), ROOT / "data", ROOT.parent / "shared" / "data"):
+        if directory and (Path(directory) / "frost.txt").is_file():
+            return (Path(directory) / "frost.txt").read_text("utf-8")
+    raise SystemExit("error: frost.txt not found: set FROSTY_DATA_DIR to its directory (or run train.py once)")
+
+
+def model_preset(name: str, **overrides) -> dict:
+    """conf/model/NAME.yaml as a dict, with overrides (e.g. block_size=128)."""
+    path = ROOT / "conf" / "model" / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"error: no model preset {name}: choose one of {sorted(p.stem for p in path.parent.glob('*.yaml'))}")
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's matmul throughput in GFLOP/s for dtype: best of several n x n products."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def flops_per_step(n_params_matmul: int, n_layer: int, n_embd: int, block_size: int, batch_size: int) -> float:
+    """nanoGPT's estimate: 6N per token for the matmul weights, plus 12 L C T per token for attention."""
+    return (6 * n_params_matmul + 12 * n_layer * n_embd * block_size) * block_size * batch_size
+
+
+# ---- the seed-style reference: one module per head, explicit tril mask, ReLU, plain fp32 AdamW -------------
+
+class Head(nn.Module):
+    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float) -> None:
+        super().__init__()
+        self.key = nn.Linear(n_embd, head_size, bias=False)
+        self.query = nn.Linear(n_embd, head_size, bias=False)
+        self.value = nn.Linear(n_embd, head_size, bias=False)
+        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        k, q = self.key(x), self.query(x)
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        wei = self.dropout(F.softmax(wei, dim=-1))
+        return wei @ self.value(x)
+
+
+class MultiHead(nn.Module):
+    def __init__(self, n_embd, n_head, block_size, dropout) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(Head(n_embd, n_embd // n_head, block_size, dropout) for _ in range(n_head))
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(torch.cat([h(x) for h in self.heads], dim=-1)))
+
+
+class SeedBlock(nn.Module):
+    def __init__(self, n_embd, n_head, block_size, dropout) -> None:
+        super().__init__()
+        self.sa = MultiHead(n_embd, n_head, block_size, dropout)
+        self.ffwd = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.ReLU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout))
+        self.ln1, self.ln2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+
+    def forward(self, x):
+        x = x + self.sa(self.ln1(x))
+        return x + self.ffwd(self.ln2(x))
+
+
+class SeedGPT(nn.Module):
+    def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout, **_) -> None:
+        super().__init__()
+        self.token_embedding_table = nn.Embedding(vocab_size, n_embd)
+        self.position_embedding_table = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.Sequential(*[SeedBlock(n_embd, n_head, block_size, dropout) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        x = self.token_embedding_table(idx) + self.position_embedding_table(torch.arange(T, device=idx.device))
+        logits = self.lm_head(self.ln_f(self.blocks(x)))
+        loss = None if targets is None else F.cross_entropy(logits.view(B * T, -1), targets.view(B * T))
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, block_size, generator=None):
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -block_size:])
+            probs = F.softmax(logits[:, -1, :], dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
+        return idx

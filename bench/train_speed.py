@@ -1,0 +1,153 @@
+"""Training throughput on this machine, three ways, interleaved in one process (A B C A B C ...) after warm-up:
+
+  A  Frosty: the LightningModule under Lightning's Trainer, as train.py runs it (logger and throughput
+     callback on; no validation or checkpoints inside the timed steps)
+  B  the same GPT, optimizer and batches in a plain PyTorch loop
+  C  a seed-style reference: one module per head, explicit tril mask, ReLU, plain fp32 AdamW
+
+Prints characters per second, ms per step, achieved GFLOP/s, the fraction of this machine's measured
+matmul peak, and the ratios A/B (Lightning's overhead) and A/C (Frosty against the seed).
+
+    python bench/train_speed.py                                   # small model, the trainer=cpu precision
+    python bench/train_speed.py --precision 32-true               # fp32
+    python bench/train_speed.py --model large --block-size 256 --compile
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from bench.common import ROOT, SeedGPT, corpus_text, flops_per_step, machine, matmul_peak, model_preset  # noqa: E402
+from frosty_lm.callbacks import Throughput  # noqa: E402
+from frosty_lm.data import RandomWindows  # noqa: E402
+from frosty_lm.lit_module import FrostyLM  # noqa: E402
+from frosty_lm.tokenizer import CharTokenizer  # noqa: E402
+
+
+class StepTimer(L.Callback):
+    """Times the steps after the first `warmup` of a fit."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.seconds = warmup, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="small", help="a conf/model preset (default small)")
+    parser.add_argument("--block-size", type=int, default=None, help="override the preset's context")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default=None, help="32-true or bf16-mixed (default: conf/trainer/cpu.yaml's)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (A and B)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per round and engine")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    precision = args.precision or str(OmegaConf.load(ROOT / "conf/trainer/cpu.yaml").precision)
+    cfg = model_preset(args.model, block_size=args.block_size, dropout=0.0 if False else None)
+    T, B = cfg["block_size"], args.batch_size
+    optim = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/train.yaml").optim)
+
+    text = corpus_text()
+    tok = CharTokenizer.from_text(text)
+    data = tok.encode_tensor(text)
+    torch.manual_seed(0)
+    module = FrostyLM(vocab=tok.chars, model=cfg, optim=optim, scheduler={"name": "constant"})
+    plain_model = FrostyLM(vocab=tok.chars, model=cfg, optim=optim, scheduler={"name": "constant"})
+    seed = SeedGPT(vocab_size=len(tok), **cfg)
+    if args.compile:
+        module.model = torch.compile(module.model)
+        plain_model.model = torch.compile(plain_model.model)
+    plain_opt = plain_model.configure_optimizers()["optimizer"]
+    seed_opt = torch.optim.AdamW(seed.parameters(), lr=optim["lr"])
+    n_matmul = sum(p.numel() for n, p in module.model.named_parameters() if "emb" not in n and p.dim() == 2)
+    flops = flops_per_step(n_matmul, cfg["n_layer"], cfg["n_embd"], T, B)
+    seed_flops = flops  # same shapes: the same work per step
+    batches = RandomWindows(data, T, B, seed=0)
+    n = args.warmup + args.steps
+
+    def run_lightning(round_: int) -> float:
+        timer = StepTimer(args.warmup)
+        with tempfile.TemporaryDirectory() as logs:
+            trainer = L.Trainer(
+                accelerator="cpu", devices=1, precision=precision, max_steps=n, limit_val_batches=0,
+                gradient_clip_val=1.0, log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, logger=L.pytorch.loggers.TensorBoardLogger(logs, name="", version=""),
+                callbacks=[timer, Throughput()],
+            )
+            start = round_ * n
+            stream = RandomWindows(data, T, B, seed=0, start_batch=lambda: start)
+            trainer.fit(module, train_dataloaders=DataLoader(stream, batch_size=None))
+        return timer.seconds
+
+    def run_loop(model, optimizer, clip: bool, amp: bool, round_: int) -> float:
+        model.train()
+        for i in range(n):
+            if i == args.warmup:
+                start = time.perf_counter()
+            x, y = batches.batch(round_ * n + i)
+            with autocast(precision) if amp else nullcontext():
+                loss = model(x, y)[1]
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    engines = {
+        "A Frosty (Lightning)": lambda r: run_lightning(r),
+        "B same model, plain loop": lambda r: run_loop(plain_model.model, plain_opt, True, True, r),
+        "C seed-style reference": lambda r: run_loop(seed, seed_opt, False, False, r),
+    }
+    times = {name: [] for name in engines}
+    for r in range(args.rounds):
+        for name, engine in engines.items():
+            times[name].append(engine(r))
+
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    peak = peak16 if precision.startswith("bf16") else peak32
+    print(f"machine: {machine()}")
+    print(f"model {args.model}: {cfg['n_layer']} layers, {cfg['n_head']} heads, {cfg['n_embd']} wide, context {T}, "
+          f"batch {B}, precision {precision} (C: fp32){', compiled' if args.compile else ''}; "
+          f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up")
+    print(f"measured matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s\n")
+    print(f"{'engine':28} {'chars/s':>9} {'ms/step':>8} {'GFLOP/s':>8} {'of peak':>8}")
+    speed = {}
+    for name, seconds in times.items():
+        per_step = statistics.median(seconds) / args.steps
+        speed[name] = B * T / per_step
+        work = seed_flops if name.startswith("C") else flops
+        fraction = work / per_step / 1e9 / (peak32 if name.startswith("C") else peak)
+        print(f"{name:28} {speed[name]:9,.0f} {per_step * 1e3:8.1f} {work / per_step / 1e9:8.1f} {fraction:8.1%}")
+    a, b, c = speed.values()
+    print(f"\nA/B (Lightning vs plain loop): {a / b:.3f}x   A/C (Frosty vs seed-style): {a / c:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
