@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
@@ -137,7 +138,8 @@ def fit(cfg: DictConfig, record: RunRecord) -> tuple[float, int | None]:
         load_checkpoint(cfg.ckpt_path)  # a clear error now for a missing, foreign or unsafe file
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}", len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
-    if in_sweep() and cfg.trainer.get("strategy") == "ddp":
+    externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()  # one process per rank already
+    if in_sweep() and cfg.trainer.get("strategy") == "ddp" and not externally_started:
         # plain ddp starts the other processes by re-running the command line: inside a sweep that would
         # re-run the whole sweep in each of them; ddp_spawn starts them from this job instead
         log.info("inside a sweep: trainer.strategy=ddp_spawn instead of ddp")

@@ -1,0 +1,79 @@
+"""The multi-process path on the CPU: DDP over 2 gloo processes, alone and inside a sweep; submitit's local launcher."""
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, TINY, run
+from frosty_lm.checkpoint import load_checkpoint
+from frosty_lm.data import CharDataModule
+from frosty_lm.lit_module import FrostyLM
+
+DDP = [*TINY, "trainer=ddp_cpu", "trainer.max_steps=20", "trainer.val_check_interval=10"]
+
+
+def single_process_val_loss(ckpt_path: Path, corpus: Path) -> float:
+    ckpt = load_checkpoint(ckpt_path)
+    hp = ckpt["hyper_parameters"]
+    module = FrostyLM(hp["vocab"], hp["model"], hp["optim"], hp["scheduler"])
+    module.load_state_dict(ckpt["state_dict"])
+    data = CharDataModule("text", "unused", hp["model"]["block_size"], batch_size=8, path=str(corpus))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    return trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"]
+
+
+def checkpoint_val_loss(ckpt_path: Path) -> float:
+    state = torch.load(ckpt_path, weights_only=True)["callbacks"]
+    (checkpoint_state,) = [v for k, v in state.items() if k.startswith("ModelCheckpoint")]
+    return float(checkpoint_state["best_model_score"])
+
+
+def test_ddp_cpu_run_matches_a_single_process_evaluation(text_file, tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = run("train.py", *DDP, "dataset=text", f"dataset.path={text_file}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert "effective batch: 16 windows of 32 characters per step (data.batch_size 8 x 2 processes" in output
+    assert sorted(p.name for p in run_dir.rglob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # logs from rank 0 only
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    best = run_dir / "checkpoints/best.ckpt"
+    assert single_process_val_loss(best, text_file) == pytest.approx(checkpoint_val_loss(best), abs=1e-5)
+    # and the DDP run resumes
+    run("train.py", f"resume={run_dir}", "trainer.max_steps=30", cwd=tmp_path)
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 30
+
+
+def test_ddp_cpu_inside_a_sweep_runs_each_job_once(text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run("train.py", "-m", *DDP, "dataset=text", f"dataset.path={text_file}", "model.dropout=0.0,0.1",
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "2 of 2 runs finished" in result.stderr
+    assert "trainer.strategy=ddp_spawn instead of ddp" in result.stdout + result.stderr
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["dropout=0.0", "dropout=0.1"]  # no job ran twice, no second sweep started
+    assert not (tmp_path / "outputs").exists()
+    for job in jobs:
+        best = sweep / job / "checkpoints/best.ckpt"
+        assert single_process_val_loss(best, text_file) == pytest.approx(checkpoint_val_loss(best), abs=1e-5)
+
+
+def test_submitit_local_sweep(text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run("train.py", "-m", *TINY, "trainer.max_steps=10", "dataset=text", f"dataset.path={text_file}",
+                 "hydra/launcher=submitit_local", "model.dropout=0.0,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "2 of 2 runs finished" in result.stderr
+    for job in ("dropout=0.0", "dropout=0.1"):
+        assert (sweep / job / "checkpoints/best.ckpt").is_file()
+
+
+def test_gpu_trainers_and_slurm_launcher_compose():
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        ddp = compose("train", overrides=["trainer=ddp", "paths.output_dir=/tmp/x"])
+        slurm = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
+                        return_hydra_config=True)
+    assert (ddp.trainer.strategy, ddp.trainer.accelerator, ddp.trainer.devices) == ("ddp", "gpu", -1)
+    assert slurm.hydra.launcher.tasks_per_node == 4  # one task per GPU
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
