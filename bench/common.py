@@ -117,7 +117,7 @@ class SeedGPT(nn.Module):
         B, T = idx.shape
         x = self.token_embedding_table(idx) + self.position_embedding_table(torch.arange(T, device=idx.device))
         logits = self.lm_head(self.ln_f(self.blocks(x)))
-        loss = None if targets is None else F.cross_entropy(logits.view(B * T, -1), targets.view(B * T))
+        loss = None if targets is None else F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
 
     @torch.no_grad()

@@ -69,7 +69,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = args.precision or str(OmegaConf.load(ROOT / "conf/trainer/cpu.yaml").precision)
-    cfg = model_preset(args.model, block_size=args.block_size, dropout=0.0 if False else None)
+    cfg = model_preset(args.model, block_size=args.block_size)
     T, B = cfg["block_size"], args.batch_size
     optim = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/train.yaml").optim)
 

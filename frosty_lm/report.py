@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,13 +136,14 @@ def plot(runs: list[Run], labels: dict[Path, str], path: Path, title: str) -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for run in runs:
+    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
+    for i, run in enumerate(runs):
         points = run.curves.get("val/loss", [])
         if points:
-            ax.plot(*zip(*points), marker=".", label=labels[run.path])
+            ax.plot(*zip(*points), marker=".", color=colors[i % len(colors)], label=labels[run.path])
     ax.set_xlabel("step")
     ax.set_ylabel("val loss (nats per character)")
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import frosty_lm.runs  # noqa: F401  (registers the resolvers that conf/ uses)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 TINY = ["model=tiny", "trainer.max_steps=30", "trainer.val_check_interval=15", "data.batch_size=8"]
