@@ -9,14 +9,16 @@ from frosty_lm.errors import FrostyError
 
 def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | None = None,
               min_lr_ratio: float = 0.1) -> Callable[[int], float]:
-    """constant: linear warm-up, then the base lr. cosine: warm-up, then cosine decay to
-    min_lr_ratio * lr at decay_steps, constant after that."""
+    """constant: linear warm-up, then the base lr. cosine: warm-up (at most half of decay_steps, so that
+    short runs still decay), then cosine decay to min_lr_ratio * lr at decay_steps, constant after that."""
     if name not in ("constant", "cosine"):
         raise FrostyError(f"scheduler.name={name!r} is not known: use constant or cosine")
     if warmup_steps < 0:
         raise FrostyError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
-    if name == "cosine" and (not decay_steps or decay_steps <= warmup_steps):
-        raise FrostyError(f"scheduler.decay_steps={decay_steps} must be larger than scheduler.warmup_steps={warmup_steps}")
+    if name == "cosine":
+        if not isinstance(decay_steps, int) or decay_steps < 1:
+            raise FrostyError(f"scheduler.decay_steps={decay_steps} must be a positive integer (it defaults to trainer.max_steps)")
+        warmup_steps = min(warmup_steps, decay_steps // 2)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -101,12 +101,13 @@ def resume_if_asked(cfg: DictConfig) -> DictConfig:
         return cfg
     hydra = HydraConfig.get()
     last = Path(hydra.runtime.output_dir) / LAST
-    stored = load_checkpoint(last)["hyper_parameters"].get("run_config")
+    ckpt = load_checkpoint(last)
+    stored = ckpt["hyper_parameters"].get("run_config")
     if not stored:
         raise FrostyError(f"{last} holds no run config to resume with: use ckpt_path={last} and the run's overrides")
     cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
     cfg.ckpt_path = str(last)
-    log.info("resuming %s from step %d", last.parents[1], load_checkpoint(last)["global_step"])
+    log.info("resuming %s from step %d", last.parents[1], ckpt["global_step"])
     return cfg
 
 
@@ -133,19 +134,12 @@ def fit(cfg: DictConfig, record: RunRecord) -> tuple[float, int | None]:
     """The run itself; returns the best val loss, and the step if Ctrl-C stopped it."""
     set_threads(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model = build(cfg)
     if cfg.ckpt_path:
-        load_checkpoint(cfg.ckpt_path)  # a clear error now for a missing, foreign or unsafe file
+        load_checkpoint(cfg.ckpt_path)  # a clear error now, before the corpus is read, for a missing or unsafe file
+    datamodule, model = build(cfg)
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}", len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
-    externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()  # one process per rank already
-    if in_sweep() and cfg.trainer.get("strategy") == "ddp" and not externally_started:
-        # plain ddp starts the other processes by re-running the command line: inside a sweep that would
-        # re-run the whole sweep in each of them; ddp_spawn starts them from this job instead
-        log.info("inside a sweep: trainer.strategy=ddp_spawn instead of ddp")
-        cfg.trainer.strategy = "ddp_spawn"
-        if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
-            multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing
+    spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt()
     callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [interrupt]
     bars = parallel_jobs() == 1  # jobs running side by side would garble each other's progress bars
@@ -164,6 +158,19 @@ def fit(cfg: DictConfig, record: RunRecord) -> tuple[float, int | None]:
     return best, trainer.global_step if interrupt.interrupted else None
 
 
+def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
+    """Plain ddp starts the other ranks by re-running the command line: inside a sweep, each would re-run the
+    whole sweep. There, unless SLURM or torchrun already started one process per rank, use ddp_spawn, which
+    starts them from this job."""
+    externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if not in_sweep() or cfg.trainer.get("strategy") != "ddp" or externally_started:
+        return
+    log.info("inside a sweep: trainer.strategy=ddp_spawn instead of ddp")
+    cfg.trainer.strategy = "ddp_spawn"
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
+        multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing
+
+
 def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -173,7 +180,7 @@ def parallel_jobs() -> int:
     if not in_sweep():
         return 1
     n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
-    return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
 
 
 def set_threads(cfg: DictConfig) -> None:

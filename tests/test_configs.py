@@ -68,10 +68,11 @@ def test_dropout_group_sets_model_dropout_and_a_key_still_overrides_it():
     assert compose_train("model.dropout=0.15").model.dropout == 0.15
 
 
-def test_seed_lr_is_the_default_and_data_dir_follows_the_environment(monkeypatch):
+def test_defaults_are_tuned_and_data_dir_follows_the_environment(monkeypatch):
     monkeypatch.setenv("FROSTY_DATA_DIR", "/corpora")
     cfg = compose_train()
-    assert cfg.optim.lr == 3e-4
+    assert (cfg.optim.lr, cfg.scheduler.name, cfg.scheduler.decay_steps) == (1e-3, "cosine", cfg.trainer.max_steps)
+    assert (cfg.model.n_embd, cfg.dataset.name) == (128, "frost")
     assert cfg.data.data_dir == "/corpora"
     monkeypatch.delenv("FROSTY_DATA_DIR")
     assert compose_train().data.data_dir == "data"

@@ -33,6 +33,7 @@ def assert_grid(sweep: Path, rows: dict[str, list[str]]) -> None:
         assert cells[3] == "10" and cells[-1] == "finished"
         assert 2.0 < float(cells[6]) < 6.0 and float(cells[7]) == pytest.approx(float(cells[6]) / 0.693147, abs=2e-4)
         assert (sweep / name / "checkpoints" / "best.ckpt").is_file()
+        assert len(list((sweep / name).glob("events.out.tfevents.*"))) == 1  # its own TensorBoard run
     one_layer, two_layers = rows["dropout=0.0,n_layer=1"][2], rows["dropout=0.0,n_layer=2"][2]
     assert int(two_layers.replace(",", "")) > int(one_layer.replace(",", ""))
 

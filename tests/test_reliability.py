@@ -52,7 +52,9 @@ def earlier_run(trained_run, tmp_path) -> Path:
         (["data.val_fraction=1.5"], "data.val_fraction=1.5 must be between 0 and 1"),
         (["model.block_size=5000"], "the train split of"),
         (["model.block_size=600", "data.val_fraction=0.05"], "the val split of"),
-        (["scheduler=cosine", "scheduler.decay_steps=10", "scheduler.warmup_steps=20"], "scheduler.decay_steps=10"),
+        (["scheduler.decay_steps=0"], "scheduler.decay_steps=0 must be a positive integer"),
+        (["scheduler.name=linear"], "scheduler.name='linear' is not known: use constant or cosine"),
+        (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be >= 0"),
     ],
 )
 def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_run, tmp_path, overrides, message):
@@ -82,12 +84,15 @@ def test_a_run_directory_in_use_is_refused_and_left_alone(invoke, earlier_run, t
     assert snapshot(earlier_run) == before
 
 
-def test_runs_started_together_get_their_own_directories(text_file, tmp_path):
-    args = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_steps=2", "dataset=text", f"dataset.path={text_file}"]
-    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    runs = [p.parents[1] for p in (tmp_path / "outputs" / "runs").rglob("last.ckpt")]
-    assert len(set(runs)) == 2
+def test_runs_started_in_the_same_second_get_their_own_directories(invoke, text_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "trainer.max_steps=1", "dataset=text", f"dataset.path={text_file}"]
+    started = time.time()
+    results = [invoke("train.py", *args) for _ in range(2)]
+    assert [r[0] for r in results] == [0, 0], results
+    runs = {p.parents[1] for p in (tmp_path / "outputs" / "runs").rglob("last.ckpt")}
+    assert len(runs) == 2  # directories are named to the microsecond
+    assert time.time() - started < 10
 
 
 # ---- train.py: data ------------------------------------------------------------------------
@@ -282,17 +287,17 @@ def test_ctrl_c_saves_a_last_checkpoint_and_exits_cleanly(text_file, tmp_path):
 
 def test_kill_9_then_resume_reaches_the_uninterrupted_weights(text_file, tmp_path):
     run_dir = tmp_path / "killed"
-    proc = start_training(run_dir, text_file, "trainer.max_steps=150")
-    wait_for_checkpoint(run_dir / "checkpoints/last.ckpt", proc, 30)
+    proc = start_training(run_dir, text_file, "trainer.max_steps=100")
+    wait_for_checkpoint(run_dir / "checkpoints/last.ckpt", proc, 20)
     proc.kill()
     proc.wait()
     result = run("train.py", f"resume={run_dir}", cwd=tmp_path)
     assert f"resuming {run_dir}" in result.stdout + result.stderr
-    straight = start_training(tmp_path / "straight", text_file, "trainer.max_steps=150")
+    straight = start_training(tmp_path / "straight", text_file, "trainer.max_steps=100")
     assert straight.wait(timeout=300) == 0
     resumed = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     uninterrupted = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
-    assert resumed["global_step"] == uninterrupted["global_step"] == 150
+    assert resumed["global_step"] == uninterrupted["global_step"] == 100
     assert all(torch.equal(resumed["state_dict"][k], v) for k, v in uninterrupted["state_dict"].items())
     assert resumed["callbacks"] and float(resumed["state_dict"]["best_val_loss"]) == float(uninterrupted["state_dict"]["best_val_loss"])
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # curves continue in one run
