@@ -1,6 +1,7 @@
 """Bad input gets one clear line and exit status 1, and nothing of earlier runs is touched;
 interrupted runs resume exactly; checkpoints are written atomically and loaded safely."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,15 +85,14 @@ def test_a_run_directory_in_use_is_refused_and_left_alone(invoke, earlier_run, t
     assert snapshot(earlier_run) == before
 
 
-def test_runs_started_in_the_same_second_get_their_own_directories(invoke, text_file, tmp_path, monkeypatch):
+def test_runs_started_one_after_the_other_get_their_own_directories(invoke, text_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [*TINY, "trainer.max_steps=1", "dataset=text", f"dataset.path={text_file}"]
-    started = time.time()
-    results = [invoke("train.py", *args) for _ in range(2)]
+    results = [invoke("train.py", *args) for _ in range(2)]  # usually within the same second
     assert [r[0] for r in results] == [0, 0], results
     runs = {p.parents[1] for p in (tmp_path / "outputs" / "runs").rglob("last.ckpt")}
-    assert len(runs) == 2  # directories are named to the microsecond
-    assert time.time() - started < 10
+    assert len(runs) == 2
+    assert all(re.fullmatch(r"\d\d-\d\d-\d\d-\d{6}", run.name) for run in runs)  # named to the microsecond
 
 
 # ---- train.py: data ------------------------------------------------------------------------
