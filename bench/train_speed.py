@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--reference-dropout", type=float, default=None,
+                        help="C's dropout (default: the preset's, as A and B); 0.2 is the seed's")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,7 +81,8 @@ def main() -> None:
     torch.manual_seed(0)
     module = FrostyLM(vocab=tok.chars, model=cfg, optim=optim, scheduler={"name": "constant"})
     plain_model = FrostyLM(vocab=tok.chars, model=cfg, optim=optim, scheduler={"name": "constant"})
-    seed = SeedGPT(vocab_size=len(tok), **cfg)
+    reference_dropout = cfg["dropout"] if args.reference_dropout is None else args.reference_dropout
+    seed = SeedGPT(vocab_size=len(tok), **{**cfg, "dropout": reference_dropout})
     if args.compile:
         module.model = torch.compile(module.model)
         plain_model.model = torch.compile(plain_model.model)
@@ -134,7 +137,8 @@ def main() -> None:
     peak = peak16 if precision.startswith("bf16") else peak32
     print(f"machine: {machine()}")
     print(f"model {args.model}: {cfg['n_layer']} layers, {cfg['n_head']} heads, {cfg['n_embd']} wide, context {T}, "
-          f"batch {B}, precision {precision} (C: fp32){', compiled' if args.compile else ''}; "
+          f"batch {B}, dropout {cfg['dropout']} (C: {reference_dropout}), precision {precision} (C: fp32)"
+          f"{', compiled' if args.compile else ''}; "
           f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up")
     print(f"measured matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s\n")
     print(f"{'engine':28} {'chars/s':>9} {'ms/step':>8} {'GFLOP/s':>8} {'of peak':>8}")
