@@ -119,11 +119,3 @@ class SeedGPT(nn.Module):
         logits = self.lm_head(self.ln_f(self.blocks(x)))
         loss = None if targets is None else F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, block_size, generator=None):
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -block_size:])
-            probs = F.softmax(logits[:, -1, :], dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, 1, generator=generator)), dim=1)
-        return idx

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import traceback
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -13,19 +14,25 @@ from frosty_lm.errors import FrostyError
 
 def exit_on_user_error(func):
     """Run func; a FrostyError prints `error: ...` and exits 1 (FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: traceback).
-    In a sweep (Hydra multirun) the job returns NaN instead, so the other jobs go on; its status.json says
-    failed, and the sweep's summary lists it."""
+    In a sweep (Hydra multirun) a failing job, whatever the error, returns NaN instead, so the other jobs
+    go on; its status.json says failed, and the sweep's summary lists it."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         try:
             return func(*args, **kwargs)
         except FrostyError as err:
             if os.environ.get("FROSTY_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {err}", file=sys.stderr, flush=True)
-            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            if in_sweep:
                 return float("nan")
             sys.exit(1)
+        except Exception:
+            if not in_sweep:
+                raise
+            traceback.print_exc()  # an unexpected error: the traceback, then the sweep goes on
+            return float("nan")
 
     return wrapper

@@ -19,18 +19,17 @@ class FrostyLM(L.LightningModule):
 
     vocab: the characters, in id order. model: GPTConfig fields but vocab_size. optim: lr, weight_decay,
     betas. scheduler: name (constant | cosine), warmup_steps, decay_steps, min_lr_ratio. run_config: the
-    whole run's config, logged to TensorBoard's HPARAMS tab and kept in the checkpoint for the record.
+    whole run's config, logged to TensorBoard's HPARAMS tab and kept in the checkpoint for the record;
+    composed_config: the same before interpolation, which `resume=` recomposes with the new overrides.
     """
 
-    def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, run_config: dict | None = None) -> None:
+    def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, run_config: dict | None = None,
+                 composed_config: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # hparams go to the logger with their metrics, below
         self.model = GPT(GPTConfig(vocab_size=len(vocab), **model))
         self.register_buffer("best_val_loss", torch.tensor(float("inf")))  # saved in checkpoints, so resume keeps it
         self._hparams_logged = False
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.model(idx)[0]
 
     @property
     def net(self):

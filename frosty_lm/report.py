@@ -57,6 +57,8 @@ def alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
         return True
+    except PermissionError:  # it exists, under another user
+        return True
     except (OSError, TypeError, ValueError):
         return False
 

@@ -155,7 +155,8 @@ class SweepSummary(Callback):
         sweep = Path(config.hydra.sweep.dir)
         records = {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/status.json"))}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
-        print(f"sweep {sweep}: {len(records) - len(failed)} of {len(records)} runs finished; "
+        finished = sum(r.get("status") == "finished" for r in records.values())
+        print(f"sweep {sweep}: {finished} of {len(records)} runs finished; "
               f"compare them with: python -m frosty_lm.report {sweep}", file=sys.stderr, flush=True)
         for name, record in failed.items():
             print(f"failed: {name}: {record.get('error')}", file=sys.stderr, flush=True)

@@ -90,8 +90,21 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
         optim=run_config["optim"],
         scheduler=run_config["scheduler"],
         run_config=run_config,
+        composed_config=OmegaConf.to_container(cfg, resolve=False),
     )
     return datamodule, model
+
+
+def check_compatible(ckpt_path: str, model: FrostyLM) -> None:
+    """A checkpoint to start from must share this run's vocabulary and model shape."""
+    hparams = load_checkpoint(ckpt_path)["hyper_parameters"]
+    if hparams["vocab"] != model.hparams.vocab:
+        raise FrostyError(f"{ckpt_path} was trained on another vocabulary ({len(hparams['vocab'])} characters, this "
+                          f"corpus has {len(model.hparams.vocab)}): start from a checkpoint of the same corpus")
+    for key in ("block_size", "n_layer", "n_head", "n_embd", "bias"):
+        if hparams["model"].get(key) != model.hparams.model.get(key):
+            raise FrostyError(f"{ckpt_path} has model.{key}={hparams['model'].get(key)}, this run "
+                              f"model.{key}={model.hparams.model.get(key)}: use the checkpoint's model settings")
 
 
 def resume_if_asked(cfg: DictConfig) -> DictConfig:
@@ -102,7 +115,8 @@ def resume_if_asked(cfg: DictConfig) -> DictConfig:
     hydra = HydraConfig.get()
     last = Path(hydra.runtime.output_dir) / LAST
     ckpt = load_checkpoint(last)
-    stored = ckpt["hyper_parameters"].get("run_config")
+    hparams = ckpt["hyper_parameters"]
+    stored = hparams.get("composed_config") or hparams.get("run_config")  # with its interpolations, if kept
     if not stored:
         raise FrostyError(f"{last} holds no run config to resume with: use ckpt_path={last} and the run's overrides")
     cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
@@ -137,6 +151,8 @@ def fit(cfg: DictConfig, record: RunRecord) -> tuple[float, int | None]:
     if cfg.ckpt_path:
         load_checkpoint(cfg.ckpt_path)  # a clear error now, before the corpus is read, for a missing or unsafe file
     datamodule, model = build(cfg)
+    if cfg.ckpt_path:
+        check_compatible(cfg.ckpt_path, model)
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}", len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
     spawn_ranks_inside_sweep(cfg)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run, snapshot
+from conftest import ROOT, TINY, poem, run, snapshot
 from frosty_lm.checkpoint import AtomicCheckpointIO
 
 
@@ -312,9 +312,24 @@ def test_resume_latest_picks_the_newest_run_and_keeps_its_config(invoke, text_fi
     assert code == 0, err
     ckpt = torch.load(original / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20 and ckpt["hyper_parameters"]["model"]["n_layer"] == 1
+    assert ckpt["hyper_parameters"]["scheduler"]["decay_steps"] == 20  # derived keys follow the new max_steps
     assert len(list((tmp_path / "outputs").rglob("last.ckpt"))) == 1  # no second run directory
     code, _, err = invoke("train.py", "resume=latest", "model=small")
     assert_one_line_error(code, err, "a resumed run keeps its config groups")
+
+
+def test_a_checkpoint_of_another_corpus_or_shape_is_refused(invoke, trained_run, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("0123456789 +-*/=\n" * 400)
+    ckpt = trained_run / "checkpoints/last.ckpt"
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={other}", f"ckpt_path={ckpt}",
+                          f"hydra.run.dir={tmp_path / 'a'}")
+    assert_one_line_error(code, err, "was trained on another vocabulary")
+    corpus = tmp_path / "same.txt"
+    corpus.write_text(poem())
+    code, _, err = invoke("train.py", *TINY, "model.n_layer=3", "dataset=text", f"dataset.path={corpus}",
+                          f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert_one_line_error(code, err, "has model.n_layer=2, this run model.n_layer=3")
 
 
 def test_resume_of_a_directory_without_checkpoint(invoke, tmp_path):
