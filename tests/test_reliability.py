@@ -316,6 +316,8 @@ def test_resume_latest_picks_the_newest_run_and_keeps_its_config(invoke, text_fi
     assert len(list((tmp_path / "outputs").rglob("last.ckpt"))) == 1  # no second run directory
     code, _, err = invoke("train.py", "resume=latest", "model=small")
     assert_one_line_error(code, err, "a resumed run keeps its config groups")
+    code, _, err = invoke("train.py", "resume=latest", "trainer.max_stepz=30")  # Hydra checks the keys
+    assert code == 1 and "Key 'max_stepz' is not in struct" in err and "Traceback" not in err
 
 
 def test_a_checkpoint_of_another_corpus_or_shape_is_refused(invoke, trained_run, tmp_path):
