@@ -9,7 +9,7 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
-from frosty_lm.sampling import sample_text
+from frosty_lm.sampling import default_prompt, sample_text
 
 
 class StepProgressBar(RichProgressBar):
@@ -72,7 +72,7 @@ class SampleText(L.Callback):
 
     def sample(self, pl_module) -> str:
         vocab = pl_module.hparams.vocab
-        prompt = "".join(ch for ch in self.prompt if ch in vocab) or vocab[0]
+        prompt = "".join(ch for ch in self.prompt if ch in vocab) or default_prompt(vocab)
         return sample_text(pl_module.model, vocab, prompt, self.max_new_tokens, self.temperature,
                            self.top_k, self.top_p, self.seed)
 

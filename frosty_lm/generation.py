@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from frosty_lm.checkpoint import latest_checkpoint, load_checkpoint, model_from_checkpoint
 from frosty_lm.errors import FrostyError
-from frosty_lm.sampling import stream_text
+from frosty_lm.sampling import default_prompt, stream_text
 from frosty_lm.tokenizer import CharTokenizer
 
 
@@ -27,7 +27,7 @@ def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
     top_k = None if cfg.top_k is None else min(cfg.top_k, len(vocab))
     prompt = str(cfg.prompt) if cfg.prompt is not None else ""
     if not prompt:  # documented: an empty prompt starts from a line break (or the first character)
-        prompt = "\n" if "\n" in vocab else vocab[0]
+        prompt = default_prompt(vocab)
     unknown = CharTokenizer(vocab).unknown(prompt)
     if unknown:
         raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "

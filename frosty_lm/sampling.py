@@ -9,6 +9,11 @@ from frosty_lm.model import GPT
 from frosty_lm.tokenizer import CharTokenizer
 
 
+def default_prompt(vocab: str) -> str:
+    """Where a sample starts without a prompt: a line break, or the vocabulary's first character."""
+    return "\n" if "\n" in vocab else vocab[0]
+
+
 def stream_text(model: GPT, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                 use_cache: bool = True) -> Iterator[str]:

@@ -31,7 +31,7 @@ from frosty_lm.errors import FrostyError
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.model import GPTConfig
 from frosty_lm.runs import LAST, RunRecord, resumed_config
-from frosty_lm.sampling import sample_text
+from frosty_lm.sampling import default_prompt, sample_text
 
 log = logging.getLogger("frosty")
 # Lightning's advertisements and warnings about its own internals are noise in a Frosty run
@@ -95,9 +95,8 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
     return datamodule, model
 
 
-def check_compatible(ckpt_path: str, model: FrostyLM) -> None:
-    """A checkpoint to start from must share this run's vocabulary and model shape."""
-    hparams = load_checkpoint(ckpt_path)["hyper_parameters"]
+def check_compatible(ckpt_path: str, hparams: dict, model: FrostyLM) -> None:
+    """A checkpoint to start from (hparams: its hyper_parameters) must share this run's vocabulary and model shape."""
     if hparams["vocab"] != model.hparams.vocab:
         raise FrostyError(f"{ckpt_path} was trained on another vocabulary ({len(hparams['vocab'])} characters, this "
                           f"corpus has {len(model.hparams.vocab)}): start from a checkpoint of the same corpus")
@@ -148,11 +147,11 @@ def fit(cfg: DictConfig, record: RunRecord) -> tuple[float, int | None]:
     """The run itself; returns the best val loss, and the step if Ctrl-C stopped it."""
     set_threads(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.ckpt_path:
-        load_checkpoint(cfg.ckpt_path)  # a clear error now, before the corpus is read, for a missing or unsafe file
+    # a clear error now, before the corpus is read, for a missing or unsafe file
+    start = load_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     datamodule, model = build(cfg)
-    if cfg.ckpt_path:
-        check_compatible(cfg.ckpt_path, model)
+    if start is not None:
+        check_compatible(cfg.ckpt_path, start["hyper_parameters"], model)
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}", len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
     spawn_ranks_inside_sweep(cfg)
@@ -217,8 +216,7 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float) -> None:
         return
     path = Path(checkpoint.best_model_path).resolve()
     model, vocab = model_from_checkpoint(load_checkpoint(path))
-    prompt = "\n" if "\n" in vocab else vocab[0]
-    sample = sample_text(model, vocab, prompt, cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
+    sample = sample_text(model, vocab, default_prompt(vocab), cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
     command = f"python generate.py ckpt_path={shlex.quote(str(path))} prompt={shlex.quote(short_prompt(vocab))}"
     log.info("best checkpoint: %s", path)
     log.info("best val loss %.4f nats/char, %.4f bits/char", loss, loss / math.log(2))
