@@ -104,6 +104,14 @@ class SeedBlock(nn.Module):
         return x + self.ffwd(self.ln2(x))
 
 
+def seed_batch(data: torch.Tensor, block_size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's get_batch: random offsets, one slice per window, stacked (data: the whole corpus as int64)."""
+    ix = torch.randint(len(data) - block_size, (batch_size,))
+    x = torch.stack([data[i : i + block_size] for i in ix])
+    y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix])
+    return x, y
+
+
 class SeedGPT(nn.Module):
     def __init__(self, vocab_size, block_size, n_layer, n_head, n_embd, dropout, **_) -> None:
         super().__init__()

@@ -3,13 +3,15 @@
   A  Frosty: the LightningModule under Lightning's Trainer, as train.py runs it (logger and throughput
      callback on; no validation or checkpoints inside the timed steps)
   B  the same GPT, optimizer and batches in a plain PyTorch loop
-  C  a seed-style reference: one module per head, explicit tril mask, ReLU, plain fp32 AdamW
+  C  a seed-style reference: one module per head, explicit tril mask, ReLU, plain fp32 AdamW, the seed's
+     batch sampling (one slice per window)
 
 Prints characters per second, ms per step, achieved GFLOP/s, the fraction of this machine's measured
 matmul peak, and the ratios A/B (Lightning's overhead) and A/C (Frosty against the seed).
 
-    python bench/train_speed.py                                   # small model, the trainer=cpu precision
-    python bench/train_speed.py --precision 32-true               # fp32
+    python bench/train_speed.py                                   # small model, trainer=cpu's precision
+    python bench/train_speed.py --precision 32-true               # Frosty in fp32
+    python bench/train_speed.py --reference-dropout 0.2           # the seed as it trained
     python bench/train_speed.py --model large --block-size 256 --compile
 """
 from __future__ import annotations
@@ -29,11 +31,12 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from bench.common import ROOT, SeedGPT, corpus_text, flops_per_step, machine, matmul_peak, model_preset  # noqa: E402
+from bench.common import ROOT, SeedGPT, corpus_text, flops_per_step, machine, matmul_peak, model_preset, seed_batch  # noqa: E402
 from frosty_lm.callbacks import Throughput  # noqa: E402
 from frosty_lm.data import RandomWindows  # noqa: E402
 from frosty_lm.lit_module import FrostyLM  # noqa: E402
 from frosty_lm.tokenizer import CharTokenizer  # noqa: E402
+from frosty_lm.runs import cpu_precision  # noqa: E402
 
 
 class StepTimer(L.Callback):
@@ -59,19 +62,20 @@ def main() -> None:
     parser.add_argument("--model", default="small", help="a conf/model preset (default small)")
     parser.add_argument("--block-size", type=int, default=None, help="override the preset's context")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default=None, help="32-true or bf16-mixed (default: conf/trainer/cpu.yaml's)")
+    parser.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (A, B and C)")
+    parser.add_argument("--precision", default=None, help="32-true or bf16-mixed (default: trainer=cpu's, bf16-mixed where the CPU has native bf16)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (A and B)")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per round and engine")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--reference-dropout", type=float, default=None,
-                        help="C's dropout (default: the preset's, as A and B); 0.2 is the seed's")
+                        help="C's dropout (default: A and B's); 0.2 is the seed's")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    precision = args.precision or str(OmegaConf.load(ROOT / "conf/trainer/cpu.yaml").precision)
-    cfg = model_preset(args.model, block_size=args.block_size)
+    precision = args.precision or cpu_precision()
+    cfg = model_preset(args.model, block_size=args.block_size, dropout=args.dropout)
     T, B = cfg["block_size"], args.batch_size
     optim = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/train.yaml").optim)
 
@@ -107,16 +111,18 @@ def main() -> None:
             trainer.fit(module, train_dataloaders=DataLoader(stream, batch_size=None))
         return timer.seconds
 
-    def run_loop(model, optimizer, clip: bool, amp: bool, round_: int) -> float:
+    seed_data = data.long()
+
+    def run_loop(model, optimizer, frosty: bool, round_: int) -> float:
         model.train()
         for i in range(n):
             if i == args.warmup:
                 start = time.perf_counter()
-            x, y = batches.batch(round_ * n + i)
-            with autocast(precision) if amp else nullcontext():
+            x, y = batches.batch(round_ * n + i) if frosty else seed_batch(seed_data, T, B)
+            with autocast(precision) if frosty else nullcontext():
                 loss = model(x, y)[1]
             loss.backward()
-            if clip:
+            if frosty:  # gradient clipping, as Frosty's trainer config
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -124,8 +130,8 @@ def main() -> None:
 
     engines = {
         "A Frosty (Lightning)": lambda r: run_lightning(r),
-        "B same model, plain loop": lambda r: run_loop(plain_model.model, plain_opt, True, True, r),
-        "C seed-style reference": lambda r: run_loop(seed, seed_opt, False, False, r),
+        "B same model, plain loop": lambda r: run_loop(plain_model.model, plain_opt, True, r),
+        "C seed-style reference": lambda r: run_loop(seed, seed_opt, False, r),
     }
     times = {name: [] for name in engines}
     for r in range(args.rounds):

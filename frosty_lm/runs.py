@@ -1,7 +1,8 @@
 """Run directories: where a run goes, never over another run, and how `resume=...` finds one to continue.
 
 Hydra decides the run directory and writes its config there before train.py's code runs, so these
-checks are OmegaConf resolvers that conf/train.yaml calls from the hydra node.
+checks are OmegaConf resolvers that conf/train.yaml calls from the hydra node. (trainer=cpu's precision,
+which depends on the machine, is one more resolver here.)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -97,10 +99,18 @@ def short_value(value: str) -> str:
         return value
 
 
+def cpu_precision() -> str:
+    """trainer=cpu's precision: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX), which
+    trains the small model about 1.4x faster to the same loss (README, Performance); fp32 elsewhere."""
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16-mixed" if native_bf16 else "32-true"
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("frosty_run_dir", run_dir, replace=True)
     OmegaConf.register_new_resolver("frosty_output_subdir", output_subdir, replace=True)
     OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
+    OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
 
 
 # At import, not only in train.py: sweep launchers that run jobs in worker processes (joblib, submitit)

@@ -1,5 +1,6 @@
 """Every option of every config group composes, resolves and builds what it describes."""
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
@@ -8,6 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import CONF
 from frosty_lm.model import GPTConfig
+from frosty_lm.runs import cpu_precision
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
@@ -82,3 +84,13 @@ def test_defaults_are_tuned_and_data_dir_follows_the_environment(monkeypatch):
 def test_data_and_model_share_block_size_and_seed():
     cfg = compose_train("model.block_size=48", "seed=7")
     assert cfg.data.block_size == 48 and cfg.data.seed == 7
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"),
+                                                         (False, False, "32-true")])
+def test_cpu_trainer_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu_precision() == expected
+    assert compose_train().trainer.precision == expected
+    assert compose_train("trainer.precision=32-true").trainer.precision == "32-true"

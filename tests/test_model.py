@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from frosty_lm.model import GPT, GPTConfig, sample_next
+import frosty_lm.model as model_module
+from frosty_lm.model import GPT, GPTConfig, attend as real_attend, sample_next
 
 
 def tiny(**overrides) -> GPT:
@@ -100,3 +101,18 @@ def test_config_is_validated_with_a_clear_message(overrides, message):
 def test_context_longer_than_block_size_is_refused_by_forward():
     with pytest.raises(ValueError, match="longer than block_size=16"):
         tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_bf16_autocast_on_the_cpu_attends_in_fp32_and_keeps_the_loss(monkeypatch):
+    model = tiny(n_embd=32).train()
+    idx = torch.randint(11, (4, 16))
+    loss32 = model(idx, idx)[1]
+    seen = []  # the dtypes attention computes in (the CPU's bf16 attention backward is slow)
+    monkeypatch.setattr(model_module, "attend", lambda q, k, v: seen.append(q.dtype) or real_attend(q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss16, _ = model(idx, idx)
+    assert seen == [torch.float32, torch.float32]  # both layers
+    assert logits.dtype == torch.bfloat16 and loss16.dtype == torch.float32
+    assert abs(loss16.item() - loss32.item()) < 0.02
+    loss16.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -21,7 +21,9 @@ def single_process_val_loss(ckpt_path: Path, corpus: Path) -> float:
     module = FrostyLM(hp["vocab"], hp["model"], hp["optim"], hp["scheduler"])
     module.load_state_dict(ckpt["state_dict"])
     data = CharDataModule("text", "unused", hp["model"]["block_size"], batch_size=8, path=str(corpus))
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    precision = hp["run_config"]["trainer"]["precision"]  # the run's (bf16-mixed on a CPU with native bf16)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
     return trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"]
 
 
