@@ -1,9 +1,8 @@
-"""What the benchmarks share: the corpus, model presets, the seed-style reference, the machine's matmul peak."""
+"""What the benchmarks share: the corpus, model presets, the machine, the seed-style reference."""
 from __future__ import annotations
 
 import os
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -42,23 +41,6 @@ def machine() -> str:
     except OSError:
         pass
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """The machine's matmul throughput in GFLOP/s for dtype: best of several n x n products."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
-def flops_per_step(n_params_matmul: int, n_layer: int, n_embd: int, block_size: int, batch_size: int) -> float:
-    """nanoGPT's estimate: 6N per token for the matmul weights, plus 12 L C T per token for attention."""
-    return (6 * n_params_matmul + 12 * n_layer * n_embd * block_size) * block_size * batch_size
 
 
 # ---- the seed-style reference: one module per head, explicit tril mask, ReLU, plain fp32 AdamW -------------

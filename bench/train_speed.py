@@ -31,8 +31,8 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from bench.common import ROOT, SeedGPT, corpus_text, flops_per_step, machine, matmul_peak, model_preset, seed_batch  # noqa: E402
-from frosty_lm.callbacks import Throughput  # noqa: E402
+from bench.common import ROOT, SeedGPT, corpus_text, machine, model_preset, seed_batch  # noqa: E402
+from frosty_lm.callbacks import Throughput, matmul_peak  # noqa: E402
 from frosty_lm.data import RandomWindows  # noqa: E402
 from frosty_lm.lit_module import FrostyLM  # noqa: E402
 from frosty_lm.tokenizer import CharTokenizer  # noqa: E402
@@ -92,9 +92,10 @@ def main() -> None:
         plain_model.model = torch.compile(plain_model.model)
     plain_opt = plain_model.configure_optimizers()["optimizer"]
     seed_opt = torch.optim.AdamW(seed.parameters(), lr=optim["lr"])
-    n_matmul = sum(p.numel() for n, p in module.model.named_parameters() if "emb" not in n and p.dim() == 2)
-    flops = flops_per_step(n_matmul, cfg["n_layer"], cfg["n_embd"], T, B)
+    flops = module.model.flops_per_char() * B * T  # per step: nanoGPT's estimate, as the training log's
     batches = RandomWindows(data, T, B, seed=0)
+    peak32, peak16 = matmul_peak(torch.float32) / 1e9, matmul_peak(torch.bfloat16) / 1e9
+    peak = peak16 if precision.startswith("bf16") else peak32
     n = args.warmup + args.steps
 
     def run_lightning(round_: int) -> float:
@@ -104,7 +105,7 @@ def main() -> None:
                 accelerator="cpu", devices=1, precision=precision, max_steps=n, limit_val_batches=0,
                 gradient_clip_val=1.0, log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, logger=L.pytorch.loggers.TensorBoardLogger(logs, name="", version=""),
-                callbacks=[timer, Throughput()],
+                callbacks=[timer, Throughput(peak_flops=peak * 1e9)],
             )
             start = round_ * n
             stream = RandomWindows(data, T, B, seed=0, start_batch=lambda: start)
@@ -138,8 +139,6 @@ def main() -> None:
         for name, engine in engines.items():
             times[name].append(engine(r))
 
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    peak = peak16 if precision.startswith("bf16") else peak32
     print(f"machine: {machine()}")
     print(f"model {args.model}: {cfg['n_layer']} layers, {cfg['n_head']} heads, {cfg['n_embd']} wide, context {T}, "
           f"batch {B}, dropout {cfg['dropout']} (C: {reference_dropout}), precision {precision} (C: fp32)"

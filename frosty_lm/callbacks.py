@@ -1,15 +1,19 @@
-"""Lightning callbacks: training throughput, and a text sample at every validation."""
+"""Lightning callbacks: a progress bar over the run, training throughput, a text sample at every validation, Ctrl-C."""
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
 import time
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
 from frosty_lm.sampling import default_prompt, sample_text
+
+log = logging.getLogger("frosty")
 
 
 class StepProgressBar(RichProgressBar):
@@ -31,11 +35,36 @@ class StepProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
 
 
-class Throughput(L.Callback):
-    """Logs train/chars_per_sec: characters (batch x context) trained per second, over the last steps."""
+def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", n: int = 2048,
+                repeats: int = 3) -> float:
+    """This machine's matmul throughput in FLOP/s for dtype on device: the best of a few n x n products."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        start = time.perf_counter()
+        (a @ b)[0, 0].item()  # .item() waits for an accelerator to finish
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
 
-    def __init__(self, every_n_steps: int = 10) -> None:
-        self.every_n_steps = every_n_steps
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype that a Lightning precision setting ("32-true", "bf16-mixed", ...) does its matmuls in."""
+    return torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else torch.float32
+
+
+class Throughput(L.Callback):
+    """Logs train/chars_per_sec, characters (batch x context) trained per second over the last steps, and
+    train/peak_fraction: the FLOP/s those characters took (nanoGPT's estimate, GPT.flops_per_char) as a
+    fraction of this machine's matmul peak in the training precision (measured at the start unless given)."""
+
+    def __init__(self, every_n_steps: int = 10, peak_flops: float | None = None) -> None:
+        self.every_n_steps, self.peak_flops = every_n_steps, peak_flops
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.peak_flops is None:
+            dtype = compute_dtype(str(trainer.precision))
+            self.peak_flops = matmul_peak(dtype, pl_module.device, n=1024)
+            log.info("matmul peak of this machine: %.0f GFLOP/s in %s", self.peak_flops / 1e9, str(dtype)[6:])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if not hasattr(self, "_t0"):
@@ -45,7 +74,10 @@ class Throughput(L.Callback):
         self._chars += batch[0].numel()
         if trainer.global_step % self.every_n_steps == 0:
             now = time.perf_counter()
-            pl_module.log("train/chars_per_sec", self._chars / (now - self._t0), prog_bar=True)
+            chars_per_sec = self._chars / (now - self._t0)
+            pl_module.log("train/chars_per_sec", chars_per_sec, prog_bar=True)
+            flops = chars_per_sec * pl_module.model.flops_per_char()
+            pl_module.log("train/peak_fraction", flops / self.peak_flops, prog_bar=True)
             self._t0, self._chars = now, 0
 
     def on_validation_end(self, trainer, pl_module) -> None:

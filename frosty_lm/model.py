@@ -127,6 +127,12 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def flops_per_char(self) -> int:
+        """Training FLOPs per character, nanoGPT's estimate: 6 per weight-matrix parameter (forward and
+        backward; embeddings are lookups, not matmuls), plus 12 L C T for attention over the full context."""
+        matrices = sum(p.numel() for name, p in self.named_parameters() if p.dim() == 2 and "emb" not in name)
+        return 6 * matrices + 12 * self.cfg.n_layer * self.cfg.n_embd * self.cfg.block_size
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
         """idx (B, T) character ids -> logits (B, T, vocab), loss (mean over targets != -1, or None), new cache.
 

@@ -87,7 +87,11 @@ def test_tensorboard_has_curves_hparams_with_best_val_loss_and_samples(trained_r
     events = EventAccumulator(str(trained_run), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "val/bpc", "train/lr", "train/chars_per_sec", "best/val_loss", "best/val_bpc"} <= scalars
+    assert {"train/loss", "val/loss", "val/bpc", "train/lr", "train/chars_per_sec", "train/peak_fraction",
+            "best/val_loss", "best/val_bpc"} <= scalars
+    speed = events.Scalars("train/chars_per_sec")[-1].value
+    fraction = events.Scalars("train/peak_fraction")[-1].value
+    assert speed > 0 and 0 < fraction < 1  # a tiny model is far from the matmul peak
     val = [e.value for e in events.Scalars("val/loss")]
     best = [e.value for e in events.Scalars("best/val_loss")]
     assert len(val) == 2 and best[-1] == pytest.approx(min(val))  # validation at steps 15 and 30

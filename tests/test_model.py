@@ -37,6 +37,12 @@ def test_parameter_count_matches_the_formula():
     assert model.num_params() == V * C + T * C + L * per_block + 2 * C + C * V
 
 
+def test_flops_per_char_is_nanogpts_estimate():
+    V, T, L, C = 11, 16, 2, 16
+    matrices = L * (3 * C * C + C * C + 4 * C * C + 4 * C * C) + C * V  # attention, feed-forward, head
+    assert tiny().flops_per_char() == 6 * matrices + 12 * L * C * T
+
+
 def test_cached_logits_equal_full_forward():
     model = tiny()
     idx = torch.randint(11, (2, 12))
