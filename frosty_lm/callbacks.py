@@ -38,7 +38,8 @@ class StepProgressBar(RichProgressBar):
 def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", n: int = 2048,
                 repeats: int = 3) -> float:
     """This machine's matmul throughput in FLOP/s for dtype on device: the best of a few n x n products."""
-    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    generator = torch.Generator(device=device).manual_seed(0)  # its own: training's random stream is untouched
+    a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=generator) for _ in range(2))
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up
         start = time.perf_counter()
