@@ -47,9 +47,10 @@ class FrostyLM(L.LightningModule):
         if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
             raise FrostyError(f"the training loss is {loss.item()} at step {self.global_step}: training stopped; "
                               "lower optim.lr, or keep trainer.gradient_clip_val set")
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # the steps whose logs Lightning writes:
-            self.log("train/loss", loss, prog_bar=True)  # self.log costs ~0.7 ms a call (Lightning 2.6), a few
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])  # % of a small model's step
+        every = self.trainer.log_every_n_steps  # log only on the steps whose logs Lightning writes: self.log
+        if every and (self.global_step + 1) % every == 0:  # costs ~0.7 ms a call (Lightning 2.6), a few % of a step
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

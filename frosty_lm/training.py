@@ -220,6 +220,11 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float) -> None:
     command = f"python generate.py ckpt_path={shlex.quote(str(path))} prompt={shlex.quote(short_prompt(vocab))}"
     log.info("best checkpoint: %s", path)
     log.info("best val loss %.4f nats/char, %.4f bits/char", loss, loss / math.log(2))
+    metrics = trainer.callback_metrics  # the last values the Throughput callback logged, if it ran
+    if "train/chars_per_sec" in metrics and "train/peak_fraction" in metrics:
+        log.info("training speed: %s characters/s, %.1f%% of this machine's matmul peak (%s)",
+                 f"{float(metrics['train/chars_per_sec']):,.0f}", 100 * float(metrics["train/peak_fraction"]),
+                 trainer.precision)
     log.info("sample:\n%s", sample.strip("\n"))
     log.info("continue from it with:\n  %s", command)
 

@@ -1,4 +1,5 @@
 """train.py and generate.py as a user runs them, in subprocesses."""
+import re
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def test_frost_run_leaves_checkpoints_events_and_a_summary(frost_run):
     best = (run_dir / "checkpoints" / "best.ckpt").resolve()
     assert f"best checkpoint: {best}" in output
     assert "bits/char" in output and "sample:" in output
+    assert re.search(r"training speed: [\d,]+ characters/s, \d+\.\d% of this machine's matmul peak \((32-true|bf16-mixed)\)",
+                     output)
     assert f"python generate.py ckpt_path={best} prompt='Whose woods these are'" in output
 
 
