@@ -37,14 +37,19 @@ class StepProgressBar(RichProgressBar):
 
 def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", n: int = 2048,
                 repeats: int = 3) -> float:
-    """This machine's matmul throughput in FLOP/s for dtype on device: the best of a few n x n products."""
+    """This machine's matmul throughput in FLOP/s for dtype on device: the best of a few rounds of n x n
+    products (one product a round on the CPU; ten on an accelerator, so that waiting for it costs little)."""
+    device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(0)  # its own: training's random stream is untouched
     a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=generator) for _ in range(2))
+    per_round = 1 if device.type == "cpu" else 10
     best = float("inf")
     for _ in range(repeats + 1):  # the first is a warm-up
         start = time.perf_counter()
-        (a @ b)[0, 0].item()  # .item() waits for an accelerator to finish
-        best = min(best, time.perf_counter() - start)
+        for _ in range(per_round):
+            c = a @ b
+        c[0, 0].item()  # waits for an accelerator to finish
+        best = min(best, (time.perf_counter() - start) / per_round)
     return 2 * n**3 / best
 
 
@@ -56,15 +61,19 @@ def compute_dtype(precision: str) -> torch.dtype:
 class Throughput(L.Callback):
     """Logs train/chars_per_sec, characters (batch x context) trained per second over the last steps, and
     train/peak_fraction: the FLOP/s those characters took (nanoGPT's estimate, GPT.flops_per_char) as a
-    fraction of this machine's matmul peak in the training precision (measured at the start unless given)."""
+    fraction of this machine's matmul peak in the training precision (measured at the start unless given).
+    Both every every_n_steps steps (default: trainer.log_every_n_steps, the steps whose logs Lightning writes)."""
 
-    def __init__(self, every_n_steps: int = 10, peak_flops: float | None = None) -> None:
+    def __init__(self, every_n_steps: int | None = None, peak_flops: float | None = None) -> None:
         self.every_n_steps, self.peak_flops = every_n_steps, peak_flops
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.every_n_steps is None:
+            self.every_n_steps = trainer.log_every_n_steps
         if self.peak_flops is None:
             dtype = compute_dtype(str(trainer.precision))
-            self.peak_flops = matmul_peak(dtype, pl_module.device, n=1024)
+            n = 1024 if pl_module.device.type == "cpu" else 8192  # a few ms a product either way
+            self.peak_flops = matmul_peak(dtype, pl_module.device, n=n)
             log.info("matmul peak of this machine: %.0f GFLOP/s in %s", self.peak_flops / 1e9, str(dtype)[6:])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -73,7 +82,8 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._chars += batch[0].numel()
-        if trainer.global_step % self.every_n_steps == 0:
+        step = trainer.global_step
+        if (self.every_n_steps and step % self.every_n_steps == 0) or step == trainer.max_steps:
             now = time.perf_counter()
             chars_per_sec = self._chars / (now - self._t0)
             pl_module.log("train/chars_per_sec", chars_per_sec, prog_bar=True)

@@ -92,6 +92,9 @@ def test_tensorboard_has_curves_hparams_with_best_val_loss_and_samples(trained_r
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/bpc", "train/lr", "train/chars_per_sec", "train/peak_fraction",
             "best/val_loss", "best/val_bpc"} <= scalars
+    logged_steps = [e.step for e in events.Scalars("train/loss")]  # every trainer.log_every_n_steps (10) of 30
+    assert len(logged_steps) == 3 and logged_steps == [e.step for e in events.Scalars("train/peak_fraction")]
+    assert logged_steps[2] - logged_steps[1] == logged_steps[1] - logged_steps[0] == 10
     speed = events.Scalars("train/chars_per_sec")[-1].value
     fraction = events.Scalars("train/peak_fraction")[-1].value
     assert speed > 0 and 0 < fraction < 1  # a tiny model is far from the matmul peak
@@ -126,3 +129,17 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(text_file, tmp_
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in resumed)
     assert not all(torch.equal(resumed[k], first[k]) for k in resumed)  # it did train on from step 20
+
+
+@pytest.mark.parametrize("every, points", [(4, 2), (0, 0)])  # steps 4 and 5 (the last) of 5; 0: no step logs
+def test_step_logs_follow_log_every_n_steps_and_include_the_last_step(invoke, text_file, tmp_path, every, points):
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=5", f"trainer.log_every_n_steps={every}",
+                          "dataset=text", f"dataset.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 0, err
+    events = EventAccumulator(str(tmp_path / "r"), size_guidance={"scalars": 0})
+    events.Reload()
+    count = {tag: len(events.Scalars(tag)) for tag in events.Tags()["scalars"]}
+    assert count.get("train/loss", 0) == count.get("train/chars_per_sec", 0) == points
+    if points:  # each point is that step's own loss, not the last logged one written again
+        assert len({e.value for e in events.Scalars("train/loss")}) == points
+    assert count["val/loss"] == 1
