@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
+from frosty_lm.lit_module import logs_written_at
 from frosty_lm.sampling import default_prompt, sample_text
 
 log = logging.getLogger("frosty")
@@ -62,14 +63,13 @@ class Throughput(L.Callback):
     """Logs train/chars_per_sec, characters (batch x context) trained per second over the last steps, and
     train/peak_fraction: the FLOP/s those characters took (nanoGPT's estimate, GPT.flops_per_char) as a
     fraction of this machine's matmul peak in the training precision (measured at the start unless given).
-    Both every every_n_steps steps (default: trainer.log_every_n_steps, the steps whose logs Lightning writes)."""
+    Both on the steps whose logs Lightning writes (every trainer.log_every_n_steps, and the last)."""
 
-    def __init__(self, every_n_steps: int | None = None, peak_flops: float | None = None) -> None:
-        self.every_n_steps, self.peak_flops = every_n_steps, peak_flops
+    def __init__(self, peak_flops: float | None = None) -> None:
+        self.peak_flops = peak_flops
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.every_n_steps is None:
-            self.every_n_steps = trainer.log_every_n_steps
+        self.flops_per_char = pl_module.model.flops_per_char()
         if self.peak_flops is None:
             dtype = compute_dtype(str(trainer.precision))
             n = 1024 if pl_module.device.type == "cpu" else 8192  # a few ms a product either way
@@ -82,12 +82,11 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._chars += batch[0].numel()
-        step = trainer.global_step
-        if (self.every_n_steps and step % self.every_n_steps == 0) or step == trainer.max_steps:
+        if logs_written_at(trainer, trainer.global_step):  # global_step: the steps done, this one included
             now = time.perf_counter()
             chars_per_sec = self._chars / (now - self._t0)
             pl_module.log("train/chars_per_sec", chars_per_sec, prog_bar=True)
-            flops = chars_per_sec * pl_module.model.flops_per_char()
+            flops = chars_per_sec * self.flops_per_char
             pl_module.log("train/peak_fraction", flops / self.peak_flops, prog_bar=True)
             self._t0, self._chars = now, 0
 
