@@ -43,7 +43,7 @@ class FrostyLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        _, loss, _ = self.net(x, y)
+        _, loss = self.net(x, y)
         if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
             raise FrostyError(f"the training loss is {loss.item()} at step {self.global_step}: training stopped; "
                               "lower optim.lr, or keep trainer.gradient_clip_val set")
@@ -61,7 +61,7 @@ class FrostyLM(L.LightningModule):
 
     def validation_step(self, batch, batch_idx) -> None:
         x, y = batch
-        logits, _, _ = self.net(x)
+        logits, _ = self.net(x)
         loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="sum")
         self._val_totals += torch.stack((loss_sum.double(), (y != -1).sum().double()))
 

@@ -14,10 +14,13 @@ def tiny(**overrides) -> GPT:
 def test_shapes_and_loss():
     model = tiny()
     idx = torch.randint(11, (3, 16))
-    logits, loss, cache = model(idx, idx)
+    logits, loss = model(idx, idx)
     assert logits.shape == (3, 16, 11)
     assert loss.shape == () and 2.0 < loss.item() < 3.0  # about ln(11) = 2.4 at initialisation
-    assert len(cache) == 2 and cache[0][0].shape == (3, 2, 16, 8)
+    cache = model.new_cache()
+    model(idx[:, :10], cache=cache)
+    assert cache.length == 10 and len(cache.k) == len(cache.v) == 2  # one buffer per layer
+    assert cache.k[0].shape == cache.v[1].shape == (3, 2, 16, 8)  # B, nh, block_size, hs
 
 
 def test_causal_a_later_character_changes_no_earlier_logit():
@@ -47,14 +50,41 @@ def test_cached_logits_equal_full_forward():
     model = tiny()
     idx = torch.randint(11, (2, 12))
     full = model(idx)[0]
-    _, _, cache = model(idx[:, :5])
-    steps = [model(idx[:, 5:8], cache=cache)]  # several new positions at once, after a cache
-    _, _, cache = steps[0]
+    cache = model.new_cache()
+    model(idx[:, :5], cache=cache)
+    steps = [model(idx[:, 5:8], cache=cache)[0]]  # several new positions at once, after a cache
     for t in range(8, 12):
-        logits, _, cache = model(idx[:, t : t + 1], cache=cache)
-        steps.append((logits,))
-    cached = torch.cat([s[0] for s in steps], dim=1)
-    assert torch.allclose(full[:, 5:], cached, atol=1e-5)
+        steps.append(model(idx[:, t : t + 1], cache=cache)[0])
+    assert cache.length == 12
+    assert torch.allclose(full[:, 5:], torch.cat(steps, dim=1), atol=1e-5)
+    cache.length = 0  # emptied, the cache serves a new context
+    assert torch.allclose(model(idx[:, 3:7], cache=cache)[0], model(idx[:, 3:7])[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(bias=False, n_head=4)])
+def test_decoder_agrees_with_forward(overrides):
+    model = tiny(**overrides)
+    with torch.no_grad():  # weights far from their small initial values, so that any difference in the math shows
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    idx = torch.randint(11, (2, 16))
+    full = model(idx)[0]
+    cache = model.new_cache()
+    model(idx[:, :6], cache=cache)
+    decode = model.decoder()
+    steps = [decode(idx[:, t], cache) for t in range(6, 16)]  # one position at a time
+    assert cache.length == 16
+    assert torch.allclose(full[:, 6:], torch.stack(steps, dim=1), atol=1e-4)
+    with pytest.raises(ValueError, match="sequence of 17 characters is longer than block_size=16"):
+        decode(idx[:, 0], cache)
+
+
+def test_a_cache_cannot_grow_past_block_size():
+    model = tiny()
+    cache = model.new_cache()
+    model(torch.zeros(1, 16, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="sequence of 17 characters is longer than block_size=16"):
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(top_p=0.8), dict(temperature=0)])
@@ -76,6 +106,24 @@ def test_generation_is_reproducible_and_seed_dependent():
     draw = lambda seed: torch.stack(list(model.generate(prompt, 40, generator=torch.Generator().manual_seed(seed))))
     assert torch.equal(draw(1), draw(1))
     assert not torch.equal(draw(1), draw(2))
+
+
+def test_sampling_draws_what_torch_multinomial_draws():
+    probs = torch.rand(300, 11) ** 4  # uneven rows, some characters nearly impossible
+    logits = probs.log()
+    ours = sample_next(logits, generator=torch.Generator().manual_seed(5))
+    torch_draws = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(ours, torch_draws.squeeze(-1))
+    assert len(set(ours.tolist())) > 5  # a real sample, not one favourite
+
+
+def test_generation_leaves_onednn_as_it_was():
+    before = torch.backends.mkldnn.enabled
+    steps = tiny().generate(torch.zeros(1, 1, dtype=torch.long), 3)
+    next(steps)
+    assert torch.backends.mkldnn.enabled == before  # between characters, the caller's setting holds
+    list(steps)
+    assert torch.backends.mkldnn.enabled == before
 
 
 def test_top_k_and_top_p_restrict_the_choice():
@@ -116,9 +164,10 @@ def test_bf16_autocast_on_the_cpu_attends_in_fp32_and_keeps_the_loss(monkeypatch
     seen = []  # the dtypes attention computes in (the CPU's bf16 attention backward is slow)
     monkeypatch.setattr(model_module, "attend", lambda q, k, v: seen.append(q.dtype) or real_attend(q, k, v))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, loss16, _ = model(idx, idx)
+        logits, loss16 = model(idx, idx)
     assert seen == [torch.float32, torch.float32]  # both layers
     assert logits.dtype == torch.bfloat16 and loss16.dtype == torch.float32
     assert abs(loss16.item() - loss32.item()) < 0.02
     loss16.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
