@@ -13,6 +13,7 @@ matmul peak, and the ratios A/B (Lightning's overhead) and A/C (Frosty against t
     python bench/train_speed.py --precision 32-true               # Frosty in fp32
     python bench/train_speed.py --reference-dropout 0.2           # the seed as it trained
     python bench/train_speed.py --model large --block-size 256 --compile
+    python bench/train_speed.py --model large --device cuda --batch-size 64   # on a GPU (trainer=gpu: bf16)
 """
 from __future__ import annotations
 
@@ -39,22 +40,29 @@ from frosty_lm.tokenizer import CharTokenizer  # noqa: E402
 from frosty_lm.runs import cpu_precision  # noqa: E402
 
 
+def now(device: torch.device) -> float:
+    """The time, once the device has finished the work queued so far (a GPU runs ahead of Python)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class StepTimer(L.Callback):
     """Times the steps after the first `warmup` of a fit."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.seconds = warmup, None, None
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup, self.device, self.start, self.seconds = warmup, device, None, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
-            self.start = time.perf_counter()
+            self.start = now(self.device)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self.seconds = time.perf_counter() - self.start
+        self.seconds = now(self.device) - self.start
 
 
-def autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
+def autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
 
 
 def main() -> None:
@@ -63,7 +71,9 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=None, help="override the preset's context")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (A, B and C)")
-    parser.add_argument("--precision", default=None, help="32-true or bf16-mixed (default: trainer=cpu's, bf16-mixed where the CPU has native bf16)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", default=None, help="32-true or bf16-mixed (default: trainer=cpu's, bf16-mixed where "
+                        "the CPU has native bf16; on cuda trainer=gpu's, bf16-mixed)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (A and B)")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per round and engine")
     parser.add_argument("--warmup", type=int, default=5)
@@ -74,7 +84,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    precision = args.precision or cpu_precision()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but torch sees no CUDA GPU here: run on a GPU machine, or drop --device")
+    device = torch.device(args.device)
+    precision = args.precision or (cpu_precision() if device.type == "cpu" else "bf16-mixed")
     cfg = model_preset(args.model, block_size=args.block_size, dropout=args.dropout)
     T, B = cfg["block_size"], args.batch_size
     optim = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/train.yaml").optim)
@@ -86,7 +99,8 @@ def main() -> None:
     module = FrostyLM(vocab=tok.chars, model=cfg, optim=optim, scheduler={"name": "constant"})
     plain_model = FrostyLM(vocab=tok.chars, model=cfg, optim=optim, scheduler={"name": "constant"})
     reference_dropout = cfg["dropout"] if args.reference_dropout is None else args.reference_dropout
-    seed = SeedGPT(vocab_size=len(tok), **{**cfg, "dropout": reference_dropout})
+    seed = SeedGPT(vocab_size=len(tok), **{**cfg, "dropout": reference_dropout}).to(device)
+    plain_model.to(device)
     if args.compile:
         module.model = torch.compile(module.model)
         plain_model.model = torch.compile(plain_model.model)
@@ -94,15 +108,16 @@ def main() -> None:
     seed_opt = torch.optim.AdamW(seed.parameters(), lr=optim["lr"])
     flops = module.model.flops_per_char() * B * T  # per step: nanoGPT's estimate, as the training log's
     batches = RandomWindows(data, T, B, seed=0)
-    peak32, peak16 = matmul_peak(torch.float32) / 1e9, matmul_peak(torch.bfloat16) / 1e9
+    n_peak = 2048 if device.type == "cpu" else 8192  # a few ms a product either way
+    peak32, peak16 = (matmul_peak(dtype, device, n=n_peak) / 1e9 for dtype in (torch.float32, torch.bfloat16))
     peak = peak16 if precision.startswith("bf16") else peak32
     n = args.warmup + args.steps
 
     def run_lightning(round_: int) -> float:
-        timer = StepTimer(args.warmup)
+        timer = StepTimer(args.warmup, device)
         with tempfile.TemporaryDirectory() as logs:
             trainer = L.Trainer(
-                accelerator="cpu", devices=1, precision=precision, max_steps=n, limit_val_batches=0,
+                accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision, max_steps=n, limit_val_batches=0,
                 gradient_clip_val=1.0, log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, logger=L.pytorch.loggers.TensorBoardLogger(logs, name="", version=""),
                 callbacks=[timer, Throughput(peak_flops=peak * 1e9)],
@@ -112,22 +127,23 @@ def main() -> None:
             trainer.fit(module, train_dataloaders=DataLoader(stream, batch_size=None))
         return timer.seconds
 
-    seed_data = data.long()
+    seed_data = data.long()  # the seed kept the corpus on the CPU and moved each batch
 
     def run_loop(model, optimizer, frosty: bool, round_: int) -> float:
         model.train()
         for i in range(n):
             if i == args.warmup:
-                start = time.perf_counter()
+                start = now(device)
             x, y = batches.batch(round_ * n + i) if frosty else seed_batch(seed_data, T, B)
-            with autocast(precision) if frosty else nullcontext():
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(precision, device) if frosty else nullcontext():
                 loss = model(x, y)[1]
             loss.backward()
             if frosty:  # gradient clipping, as Frosty's trainer config
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
+        return now(device) - start
 
     engines = {
         "A Frosty (Lightning)": lambda r: run_lightning(r),
@@ -139,7 +155,7 @@ def main() -> None:
         for name, engine in engines.items():
             times[name].append(engine(r))
 
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}" + (f"; GPU: {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print(f"model {args.model}: {cfg['n_layer']} layers, {cfg['n_head']} heads, {cfg['n_embd']} wide, context {T}, "
           f"batch {B}, dropout {cfg['dropout']} (C: {reference_dropout}), precision {precision} (C: fp32)"
           f"{', compiled' if args.compile else ''}; "
