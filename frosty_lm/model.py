@@ -47,7 +47,7 @@ class KVCache:
 
     def __init__(self, n_layer: int, block_size: int) -> None:
         self.block_size = block_size
-        self.k: list[torch.Tensor | None] = [None] * n_layer  # per layer (B, nh, block_size, hs), allocated on first use
+        self.k: list[torch.Tensor | None] = [None] * n_layer  # per layer (B, nh, block_size, hs), allocated on use
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self.length = 0  # positions held
 
@@ -211,7 +211,8 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence of {pos + 1} characters is longer than block_size={block_size}")
             x = F.embedding(idx[:, None], tok_emb) + pos_emb[pos]  # (B, 1, C)
             for layer, ln1, qkv, proj, ln2, fc, act, fc2 in layers:
-                q, k, v = F.linear(F.layer_norm(x, *ln1), *qkv).view(B, 1, 3, nh, hs).transpose(1, 3).unbind(2)  # (B, nh, 1, hs)
+                qkv_x = F.linear(F.layer_norm(x, *ln1), *qkv)  # (B, 1, 3C)
+                q, k, v = qkv_x.view(B, 1, 3, nh, hs).transpose(1, 3).unbind(2)  # each (B, nh, 1, hs)
                 y = attend(q, *cache.extend(layer, k, v))  # (B, nh, 1, hs)
                 x = x + F.linear(y.reshape(B, 1, -1), *proj)
                 x = x + F.linear(act(F.linear(F.layer_norm(x, *ln2), *fc)), *fc2)

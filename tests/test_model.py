@@ -170,4 +170,3 @@ def test_bf16_autocast_on_the_cpu_attends_in_fp32_and_keeps_the_loss(monkeypatch
     assert abs(loss16.item() - loss32.item()) < 0.02
     loss16.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-
