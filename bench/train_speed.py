@@ -33,7 +33,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from bench.common import ROOT, SeedGPT, corpus_text, machine, model_preset, seed_batch  # noqa: E402
-from frosty_lm.callbacks import Throughput, matmul_peak  # noqa: E402
+from frosty_lm.callbacks import Throughput, compute_dtype, matmul_peak  # noqa: E402
 from frosty_lm.data import RandomWindows  # noqa: E402
 from frosty_lm.lit_module import FrostyLM  # noqa: E402
 from frosty_lm.tokenizer import CharTokenizer  # noqa: E402
@@ -62,7 +62,8 @@ class StepTimer(L.Callback):
 
 
 def autocast(precision: str, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else nullcontext()
+    dtype = compute_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
 
 def main() -> None:
@@ -109,8 +110,9 @@ def main() -> None:
     flops = module.model.flops_per_char() * B * T  # per step: nanoGPT's estimate, as the training log's
     batches = RandomWindows(data, T, B, seed=0)
     n_peak = 2048 if device.type == "cpu" else 8192  # a few ms a product either way
-    peak32, peak16 = (matmul_peak(dtype, device, n=n_peak) / 1e9 for dtype in (torch.float32, torch.bfloat16))
-    peak = peak16 if precision.startswith("bf16") else peak32
+    dtype = compute_dtype(precision)  # what A and B compute in; C computes in fp32
+    peak32 = matmul_peak(torch.float32, device, n=n_peak) / 1e9
+    peak = peak32 if dtype == torch.float32 else matmul_peak(dtype, device, n=n_peak) / 1e9
     n = args.warmup + args.steps
 
     def run_lightning(round_: int) -> float:
@@ -160,7 +162,8 @@ def main() -> None:
           f"batch {B}, dropout {cfg['dropout']} (C: {reference_dropout}), precision {precision} (C: fp32)"
           f"{', compiled' if args.compile else ''}; "
           f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up")
-    print(f"measured matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s\n")
+    print(f"measured matmul peak: fp32 {peak32:.0f} GFLOP/s"
+          + (f", {str(dtype).removeprefix('torch.')} {peak:.0f} GFLOP/s" if dtype != torch.float32 else "") + "\n")
     print(f"{'engine':28} {'chars/s':>9} {'ms/step':>8} {'GFLOP/s':>8} {'of peak':>8}")
     speed = {}
     for name, seconds in times.items():

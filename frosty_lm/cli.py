@@ -12,6 +12,11 @@ from hydra.types import RunMode
 from frosty_lm.errors import FrostyError
 
 
+def in_sweep() -> bool:
+    """Whether this is a job of a Hydra multirun (a sweep or a search)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def exit_on_user_error(func):
     """Run func; a FrostyError prints `error: ...` and exits 1 (FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: traceback).
     In a sweep (Hydra multirun) a failing job, whatever the error, returns NaN instead, so the other jobs
@@ -19,18 +24,18 @@ def exit_on_user_error(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        sweep_job = in_sweep()
         try:
             return func(*args, **kwargs)
         except FrostyError as err:
             if os.environ.get("FROSTY_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {err}", file=sys.stderr, flush=True)
-            if in_sweep:
+            if sweep_job:
                 return float("nan")
             sys.exit(1)
         except Exception:
-            if not in_sweep:
+            if not sweep_job:
                 raise
             traceback.print_exc()  # an unexpected error: the traceback, then the sweep goes on
             return float("nan")

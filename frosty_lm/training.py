@@ -15,7 +15,6 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -26,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
+from frosty_lm.cli import in_sweep
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.lit_module import FrostyLM
@@ -184,10 +184,6 @@ def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
     cfg.trainer.strategy = "ddp_spawn"
     if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
         multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing
-
-
-def in_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def parallel_jobs() -> int:
