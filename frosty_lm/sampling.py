@@ -1,12 +1,75 @@
-"""Text in, text out: sampling a GPT from a prompt, as a whole string or character by character."""
+"""Everything about sampling a GPT: picking a character from logits (greedy, temperature, top-k, top-p),
+the generation loop with its key/value cache, and text from a prompt, whole or a character at a time."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 
 from frosty_lm.model import GPT
 from frosty_lm.tokenizer import CharTokenizer
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one id per row of logits (B, V): greedy at temperature 0, else top-k / top-p sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):  # keep the k most likely
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:  # keep the smallest set whose probability reaches top_p
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this one already reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    # torch.multinomial's own method for one sample (argmax of p / Exp(1) noise; same draws for the same
+    # generator), without its input checks, which cost two host syncs per character
+    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
+
+
+@contextmanager
+def without_onednn() -> Iterator[None]:
+    """Run tensor ops on the CPU without oneDNN, whose set-up per call costs more than a generation step's
+    small ops themselves. No effect on a GPU. The flag is process-wide: restored on exit."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+@torch.inference_mode()
+def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens next characters (each (B,)) after the context idx (B, T).
+
+    The model sees at most block_size characters. When the context fills the block, it is cropped to its last
+    block_size // 2 characters and the cache is rebuilt from them, so each new character costs one position
+    most of the time. use_cache=False re-runs the whole context for every character (the same output, slower:
+    the reference for tests and benchmarks). The model's weights are looked up once, not once a character.
+    """
+    block_size = model.cfg.block_size
+    context = idx[:, -block_size:]
+    weights = model.weights()
+    cache = model.new_cache() if use_cache else None
+    for _ in range(max_new_tokens):
+        with without_onednn():
+            new = context[:, -1:] if cache is not None and cache.length else context  # the cache holds the rest
+            logits = model(new, cache=cache, weights=weights)[0][:, -1]
+        next_id = sample_next(logits.float(), temperature, top_k, top_p, generator)
+        yield next_id
+        context = torch.cat((context, next_id[:, None]), dim=1)
+        if context.size(1) > block_size:  # crop, and rebuild the cache from the kept half
+            context = context[:, -max(1, block_size // 2):]
+            if cache is not None:
+                cache.reset()
 
 
 def default_prompt(vocab: str) -> str:
@@ -25,7 +88,7 @@ def stream_text(model: GPT, vocab: str, prompt: str, max_new_tokens: int, temper
     was_training = model.training
     model.eval()
     try:
-        for next_id in model.generate(idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
+        for next_id in generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
             yield tokenizer.chars[next_id.item()]
     finally:
         model.train(was_training)

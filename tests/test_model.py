@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import frosty_lm.model as model_module
-from frosty_lm.model import GPT, GPTConfig, attend as real_attend, sample_next
+from frosty_lm.model import GPT, GPTConfig, attend as real_attend
+from frosty_lm.sampling import generate, sample_next
 
 
 def tiny(**overrides) -> GPT:
@@ -57,26 +58,39 @@ def test_cached_logits_equal_full_forward():
         steps.append(model(idx[:, t : t + 1], cache=cache)[0])
     assert cache.length == 12
     assert torch.allclose(full[:, 5:], torch.cat(steps, dim=1), atol=1e-5)
-    cache.length = 0  # emptied, the cache serves a new context
+    cache.reset()  # emptied, the cache serves a new context
     assert torch.allclose(model(idx[:, 3:7], cache=cache)[0], model(idx[:, 3:7])[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(bias=False, n_head=4)])
-def test_decoder_agrees_with_forward(overrides):
+def test_one_position_at_a_time_with_weights_looked_up_once_agrees_with_forward(overrides):
     model = tiny(**overrides)
     with torch.no_grad():  # weights far from their small initial values, so that any difference in the math shows
         for p in model.parameters():
             p.normal_(0.0, 0.5)
     idx = torch.randint(11, (2, 16))
     full = model(idx)[0]
-    cache = model.new_cache()
-    model(idx[:, :6], cache=cache)
-    decode = model.decoder()
-    steps = [decode(idx[:, t], cache) for t in range(6, 16)]  # one position at a time
+    cache, weights = model.new_cache(), model.weights()
+    model(idx[:, :6], cache=cache, weights=weights)
+    steps = [model(idx[:, t : t + 1], cache=cache, weights=weights)[0] for t in range(6, 16)]  # as generation does
     assert cache.length == 16
-    assert torch.allclose(full[:, 6:], torch.stack(steps, dim=1), atol=1e-4)
+    assert torch.allclose(full[:, 6:], torch.cat(steps, dim=1), atol=1e-4)
     with pytest.raises(ValueError, match="sequence of 17 characters is longer than block_size=16"):
-        decode(idx[:, 0], cache)
+        model(idx[:, :1], cache=cache, weights=weights)
+
+
+def test_the_cache_owns_its_position():
+    model = tiny()
+    cache = model.new_cache()
+    model(torch.zeros(2, 5, dtype=torch.long), cache=cache)
+    assert cache.length == 5
+    with pytest.raises(AttributeError):
+        cache.length = 0  # only advance() and reset() move it
+    with pytest.raises(ValueError, match="longer than block_size=16"):
+        cache.advance(12)
+    assert cache.length == 5
+    cache.reset()
+    assert cache.length == 0
 
 
 def test_a_cache_cannot_grow_past_block_size():
@@ -95,7 +109,7 @@ def test_cached_generation_equals_uncached(kwargs):
     runs = []
     for use_cache in (True, False):
         g = torch.Generator().manual_seed(123)
-        runs.append(torch.stack(list(model.generate(prompt, 60, generator=g, use_cache=use_cache, **kwargs)), dim=1))
+        runs.append(torch.stack(list(generate(model, prompt, 60, generator=g, use_cache=use_cache, **kwargs)), dim=1))
     assert runs[0].shape == (1, 60)
     assert torch.equal(runs[0], runs[1])
 
@@ -103,7 +117,7 @@ def test_cached_generation_equals_uncached(kwargs):
 def test_generation_is_reproducible_and_seed_dependent():
     model = tiny()
     prompt = torch.zeros(1, 1, dtype=torch.long)
-    draw = lambda seed: torch.stack(list(model.generate(prompt, 40, generator=torch.Generator().manual_seed(seed))))
+    draw = lambda seed: torch.stack(list(generate(model, prompt, 40, generator=torch.Generator().manual_seed(seed))))
     assert torch.equal(draw(1), draw(1))
     assert not torch.equal(draw(1), draw(2))
 
@@ -119,7 +133,7 @@ def test_sampling_draws_what_torch_multinomial_draws():
 
 def test_generation_leaves_onednn_as_it_was():
     before = torch.backends.mkldnn.enabled
-    steps = tiny().generate(torch.zeros(1, 1, dtype=torch.long), 3)
+    steps = generate(tiny(), torch.zeros(1, 1, dtype=torch.long), 3)
     next(steps)
     assert torch.backends.mkldnn.enabled == before  # between characters, the caller's setting holds
     list(steps)
