@@ -4,13 +4,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from frosty_lm.cli import exit_on_user_error
-from frosty_lm.training import run_training  # also registers the resolvers that conf/train.yaml's hydra node uses
+from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
+from frosty_lm.cli import exit_on_user_error, quiet_lightning
+from frosty_lm.training import run_training
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
+    quiet_lightning()
     return run_training(cfg)
 
 

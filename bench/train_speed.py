@@ -33,11 +33,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from bench.common import ROOT, SeedGPT, corpus_text, machine, model_preset, seed_batch  # noqa: E402
-from frosty_lm.callbacks import Throughput, compute_dtype, matmul_peak  # noqa: E402
+from frosty_lm.callbacks import CharThroughput  # noqa: E402
 from frosty_lm.data import RandomWindows  # noqa: E402
 from frosty_lm.lit_module import FrostyLM  # noqa: E402
+from frosty_lm.machine import cpu_precision, matmul_peak  # noqa: E402
 from frosty_lm.tokenizer import CharTokenizer  # noqa: E402
-from frosty_lm.runs import cpu_precision  # noqa: E402
 
 
 def now(device: torch.device) -> float:
@@ -59,6 +59,11 @@ class StepTimer(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.seconds = now(self.device) - self.start
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype that --precision (32-true or bf16-mixed) computes its matmuls in."""
+    return torch.bfloat16 if "bf16" in precision else torch.float32
 
 
 def autocast(precision: str, device: torch.device):
@@ -109,10 +114,9 @@ def main() -> None:
     seed_opt = torch.optim.AdamW(seed.parameters(), lr=optim["lr"])
     flops = module.model.flops_per_char() * B * T  # per step: nanoGPT's estimate, as the training log's
     batches = RandomWindows(data, T, B, seed=0)
-    n_peak = 2048 if device.type == "cpu" else 8192  # a few ms a product either way
     dtype = compute_dtype(precision)  # what A and B compute in; C computes in fp32
-    peak32 = matmul_peak(torch.float32, device, n=n_peak) / 1e9
-    peak = peak32 if dtype == torch.float32 else matmul_peak(dtype, device, n=n_peak) / 1e9
+    peak32 = matmul_peak(torch.float32, device) / 1e9  # as the training log's: the best over a few sizes
+    peak = peak32 if dtype == torch.float32 else matmul_peak(dtype, device) / 1e9
     n = args.warmup + args.steps
 
     def run_lightning(round_: int) -> float:
@@ -122,7 +126,7 @@ def main() -> None:
                 accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision, max_steps=n, limit_val_batches=0,
                 gradient_clip_val=1.0, log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, logger=L.pytorch.loggers.TensorBoardLogger(logs, name="", version=""),
-                callbacks=[timer, Throughput(peak_flops=peak * 1e9)],
+                callbacks=[timer, CharThroughput(available_flops=peak * 1e9)],
             )
             start = round_ * n
             stream = RandomWindows(data, T, B, seed=0, start_batch=lambda: start)

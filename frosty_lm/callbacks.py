@@ -5,13 +5,14 @@ import logging
 import signal
 import sys
 import threading
-import time
 
 import lightning as L
-import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
+from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.utilities import rank_zero_only
 
-from frosty_lm.lit_module import logs_written_at
+from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
 
 log = logging.getLogger("frosty")
@@ -36,62 +37,62 @@ class StepProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", n: int = 2048,
-                repeats: int = 3) -> float:
-    """This machine's matmul throughput in FLOP/s for dtype on device: the best of a few rounds of n x n
-    products (one product a round on the CPU; ten on an accelerator, so that waiting for it costs little)."""
-    device = torch.device(device)
-    generator = torch.Generator(device=device).manual_seed(0)  # its own: training's random stream is untouched
-    a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=generator) for _ in range(2))
-    per_round = 1 if device.type == "cpu" else 10
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first is a warm-up
-        start = time.perf_counter()
-        for _ in range(per_round):
-            c = a @ b
-        c[0, 0].item()  # waits for an accelerator to finish
-        best = min(best, (time.perf_counter() - start) / per_round)
-    return 2 * n**3 / best
+def _windows(batch) -> int:
+    return batch[0].size(0)
 
 
-def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype that a Lightning precision setting ("32-true", "bf16-mixed", ...) does its matmuls in."""
-    return torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else torch.float32
+def _characters(batch) -> int:
+    return batch[0].numel()
 
 
-class Throughput(L.Callback):
-    """Logs train/chars_per_sec, characters (batch x context) trained per second over the last steps, and
-    train/peak_fraction: the FLOP/s those characters took (nanoGPT's estimate, GPT.flops_per_char) as a
-    fraction of this machine's matmul peak in the training precision (measured at the start unless given).
-    Both on the steps whose logs Lightning writes (every trainer.log_every_n_steps, and the last)."""
+class CharThroughput(ThroughputMonitor):
+    """Lightning's ThroughputMonitor over batches of character windows. On the steps whose logs Lightning writes
+    (every trainer.log_every_n_steps, and the last), it logs train/device/items_per_sec (characters trained per
+    second), train/device/flops_per_sec (the module's flops_per_batch, nanoGPT's estimate, per second) and
+    train/device/mfu (that over available_flops), each over the last window_size steps (default: the logging
+    interval); validation time is left out of training's, and not logged. Lightning knows the peak of some
+    GPUs, not of CPUs: available_flops, unless given, is then this machine's matmul peak in the training's
+    compute dtype, measured in setup."""
 
-    def __init__(self, peak_flops: float | None = None) -> None:
-        self.peak_flops = peak_flops
+    def __init__(self, available_flops: float | None = None, window_size: int | None = None, **kwargs) -> None:
+        super().__init__(batch_size_fn=_windows, length_fn=_characters, **kwargs)  # functions: ddp_spawn pickles
+        self.given_flops, self.window_size, self.peak = available_flops, window_size, None
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.flops_per_char = pl_module.model.flops_per_char()
-        if self.peak_flops is None:
-            dtype = compute_dtype(str(trainer.precision))
-            n = 1024 if pl_module.device.type == "cpu" else 8192  # a few ms a product either way
-            self.peak_flops = matmul_peak(dtype, pl_module.device, n=n)
-            log.info("matmul peak of this machine: %.0f GFLOP/s in %s", self.peak_flops / 1e9, str(dtype)[6:])
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        every = trainer.log_every_n_steps or 10  # 0: nothing is logged; the summary's speed is of the last 10 steps
+        every = min(every, trainer.max_steps) if trainer.max_steps > 0 else every
+        self.kwargs["window_size"] = self.window_size or max(2, every)
+        super().setup(trainer, pl_module, stage)  # available_flops: Lightning's peak for the device and dtype, or None
+        if self.peak is None:  # measured by the process that logs only: others measuring at once would slow it
+            measure = trainer.is_global_zero and not self.given_flops and not self.available_flops
+            self.peak = self.given_flops or self.available_flops or (self.measure_peak(trainer) if measure else None)
+        self.available_flops = self.peak
+        for throughput in self._throughputs.values():
+            throughput.available_flops = self.peak
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if not hasattr(self, "_t0"):
-            self._t0, self._chars = time.perf_counter(), 0
+    @staticmethod
+    def measure_peak(trainer) -> float:
+        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+        peak = matmul_peak(dtype, trainer.strategy.root_device)
+        log.info("matmul peak of this machine: %.0f GFLOP/s in %s", peak / 1e9, str(dtype).removeprefix("torch."))
+        return peak
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._chars += batch[0].numel()
-        if logs_written_at(trainer, trainer.global_step):  # global_step: the steps done, this one included
-            now = time.perf_counter()
-            chars_per_sec = self._chars / (now - self._t0)
-            pl_module.log("train/chars_per_sec", chars_per_sec, prog_bar=True)
-            flops = chars_per_sec * self.flops_per_char
-            pl_module.log("train/peak_fraction", flops / self.peak_flops, prog_bar=True)
-            self._t0, self._chars = now, 0
+    @rank_zero_only
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:  # timed, so that on_validation_end leaves it out of training's time
+            self._update(trainer, pl_module, batch, batch_idx)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._t0, self._chars = time.perf_counter(), 0  # validation time is not training time
+    def training_speed(self) -> tuple[float, float | None] | None:
+        """Characters per second and the fraction of available_flops over the last window of training steps,
+        or None if too few steps ran."""
+        throughput = self._throughputs.get(RunningStage.TRAINING)
+        try:
+            metrics = throughput.compute() if throughput is not None else {}
+        except IndexError:  # no step timed
+            return None
+        if "device/items_per_sec" not in metrics:
+            return None
+        return metrics["device/items_per_sec"], metrics.get("device/mfu")
 
 
 class SampleText(L.Callback):

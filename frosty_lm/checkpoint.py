@@ -1,4 +1,4 @@
-"""Finding and safely loading Frosty checkpoints (weights_only: loading never runs code from the file)."""
+"""Safely loading and atomically saving Frosty checkpoints (weights_only: loading never runs code from the file)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, GPTConfig
+from frosty_lm.run_dirs import newest_run
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -53,7 +54,14 @@ def read_safely(path: str | Path):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, made safe: a checkpoint is written to a temporary file beside its target,
     flushed to disk and renamed over it, so a kill at any moment leaves either the old file or the new one;
-    loading goes through read_safely (weights_only, and a clear error for a bad file)."""
+    loading goes through read_safely (weights_only, and a clear error for a bad file).
+
+    loaded: a checkpoint already read, with its path (the run's start, which train.py reads first to check
+    it): when Lightning asks for that path, it gets this dict, once, and the file is not read again."""
+
+    def __init__(self, loaded: tuple[str | Path, dict] | None = None) -> None:
+        super().__init__()
+        self._loaded = {_same_file(loaded[0]): loaded[1]} if loaded else {}
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         target = Path(path)
@@ -70,7 +78,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.unlink(tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
-        return read_safely(path)  # also Lightning's own files, e.g. ddp_spawn's weights handed back
+        loaded = self._loaded.pop(_same_file(path), None)  # handed over once: a later load reads the file
+        # read_safely also reads Lightning's own files, e.g. ddp_spawn's weights handed back
+        return loaded if loaded is not None else read_safely(path)
+
+
+def _same_file(path: str | Path) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def model_from_checkpoint(ckpt: dict) -> tuple[GPT, str]:
@@ -83,9 +97,13 @@ def model_from_checkpoint(ckpt: dict) -> tuple[GPT, str]:
 
 
 def latest_checkpoint(root: str | Path, name: str = "best.ckpt") -> Path:
-    """The most recently written checkpoint called name anywhere under root (a run or sweep directory)."""
-    found = [p for p in Path(root).rglob(name) if p.is_file()]
-    if not found:
+    """checkpoints/name of the newest run under root (run_dirs.newest_run: the run whose last.ckpt is newest,
+    the run that resume=latest continues)."""
+    run = newest_run(root)
+    if run is None:
         raise FrostyError(f"no {name} found under {root}/: train a model first with `python train.py`, "
                           "or give ckpt_path=PATH")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    path = run / "checkpoints" / name
+    if not path.is_file():
+        raise FrostyError(f"the newest run under {root}/, {run}, has no checkpoints/{name}: give ckpt_path=PATH")
+    return path

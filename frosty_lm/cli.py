@@ -1,10 +1,13 @@
-"""What train.py and generate.py share: turning a FrostyError into one line on stderr and exit status 1."""
+"""What the entry points share: turning a FrostyError into one line on stderr and exit status 1; whether
+this is a sweep's job; quieting Lightning's noise."""
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import traceback
+import warnings
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -41,3 +44,18 @@ def exit_on_user_error(func):
             return float("nan")
 
     return wrapper
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence what is noise in a Frosty run: Lightning's advertisements, its warnings about its own internals,
+    and warnings that do not apply: Frosty's training stream resumes exactly without loader state (batch i is a
+    function of seed and i), a resumed run reuses its checkpoint directory, and an "epoch" is nominal.
+    Calling it again adds nothing."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
+    warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec).*")
+    warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|Checkpoint directory .* exists and is "
+                                              r"not empty|smaller than the logging interval).*")

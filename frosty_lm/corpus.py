@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
-import urllib.request
+import re
+import socket
 from pathlib import Path
+
+from torch.hub import download_url_to_file
 
 from frosty_lm.errors import FrostyError
 
@@ -30,50 +31,51 @@ def resolve(name: str, data_dir: str, path: str | None = None, url: str | None =
     if path:
         file = Path(path).expanduser()
         if not file.exists():
-            raise CorpusError(f"corpus file {file} does not exist: give an existing UTF-8 file with dataset.path=...")
+            raise CorpusError(f"corpus file {file} does not exist: give an existing UTF-8 file with data.path=...")
     else:
         file = Path(data_dir).expanduser() / f"{name}.txt"
         if not file.exists():
             if not url:
                 raise CorpusError(
                     f"corpus {file} not found and dataset {name} has no URL: put the file there, "
-                    "set FROSTY_DATA_DIR to its directory, or use dataset=text dataset.path=FILE"
+                    "set FROSTY_DATA_DIR to its directory, or use dataset=text data.path=FILE"
                 )
             download(url, file, sha256)
     if file.is_dir():
-        raise CorpusError(f"corpus path {file} is a directory, not a file: point dataset.path at a text file")
+        raise CorpusError(f"corpus path {file} is a directory, not a file: point data.path at a text file")
     if sha256 and not path:
         actual = sha256_of(file)
         if actual != sha256:
             raise CorpusError(
                 f"corpus {file} has sha256 {actual}, expected {sha256}: delete it to download it again, "
-                "or use dataset=text dataset.path=FILE for a different text"
+                "or use dataset=text data.path=FILE for a different text"
             )
     return file
 
 
 def download(url: str, dest: Path, sha256: str | None) -> None:
-    """Fetch url into dest through a temporary file; keep it only if its sha256 matches."""
+    """Fetch url into dest; keep it only if whole and its sha256 matches. torch.hub's download_url_to_file
+    writes a temporary file beside dest, checks its sha256 (hash_prefix: here the full digest), renames it over
+    dest only then, and deletes it otherwise, whatever stopped it."""
     log.info("downloading %s to %s", url, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # download_url_to_file takes no timeout: a stalled server would hang the run
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-        if sha256 and (actual := sha256_of(Path(tmp))) != sha256:
-            raise CorpusError(f"download of {url} has sha256 {actual}, expected {sha256}: the file was not kept; try again later")
-        os.replace(tmp, dest)
-    except CorpusError:
-        raise
-    except OSError as err:
+        download_url_to_file(url, str(dest), hash_prefix=sha256 or None, progress=False)
+    except RuntimeError as err:  # torch.hub's report of a mismatch: invalid hash value (expected "...", got "...")
+        got = re.search(r'got "([0-9a-f]+)"', str(err))
+        if not got:
+            raise
+        raise CorpusError(f"download of {url} has sha256 {got.group(1)}, expected {sha256}: the file was not kept; "
+                          "try again later") from None
+    except OSError as err:  # URLError, HTTPError, timeouts, a full disk
         raise CorpusError(
             f"could not download {url} ({err}): check the network, or put {dest.name} in a directory "
             "and set FROSTY_DATA_DIR to it"
         ) from err
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        socket.setdefaulttimeout(timeout)
 
 
 def read_text(file: Path, errors: str = "strict") -> str:
@@ -84,7 +86,7 @@ def read_text(file: Path, errors: str = "strict") -> str:
     except UnicodeDecodeError as err:
         raise CorpusError(
             f"corpus {file} is not valid UTF-8 (byte {err.start}): convert it to UTF-8, "
-            "or set dataset.decode_errors=replace"
+            "or set data.decode_errors=replace"
         ) from None
     if not text:
         raise CorpusError(f"corpus {file} is empty: give a file with some text")

@@ -1,7 +1,7 @@
 """The corpus as a LightningDataModule: vocabulary, contiguous train/val split, batches of windows."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -70,7 +70,7 @@ class CharDataModule(L.LightningDataModule):
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise FrostyError(f"data.batch_size={batch_size!r} must be a positive integer, e.g. data.batch_size=32")
         if decode_errors not in ("strict", "replace"):
-            raise FrostyError(f"dataset.decode_errors={decode_errors!r} must be strict or replace")
+            raise FrostyError(f"data.decode_errors={decode_errors!r} must be strict or replace")
         self.name, self.data_dir, self.path, self.url, self.sha256 = name, data_dir, path, url, sha256
         self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
         self.seed, self.decode_errors = seed, decode_errors

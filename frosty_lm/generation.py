@@ -38,8 +38,8 @@ def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
 def run_generation(cfg: DictConfig) -> None:
     path = cfg.ckpt_path
     if not path:
-        path = latest_checkpoint(cfg.outputs_dir)
-        print(f"using the latest best checkpoint: {path}", file=sys.stderr)
+        path = latest_checkpoint(cfg.paths.outputs_dir)
+        print(f"using the newest run's best checkpoint: {path}", file=sys.stderr)
     model, vocab = model_from_checkpoint(load_checkpoint(path))
     prompt, top_k = check_request(cfg, vocab)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")

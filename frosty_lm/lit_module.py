@@ -18,16 +18,21 @@ class FrostyLM(L.LightningModule):
     """Hyperparameters are plain containers (str, numbers, dicts), so checkpoints load with weights_only=True.
 
     vocab: the characters, in id order. model: GPTConfig fields but vocab_size. optim: lr, weight_decay,
-    betas. scheduler: name (constant | cosine), warmup_steps, decay_steps, min_lr_ratio. run_config: the
-    whole run's config, logged to TensorBoard's HPARAMS tab and kept in the checkpoint for the record;
-    composed_config: the same before interpolation, which `resume=` recomposes with the new overrides.
+    betas. scheduler: name (constant | cosine), warmup_steps, decay_steps, min_lr_ratio. config: the whole
+    run's config as composed, before interpolation, kept in the checkpoint: `resume=` recomposes it with the
+    new overrides (so derived keys such as scheduler.decay_steps follow them). logged_config: the same
+    config resolved, for TensorBoard's HPARAMS tab; not kept in the checkpoint.
     """
 
-    def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, run_config: dict | None = None,
-                 composed_config: dict | None = None) -> None:
+    def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, config: dict | None = None,
+                 logged_config: dict | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)  # hparams go to the logger with their metrics, below
+        # the logger gets hparams with their metrics, below; the resolved config once, in the logger only
+        self.save_hyperparameters(ignore=["logged_config"], logger=False)
+        self.logged_config = logged_config
         self.model = GPT(GPTConfig(vocab_size=len(vocab), **model))
+        self.flops_per_char = self.model.flops_per_char()
+        self.chars_per_batch = 0  # of the last training batch
         self.register_buffer("best_val_loss", torch.tensor(float("inf")))  # saved in checkpoints, so resume keeps it
         self._hparams_logged = False
 
@@ -41,8 +46,14 @@ class FrostyLM(L.LightningModule):
             self.__dict__["_compiled"] = torch.compile(self.model)
         return self.__dict__["_compiled"]
 
+    @property
+    def flops_per_batch(self) -> int:
+        """Training FLOPs of a batch (batch x block_size x GPT.flops_per_char), for Lightning's ThroughputMonitor."""
+        return self.chars_per_batch * self.flops_per_char
+
     def training_step(self, batch, batch_idx):
         x, y = batch
+        self.chars_per_batch = x.numel()
         _, loss = self.net(x, y)
         if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
             raise FrostyError(f"the training loss is {loss.item()} at step {self.global_step}: training stopped; "
@@ -52,9 +63,11 @@ class FrostyLM(L.LightningModule):
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.trainer.max_steps > 0 and self.trainer.global_step >= self.trainer.max_steps:
-            self.trainer.should_stop = True  # Lightning then validates once more, so the last step is evaluated
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.trainer.max_steps > 0 and self.trainer.global_step + 1 >= self.trainer.max_steps:
+            # the last step: Lightning then validates once more, so the last step is evaluated. Set here, before
+            # the callbacks' on_train_batch_end, so that they (ThroughputMonitor) also see the step's logs written
+            self.trainer.should_stop = True
 
     def on_validation_epoch_start(self) -> None:
         self._val_totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, target count
@@ -74,7 +87,7 @@ class FrostyLM(L.LightningModule):
         self.best_val_loss = torch.minimum(self.best_val_loss, val_loss.to(self.best_val_loss))
         best = {"best/val_loss": self.best_val_loss.item(), "best/val_bpc": self.best_val_loss.item() / LN2}
         if not self._hparams_logged and self.logger is not None:
-            self.logger.log_hyperparams(flatten(self.hparams.run_config or {}), best)  # registers the metrics
+            self.logger.log_hyperparams(flatten(self.logged_config or {}), best)  # registers the metrics
             self._hparams_logged = True
         self.log_dict(best)
 
@@ -99,8 +112,8 @@ class FrostyLM(L.LightningModule):
 
 def logs_written_at(trainer: L.Trainer, step: int) -> bool:
     """Whether Lightning writes the logs of training step `step` (counted from 1): every
-    trainer.log_every_n_steps, and the last. self.log costs ~0.7 ms a call (Lightning 2.6), a few % of a
-    small model's step, so Frosty logs only on these steps."""
+    trainer.log_every_n_steps, and the last. self.log costs ~0.7 ms a call, a few % of a small model's
+    step, so training_step logs only on these steps."""
     every = trainer.log_every_n_steps
     return bool(every and step % every == 0) or step == trainer.max_steps
 

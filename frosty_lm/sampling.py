@@ -2,8 +2,8 @@
 the generation loop with its key/value cache, and text from a prompt, whole or a character at a time."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -12,7 +12,7 @@ class CharTokenizer:
         self.stoi = {ch: i for i, ch in enumerate(chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
+    def from_text(cls, text: str) -> CharTokenizer:
         return cls("".join(sorted(set(text))))
 
     def __len__(self) -> int:

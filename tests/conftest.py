@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import frosty_lm.runs  # noqa: F401  (registers the resolvers that conf/ uses)
+import frosty_lm.run_dirs  # noqa: F401  (registers the resolvers that conf/ uses)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -56,7 +56,7 @@ def trained_run(tmp_path_factory) -> Path:
     corpus = work / "corpus.txt"
     corpus.write_text(poem(), encoding="utf-8")
     run_dir = work / "run"
-    run("train.py", *TINY, "dataset=text", f"dataset.path={corpus}", f"hydra.run.dir={run_dir}", cwd=work)
+    run("train.py", *TINY, "dataset=text", f"data.path={corpus}", f"hydra.run.dir={run_dir}", cwd=work)
     return run_dir
 
 

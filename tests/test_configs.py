@@ -8,11 +8,11 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
 from conftest import CONF
+from frosty_lm.machine import cpu_precision
 from frosty_lm.model import GPTConfig
-from frosty_lm.runs import cpu_precision
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
-OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("*.yaml"))]
+OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("[!_]*.yaml"))]  # _base: not one
 ADDED = {"experiment", "sweep", "search"}  # not in train.yaml's defaults: chosen with +group=option
 
 
@@ -29,13 +29,14 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_option_composes(group, option, tmp_path):
-    extra = [f"dataset.path={tmp_path / 'x.txt'}"] if (group, option) == ("dataset", "text") else []
+    extra = [f"data.path={tmp_path / 'x.txt'}"] if (group, option) == ("dataset", "text") else []
     cfg = compose_train(f"{'+' if group in ADDED else ''}{group}={option}", *extra)
     GPTConfig(vocab_size=10, **cfg.model)  # a valid model config
     if group in ("logger", "callbacks"):
         assert all(isinstance(instantiate(node), (Callback, Logger)) for node in cfg[group].values())
     if group == "trainer":
-        expected = {"cpu": ("cpu", None), "gpu": ("gpu", None), "ddp": ("gpu", "ddp"), "ddp_cpu": ("cpu", "ddp")}
+        expected = {"cpu": ("cpu", None), "gpu": ("gpu", None), "ddp": ("gpu", "ddp"), "ddp_cpu": ("cpu", "ddp"),
+                    "default": ("auto", None)}
         assert (cfg.trainer.accelerator, cfg.trainer.get("strategy")) == expected[option]
     if group == "dataset" and option != "text":
         assert cfg.data.url.startswith("https://") and len(cfg.data.sha256) == 64
@@ -45,7 +46,7 @@ def test_seed_frosty_is_the_seeds_run():
     cfg = compose_train("+experiment=seed_frosty")
     m = cfg.model
     assert (m.n_embd, m.n_head, m.n_layer, m.block_size, m.dropout) == (384, 6, 6, 256, 0.2)
-    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.optim.lr, cfg.dataset.name) == (32, 5000, 3e-4, "frost")
+    assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.optim.lr, cfg.data.name) == (32, 5000, 3e-4, "frost")
     assert cfg.scheduler.name == "constant"
 
 
@@ -75,7 +76,7 @@ def test_defaults_are_tuned_and_data_dir_follows_the_environment(monkeypatch):
     monkeypatch.setenv("FROSTY_DATA_DIR", "/corpora")
     cfg = compose_train()
     assert (cfg.optim.lr, cfg.scheduler.name, cfg.scheduler.decay_steps) == (1e-3, "cosine", cfg.trainer.max_steps)
-    assert (cfg.model.n_embd, cfg.dataset.name) == (128, "frost")
+    assert (cfg.model.n_embd, cfg.data.name) == (128, "frost")
     assert cfg.data.data_dir == "/corpora"
     monkeypatch.delenv("FROSTY_DATA_DIR")
     assert compose_train().data.data_dir == "data"

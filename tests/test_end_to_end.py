@@ -75,7 +75,7 @@ def test_generate_uses_the_latest_run_when_no_checkpoint_is_given(trained_run, t
     monkeypatch.chdir(tmp_path)
     code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10")
     assert code == 0 and out.startswith("Snow") and "best.ckpt" not in out  # messages go to stderr only
-    assert "using the latest best checkpoint: outputs/runs/r1/checkpoints/best.ckpt" in err
+    assert "using the newest run's best checkpoint: outputs/runs/r1/checkpoints/best.ckpt" in err
 
 
 def test_prompt_outside_the_vocabulary_is_a_clear_error(trained_run, invoke):
@@ -90,14 +90,16 @@ def test_tensorboard_has_curves_hparams_with_best_val_loss_and_samples(trained_r
     events = EventAccumulator(str(trained_run), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "val/bpc", "train/lr", "train/chars_per_sec", "train/peak_fraction",
+    assert {"train/loss", "val/loss", "val/bpc", "train/lr", "train/device/items_per_sec", "train/device/mfu",
             "best/val_loss", "best/val_bpc"} <= scalars
+    assert not any(tag.startswith("validate/") for tag in scalars)  # validation is timed, not logged
     logged_steps = [e.step for e in events.Scalars("train/loss")]  # every trainer.log_every_n_steps (10) of 30
-    assert len(logged_steps) == 3 and logged_steps == [e.step for e in events.Scalars("train/peak_fraction")]
+    assert len(logged_steps) == 3 and logged_steps == [e.step for e in events.Scalars("train/device/mfu")]
+    assert logged_steps == [e.step for e in events.Scalars("train/device/items_per_sec")]
     assert logged_steps[2] - logged_steps[1] == logged_steps[1] - logged_steps[0] == 10
-    speed = events.Scalars("train/chars_per_sec")[-1].value
-    fraction = events.Scalars("train/peak_fraction")[-1].value
-    assert speed > 0 and 0 < fraction < 1  # a tiny model is far from the matmul peak
+    speeds = [e.value for e in events.Scalars("train/device/items_per_sec")]  # characters per second
+    fractions = [e.value for e in events.Scalars("train/device/mfu")]
+    assert all(speed > 0 for speed in speeds) and all(0 < f < 1 for f in fractions)  # a tiny model is far from the peak
     val = [e.value for e in events.Scalars("val/loss")]
     best = [e.value for e in events.Scalars("best/val_loss")]
     assert len(val) == 2 and best[-1] == pytest.approx(min(val))  # validation at steps 15 and 30
@@ -113,11 +115,15 @@ def test_tensorboard_has_curves_hparams_with_best_val_loss_and_samples(trained_r
 def test_text_dataset_run_trains(trained_run):
     first, last = (torch.load(trained_run / "checkpoints" / name, weights_only=True) for name in ("best.ckpt", "last.ckpt"))
     assert last["global_step"] == 30
-    assert first["hyper_parameters"]["vocab"] == "".join(sorted(set(Path(first["hyper_parameters"]["run_config"]["dataset"]["path"]).read_text())))
+    hparams = first["hyper_parameters"]
+    assert hparams["vocab"] == "".join(sorted(set(Path(hparams["config"]["data"]["path"]).read_text())))
+    # the run config once, as composed (with its interpolations, for resume=); vocab, model, optim, scheduler
+    assert set(hparams) == {"vocab", "model", "optim", "scheduler", "config"}
+    assert hparams["config"]["scheduler"]["decay_steps"] == "${trainer.max_steps}"
 
 
 def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(text_file, tmp_path, invoke):
-    common = [*TINY, "model.dropout=0.1", "scheduler=constant", "dataset=text", f"dataset.path={text_file}",
+    common = [*TINY, "model.dropout=0.1", "scheduler=constant", "dataset=text", f"data.path={text_file}",
               "trainer.val_check_interval=10"]  # constant lr: a 20-step and a 40-step run share the schedule
     assert invoke("train.py", *common, "trainer.max_steps=20", f"hydra.run.dir={tmp_path / 'first'}")[0] == 0
     assert invoke("train.py", *common, "trainer.max_steps=40", f"ckpt_path={tmp_path / 'first/checkpoints/last.ckpt'}",
@@ -134,12 +140,13 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(text_file, tmp_
 @pytest.mark.parametrize("every, points", [(4, 2), (0, 0)])  # steps 4 and 5 (the last) of 5; 0: no step logs
 def test_step_logs_follow_log_every_n_steps_and_include_the_last_step(invoke, text_file, tmp_path, every, points):
     code, _, err = invoke("train.py", *TINY, "trainer.max_steps=5", f"trainer.log_every_n_steps={every}",
-                          "dataset=text", f"dataset.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
+                          "dataset=text", f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
     assert code == 0, err
     events = EventAccumulator(str(tmp_path / "r"), size_guidance={"scalars": 0})
     events.Reload()
     count = {tag: len(events.Scalars(tag)) for tag in events.Tags()["scalars"]}
-    assert count.get("train/loss", 0) == count.get("train/chars_per_sec", 0) == points
+    assert count.get("train/loss", 0) == count.get("train/device/items_per_sec", 0) == points
+    assert count.get("train/device/mfu", 0) == points
     if points:  # each point is that step's own loss, not the last logged one written again
         assert len({e.value for e in events.Scalars("train/loss")}) == points
     assert count["val/loss"] == 1

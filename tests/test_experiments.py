@@ -10,7 +10,7 @@ from matplotlib.image import imread
 
 from conftest import TINY, run
 from frosty_lm.report import main as report_main
-from frosty_lm.runs import sweep_subdir
+from frosty_lm.run_dirs import sweep_subdir
 
 SWEEP = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]
 
@@ -44,7 +44,7 @@ def assert_grid(sweep: Path, rows: dict[str, list[str]]) -> None:
 def test_2x2_sweep_and_its_report(launcher, text_file, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     extra = ["hydra/launcher=basic"] if launcher == "basic" else []  # joblib with 2 jobs is the default
-    result = run("train.py", "-m", *SWEEP, "dataset=text", f"dataset.path={text_file}", "model.dropout=0.0,0.2",
+    result = run("train.py", "-m", *SWEEP, "dataset=text", f"data.path={text_file}", "model.dropout=0.0,0.2",
                  "model.n_layer=1,2", *extra, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert f"4 of 4 runs finished; compare them with: python -m frosty_lm.report {sweep}" in result.stderr
     assert_grid(sweep, report_rows(capsys, sweep))
@@ -55,7 +55,7 @@ def test_2x2_sweep_and_its_report(launcher, text_file, tmp_path, capsys):
 
 def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
     sweep = tmp_path / "search"
-    run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"dataset.path={text_file}",
+    run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
         "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
     assert len(records) == 3 and all(r["status"] == "finished" for r in records)
@@ -65,7 +65,7 @@ def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
 
 def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    result = run("train.py", "-m", *SWEEP, "dataset=text", f"dataset.path={text_file}", "model.n_head=3,2,4",
+    result = run("train.py", "-m", *SWEEP, "dataset=text", f"data.path={text_file}", "model.n_head=3,2,4",
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
     assert result.returncode == 1  # the sweep finished, and says that a job failed
     assert "2 of 3 runs finished" in result.stderr

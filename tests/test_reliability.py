@@ -2,6 +2,7 @@
 interrupted runs resume exactly; checkpoints are written atomically and loaded safely."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,8 +28,6 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
 @pytest.fixture
 def earlier_run(trained_run, tmp_path) -> Path:
     """A copy of a finished run, whose files the failing commands must leave alone."""
-    import shutil
-
     copy = tmp_path / "earlier"
     shutil.copytree(trained_run, copy)
     return copy
@@ -61,7 +60,7 @@ def earlier_run(trained_run, tmp_path) -> Path:
 def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_run, tmp_path, overrides, message):
     before = snapshot(earlier_run)
     new_dir = tmp_path / "new"
-    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={text_file}", *overrides,
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", *overrides,
                           f"hydra.run.dir={new_dir}")
     assert_one_line_error(code, err, message)
     assert snapshot(earlier_run) == before
@@ -74,20 +73,20 @@ def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_r
      ("trainer=tpu9000", "Could not find 'trainer/tpu9000'"), ("dataset=poems", "Could not find 'dataset/poems'")],
 )
 def test_unknown_option_or_key_is_hydras_clear_error(invoke, text_file, tmp_path, override, message):
-    code, _, err = invoke("train.py", "dataset=text", f"dataset.path={text_file}", override, f"hydra.run.dir={tmp_path / 'r'}")
+    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", override, f"hydra.run.dir={tmp_path / 'r'}")
     assert code == 1 and message in err and "Traceback" not in err
 
 
 def test_a_run_directory_in_use_is_refused_and_left_alone(invoke, earlier_run, text_file):
     before = snapshot(earlier_run)
-    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={text_file}", f"hydra.run.dir={earlier_run}")
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={earlier_run}")
     assert_one_line_error(code, err, "already holds a run", f"resume={earlier_run}")
     assert snapshot(earlier_run) == before
 
 
 def test_runs_started_one_after_the_other_get_their_own_directories(invoke, text_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = [*TINY, "trainer.max_steps=1", "dataset=text", f"dataset.path={text_file}"]
+    args = [*TINY, "trainer.max_steps=1", "dataset=text", f"data.path={text_file}"]
     results = [invoke("train.py", *args) for _ in range(2)]  # usually within the same second
     assert [r[0] for r in results] == [0, 0], results
     runs = {p.parents[1] for p in (tmp_path / "outputs" / "runs").rglob("last.ckpt")}
@@ -113,28 +112,28 @@ def corpus_case(tmp_path: Path, kind: str) -> Path:
 @pytest.mark.parametrize(
     "kind, message",
     [
-        ("missing", "does not exist: give an existing UTF-8 file with dataset.path="),
+        ("missing", "does not exist: give an existing UTF-8 file with data.path="),
         ("empty", "is empty"),
         ("directory", "is a directory, not a file"),
-        ("latin1", "is not valid UTF-8 (byte 653): convert it to UTF-8, or set dataset.decode_errors=replace"),
+        ("latin1", "is not valid UTF-8 (byte 653): convert it to UTF-8, or set data.decode_errors=replace"),
         ("one_char", "only one distinct character"),
     ],
 )
 def test_bad_corpus_file(invoke, tmp_path, kind, message):
     path = corpus_case(tmp_path, kind)
-    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={path}", f"hydra.run.dir={tmp_path / 'r'}")
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={path}", f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, message)
 
 
 def test_text_dataset_needs_a_path(invoke, tmp_path):
     code, _, err = invoke("train.py", *TINY, "dataset=text", f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "dataset.path has no value")
+    assert_one_line_error(code, err, "data.path has no value")
 
 
 def test_invalid_utf8_can_be_replaced(invoke, tmp_path):
     path = corpus_case(tmp_path, "latin1")
-    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=2", "dataset=text", f"dataset.path={path}",
-                          "dataset.decode_errors=replace", f"hydra.run.dir={tmp_path / 'r'}")
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=2", "dataset=text", f"data.path={path}",
+                          "data.decode_errors=replace", f"hydra.run.dir={tmp_path / 'r'}")
     assert code == 0, err
     vocab = torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)["hyper_parameters"]["vocab"]
     assert "\ufffd" in vocab
@@ -142,14 +141,14 @@ def test_invalid_utf8_can_be_replaced(invoke, tmp_path):
 
 def test_missing_corpus_that_cannot_be_downloaded(invoke, tmp_path):
     code, _, err = invoke("train.py", *TINY, "dataset=frost", f"data.data_dir={tmp_path / 'corpora'}",
-                          f"dataset.url={(tmp_path / 'nowhere.txt').as_uri()}", f"hydra.run.dir={tmp_path / 'r'}")
+                          f"data.url={(tmp_path / 'nowhere.txt').as_uri()}", f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "could not download", "FROSTY_DATA_DIR")
     assert not (tmp_path / "corpora" / "frost.txt").exists()
 
 
 def test_download_with_wrong_sha256_is_refused_and_not_kept(invoke, tmp_path, text_file):
     code, _, err = invoke("train.py", *TINY, "dataset=frost", f"data.data_dir={tmp_path / 'corpora'}",
-                          f"dataset.url={text_file.as_uri()}", f"hydra.run.dir={tmp_path / 'r'}")
+                          f"data.url={text_file.as_uri()}", f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "has sha256", "expected 51b38742")
     assert list((tmp_path / "corpora").iterdir()) == []
 
@@ -164,7 +163,7 @@ def test_local_corpus_with_wrong_sha256_is_refused(invoke, tmp_path, text_file):
 
 def test_nan_loss_stops_the_run_with_its_step(invoke, text_file, tmp_path):
     code, _, err = invoke("train.py", *TINY, "optim.lr=1e30", "trainer.gradient_clip_val=null", "dataset=text",
-                          f"dataset.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
+                          f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "the training loss is nan at step", "lower optim.lr")
     assert not (tmp_path / "r" / "checkpoints").exists()  # no checkpoint of garbage weights
 
@@ -216,7 +215,7 @@ def test_checkpoint_that_would_run_code_is_refused_everywhere(invoke, text_file,
     malicious_checkpoint(evil, marker)
     code, _, err = invoke("generate.py", f"ckpt_path={evil}")
     assert_one_line_error(code, err, "was refused", "posix.system")
-    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={text_file}", f"ckpt_path={evil}",
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"ckpt_path={evil}",
                           f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "was refused")
     assert not marker.exists()
@@ -257,7 +256,7 @@ def test_generate_clamps_top_k_and_starts_an_empty_prompt_on_a_line_break(invoke
 # ---- interruption, resume, atomic checkpoints -------------------------------------------
 
 def start_training(run_dir: Path, text_file: Path, *extra: str) -> subprocess.Popen:
-    args = [*TINY, "model.dropout=0.1", "trainer.val_check_interval=10", "dataset=text", f"dataset.path={text_file}"]
+    args = [*TINY, "model.dropout=0.1", "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}"]
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, *extra, f"hydra.run.dir={run_dir}"],
                             cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -306,7 +305,7 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_weights(text_file, tmp_pat
 def test_resume_latest_picks_the_newest_run_and_keeps_its_config(invoke, text_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert invoke("train.py", *TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "dataset=text",
-                  f"dataset.path={text_file}", "model.n_layer=1")[0] == 0
+                  f"data.path={text_file}", "model.n_layer=1")[0] == 0
     (original,) = [p.parents[1] for p in (tmp_path / "outputs").rglob("last.ckpt")]
     code, out, err = invoke("train.py", "resume=latest", "trainer.max_steps=20")
     assert code == 0, err
@@ -320,16 +319,65 @@ def test_resume_latest_picks_the_newest_run_and_keeps_its_config(invoke, text_fi
     assert code == 1 and "Key 'max_stepz' is not in struct" in err and "Traceback" not in err
 
 
+def counting_reads(monkeypatch) -> list[str]:
+    """Every torch.load from now on, by file name (what read_safely and Lightning's loaders both call)."""
+    reads, load = [], torch.load
+
+    def counted(f, *args, **kwargs):
+        reads.append(Path(f if isinstance(f, (str, os.PathLike)) else getattr(f, "name", repr(f))).name)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    return reads
+
+
+def test_resume_and_a_start_checkpoint_are_read_once(invoke, text_file, tmp_path, monkeypatch):
+    args = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "dataset=text", f"data.path={text_file}"]
+    assert invoke("train.py", *args, f"hydra.run.dir={tmp_path / 'r'}")[0] == 0
+    reads = counting_reads(monkeypatch)
+    code, _, err = invoke("train.py", f"resume={tmp_path / 'r'}", "trainer.max_steps=15")
+    assert code == 0, err
+    assert reads == ["last.ckpt", "best.ckpt"]  # the run's start once; then the summary's sample reads best.ckpt
+    assert torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)["global_step"] == 15
+    reads.clear()
+    start = tmp_path / "r/checkpoints/last.ckpt"
+    code, _, err = invoke("train.py", *args, "trainer.max_steps=15", f"ckpt_path={start}",
+                          f"hydra.run.dir={tmp_path / 'started'}")
+    assert code == 0, err
+    assert reads == ["last.ckpt", "best.ckpt"]
+
+
+def test_a_checkpoint_written_before_the_relayout_resumes(invoke, tmp_path):
+    """tests/fixtures/old_layout.ckpt keeps the run config twice (run_config, composed_config): resume reads the
+    composed one, and the checkpoints it writes keep it once (config)."""
+    run_dir = tmp_path / "old"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    old = torch.load(Path(__file__).parent / "fixtures/old_layout.ckpt", weights_only=True)
+    for key, state in old["callbacks"].items():  # as if written here, not in the fixture's run directory
+        if key.startswith("ModelCheckpoint"):
+            state.update(dirpath=str(run_dir / "checkpoints"), last_model_path=str(run_dir / "checkpoints/last.ckpt"))
+    torch.save(old, run_dir / "checkpoints/last.ckpt")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(poem(), encoding="utf-8")  # the fixture's corpus, at a new path
+    code, _, err = invoke("train.py", f"resume={run_dir}", f"data.path={corpus}", "trainer.max_steps=6")
+    assert code == 0, err
+    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6
+    assert set(ckpt["hyper_parameters"]) == {"vocab", "model", "optim", "scheduler", "config"}
+    assert ckpt["hyper_parameters"]["scheduler"]["decay_steps"] == 6  # recomposed with the new max_steps
+    assert ckpt["hyper_parameters"]["config"]["data"]["path"] == str(corpus)
+
+
 def test_a_checkpoint_of_another_corpus_or_shape_is_refused(invoke, trained_run, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("0123456789 +-*/=\n" * 400)
     ckpt = trained_run / "checkpoints/last.ckpt"
-    code, _, err = invoke("train.py", *TINY, "dataset=text", f"dataset.path={other}", f"ckpt_path={ckpt}",
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={other}", f"ckpt_path={ckpt}",
                           f"hydra.run.dir={tmp_path / 'a'}")
     assert_one_line_error(code, err, "was trained on another vocabulary")
     corpus = tmp_path / "same.txt"
     corpus.write_text(poem())
-    code, _, err = invoke("train.py", *TINY, "model.n_layer=3", "dataset=text", f"dataset.path={corpus}",
+    code, _, err = invoke("train.py", *TINY, "model.n_layer=3", "dataset=text", f"data.path={corpus}",
                           f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'b'}")
     assert_one_line_error(code, err, "has model.n_layer=2, this run model.n_layer=3")
 

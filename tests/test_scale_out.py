@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import CONF, TINY, run
 from frosty_lm.checkpoint import load_checkpoint
@@ -21,7 +22,7 @@ def single_process_val_loss(ckpt_path: Path, corpus: Path) -> float:
     module = FrostyLM(hp["vocab"], hp["model"], hp["optim"], hp["scheduler"])
     module.load_state_dict(ckpt["state_dict"])
     data = CharDataModule("text", "unused", hp["model"]["block_size"], batch_size=8, path=str(corpus))
-    precision = hp["run_config"]["trainer"]["precision"]  # the run's (bf16-mixed on a CPU with native bf16)
+    precision = OmegaConf.create(hp["config"]).trainer.precision  # the run's (bf16-mixed on a CPU with native bf16)
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     return trainer.validate(module, datamodule=data, verbose=False)[0]["val/loss"]
@@ -35,7 +36,7 @@ def checkpoint_val_loss(ckpt_path: Path) -> float:
 
 def test_ddp_cpu_run_matches_a_single_process_evaluation(text_file, tmp_path):
     run_dir = tmp_path / "ddp"
-    result = run("train.py", *DDP, "dataset=text", f"dataset.path={text_file}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    result = run("train.py", *DDP, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     output = result.stdout + result.stderr
     assert "effective batch: 16 windows of 32 characters per step (data.batch_size 8 x 2 processes" in output
     assert sorted(p.name for p in run_dir.rglob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
@@ -50,7 +51,7 @@ def test_ddp_cpu_run_matches_a_single_process_evaluation(text_file, tmp_path):
 
 def test_ddp_cpu_inside_a_sweep_runs_each_job_once(text_file, tmp_path):
     sweep = tmp_path / "sweep"
-    result = run("train.py", "-m", *DDP, "dataset=text", f"dataset.path={text_file}", "model.dropout=0.0,0.1",
+    result = run("train.py", "-m", *DDP, "dataset=text", f"data.path={text_file}", "model.dropout=0.0,0.1",
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert "2 of 2 runs finished" in result.stderr
     assert "trainer.strategy=ddp_spawn instead of ddp" in result.stdout + result.stderr
@@ -64,7 +65,7 @@ def test_ddp_cpu_inside_a_sweep_runs_each_job_once(text_file, tmp_path):
 
 def test_submitit_local_sweep(text_file, tmp_path):
     sweep = tmp_path / "sweep"
-    result = run("train.py", "-m", *TINY, "trainer.max_steps=10", "dataset=text", f"dataset.path={text_file}",
+    result = run("train.py", "-m", *TINY, "trainer.max_steps=10", "dataset=text", f"data.path={text_file}",
                  "hydra/launcher=submitit_local", "model.dropout=0.0,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert "2 of 2 runs finished" in result.stderr
     for job in ("dropout=0.0", "dropout=0.1"):

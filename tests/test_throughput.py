@@ -1,19 +1,70 @@
-"""The throughput estimate in the training log: the machine's matmul peak and the precision's compute dtype."""
+"""The throughput estimate in the training log: the machine's matmul peak, Lightning's ThroughputMonitor with it,
+and the summary line that never claims more than 100% of the peak."""
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from frosty_lm.callbacks import compute_dtype, matmul_peak
+from conftest import poem
+from frosty_lm import callbacks
+from frosty_lm.callbacks import CharThroughput
+from frosty_lm.data import RandomWindows
+from frosty_lm.lit_module import FrostyLM
+from frosty_lm.machine import matmul_peak
+from frosty_lm.tokenizer import CharTokenizer
+from frosty_lm.training import speed_line
+
+TINY_MODEL = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, "bias": True, "compile": False}
 
 
 def test_matmul_peak_is_plausible_and_leaves_the_training_random_stream_alone():
     state = torch.get_rng_state()
-    peak = matmul_peak(torch.float32, n=256)
+    peak = matmul_peak(torch.float32, sizes=(128, 256), repeats=2)
     assert 1e8 < peak < 1e14  # FLOP/s: more than a tenth of a GFLOP/s, less than 100 TFLOP/s on a CPU
     assert torch.equal(torch.get_rng_state(), state)  # dropout's stream, and so resumed runs, are unchanged
 
 
-@pytest.mark.parametrize("precision, dtype", [("32-true", torch.float32), ("32", torch.float32),
-                                              ("bf16-mixed", torch.bfloat16), ("bf16-true", torch.bfloat16),
-                                              ("16-mixed", torch.float16)])
-def test_compute_dtype_follows_the_precision(precision, dtype):
-    assert compute_dtype(precision) == dtype
+def fit_tiny(throughput: CharThroughput, steps: int = 6) -> FrostyLM:
+    text = poem(50)
+    tokenizer = CharTokenizer.from_text(text)
+    module = FrostyLM(tokenizer.chars, TINY_MODEL, {"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.99]},
+                      {"name": "constant"})
+    windows = RandomWindows(tokenizer.encode_tensor(text), 16, 4, seed=0)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps, log_every_n_steps=3,
+                        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[throughput])
+    trainer.fit(module, train_dataloaders=DataLoader(windows, batch_size=None))
+    return module
+
+
+def test_a_given_peak_is_used_and_mfu_is_the_model_flops_over_it(monkeypatch):
+    monkeypatch.setattr(callbacks, "matmul_peak", lambda *a, **k: pytest.fail("the peak was given: nothing to measure"))
+    throughput = CharThroughput(available_flops=1e12)
+    module = fit_tiny(throughput)
+    assert throughput.available_flops == 1e12
+    chars_per_sec, mfu = throughput.training_speed()
+    assert chars_per_sec > 0
+    assert module.flops_per_batch == 4 * 16 * module.model.flops_per_char()  # batch x block_size x per character
+    assert mfu == pytest.approx(chars_per_sec * module.model.flops_per_char() / 1e12)
+
+
+def test_on_a_cpu_the_peak_is_measured_in_the_training_precision(monkeypatch):
+    asked = []
+    monkeypatch.setattr(callbacks, "matmul_peak", lambda dtype, device: asked.append((dtype, device.type)) or 5e11)
+    throughput = CharThroughput()
+    fit_tiny(throughput)
+    assert asked == [(torch.float32, "cpu")] and throughput.available_flops == 5e11  # Lightning has no CPU table
+
+
+def test_too_few_steps_give_no_speed():
+    assert CharThroughput().training_speed() is None
+
+
+@pytest.mark.parametrize("fraction, shown", [(0.253, True), (1.0, True), (1.105, False), (None, False)])
+def test_the_summary_never_prints_a_fraction_above_the_peak(fraction, shown):
+    line = speed_line(12345.6, fraction, "bf16-mixed")
+    assert line.startswith("12,346 characters/s")
+    assert ("of this machine's matmul peak (bf16-mixed)" in line) == shown
+    assert "110.5%" not in line
+    if fraction == 0.253:
+        assert line == "12,346 characters/s, 25.3% of this machine's matmul peak (bf16-mixed)"

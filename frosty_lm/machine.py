@@ -1,0 +1,80 @@
+"""The machine a run trains on: its CPU precision, its matmul peak, torch's threads, the jobs beside this one,
+and how DDP starts its ranks inside a sweep."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from omegaconf import DictConfig
+
+from frosty_lm.cli import in_sweep
+
+log = logging.getLogger("frosty")
+
+
+def cpu_precision() -> str:
+    """trainer=cpu's precision: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX), which
+    trains the small model about 1.4x faster to the same loss (README, Performance); fp32 elsewhere."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private to torch: absent means no
+    native_bf16 = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return "bf16-mixed" if native_bf16 else "32-true"
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                sizes: tuple[int, ...] | None = None, repeats: int = 4) -> float:
+    """This machine's matmul throughput in FLOP/s for dtype on device: the best over n x n products of each size
+    (default: 1024 and 1536 on the CPU, 8192 on an accelerator), each timed `repeats` times after a warm-up.
+    Several sizes, because the size that runs fastest depends on the dtype (bf16 on AMX needs more than 1024);
+    the best of several rounds, because a product timed once, on a busy machine, is below what training later
+    reaches. One product a round on the CPU; ten on an accelerator, so that waiting for it costs little."""
+    device = torch.device(device)
+    sizes = sizes or ((1024, 1536) if device.type == "cpu" else (8192,))
+    generator = torch.Generator(device=device).manual_seed(0)  # its own: training's random stream is untouched
+    per_round = 1 if device.type == "cpu" else 10
+    best = 0.0
+    for n in sizes:
+        a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=generator) for _ in range(2))
+        for round_ in range(repeats + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            for _ in range(per_round):
+                c = a @ b
+            c[0, 0].item()  # waits for an accelerator to finish
+            if round_:
+                best = max(best, 2 * n**3 * per_round / (time.perf_counter() - start))
+    return best
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at once on this machine (the joblib launcher's n_jobs), else 1."""
+    if not in_sweep():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
+
+
+def set_threads(cfg: DictConfig) -> None:
+    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep, this job's share of the cores."""
+    threads = cfg.get("threads")
+    if threads is None and parallel_jobs() > 1:
+        threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
+    if threads:
+        torch.set_num_threads(int(threads))
+    log.info("torch threads: %d", torch.get_num_threads())
+
+
+def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
+    """Plain ddp starts the other ranks by re-running the command line: inside a sweep, each would re-run the
+    whole sweep. There, unless SLURM or torchrun already started one process per rank, use ddp_spawn, which
+    starts them from this job."""
+    externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if not in_sweep() or cfg.trainer.get("strategy") != "ddp" or externally_started:
+        return
+    log.info("inside a sweep: trainer.strategy=ddp_spawn instead of ddp")
+    cfg.trainer.strategy = "ddp_spawn"
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
+        multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing

@@ -1,0 +1,112 @@
+"""Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run.
+
+Hydra decides the run directory and writes its config there before train.py's code runs, so these
+checks are OmegaConf resolvers that conf/train.yaml calls from the hydra node. Importing this module
+registers every resolver that conf/ uses (trainer=cpu's precision, which depends on the machine, too).
+"""
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from frosty_lm.errors import FrostyError
+from frosty_lm.machine import cpu_precision
+
+LAST = Path("checkpoints") / "last.ckpt"
+
+
+def newest_run(outputs_dir: str | Path) -> Path | None:
+    """The run under outputs_dir (runs and sweeps alike) whose checkpoints/last.ckpt was written most recently,
+    or None. The one answer to "the latest run": resume=latest continues it, generate.py samples its best.ckpt."""
+    found = [p for p in Path(outputs_dir).rglob(str(LAST)) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
+
+
+def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
+    """resume=latest (the newest run under outputs_dir) or resume=RUN_DIR -> the run directory, which must hold
+    checkpoints/last.ckpt. Here rather than in resume.py: Hydra needs it to choose the run directory."""
+    if resume == "latest":
+        run = newest_run(outputs_dir)
+        if run is None:
+            raise FrostyError(f"no run with {LAST} found under {outputs_dir}/: nothing to resume; "
+                              "start one with `python train.py`")
+    else:
+        run = Path(resume)
+    if not (run / LAST).is_file():
+        raise FrostyError(f"cannot resume {run}: it has no {LAST}; give a run directory of train.py, or resume=latest")
+    return run
+
+
+def _user_error_exits(resolver):
+    """Hydra would wrap an exception raised here in a long report: print the one line and exit 1 instead."""
+    def wrapped(*args):
+        try:
+            return resolver(*args)
+        except FrostyError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
+    return wrapped
+
+
+@_user_error_exits
+def run_dir(resume: str | None, outputs_dir: str, new_dir: str) -> str:
+    """hydra.run.dir: the run to resume (searched for under outputs_dir), or a new directory."""
+    return str(run_to_resume(resume, outputs_dir)) if resume else new_dir
+
+
+@_user_error_exits
+def output_subdir(output_dir: str, resume: str | None) -> str:
+    """hydra.output_subdir, where Hydra saves the run's config. A new run refuses a directory that already
+    holds a run (nothing of it is touched); a resumed run keeps its original config and saves the resuming
+    command's beside it."""
+    if resume:
+        return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+    if (Path(output_dir) / "checkpoints").exists():
+        raise FrostyError(f"{output_dir} already holds a run: choose another hydra.run.dir, "
+                          f"or continue that run with resume={output_dir}")
+    return ".hydra"
+
+
+def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, sweeper: str = "") -> str:
+    """hydra.sweep.subdir: a job is named by the values of what its sweep varies, e.g. `dropout=0.2,n_layer=4`
+    (the keys of hydra.sweeper.params, and the command line's a=x,y sweeps, read from multirun.yaml).
+    A search (any sweeper but the basic grid) may try the same values twice: its names end in #job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    swept = set(sweeper_params or {})
+    manifest = Path(sweep_dir) / "multirun.yaml"
+    if manifest.is_file():
+        original = OmegaConf.load(manifest).hydra.overrides.task
+        swept |= {o.key_or_group for o in parser.parse_overrides(list(original)) if o.is_sweep_override()}
+    job = [o for o in parser.parse_overrides(list(task_overrides)) if o.key_or_group in swept]
+    short = [o.key_or_group.split(".")[-1] for o in job]
+    names = [s if short.count(s) == 1 else o.key_or_group for s, o in zip(short, job, strict=True)]  # full if ambiguous
+    values = [short_value(o.get_value_element_as_str()) for o in job]
+    name = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True)).replace("/", "_")
+    if not name:
+        return f"job{job_num}"
+    return name if sweeper.endswith("BasicSweeper") else f"{name}#{job_num}"
+
+
+def short_value(value: str) -> str:
+    """0.10480987000623268 -> 0.1048 (Optuna's samples), anything else unchanged."""
+    try:
+        return value if len(value) <= 8 or "." not in value else f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("frosty_run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("frosty_output_subdir", output_subdir, replace=True)
+    OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
+    OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
+
+
+# At import, not only in train.py: sweep launchers that run jobs in worker processes (joblib, submitit)
+# resolve the hydra node there, after unpickling the task function, which imports this module.
+register_resolvers()
