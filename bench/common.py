@@ -25,7 +25,8 @@ def model_preset(name: str, **overrides) -> dict:
     """conf/model/NAME.yaml as a dict, with overrides (e.g. block_size=128)."""
     path = ROOT / "conf" / "model" / f"{name}.yaml"
     if not path.is_file():
-        raise SystemExit(f"error: no model preset {name}: choose one of {sorted(p.stem for p in path.parent.glob('*.yaml'))}")
+        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SystemExit(f"error: no model preset {name}: choose one of {choices}")
     cfg = OmegaConf.to_container(OmegaConf.load(path))
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return cfg
@@ -78,7 +79,9 @@ class SeedBlock(nn.Module):
     def __init__(self, n_embd, n_head, block_size, dropout) -> None:
         super().__init__()
         self.sa = MultiHead(n_embd, n_head, block_size, dropout)
-        self.ffwd = nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.ReLU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout))
+        self.ffwd = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd), nn.ReLU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout)
+        )
         self.ln1, self.ln2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
 
     def forward(self, x):

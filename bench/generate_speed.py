@@ -28,7 +28,9 @@ VOCAB = "".join(sorted(set("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmno
 
 def timed(model: GPT, chars: int, use_cache: bool) -> tuple[str, float]:
     start = time.perf_counter()
-    text = "".join(stream_text(model, VOCAB, "Whose woods these are", chars, temperature=1.0, seed=7, use_cache=use_cache))
+    text = "".join(
+        stream_text(model, VOCAB, "Whose woods these are", chars, temperature=1.0, seed=7, use_cache=use_cache)
+    )
     return text, time.perf_counter() - start
 
 

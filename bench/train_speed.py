@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=None, help="override the preset's dropout (A, B and C)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", default=None, help="32-true or bf16-mixed (default: trainer=cpu's, bf16-mixed where "
+    parser.add_argument("--precision", default=None,
+                        help="32-true or bf16-mixed (default: trainer=cpu's, bf16-mixed where "
                         "the CPU has native bf16; on cuda trainer=gpu's, bf16-mixed)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (A and B)")
     parser.add_argument("--steps", type=int, default=15, help="timed steps per round and engine")
@@ -91,7 +92,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but torch sees no CUDA GPU here: run on a GPU machine, or drop --device")
+        raise SystemExit("error: --device cuda, but torch sees no CUDA GPU here: "
+                         "run on a GPU machine, or drop --device")
     device = torch.device(args.device)
     precision = args.precision or (cpu_precision() if device.type == "cpu" else "bf16-mixed")
     cfg = model_preset(args.model, block_size=args.block_size, dropout=args.dropout)
@@ -123,9 +125,10 @@ def main() -> None:
         timer = StepTimer(args.warmup, device)
         with tempfile.TemporaryDirectory() as logs:
             trainer = L.Trainer(
-                accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision, max_steps=n, limit_val_batches=0,
-                gradient_clip_val=1.0, log_every_n_steps=10, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, logger=L.pytorch.loggers.TensorBoardLogger(logs, name="", version=""),
+                accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision, max_steps=n,
+                limit_val_batches=0, gradient_clip_val=1.0, log_every_n_steps=10, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False,
+                logger=L.pytorch.loggers.TensorBoardLogger(logs, name="", version=""),
                 callbacks=[timer, CharThroughput(available_flops=peak * 1e9)],
             )
             start = round_ * n

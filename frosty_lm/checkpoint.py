@@ -44,9 +44,11 @@ def read_safely(path: str | Path):
                 f"checkpoint {file} was refused: it refers to code ({blocked.group(1)}) that loading would run; "
                 "only load checkpoints written by train.py"
             ) from None
-        raise FrostyError(f"{file} is not a readable checkpoint (not a torch file): give a .ckpt file written by train.py") from None
+        raise FrostyError(f"{file} is not a readable checkpoint (not a torch file): "
+                          "give a .ckpt file written by train.py") from None
     except Exception as err:  # torch raises many kinds for a truncated or foreign file
-        raise FrostyError(f"{file} is not a readable checkpoint (truncated, or not a torch file: {type(err).__name__}): "
+        raise FrostyError(f"{file} is not a readable checkpoint "
+                          f"(truncated, or not a torch file: {type(err).__name__}): "
                           "give a .ckpt file written by train.py") from None
     return ckpt
 

@@ -26,7 +26,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve(name: str, data_dir: str, path: str | None = None, url: str | None = None, sha256: str | None = None) -> Path:
+def resolve(name: str, data_dir: str, path: str | None = None, url: str | None = None,
+            sha256: str | None = None) -> Path:
     """The local file of a corpus: `path` if given, else data_dir/<name>.txt, downloaded from url on first use."""
     if path:
         file = Path(path).expanduser()

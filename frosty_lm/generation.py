@@ -48,7 +48,8 @@ def run_generation(cfg: DictConfig) -> None:
         if i:
             print(f"--- sample {i + 1} ---", file=sys.stderr, flush=True)
         sys.stdout.write(prompt)
-        for ch in stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p, cfg.seed + i):
+        chars = stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p, cfg.seed + i)
+        for ch in chars:
             sys.stdout.write(ch)
             sys.stdout.flush()
         sys.stdout.write("\n")

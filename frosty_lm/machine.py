@@ -19,7 +19,7 @@ log = logging.getLogger("frosty")
 
 def cpu_precision() -> str:
     """trainer=cpu's precision: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX), which
-    trains the small model about 1.4x faster to the same loss (README, Performance); fp32 elsewhere."""
+    trains the small model faster to the same loss (README: Performance); fp32 elsewhere."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private to torch: absent means no
     native_bf16 = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
     return "bf16-mixed" if native_bf16 else "32-true"

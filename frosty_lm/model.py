@@ -6,7 +6,7 @@ Shapes: B batch, T time (characters), C channels (n_embd), nh heads, hs head siz
 
 The math takes its weights as arguments, so that one code path serves both training and generation:
 forward looks the weights up in the modules; generation looks them up once per sample (GPT.weights())
-and passes them to forward for every character, which at one position spares ~90 nn.Module lookups a call.
+and passes them to forward for every character: at one position, the lookups would cost as much as the math.
 """
 from __future__ import annotations
 

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     common, labels = differing(runs)
     title = " ".join(common) or ", ".join(map(str, args.paths))
-    text = f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "") + "\n\n" + table(runs, labels) + "\n"
+    text = (f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "")
+            + "\n\n" + table(runs, labels) + "\n")
     (out / "report.md").write_text(text)
     plot(runs, labels, out / "val_loss.png", title)
     print(text)

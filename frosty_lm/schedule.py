@@ -17,7 +17,8 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
         raise FrostyError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
     if name == "cosine":
         if not isinstance(decay_steps, int) or decay_steps < 1:
-            raise FrostyError(f"scheduler.decay_steps={decay_steps} must be a positive integer (it defaults to trainer.max_steps)")
+            raise FrostyError(f"scheduler.decay_steps={decay_steps} must be a positive integer "
+                              "(it defaults to trainer.max_steps)")
         warmup_steps = min(warmup_steps, decay_steps // 2)
 
     def factor(step: int) -> float:

@@ -113,7 +113,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> tuple[
     datamodule, model = build(cfg)
     if start is not None:
         check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model)
-    log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}", len(model.hparams.vocab))
+    log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
+             len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
     spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt()

@@ -17,7 +17,8 @@ def poem(lines: int = 200) -> str:
     """A small corpus of verse-like text, made up here (tests never need a real corpus)."""
     words = ["snow", "woods", "road", "dark", "deep", "miles", "sleep", "keep", "horse", "lake", "stop", "ice"]
     return "".join(
-        " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 4)).capitalize() + (",\n" if i % 4 else ".\n\n")
+        " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 4)).capitalize()
+        + (",\n" if i % 4 else ".\n\n")
         for i in range(lines)
     )
 

@@ -37,7 +37,8 @@ def test_training_windows_stay_inside_the_train_split(text_file):
 
 def test_training_stream_is_a_function_of_seed_and_batch_index():
     data = torch.arange(200) % 7
-    a, b, other = RandomWindows(data, 8, 4, seed=1), RandomWindows(data, 8, 4, seed=1), RandomWindows(data, 8, 4, seed=2)
+    a, b = RandomWindows(data, 8, 4, seed=1), RandomWindows(data, 8, 4, seed=1)
+    other = RandomWindows(data, 8, 4, seed=2)
     assert torch.equal(a.batch(5)[0], b.batch(5)[0])
     assert not torch.equal(a.batch(5)[0], a.batch(6)[0])
     assert not torch.equal(a.batch(5)[0], other.batch(5)[0])

@@ -1,4 +1,6 @@
 """train.py and generate.py as a user runs them, in subprocesses."""
+import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +21,8 @@ def frost_run(frost_dir, tmp_path_factory) -> tuple[Path, str]:
     """The command contract: a tiny run on frost leaves checkpoints and a TensorBoard event file."""
     work = tmp_path_factory.mktemp("frost")
     run_dir = work / "D"
-    result = run("train.py", "model=tiny", "dataset=frost", "trainer.max_steps=30", f"hydra.run.dir={run_dir}",
+    result = run("train.py", "model=tiny", "dataset=frost", "trainer.max_steps=30", "trainer.val_check_interval=10",
+                 f"hydra.run.dir={run_dir}",
                  cwd=work, env={"FROSTY_DATA_DIR": str(frost_dir)})
     return run_dir, result.stdout + result.stderr
 
@@ -31,9 +34,31 @@ def test_frost_run_leaves_checkpoints_events_and_a_summary(frost_run):
     best = (run_dir / "checkpoints" / "best.ckpt").resolve()
     assert f"best checkpoint: {best}" in output
     assert "bits/char" in output and "sample:" in output
-    assert re.search(r"training speed: [\d,]+ characters/s, \d+\.\d% of this machine's matmul peak \((32-true|bf16-mixed)\)",
+    assert re.search(r"training speed: [\d,]+ characters/s, \d+\.\d% of this machine's matmul peak "
+                     r"\((32-true|bf16-mixed)\)",
                      output)
     assert f"python generate.py ckpt_path={best} prompt='Whose woods these are'" in output
+
+
+def test_a_frost_run_learns_between_its_first_and_last_validation(frost_run):
+    events = EventAccumulator(str(frost_run[0]), size_guidance={"scalars": 0})
+    events.Reload()
+    val = [e.value for e in events.Scalars("val/loss")]
+    assert len(val) == 3  # after 10, 20 and 30 steps
+    assert val[-1] < val[0] - 0.2, val  # a learner that does not learn (no optimizer step, lr 0, ...) fails here
+
+
+def test_a_short_run_gets_well_below_an_untrained_models_loss(invoke, text_file, tmp_path):
+    """An untrained model predicts every character about equally: its loss is ln(vocabulary size). 80 steps on a
+    small regular corpus must take the best val loss below half of that."""
+    run_dir = tmp_path / "r"
+    code, _, err = invoke("train.py", "model=tiny", "data.batch_size=8", "trainer.max_steps=80", "optim.lr=3e-3",
+                          "trainer.val_check_interval=40", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    untrained = math.log(len(set(text_file.read_text())))
+    best = json.loads((run_dir / "status.json").read_text())["best_val_loss"]
+    assert best < 0.5 * untrained, (best, untrained)
 
 
 def test_checkpoint_is_plain_data_with_the_vocabulary(frost_run, frost_dir):
@@ -82,7 +107,8 @@ def test_prompt_outside_the_vocabulary_is_a_clear_error(trained_run, invoke):
     ckpt = trained_run / "checkpoints" / "best.ckpt"
     code, out, err = invoke("generate.py", f"ckpt_path={ckpt}", "prompt='Snow Z%'")
     assert code == 1
-    assert err.strip() == "error: prompt characters not in the checkpoint's vocabulary: 'Z', '%'; remove or replace them"
+    assert err.strip() == ("error: prompt characters not in the checkpoint's vocabulary: 'Z', '%'; "
+                           "remove or replace them")
     assert out == ""
 
 
@@ -113,7 +139,8 @@ def test_tensorboard_has_curves_hparams_with_best_val_loss_and_samples(trained_r
 
 
 def test_text_dataset_run_trains(trained_run):
-    first, last = (torch.load(trained_run / "checkpoints" / name, weights_only=True) for name in ("best.ckpt", "last.ckpt"))
+    first, last = (torch.load(trained_run / "checkpoints" / name, weights_only=True)
+                   for name in ("best.ckpt", "last.ckpt"))
     assert last["global_step"] == 30
     hparams = first["hyper_parameters"]
     assert hparams["vocab"] == "".join(sorted(set(Path(hparams["config"]["data"]["path"]).read_text())))

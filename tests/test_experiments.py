@@ -40,6 +40,7 @@ def assert_grid(sweep: Path, rows: dict[str, list[str]]) -> None:
     assert int(two_layers.replace(",", "")) > int(one_layer.replace(",", ""))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_2x2_sweep_and_its_report(launcher, text_file, tmp_path, capsys):
     sweep = tmp_path / "sweep"
@@ -53,6 +54,7 @@ def test_2x2_sweep_and_its_report(launcher, text_file, tmp_path, capsys):
         assert all(f"torch threads: {max(1, os.cpu_count() // 2)}" in log for log in logs)
 
 
+@pytest.mark.slow
 def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
     sweep = tmp_path / "search"
     run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
@@ -63,6 +65,7 @@ def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
     assert results["best_value"] == pytest.approx(min(r["best_val_loss"] for r in records))
 
 
+@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     result = run("train.py", "-m", *SWEEP, "dataset=text", f"data.path={text_file}", "model.n_head=3,2,4",
@@ -98,4 +101,5 @@ def test_sweep_jobs_are_named_by_what_varies(tmp_path):
     assert sweep_subdir(str(tmp_path), 5, ["model=tiny"], None, grid) == "job5"
     optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     (tmp_path / "multirun.yaml").unlink()
-    assert sweep_subdir(str(tmp_path), 1, ["optim.lr=0.00017155187458635287"], {"optim.lr": "x"}, optuna) == "lr=0.0001716#1"
+    name = sweep_subdir(str(tmp_path), 1, ["optim.lr=0.00017155187458635287"], {"optim.lr": "x"}, optuna)
+    assert name == "lr=0.0001716#1"

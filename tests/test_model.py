@@ -102,7 +102,8 @@ def test_a_cache_cannot_grow_past_block_size():
         model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(top_p=0.8), dict(temperature=0)])
+@pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(top_p=0.8),
+                                    dict(temperature=0)])
 def test_cached_generation_equals_uncached(kwargs):
     model = tiny()
     prompt = torch.randint(11, (1, 5))

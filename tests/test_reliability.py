@@ -73,7 +73,8 @@ def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_r
      ("trainer=tpu9000", "Could not find 'trainer/tpu9000'"), ("dataset=poems", "Could not find 'dataset/poems'")],
 )
 def test_unknown_option_or_key_is_hydras_clear_error(invoke, text_file, tmp_path, override, message):
-    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", override, f"hydra.run.dir={tmp_path / 'r'}")
+    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", override,
+                          f"hydra.run.dir={tmp_path / 'r'}")
     assert code == 1 and message in err and "Traceback" not in err
 
 
@@ -273,6 +274,7 @@ def wait_for_checkpoint(path: Path, proc: subprocess.Popen, min_step: int, timeo
     raise AssertionError(f"no checkpoint at step >= {min_step} in {timeout}s")
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_last_checkpoint_and_exits_cleanly(text_file, tmp_path):
     run_dir = tmp_path / "run"
     proc = start_training(run_dir, text_file, "trainer.max_steps=100000")
@@ -284,6 +286,7 @@ def test_ctrl_c_saves_a_last_checkpoint_and_exits_cleanly(text_file, tmp_path):
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] > step
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_reaches_the_uninterrupted_weights(text_file, tmp_path):
     run_dir = tmp_path / "killed"
     proc = start_training(run_dir, text_file, "trainer.max_steps=100")
@@ -298,7 +301,8 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_weights(text_file, tmp_pat
     uninterrupted = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)
     assert resumed["global_step"] == uninterrupted["global_step"] == 100
     assert all(torch.equal(resumed["state_dict"][k], v) for k, v in uninterrupted["state_dict"].items())
-    assert resumed["callbacks"] and float(resumed["state_dict"]["best_val_loss"]) == float(uninterrupted["state_dict"]["best_val_loss"])
+    assert resumed["callbacks"]
+    assert float(resumed["state_dict"]["best_val_loss"]) == float(uninterrupted["state_dict"]["best_val_loss"])
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # curves continue in one run
 
 

@@ -34,6 +34,7 @@ def checkpoint_val_loss(ckpt_path: Path) -> float:
     return float(checkpoint_state["best_model_score"])
 
 
+@pytest.mark.slow
 def test_ddp_cpu_run_matches_a_single_process_evaluation(text_file, tmp_path):
     run_dir = tmp_path / "ddp"
     result = run("train.py", *DDP, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -49,6 +50,7 @@ def test_ddp_cpu_run_matches_a_single_process_evaluation(text_file, tmp_path):
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 30
 
 
+@pytest.mark.slow
 def test_ddp_cpu_inside_a_sweep_runs_each_job_once(text_file, tmp_path):
     sweep = tmp_path / "sweep"
     result = run("train.py", "-m", *DDP, "dataset=text", f"data.path={text_file}", "model.dropout=0.0,0.1",
@@ -63,6 +65,7 @@ def test_ddp_cpu_inside_a_sweep_runs_each_job_once(text_file, tmp_path):
         assert single_process_val_loss(best, text_file) == pytest.approx(checkpoint_val_loss(best), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep(text_file, tmp_path):
     sweep = tmp_path / "sweep"
     result = run("train.py", "-m", *TINY, "trainer.max_steps=10", "dataset=text", f"data.path={text_file}",
