@@ -22,12 +22,16 @@ def corpus_text() -> str:
 
 
 def model_preset(name: str, **overrides) -> dict:
-    """conf/model/NAME.yaml as a dict, with overrides (e.g. block_size=128)."""
-    path = ROOT / "conf" / "model" / f"{name}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise SystemExit(f"error: no model preset {name}: choose one of {choices}")
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    """The model node of `python train.py model=NAME` as a dict, with overrides (e.g. block_size=128)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+            cfg = OmegaConf.to_container(compose("train", overrides=[f"model={name}"]).model)
+    except MissingConfigException:
+        choices = sorted(p.stem for p in (ROOT / "conf" / "model").glob("[!_]*.yaml"))
+        raise SystemExit(f"error: no model preset {name}: choose one of {choices}") from None
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return cfg
 

@@ -72,3 +72,9 @@ def test_cpu_trainer_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf1
     assert cpu_precision() == expected
     assert compose_train().trainer.precision == expected
     assert compose_train("trainer.precision=32-true").trainer.precision == "32-true"
+
+
+def test_the_benchmarks_build_the_model_that_train_py_builds():
+    from bench.common import model_preset
+
+    assert model_preset("small", block_size=64) == {**dict(compose_train("model=small").model), "block_size": 64}
