@@ -89,13 +89,23 @@ def _same_file(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def model_from_checkpoint(ckpt: dict) -> tuple[GPT, str]:
-    """The GPT with the checkpoint's weights (in eval mode), and its vocabulary."""
+def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tuple[GPT, str]:
+    """The GPT with the checkpoint's weights (in eval mode), and its vocabulary; a FrostyError if the file's
+    contents disagree with themselves (an edited vocabulary, model settings or weights)."""
     hparams = ckpt["hyper_parameters"]
-    model = GPT(GPTConfig(vocab_size=len(hparams["vocab"]), **hparams["model"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    return model.eval(), hparams["vocab"]
+    vocab = hparams["vocab"]
+    if not isinstance(vocab, str) or len(vocab) < 2 or list(vocab) != sorted(set(vocab)):
+        raise FrostyError(f"{path} is damaged: its vocabulary is not the sorted, distinct characters train.py "
+                          "stores; use a checkpoint written by train.py")
+    try:
+        model = GPT(GPTConfig(vocab_size=len(vocab), **hparams["model"]))
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError, AttributeError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise FrostyError(f"{path} is damaged: its weights do not fit its model settings or vocabulary ({reason}); "
+                          "use a checkpoint written by train.py") from None
+    return model.eval(), vocab
 
 
 def latest_checkpoint(root: str | Path, name: str = "best.ckpt") -> Path:

@@ -1,6 +1,8 @@
 """generate.py's work: load a checkpoint, check the request, stream samples to stdout."""
 from __future__ import annotations
 
+import math
+import os
 import sys
 
 import torch
@@ -12,8 +14,23 @@ from frosty_lm.sampling import default_prompt, stream_text
 from frosty_lm.tokenizer import CharTokenizer
 
 
+def number(cfg: DictConfig, key: str, integer: bool = False):
+    """cfg[key], which must be a finite number (an integer if integer), or null where null is allowed."""
+    value = cfg[key]
+    kinds = (int,) if integer else (int, float)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)):
+        raise FrostyError(f"{key}={value!r} must be a{'n integer' if integer else ' finite number'}")
+    return value
+
+
 def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
     """The prompt to use and the top_k to use (clamped to the vocabulary), or a FrostyError."""
+    for key in ("max_new_tokens", "num_samples", "seed", "top_k"):
+        number(cfg, key, integer=True)
+    for key in ("temperature", "top_p"):
+        number(cfg, key)
+    if cfg.temperature is None:
+        raise FrostyError("temperature=null must be a number >= 0 (0 means greedy decoding)")
     if cfg.max_new_tokens < 0:
         raise FrostyError(f"max_new_tokens={cfg.max_new_tokens} must be >= 0")
     if cfg.num_samples < 1:
@@ -40,17 +57,30 @@ def run_generation(cfg: DictConfig) -> None:
     if not path:
         path = latest_checkpoint(cfg.paths.outputs_dir)
         print(f"using the newest run's best checkpoint: {path}", file=sys.stderr)
-    model, vocab = model_from_checkpoint(load_checkpoint(path))
+    model, vocab = model_from_checkpoint(load_checkpoint(path), path)
     prompt, top_k = check_request(cfg, vocab)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    for i in range(cfg.num_samples):
-        if i:
-            print(f"--- sample {i + 1} ---", file=sys.stderr, flush=True)
-        sys.stdout.write(prompt)
-        chars = stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p, cfg.seed + i)
-        for ch in chars:
-            sys.stdout.write(ch)
+    try:
+        model.to(device)
+    except (RuntimeError, ValueError, AssertionError) as err:
+        raise FrostyError(f"device={device!r} cannot be used here ({' '.join(str(err).split())[:120]}): "
+                          "use device=cpu, or device=cuda on a machine with a GPU") from None
+    with torch.inference_mode():
+        idx = torch.tensor([CharTokenizer(vocab).encode(prompt)[-model.cfg.block_size:]], device=device)
+        if not torch.isfinite(model(idx)[0]).all():
+            raise FrostyError(f"{path} gives non-finite predictions (its weights hold NaN or inf): use another "
+                              "checkpoint, e.g. the run's best.ckpt")
+    try:
+        for i in range(cfg.num_samples):
+            if i:
+                print(f"--- sample {i + 1} ---", file=sys.stderr, flush=True)
+            sys.stdout.write(prompt)
+            chars = stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p,
+                                cfg.seed + i)
+            for ch in chars:
+                sys.stdout.write(ch)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
             sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (generate.py | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes

@@ -4,6 +4,7 @@ directory, by run_dirs.run_to_resume, before this code runs.)"""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -14,6 +15,78 @@ from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import LAST
 
 log = logging.getLogger("frosty")
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# classes that configs of earlier Frosty versions named, beside those that conf/ names today
+EARLIER_TARGETS = {"frosty_lm.callbacks.Throughput", "lightning.pytorch.callbacks.ModelCheckpoint"}
+# the only resolvers a stored value may call: Frosty's own, as conf/train.yaml uses them
+OWN_RESOLVERS = {"hydra:runtime.output_dir", "oc.env:FROSTY_DATA_DIR,data", "frosty_cpu_precision:"}
+WRITE_LOCATIONS = ("dirpath", "save_dir", "default_root_dir")  # keys whose value says where files are written
+
+
+def own_targets() -> set[str]:
+    """Every class that the project's own config tree instantiates."""
+    found = set()
+    for file in CONF.rglob("*.yaml"):
+        found |= set(re.findall(r"^\s*_target_:\s*(\S+)", file.read_text(), flags=re.MULTILINE))
+    return found | EARLIER_TARGETS
+
+
+def own_downloads() -> set[tuple[str, str]]:
+    """The (url, sha256) pairs of the project's own corpora."""
+    pairs = set()
+    for file in (CONF / "dataset").glob("*.yaml"):
+        text = file.read_text()
+        url, sha = (re.search(rf"^{key}:\s*(\S+)", text, flags=re.MULTILINE) for key in ("url", "sha256"))
+        if url and sha and url.group(1) != "null":
+            pairs.add((url.group(1), sha.group(1)))
+    return pairs
+
+
+def check_stored_config(stored: dict, source: Path) -> None:
+    """A stored config is data from a file that may come from someone else: it must not make resume run code,
+    read the environment or write outside the run. Every _target_ must be a class that Frosty's own configs
+    name; other keys starting with _ (Hydra's _args_, _partial_, ...) are refused; an interpolation may
+    reference another key (${trainer.max_steps}) or call Frosty's own resolvers, nothing else; files are
+    written under the run's directory only (${paths.output_dir}, no ..); a corpus is downloaded only from
+    one of Frosty's own URLs, under a plain name."""
+    targets = own_targets()
+
+    def refuse(key: str, why: str) -> None:
+        raise FrostyError(f"{source} was refused: its stored config {why} at {key}; resume only runs written by "
+                          f"train.py (or start a new run from its weights with ckpt_path={source})")
+
+    def walk(node, key: str) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                path = f"{key}.{name}" if key else str(name)
+                if name == "_target_" and value not in targets:
+                    refuse(path, f"names {value!r}, which is not one of Frosty's configured classes")
+                if str(name).startswith("_") and name != "_target_":
+                    refuse(path, f"sets Hydra's {name}")
+                walk(value, path)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{key}[{i}]")
+        elif isinstance(node, str):
+            for inner in re.findall(r"\$\{([^}]*)\}?", node):
+                if "${" in inner or not (re.fullmatch(r"[A-Za-z_][\w.]*", inner) or inner in OWN_RESOLVERS):
+                    refuse(key, f"interpolates ${{{inner}}}")
+            if key == "paths.output_dir" and node != "${hydra:runtime.output_dir}":
+                refuse(key, f"moves the run's directory to {node!r}")
+            if key.endswith(WRITE_LOCATIONS) and not node.startswith("${paths.output_dir}"):
+                refuse(key, f"writes files to {node!r}, outside the run's directory")
+            if key.startswith(("callbacks.", "logger.", "trainer.")) and re.search(r"(^|/)\.\.(/|$)|^/", node):
+                if key.endswith(("name", "version", "filename")) or re.search(r"(^|/)\.\.(/|$)", node):
+                    refuse(key, f"writes files to {node!r}, outside the run's directory")
+
+    walk(stored, "")
+    data = stored.get("data") or {}
+    name, url, sha256 = (OmegaConf.select(OmegaConf.create(stored), f"data.{k}") for k in ("name", "url", "sha256"))
+    if data and name is not None and not re.fullmatch(r"[\w-]+|\$\{[\w.]+\}", str(name)):
+        refuse("data.name", f"names its corpus {name!r}")
+    if url is not None and (url, sha256) not in own_downloads():
+        refuse("data.url", f"downloads from {url!r}, which is not one of Frosty's corpora")
 
 
 def stored_config(hparams: dict) -> dict | None:
@@ -62,6 +135,7 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     stored = stored_config(ckpt["hyper_parameters"])
     if not stored:
         raise FrostyError(f"{last} holds no run config to resume with: use ckpt_path={last} and the run's overrides")
+    check_stored_config(stored, last)
     cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
     cfg.ckpt_path = str(last)
     log.info("resuming %s from step %d", last.parents[1], ckpt["global_step"])
