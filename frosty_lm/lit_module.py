@@ -98,6 +98,18 @@ class FrostyLM(L.LightningModule):
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
 
+    def on_train_start(self) -> None:
+        """A resumed run restores its optimizer and schedule, which hold the settings they were started with: apply
+        this run's optim settings (e.g. resume=... optim.lr=5e-4) to them, so that what the checkpoint records is
+        what trains. The schedule's shape follows scheduler.* already (configure_optimizers builds it anew)."""
+        o = self.hparams.optim
+        optimizer = self.trainer.optimizers[0]
+        schedule = self.lr_schedulers()
+        schedule.base_lrs = [o["lr"]] * len(optimizer.param_groups)
+        for group, factor, decay in zip(optimizer.param_groups, schedule.lr_lambdas, (o["weight_decay"], 0.0)):
+            group.update(initial_lr=o["lr"], lr=o["lr"] * factor(schedule.last_epoch), betas=tuple(o["betas"]),
+                         weight_decay=decay)
+
     def configure_optimizers(self):
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]  # matrices and embeddings
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]  # biases and LayerNorms

@@ -1,0 +1,36 @@
+"""What a resumed run records is what it trains with: optimizer settings given on resume are applied to the
+restored optimizer, not only written into the checkpoint."""
+import torch
+
+from conftest import TINY
+
+
+def optimizer_groups(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    return ckpt["hyper_parameters"]["optim"], ckpt["optimizer_states"][0]["param_groups"], ckpt["lr_schedulers"][0]
+
+
+def test_optim_settings_given_on_resume_train(invoke, text_file, tmp_path):
+    run_dir = tmp_path / "r"
+    common = [*TINY, "scheduler=constant", "dataset=text", f"data.path={text_file}"]
+    assert invoke("train.py", *common, "trainer.max_steps=10", f"hydra.run.dir={run_dir}")[0] == 0
+    _, groups, _ = optimizer_groups(run_dir)
+    assert groups[0]["lr"] == 1e-3 and groups[0]["weight_decay"] == 0.1
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20", "optim.lr=0.05",
+                          "optim.weight_decay=0.2", "optim.betas=[0.8,0.95]")
+    assert code == 0, err
+    recorded, groups, schedule = optimizer_groups(run_dir)
+    assert recorded["lr"] == 0.05
+    assert [g["lr"] for g in groups] == [0.05, 0.05] and schedule["base_lrs"] == [0.05, 0.05]
+    assert [g["weight_decay"] for g in groups] == [0.2, 0.0]  # decay on matrices only, as configured
+    assert all(tuple(g["betas"]) == (0.8, 0.95) for g in groups)
+
+
+def test_a_resume_without_changes_keeps_the_schedule_where_it_was(invoke, text_file, tmp_path):
+    run_dir = tmp_path / "r"
+    common = [*TINY, "scheduler=cosine", "scheduler.warmup_steps=4", "dataset=text", f"data.path={text_file}"]
+    assert invoke("train.py", *common, "trainer.max_steps=30", f"hydra.run.dir={run_dir}")[0] == 0
+    straight = tmp_path / "s"
+    assert invoke("train.py", *common, "trainer.max_steps=10", f"hydra.run.dir={straight}")[0] == 0
+    assert invoke("train.py", f"resume={straight}", "trainer.max_steps=30")[0] == 0
+    assert optimizer_groups(run_dir)[1] == optimizer_groups(straight)[1]  # cosine over 30 steps, same lr at 30
