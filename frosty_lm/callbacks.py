@@ -1,15 +1,18 @@
-"""Lightning callbacks: a progress bar over the run, training throughput, a text sample at every validation, Ctrl-C."""
+"""Lightning callbacks: best and last checkpoints, a progress bar over the run, training throughput, a text sample
+at every validation, Ctrl-C and SIGTERM."""
 from __future__ import annotations
 
 import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from frosty_lm.machine import matmul_peak
@@ -120,33 +123,102 @@ class SampleText(L.Callback):
                            self.top_k, self.top_p, self.seed)
 
 
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (the top-k by the monitored metric: best.ckpt), with last.ckpt always the last
+    state: written after every validation and when training ends (finished, stopped by a signal or by max_time),
+    whatever the monitored metric did. (Lightning 2.6 writes last.ckpt at a validation only if it saved a top-k
+    checkpoint then, i.e. if the metric improved.) Nothing is written when training fails, e.g. on a NaN loss:
+    last.ckpt keeps the state of the last validation before it. The state is kept in checkpoints under
+    ModelCheckpoint's key, so runs checkpointed by ModelCheckpoint resume with their best score."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_written_at: int | None = None  # the global step of the last last.ckpt this process wrote
+
+    @property
+    def state_key(self) -> str:
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A run directory that was moved or copied (received from someone else) keeps its best score and goes on
+        writing its own best.ckpt and last.ckpt (Lightning would forget the score, once the directory differs, and
+        fork best-v1.ckpt, last-v1.ckpt). A new run started from another run's checkpoint (ckpt_path=) starts
+        its own best."""
+        old, new = state_dict.get("dirpath"), self.dirpath
+        best = state_dict.get("best_model_path") or ""
+        if old and new and old != new and best and (Path(new) / Path(best).name).is_file():
+            def moved(path):
+                return str(Path(new) / Path(path).name) if path else path
+
+            state_dict = {**state_dict, "dirpath": new, "best_model_path": moved(best),
+                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                          "last_model_path": moved(state_dict.get("last_model_path")),
+                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+        super().load_state_dict(state_dict)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)  # best.ckpt (and last.ckpt) if the metric improved
+        self._save_last_if_behind(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_last_if_behind(trainer)
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_written_at = trainer.global_step
+
+    def _save_last_if_behind(self, trainer) -> None:
+        if (not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == 0
+                or trainer.state.fn != TrainerFn.FITTING or self._last_written_at == trainer.global_step):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class StopOnInterrupt(L.Callback):
-    """Ctrl-C (SIGINT) during training: finish the current step, validate, save the checkpoints, stop.
-    A second Ctrl-C aborts at once."""
+    """Ctrl-C (SIGINT) or SIGTERM (`kill`, a scheduler before preemption) during training: finish the current
+    step, validate, save the checkpoints, stop. stopped_by is then the signal (train.py exits with 128 + its
+    number: 130, 143); a second signal aborts at once.
+
+    The handlers are installed when training starts, over Lightning's own: its SIGTERM handler, registered
+    when fit starts, would end the run after the step without validating or saving anything. The previous
+    handlers are put back when training ends (or fails), before Lightning restores the ones it found.
+    SIGUSR1, Lightning's SLURM requeue signal, is left alone. In a multi-process run every process stops at
+    the same step, whichever of them received the signal."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.interrupted = False
-        self._previous = None
+        self.received: signal.Signals | None = None  # the signal this process received
+        self.stopped_by: signal.Signals | None = None  # the signal that stopped the run (in any process)
+        self._previous: dict = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._request_stop)
+        if threading.current_thread() is threading.main_thread():  # Python sets handlers from the main thread only
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._request_stop)
 
     def _request_stop(self, signum, frame) -> None:
-        if self.interrupted:
+        if self.received is not None:
             raise KeyboardInterrupt
-        self.interrupted = True
-        print("\ninterrupted: stopping after this step and saving checkpoints (Ctrl-C again to abort now)",
+        self.received = signal.Signals(signum)
+        what = "interrupted" if signum == signal.SIGINT else f"{self.received.name} received"
+        print(f"\n{what}: stopping after this step and saving checkpoints (Ctrl-C again to abort now)",
               file=sys.stderr, flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.interrupted:
-            trainer.should_stop = True  # Lightning validates, ModelCheckpoint saves best and last
+        signum = int(self.received or 0)
+        if trainer.world_size > 1:  # one collective per step, as Lightning's own SIGTERM check
+            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=trainer.strategy.root_device),
+                                                 reduce_op="max"))
+        if signum:
+            self.stopped_by = signal.Signals(signum)
+            trainer.should_stop = True  # Lightning validates; BestAndLastCheckpoint saves last (and best if better)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.on_train_end(trainer, pl_module)

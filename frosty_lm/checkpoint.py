@@ -15,6 +15,9 @@ from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, GPTConfig
 from frosty_lm.run_dirs import newest_run
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # (reading the umask means setting it: set back at once)
+
 
 def load_checkpoint(path: str | Path) -> dict:
     """A Frosty checkpoint's contents as plain data, or a FrostyError that says what is wrong with the file."""
@@ -33,6 +36,8 @@ def read_safely(path: str | Path):
         raise FrostyError(f"checkpoint {file} does not exist: give the path of a .ckpt file written by train.py")
     if file.is_dir():
         raise FrostyError(f"checkpoint {file} is a directory: give the path of a .ckpt file inside it")
+    if not file.is_file():  # a FIFO or a device would block or never end
+        raise FrostyError(f"checkpoint {file} is not a regular file: give the path of a .ckpt file written by train.py")
     try:
         with warnings.catch_warnings():  # torch warns about some foreign files before failing on them
             warnings.simplefilter("ignore")
@@ -64,12 +69,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def __init__(self, loaded: tuple[str | Path, dict] | None = None) -> None:
         super().__init__()
         self._loaded = {_same_file(loaded[0]): loaded[1]} if loaded else {}
+        self._cleaned: set[Path] = set()
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if target.parent not in self._cleaned:  # a write killed earlier left its temporary file: remove it
+            for stale in target.parent.glob(".*.ckpt.*.tmp"):
+                stale.unlink(missing_ok=True)
+            self._cleaned.add(target.parent)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
+            os.chmod(tmp, 0o666 & ~UMASK)  # as the run's other files (mkstemp makes it private)
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()

@@ -2,6 +2,7 @@
 this is a sweep's job; quieting Lightning's noise."""
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -18,6 +19,29 @@ from frosty_lm.errors import FrostyError
 def in_sweep() -> bool:
     """Whether this is a job of a Hydra multirun (a sweep or a search)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+ELSEWHERE = "free some space, or put runs on another disk with paths.outputs_dir=DIR"
+FILE_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", ELSEWHERE),
+    errno.EDQUOT: ("disk quota exceeded", ELSEWHERE),
+    errno.EACCES: ("permission denied", "choose files and directories you may use (paths.outputs_dir=DIR for runs)"),
+    errno.EPERM: ("operation not permitted", "choose files and directories you may use (paths.outputs_dir=DIR)"),
+    errno.EROFS: ("read-only file system", "put runs on a writable disk with paths.outputs_dir=DIR"),
+}
+
+
+def file_error(err: BaseException) -> str | None:
+    """One line for an error that comes down to the file system (a full disk, a directory that cannot be written),
+    however deep in the chain of exceptions its OSError sits; None for any other error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in FILE_ERRORS:
+            what, fix = FILE_ERRORS[err.errno]
+            return f"{what}{f': {err.filename}' if err.filename else ''}: {fix}"
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def exit_on_user_error(func):
@@ -37,7 +61,13 @@ def exit_on_user_error(func):
             if sweep_job:
                 return float("nan")
             sys.exit(1)
-        except Exception:
+        except Exception as err:
+            message = file_error(err)
+            if message and os.environ.get("FROSTY_DEBUG") != "1" and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                print(f"error: {message}", file=sys.stderr, flush=True)
+                if sweep_job:
+                    return float("nan")
+                sys.exit(1)
             if not sweep_job:
                 raise
             traceback.print_exc()  # an unexpected error: the traceback, then the sweep goes on

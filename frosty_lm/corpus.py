@@ -44,6 +44,8 @@ def resolve(name: str, data_dir: str, path: str | None = None, url: str | None =
             download(url, file, sha256)
     if file.is_dir():
         raise CorpusError(f"corpus path {file} is a directory, not a file: point data.path at a text file")
+    if not file.is_file():  # a FIFO or a device would block or never end
+        raise CorpusError(f"corpus path {file} is not a regular file: point data.path at a text file")
     if sha256 and not path:
         actual = sha256_of(file)
         if actual != sha256:

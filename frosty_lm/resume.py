@@ -113,8 +113,11 @@ def resumed_config(stored: dict, overrides: list[str], groups: set[str]) -> Dict
 
 
 def upgraded(cfg: DictConfig) -> DictConfig:
-    """A config stored by an earlier Frosty, in today's terms: its throughput callback was
-    frosty_lm.callbacks.Throughput(peak_flops)."""
+    """A config stored by an earlier Frosty, in today's terms: its checkpoints were Lightning's ModelCheckpoint,
+    its throughput callback frosty_lm.callbacks.Throughput(peak_flops)."""
+    checkpoint = OmegaConf.select(cfg, "callbacks.model_checkpoint")
+    if checkpoint is not None and checkpoint.get("_target_") == "lightning.pytorch.callbacks.ModelCheckpoint":
+        checkpoint._target_ = "frosty_lm.callbacks.BestAndLastCheckpoint"  # last.ckpt always the last state
     throughput = OmegaConf.select(cfg, "callbacks.throughput")
     if throughput is not None and throughput.get("_target_") == "frosty_lm.callbacks.Throughput":
         cfg.callbacks.throughput = {"_target_": "frosty_lm.callbacks.CharThroughput",

@@ -36,7 +36,8 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
     else:
         run = Path(resume)
     if not (run / LAST).is_file():
-        raise FrostyError(f"cannot resume {run}: it has no {LAST}; give a run directory of train.py, or resume=latest")
+        raise FrostyError(f"cannot resume {run}: it has no {LAST} (not a run of train.py, or one stopped before its "
+                          f"first checkpoint: start it again with hydra.run.dir={run}); or use resume=latest")
     return run
 
 
@@ -64,7 +65,7 @@ def output_subdir(output_dir: str, resume: str | None) -> str:
     command's beside it."""
     if resume:
         return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
-    if (Path(output_dir) / "checkpoints").exists():
+    if any((Path(output_dir) / "checkpoints").glob("*.ckpt")):  # a run killed before its first checkpoint: reusable
         raise FrostyError(f"{output_dir} already holds a run: choose another hydra.run.dir, "
                           f"or continue that run with resume={output_dir}")
     return ".hydra"

@@ -5,6 +5,7 @@ import logging
 import math
 import re
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -64,11 +65,36 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.trainer.get(key)
         if not isinstance(value, int) or value <= 0:
             raise FrostyError(f"trainer.{key}={value!r} must be a positive integer")
+    seed, threads, optim, every = cfg.seed, cfg.get("threads"), cfg.optim, cfg.trainer.get("log_every_n_steps", 1)
+    betas = list(optim.betas) if OmegaConf.is_list(optim.betas) else optim.betas
+    must(is_int(seed) and 0 <= seed < 2**32, "seed", seed, "an integer in [0, 2**32)")
+    must(threads is None or is_int(threads) and threads > 0, "threads", threads,
+         "a positive integer, or null for all cores")
+    must(is_number(optim.lr) and optim.lr > 0, "optim.lr", optim.lr, "a positive number, e.g. 1e-3")
+    must(is_number(optim.weight_decay) and optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay,
+         "a number >= 0")
+    must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
+         "optim.betas", betas, "two numbers in [0, 1), e.g. optim.betas=[0.9,0.99]")
+    must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
+         cfg.summary_sample_chars, "an integer >= 0")
+    must(is_int(every) and every >= 0, "trainer.log_every_n_steps", every, "an integer >= 0")
+
+
+def must(fine: bool, key: str, value, what: str) -> None:
+    if not fine:
+        raise FrostyError(f"{key}={value!r} must be {what}")
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
-    """The data module (set up, so its vocabulary is known) and the LightningModule of a run config."""
-    check_config(cfg)
+    """The data module (set up, so its vocabulary is known) and the LightningModule of a checked run config."""
     datamodule: CharDataModule = make(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -86,26 +112,32 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
 
 def run_training(cfg: DictConfig) -> float:
     """Train, checkpoint, summarise; returns the best val loss (the value sweeps minimise).
-    The run's status.json follows it: running, then finished, interrupted or failed."""
+    The run's status.json follows it: running, then finished, interrupted or failed. A run stopped by Ctrl-C
+    or SIGTERM exits with 128 + the signal's number (130, 143), after printing the command that continues it."""
     cfg, start = resume_if_asked(cfg)
     record = RunRecord(cfg.paths.output_dir)
     record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
     try:
-        best, stopped_at = fit(cfg, record, start)
+        best, stop = fit(cfg, record, start)
     except BaseException as err:
         record.write(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise
-    record.write(status="interrupted" if stopped_at is not None else "finished")
-    if stopped_at is not None:
-        log.info("interrupted at step %d; continue with: python train.py resume=%s",
-                 stopped_at, shlex.quote(str(Path(cfg.paths.output_dir))))
-        sys.exit(130)
+    record.write(status="interrupted" if stop is not None else "finished")
+    if stop is not None:
+        step, signum = stop
+        how = "" if signum == signal.SIGINT else f" by {signum.name}"
+        log.info("interrupted%s at step %d; continue with: python train.py resume=%s",
+                 how, step, shlex.quote(str(Path(cfg.paths.output_dir))))
+        sys.exit(128 + signum)
     return best
 
 
-def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> tuple[float, int | None]:
-    """The run itself; returns the best val loss, and the step if Ctrl-C stopped it. start: cfg.ckpt_path's
-    contents, if already read (resume=); the file is read once, and Lightning is handed what was read."""
+def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
+        ) -> tuple[float, tuple[int, signal.Signals] | None]:
+    """The run itself; returns the best val loss, and the step and the signal if Ctrl-C or SIGTERM stopped it.
+    start: cfg.ckpt_path's contents, if already read (resume=); the file is read once, and Lightning is handed
+    what was read."""
+    check_config(cfg)  # before threads and seed reach torch
     set_threads(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if start is None and cfg.ckpt_path:  # a clear error now, before the corpus is read, for a missing or unsafe file
@@ -133,7 +165,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> tuple[
     best = float(model.best_val_loss)
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
     summarise(trainer, cfg, best)
-    return best, trainer.global_step if interrupt.interrupted else None
+    return best, (trainer.global_step, interrupt.stopped_by) if interrupt.stopped_by is not None else None
 
 
 @rank_zero_only

@@ -2,9 +2,11 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import frosty_lm.run_dirs  # noqa: F401  (registers the resolvers that conf/ uses)
 
@@ -48,6 +50,29 @@ def run(script: str, *args: str, cwd: Path, env: dict | None = None, check: bool
     if check and result.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def start(script: str, *args: str, cwd: Path) -> subprocess.Popen:
+    """Start train.py or generate.py as a user would, in the background; its stdout and stderr together, as text."""
+    return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def start_training(run_dir: Path, text_file: Path, *extra: str) -> subprocess.Popen:
+    args = [*TINY, "model.dropout=0.1", "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}"]
+    return start("train.py", *args, *extra, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+
+
+def wait_for_checkpoint(path: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if path.is_file():
+            step = torch.load(path, weights_only=True)["global_step"]  # atomic writes: always a whole file
+            if step >= min_step:
+                return step
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step >= {min_step} in {timeout}s")
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,12 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, poem, run, snapshot
+from conftest import TINY, poem, run, snapshot, start_training, wait_for_checkpoint
 from frosty_lm.checkpoint import AtomicCheckpointIO
 
 
@@ -256,24 +253,6 @@ def test_generate_clamps_top_k_and_starts_an_empty_prompt_on_a_line_break(invoke
 
 # ---- interruption, resume, atomic checkpoints -------------------------------------------
 
-def start_training(run_dir: Path, text_file: Path, *extra: str) -> subprocess.Popen:
-    args = [*TINY, "model.dropout=0.1", "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}"]
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, *extra, f"hydra.run.dir={run_dir}"],
-                            cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_checkpoint(path: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        if path.is_file():
-            step = torch.load(path, weights_only=True)["global_step"]  # atomic writes: always a whole file
-            if step >= min_step:
-                return step
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint at step >= {min_step} in {timeout}s")
-
-
 @pytest.mark.slow
 def test_ctrl_c_saves_a_last_checkpoint_and_exits_cleanly(text_file, tmp_path):
     run_dir = tmp_path / "run"
@@ -283,7 +262,9 @@ def test_ctrl_c_saves_a_last_checkpoint_and_exits_cleanly(text_file, tmp_path):
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output
     assert "interrupted at step" in output and f"resume={run_dir}" in output and "Traceback" not in output
-    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] > step
+    stopped = int(re.search(r"interrupted at step (\d+)", output).group(1))
+    assert stopped > step
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == stopped
 
 
 @pytest.mark.slow

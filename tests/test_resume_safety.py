@@ -1,5 +1,6 @@
 """A run directory received from someone else is safe to resume: the config stored in its checkpoint is data,
 and one that would run code, read the environment or write outside the run is refused before anything runs."""
+import os
 import shutil
 from pathlib import Path
 
@@ -83,3 +84,12 @@ def test_other_stored_escapes_are_refused(invoke, trained_run, tmp_path, key, va
         node[leaf] = value
 
     resume_is_refused(invoke, crafted_run(trained_run, tmp_path, edit), tmp_path, message)
+def test_an_untouched_received_run_resumes_in_place(invoke, trained_run, tmp_path):
+    run_dir = crafted_run(trained_run, tmp_path, lambda config: None)
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
+    assert code == 0, err
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 40
+    assert os.path.isfile(run_dir / "status.json")
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no -v1 fork
+    assert invoke("train.py", f"resume={run_dir}", "trainer.max_steps=50")[0] == 0  # continues from step 40
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 50

@@ -1,0 +1,83 @@
+"""Faults are inputs too: bad values, files that are not files, a full disk, leftovers of killed runs.
+Each ends in one `error:` line with the fix and exit status 1, or is cleaned up."""
+import errno
+import os
+import stat
+
+import pytest
+import torch
+
+from conftest import TINY
+from test_reliability import assert_one_line_error
+
+
+@pytest.mark.parametrize("override, message", [
+    ("threads=0", "threads=0 must be a positive integer, or null for all cores"),
+    ("threads=two", "threads='two' must be a positive integer"),
+    ("seed=-1", "seed=-1 must be an integer in [0, 2**32)"),
+    ("seed=abc", "seed='abc' must be an integer"),
+    ("optim.lr=0", "optim.lr=0 must be a positive number"),
+    ("optim.lr=nan", "optim.lr=nan must be a positive number"),
+    ("optim.lr=fast", "optim.lr='fast' must be a positive number"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 must be a number >= 0"),
+    ("optim.betas=[0.9]", "optim.betas=[0.9] must be two numbers in [0, 1)"),
+    ("summary_sample_chars=-5", "summary_sample_chars=-5 must be an integer >= 0"),
+    ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps=-1 must be an integer >= 0"),
+])
+def test_bad_values_are_refused_before_anything_runs(invoke, text_file, tmp_path, override, message):
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", override,
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_fifo_is_refused_as_a_corpus_and_as_a_checkpoint(invoke, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # reading it would block forever
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={fifo}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "is not a regular file")
+    code, _, err = invoke("generate.py", f"ckpt_path={fifo}")
+    assert_one_line_error(code, err, "is not a regular file")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoints(invoke, text_file, tmp_path, monkeypatch):
+    run_dir = tmp_path / "r"
+    args = [*TINY, "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}"]
+    saved = torch.save
+
+    def fills_the_disk(obj, f, *a, **k):  # the third checkpoint write meets a full disk
+        if obj.get("global_step", 0) >= 20:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "checkpoints"))
+        return saved(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    code, _, err = invoke("train.py", *args, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, "no space left on the device", "paths.outputs_dir=DIR")
+    monkeypatch.setattr(torch, "save", saved)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+
+
+def test_a_killed_writes_leftover_is_cleaned_and_checkpoints_are_as_readable_as_other_outputs(
+        invoke, text_file, tmp_path):
+    run_dir = tmp_path / "r"
+    args = [*TINY, "trainer.max_steps=10", "dataset=text", f"data.path={text_file}"]
+    assert invoke("train.py", *args, f"hydra.run.dir={run_dir}")[0] == 0
+    leftover = run_dir / "checkpoints" / ".last.ckpt.k1ll3d.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    assert invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20")[0] == 0
+    assert not leftover.exists()
+    mode = stat.S_IMODE(os.stat(run_dir / "checkpoints" / "last.ckpt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(run_dir / "status.json").st_mode)
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(invoke, text_file, tmp_path):
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)  # what a kill during the first checkpoint write leaves
+    (run_dir / "checkpoints" / ".last.ckpt.x.tmp").write_bytes(b"partial")
+    code, _, err = invoke("train.py", f"resume={run_dir}")
+    assert_one_line_error(code, err, f"hydra.run.dir={run_dir}")
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=5", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5

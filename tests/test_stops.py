@@ -1,0 +1,163 @@
+"""Every way a run ends leaves checkpoints/last.ckpt at its last step, whatever the val loss did, and best.ckpt
+at its best val loss: a finished run, Ctrl-C (exit status 130) and SIGTERM (`kill`, a scheduler before
+preemption: exit status 143), and a stopped run resumes from where it stopped."""
+import json
+import re
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import poem, run, start, wait_for_checkpoint
+from frosty_lm.callbacks import StopOnInterrupt
+from frosty_lm.report import read_curves
+
+INTERVAL = 5  # validate every 5 steps
+RISING = ["model=tiny", "data.batch_size=8", "optim.lr=0.01", "scheduler=constant",
+          f"trainer.val_check_interval={INTERVAL}", "dataset=text"]
+
+
+@pytest.fixture
+def rising_corpus(tmp_path: Path) -> Path:
+    """A corpus whose val split (its last 10%) is the training text backwards: the same characters in other
+    orders. A model learns the characters' frequencies first (val loss falls for 10 steps), then the training
+    text's order, which the val text does not follow (val loss rises, by more than 2 nats within 50 steps)."""
+    text = poem()
+    train = text[: int(len(text) * 0.9)]
+    path = tmp_path / "rising.txt"
+    path.write_text(train + text[::-1][: len(text) - len(train)], encoding="utf-8")
+    return path
+
+
+def val_losses(run_dir: Path) -> list[float]:
+    """The run's val losses, in step order (from its TensorBoard events)."""
+    return [value for _, value in read_curves(run_dir)["val/loss"]]
+
+
+def assert_last_and_best(run_dir: Path, last_step: int, losses: list[float]) -> None:
+    """last.ckpt holds the run's last step; best.ckpt the lowest val loss, from the validation that measured it
+    (at steps INTERVAL, 2 x INTERVAL, ...)."""
+    last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    best = torch.load(run_dir / "checkpoints/best.ckpt", weights_only=True)
+    assert last["global_step"] == last_step
+    lowest = min(losses)
+    assert best["global_step"] == INTERVAL * (losses.index(lowest) + 1)
+    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert float(state["best_model_score"]) == pytest.approx(lowest, rel=1e-6)
+    for ckpt in (best, last):  # the best val loss so far, which resume carries on from
+        assert float(ckpt["state_dict"]["best_val_loss"]) == pytest.approx(lowest, rel=1e-6)
+
+
+def test_a_run_whose_val_loss_gets_worse_ends_with_last_ckpt_at_its_last_step(invoke, rising_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = invoke("train.py", *RISING, "trainer.max_steps=30", f"data.path={rising_corpus}",
+                          f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    losses = val_losses(run_dir)
+    assert len(losses) == 30 // INTERVAL
+    turn = losses.index(min(losses))
+    # the curve really turns up: every validation after the best was worse than the one before it, so none of
+    # them saved a best checkpoint (Lightning's ModelCheckpoint then left last.ckpt at the best's step)
+    assert turn <= 2 and all(later > earlier for earlier, later in zip(losses[turn:], losses[turn + 1:]))
+    assert losses[-1] > losses[turn] + 0.5, losses
+    assert_last_and_best(run_dir, 30, losses)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+def test_sigterm_stops_like_ctrl_c_with_our_handler_in_effect_during_training(invoke, text_file, tmp_path,
+                                                                              monkeypatch):
+    """In this process: SIGTERM arrives between two steps (signal.raise_signal, as `kill` would send it);
+    Frosty's handler is the one in effect while training, not Lightning's (which would end the run without
+    saving), and the handlers from before the run are back after it. Under SLURM, Lightning's requeue
+    handler (SIGUSR1) stays in place."""
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # as under `srun`: Lightning's SLURM environment, auto-requeue on
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    for name in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID"):
+        monkeypatch.setenv(name, "0")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    handlers = []
+    on_batch_end = StopOnInterrupt.on_train_batch_end
+
+    def kill_at_step_3(self, trainer, *args):
+        handlers.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM),
+                         signal.getsignal(signal.SIGUSR1)))
+        if trainer.global_step == 3:
+            signal.raise_signal(signal.SIGTERM)
+        on_batch_end(self, trainer, *args)
+
+    monkeypatch.setattr(StopOnInterrupt, "on_train_batch_end", kill_at_step_3)
+    before = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)]
+    run_dir = tmp_path / "run"
+    code, out, err = invoke("train.py", "model=tiny", "data.batch_size=8", "trainer.max_steps=30",
+                            "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}",
+                            f"hydra.run.dir={run_dir}")
+    assert code == 143, err
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)] == before
+    assert len(handlers) == 3
+    for sigint, sigterm, sigusr1 in handlers:
+        for handler in (sigint, sigterm):
+            assert getattr(handler, "__func__", None) is StopOnInterrupt._request_stop
+        requeue = getattr(sigusr1, "signal_handlers", [])  # Lightning's, composed
+        assert [h.__name__ for h in requeue] == ["_slurm_sigusr_handler_fn"]
+    output = out + err
+    assert "SIGTERM received: stopping after this step" in output
+    assert f"interrupted by SIGTERM at step 3; continue with: python train.py resume={run_dir}" in output
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
+    assert torch.load(run_dir / "checkpoints/best.ckpt", weights_only=True)["global_step"] == 3  # its only validation
+
+
+def stop_mid_run(run_dir: Path, corpus: Path, signum: signal.Signals) -> tuple[int, str, int]:
+    """Start a long run on the rising corpus, send it signum once its val loss has turned up (a checkpoint at
+    step 20 or later: the best is at step 10) and wait for it to end. Returns its exit status, its output and
+    the step it says it stopped at."""
+    proc = start("train.py", *RISING, "trainer.max_steps=100000", f"data.path={corpus}", f"hydra.run.dir={run_dir}",
+                 cwd=run_dir.parent)
+    try:
+        sent_at = wait_for_checkpoint(run_dir / "checkpoints/last.ckpt", proc, 4 * INTERVAL)
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in output, output
+    found = re.search(r"interrupted(?: by SIGTERM)? at step (\d+); continue with: python train.py resume=(\S+)",
+                      output)
+    assert found and found.group(2) == str(run_dir), output
+    step = int(found.group(1))
+    assert step >= sent_at
+    return proc.returncode, output, step
+
+
+def assert_stopped_at(run_dir: Path, step: int) -> None:
+    losses = val_losses(run_dir)
+    assert len(losses) == -(-step // INTERVAL)  # every INTERVAL steps, and once more at the stop if between two
+    # the stop's validation was not the best (Lightning's ModelCheckpoint then wrote no last.ckpt at the stop)
+    assert losses[-1] > min(losses), losses
+    assert_last_and_best(run_dir, step, losses)
+    record = json.loads((run_dir / "status.json").read_text())
+    assert record["status"] == "interrupted" and record["steps"] == step
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_run_leaves_last_ckpt_at_the_stop(rising_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    code, output, step = stop_mid_run(run_dir, rising_corpus, signal.SIGINT)
+    assert code == 130, output
+    assert "interrupted: stopping after this step" in output
+    assert_stopped_at(run_dir, step)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_exits_143_with_last_ckpt_at_the_stop_and_resumes(rising_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    code, output, step = stop_mid_run(run_dir, rising_corpus, signal.SIGTERM)
+    assert code == 143, output
+    assert "SIGTERM received: stopping after this step" in output
+    assert_stopped_at(run_dir, step)
+    result = run("train.py", f"resume={run_dir}", f"trainer.max_steps={step + 3}", cwd=tmp_path)
+    assert f"resuming {run_dir} from step {step}" in result.stdout + result.stderr
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == step + 3
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
