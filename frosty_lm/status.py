@@ -13,27 +13,86 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from frosty_lm.errors import FrostyError
+from frosty_lm.report import alive
+
 
 class RunRecord:
     """status.json in a run directory: running (with pid and host), finished or failed, and the numbers
-    the report needs. A run killed hard stays "running"; the report tells it from a live one by its pid."""
+    the report needs. A run killed hard stays "running"; the report tells it from a live one by its pid.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    A resumed run continues its record: its start time and overrides stay those it was started with (the
+    resuming command's overrides are added), its wall time adds up over the segments. If the resume fails
+    before its training starts (refused, e.g. a missing corpus), restore() puts the earlier record back."""
+
+    def __init__(self, run_dir: str | Path, resumed: bool = False) -> None:
         self.path = Path(run_dir) / "status.json"
         self.started = time.time()
-        self.data: dict = {}
+        self.previous = self.path.read_bytes() if resumed and self.path.is_file() else None
+        self.data: dict = json.loads(self.previous) if self.previous else {}
+        self.earlier_wall_time = self.data.get("wall_time_s", 0.0) if resumed else 0.0
+        self.training_started = False  # set by training.fit
 
     def write(self, **fields) -> None:
         if rank_zero_only.rank != 0:  # in a multi-process run, the first process keeps the record
             return
-        self.data.update(fields, wall_time_s=round(time.time() - self.started, 1))
+        self.data.update(fields, wall_time_s=round(self.earlier_wall_time + time.time() - self.started, 1))
+        self._replace(json.dumps(self.data, indent=2).encode())
+
+    def _replace(self, content: bytes) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.write_bytes(content)
         os.replace(tmp, self.path)
 
-    def start(self, **fields) -> None:
-        self.write(status="running", pid=os.getpid(), host=socket.gethostname(),
-                   started=datetime.now().isoformat(timespec="seconds"), **fields)
+    def start(self, overrides: list[str]) -> None:
+        earlier = self.data.get("overrides", [])
+        added = [o for o in overrides if not o.startswith("resume=") and o not in earlier]
+        self.data.pop("error", None)
+        self.write(status="running", pid=os.getpid(), host=socket.gethostname(), overrides=earlier + added,
+                   started=self.data.get("started") or datetime.now().isoformat(timespec="seconds"))
+
+    def restore(self) -> None:
+        """The record as it was before this process started (a resume that failed before training)."""
+        if self.previous is not None and rank_zero_only.rank == 0:
+            self._replace(self.previous)
+
+
+class RunLock:
+    """A run is trained by one process at a time: .lock in its directory names the process (pid, host). A lock
+    whose process is gone (killed) is taken over; a live one refuses the second trainer in one line."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        if rank_zero_only.rank != 0:  # the other processes of a multi-process run train under rank 0's lock
+            return
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    holder = {}
+                ours = holder.get("pid") == me["pid"]  # left by an earlier run in this interpreter (tests)
+                if holder.get("host") == me["host"] and (ours or not alive(holder.get("pid"))):
+                    self.path.unlink(missing_ok=True)  # stale: its process was killed
+                    continue
+                raise FrostyError(
+                    f"{self.path.parent} is being trained by process {holder.get('pid')} on {holder.get('host')}: "
+                    f"wait for it to end or stop it (if that machine is gone, remove {self.path})") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
 
 
 class SweepSummary(Callback):

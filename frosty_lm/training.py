@@ -28,7 +28,7 @@ from frosty_lm.machine import parallel_jobs, set_threads, spawn_ranks_inside_swe
 from frosty_lm.model import GPTConfig
 from frosty_lm.resume import check_compatible, resume_if_asked
 from frosty_lm.sampling import default_prompt, sample_text
-from frosty_lm.status import RunRecord
+from frosty_lm.status import RunLock, RunRecord
 
 log = logging.getLogger("frosty")
 
@@ -114,15 +114,24 @@ def run_training(cfg: DictConfig) -> float:
     """Train, checkpoint, summarise; returns the best val loss (the value sweeps minimise).
     The run's status.json follows it: running, then finished, interrupted or failed. A run stopped by Ctrl-C
     or SIGTERM exits with 128 + the signal's number (130, 143), after printing the command that continues it."""
+    resumed = bool(cfg.get("resume"))
     cfg, start = resume_if_asked(cfg)
-    record = RunRecord(cfg.paths.output_dir)
-    record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
+    lock = RunLock(cfg.paths.output_dir)
+    lock.acquire()  # before anything of the run is written: a second trainer of it is refused
     try:
-        best, stop = fit(cfg, record, start)
-    except BaseException as err:
-        record.write(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
-        raise
-    record.write(status="interrupted" if stop is not None else "finished")
+        record = RunRecord(cfg.paths.output_dir, resumed=resumed)
+        record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
+        try:
+            best, stop = fit(cfg, record, start)
+        except BaseException as err:
+            if record.previous is not None and not record.training_started:
+                record.restore()  # a refused resume leaves the run's record as it was
+            else:
+                record.write(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise
+        record.write(status="interrupted" if stop is not None else "finished")
+    finally:
+        lock.release()
     if stop is not None:
         step, signum = stop
         how = "" if signum == signal.SIGINT else f" by {signum.name}"
@@ -161,6 +170,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     log.info("effective batch: %d windows of %d characters per step (data.batch_size %d x %d processes x %d "
              "accumulated); lr %g (not scaled with the batch)", per_step, cfg.model.block_size, cfg.data.batch_size,
              trainer.world_size, trainer.accumulate_grad_batches, cfg.optim.lr)
+    record.training_started = True
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     best = float(model.best_val_loss)
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))

@@ -1,0 +1,55 @@
+"""One process trains a run at a time, and a refused or failed resume leaves the run's record as it was."""
+import json
+import socket
+import subprocess
+import sys
+
+import torch
+
+from conftest import TINY, snapshot
+from test_reliability import assert_one_line_error
+
+
+def finished_run(invoke, text_file, tmp_path):
+    run_dir = tmp_path / "r"
+    args = [*TINY, "trainer.max_steps=10", "dataset=text", f"data.path={text_file}"]
+    assert invoke("train.py", *args, f"hydra.run.dir={run_dir}")[0] == 0
+    return run_dir
+
+
+def test_a_run_being_trained_is_refused_to_a_second_trainer(invoke, text_file, tmp_path):
+    run_dir = finished_run(invoke, text_file, tmp_path)
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for a live trainer
+    try:
+        (run_dir / ".lock").write_text(json.dumps({"pid": trainer.pid, "host": socket.gethostname()}))
+        before = snapshot(run_dir / "checkpoints")
+        status = (run_dir / "status.json").read_text()
+        code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20")
+        assert_one_line_error(code, err, f"is being trained by process {trainer.pid}")
+        assert snapshot(run_dir / "checkpoints") == before and (run_dir / "status.json").read_text() == status
+    finally:
+        trainer.kill()
+        trainer.wait()
+    # the trainer is gone (killed): its lock is stale and the resume takes it over
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20")
+    assert code == 0, err
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 20
+    assert not (run_dir / ".lock").exists()  # released at the end
+
+
+def test_a_failed_resume_leaves_the_record_and_a_resume_continues_it(invoke, text_file, tmp_path):
+    run_dir = finished_run(invoke, text_file, tmp_path)
+    record = json.loads((run_dir / "status.json").read_text())
+    moved = tmp_path / "moved.txt"
+    text_file.rename(moved)  # the corpus is gone: this resume fails before training
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20")
+    assert_one_line_error(code, err, "does not exist")
+    assert json.loads((run_dir / "status.json").read_text()) == record  # still finished, with its numbers
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20", f"data.path={moved}")
+    assert code == 0, err
+    resumed = json.loads((run_dir / "status.json").read_text())
+    assert resumed["status"] == "finished" and resumed["steps"] == 20 and resumed["started"] == record["started"]
+    assert resumed["overrides"][: len(record["overrides"])] == record["overrides"]  # what it was started with...
+    assert {"trainer.max_steps=20", f"data.path={moved}"} <= set(resumed["overrides"])  # ...and what was changed
+    assert not any(o.startswith("resume=") for o in resumed["overrides"])
+    assert resumed["wall_time_s"] >= record["wall_time_s"]
