@@ -141,8 +141,30 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     check_stored_config(stored, last)
     cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
     cfg.ckpt_path = str(last)
+    check_more_to_train(ckpt, cfg, last.parents[1])
     log.info("resuming %s from step %d", last.parents[1], ckpt["global_step"])
     return cfg, ckpt
+
+
+def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
+    """A resumed run that would stop at once (its step or its training time already at the limit) is refused
+    with the key to raise, rather than finishing without a step."""
+    from lightning.pytorch.callbacks import Timer
+
+    step, max_steps = ckpt["global_step"], cfg.trainer.max_steps
+    if isinstance(max_steps, int) and step >= max_steps:
+        raise FrostyError(f"{run} is at step {step} and trainer.max_steps={max_steps}: nothing to train; give a larger "
+                          f"trainer.max_steps (e.g. trainer.max_steps={2 * max_steps})")
+    max_time = cfg.trainer.get("max_time")
+    elapsed = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train")
+    if max_time and elapsed is not None:
+        try:
+            limit = Timer(duration=OmegaConf.to_container(max_time) if OmegaConf.is_config(max_time) else max_time)
+        except Exception:  # noqa: BLE001  Lightning reports a bad max_time itself, with the run
+            return
+        if elapsed >= limit._duration:
+            raise FrostyError(f"{run} has trained {elapsed:.0f} s and trainer.max_time={max_time}: nothing to train; "
+                              "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")
 
 
 def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict) -> None:

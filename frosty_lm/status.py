@@ -96,8 +96,16 @@ class RunLock:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a sweep, one line for the sweep and one per failed job; exit status 1
-    if any job failed (the others have all run)."""
+    """Hydra callback: at the start of a sweep, refuse a sweep directory in use; at the end, one line for the
+    sweep and one per failed job; exit status 1 if any job failed (the others have all run)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """A sweep directory that already holds a sweep is refused before anything is written to it."""
+        sweep = Path(config.hydra.sweep.dir)
+        if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/status.json")):
+            print(f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (continue one of its runs "
+                  f"with python train.py resume={sweep}/JOB)", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)

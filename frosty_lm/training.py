@@ -174,7 +174,10 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     best = float(model.best_val_loss)
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
-    summarise(trainer, cfg, best)
+    try:
+        summarise(trainer, cfg, best)
+    except KeyboardInterrupt:  # the run itself is complete and saved: Ctrl-C only cuts its summary short
+        log.info("summary skipped (Ctrl-C); the run is complete")
     return best, (trainer.global_step, interrupt.stopped_by) if interrupt.stopped_by is not None else None
 
 

@@ -1,13 +1,14 @@
 """Faults are inputs too: bad values, files that are not files, a full disk, leftovers of killed runs.
 Each ends in one `error:` line with the fix and exit status 1, or is cleaned up."""
 import errno
+import json
 import os
 import stat
 
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, run
 from test_reliability import assert_one_line_error
 
 
@@ -81,3 +82,46 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(invoke, t
                           f"hydra.run.dir={run_dir}")
     assert code == 0, err
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
+def test_a_resume_with_nothing_left_to_train_is_refused(invoke, text_file, tmp_path):
+    run_dir = tmp_path / "r"
+    args = [*TINY, "trainer.max_steps=100000", "trainer.max_time=00:00:00:01", "trainer.val_check_interval=5",
+            "dataset=text", f"data.path={text_file}"]
+    assert invoke("train.py", *args, f"hydra.run.dir={run_dir}")[0] == 0  # stopped by its time budget
+    status = (run_dir / "status.json").read_text()
+    step = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    code, _, err = invoke("train.py", f"resume={run_dir}")
+    assert_one_line_error(code, err, "trainer.max_time=00:00:00:01: nothing to train", "give a longer trainer.max_time")
+    code, _, err = invoke("train.py", f"resume={run_dir}", f"trainer.max_steps={step}", "trainer.max_time=null")
+    assert_one_line_error(code, err, f"is at step {step} and trainer.max_steps={step}: nothing to train")
+    assert (run_dir / "status.json").read_text() == status  # refused: the record is untouched
+    code, _, err = invoke("train.py", f"resume={run_dir}", f"trainer.max_steps={step + 5}", "trainer.max_time=null")
+    assert code == 0, err
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == step + 5
+
+
+def test_ctrl_c_during_the_summary_keeps_the_run_finished(invoke, text_file, tmp_path, monkeypatch):
+    import frosty_lm.training as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "sample_text", interrupted)  # Ctrl-C while the summary samples
+    run_dir = tmp_path / "r"
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=5", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_sweep_directory_in_use_is_refused_before_anything_is_written(text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("earlier: sweep\n")
+    result = run("train.py", "-m", *TINY, "trainer.max_steps=2", "dataset=text", f"data.path={text_file}",
+                 "model.dropout=0.0,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
+    assert result.returncode == 1
+    assert f"error: {sweep} already holds a sweep" in result.stderr and "Traceback" not in result.stderr
+    assert [p.name for p in sweep.iterdir()] == ["multirun.yaml"]
+    assert (sweep / "multirun.yaml").read_text() == "earlier: sweep\n"
