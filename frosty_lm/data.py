@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 
 from frosty_lm import corpus
 from frosty_lm.errors import FrostyError
+from frosty_lm.machine import check_fits
 from frosty_lm.tokenizer import CharTokenizer
 
 
@@ -86,6 +87,8 @@ class CharDataModule(L.LightningDataModule):
         if self.tokenizer is not None:
             return
         file = self._file()
+        # read as bytes, decoded (up to 4 bytes a character), encoded to a byte a character: ~6x the file at the peak
+        check_fits(6 * file.stat().st_size, f"reading the corpus {file}", "train on a smaller file")
         text = corpus.read_text(file, self.decode_errors)
         self.tokenizer = CharTokenizer.from_text(text)
         data = self.tokenizer.encode_tensor(text)

@@ -13,6 +13,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from omegaconf import DictConfig
 
 from frosty_lm.cli import in_sweep
+from frosty_lm.errors import FrostyError
 
 log = logging.getLogger("frosty")
 
@@ -47,6 +48,36 @@ def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device =
             if round_:
                 best = max(best, 2 * n**3 * per_round / (time.perf_counter() - start))
     return best
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give a new allocation now (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def training_memory(n_params: int, batch_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
+                    vocab_size: int, processes: int = 1) -> int:
+    """A rough estimate, in bytes, of what training takes beyond the libraries: fp32 weights, gradients and AdamW's
+    two moments (16 bytes a parameter); the activations kept for the backward pass (~24 numbers per channel and
+    position in a layer, and the attention scores); the logits and their gradient."""
+    B, T, C = batch_size, block_size, n_embd
+    activations = n_layer * 4 * (24 * B * T * C + B * n_head * T * T)
+    return processes * (16 * n_params + activations + 4 * 3 * B * T * vocab_size)
+
+
+def check_fits(needed: int, what: str, fix: str) -> None:
+    """A FrostyError, with the numbers, if `needed` bytes exceed the memory available now."""
+    available = available_memory()
+    if available is not None and needed > available:
+        raise FrostyError(f"{what} needs about {needed / 2**30:,.1f} GiB of memory, and this machine has "
+                          f"{available / 2**30:,.1f} GiB available: {fix}")
 
 
 def parallel_jobs() -> int:

@@ -35,6 +35,12 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def encode_tensor(self, text: str) -> torch.Tensor:
-        """The whole text as one compact tensor: uint8 when the vocabulary fits a byte."""
-        dtype = torch.uint8 if len(self) <= 256 else torch.int32
-        return torch.tensor(self.encode(text), dtype=dtype)
+        """The whole text as one compact tensor: uint8 when the vocabulary fits a byte (through str.translate, a
+        byte a character, rather than a Python list of ints, ~36 bytes a character), else int32."""
+        if len(self) > 256:
+            return torch.tensor(self.encode(text), dtype=torch.int32)
+        missing = set(text) - self.stoi.keys()
+        if missing:
+            self.encode("".join(sorted(missing)))  # the same error as encode()
+        ids = text.translate({ord(ch): i for i, ch in enumerate(self.chars)}).encode("latin-1")
+        return torch.frombuffer(bytearray(ids), dtype=torch.uint8)

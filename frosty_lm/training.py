@@ -24,7 +24,7 @@ from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.lit_module import FrostyLM
-from frosty_lm.machine import parallel_jobs, set_threads, spawn_ranks_inside_sweep
+from frosty_lm.machine import check_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep, training_memory
 from frosty_lm.model import GPTConfig
 from frosty_lm.resume import check_compatible, resume_if_asked
 from frosty_lm.sampling import default_prompt, sample_text
@@ -157,6 +157,12 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
              len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
+    if cfg.trainer.get("accelerator") == "cpu":
+        m, processes = model.model.cfg, cfg.trainer.get("devices") if isinstance(cfg.trainer.get("devices"), int) else 1
+        needed = training_memory(model.model.num_params(), cfg.data.batch_size, m.block_size, m.n_layer, m.n_head,
+                                 m.n_embd, m.vocab_size, max(1, processes))
+        check_fits(needed, f"training (batch {cfg.data.batch_size} x {m.block_size} characters, "
+                           f"{model.model.num_params():,} parameters)", "lower data.batch_size or model.block_size")
     spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt()
     callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [interrupt]

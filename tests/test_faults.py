@@ -125,3 +125,28 @@ def test_a_sweep_directory_in_use_is_refused_before_anything_is_written(text_fil
     assert f"error: {sweep} already holds a sweep" in result.stderr and "Traceback" not in result.stderr
     assert [p.name for p in sweep.iterdir()] == ["multirun.yaml"]
     assert (sweep / "multirun.yaml").read_text() == "earlier: sweep\n"
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_with_the_numbers(invoke, text_file, tmp_path):
+    code, _, err = invoke("train.py", *TINY, "data.batch_size=50000000", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "training (batch 50000000 x 32 characters", "GiB of memory, and this machine has",
+                          "lower data.batch_size")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_corpus_that_cannot_fit_in_memory_is_refused_before_it_is_read(invoke, text_file, tmp_path, monkeypatch):
+    import frosty_lm.machine as machine
+
+    monkeypatch.setattr(machine, "available_memory", lambda: text_file.stat().st_size)  # less than reading takes
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, f"reading the corpus {text_file} needs about", "train on a smaller file")
+
+
+def test_the_memory_estimate_is_of_the_right_size():
+    from frosty_lm.machine import training_memory
+
+    small = training_memory(816_896, 32, 128, 4, 4, 128, 65)  # the small model at its default batch
+    assert 100 * 2**20 < small < 1 * 2**30  # measured: ~230 MB beyond the libraries (README: Memory)
+    assert training_memory(816_896, 64, 128, 4, 4, 128, 65) > 1.9 * small - 16 * 816_896
