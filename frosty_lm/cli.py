@@ -2,13 +2,17 @@
 this is a sweep's job; quieting Lightning's noise."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -42,6 +46,50 @@ def file_error(err: BaseException) -> str | None:
             return f"{what}{f': {err.filename}' if err.filename else ''}: {fix}"
         err = err.__cause__ or err.__context__
     return None
+
+
+class SweepStop:
+    """Set when a signal (Ctrl-C, SIGTERM) asked the sweep this process works for to stop: jobs that are training
+    stop after their step and save (StopOnInterrupt), and jobs that have not started do not start."""
+
+    signum: int | None = None
+
+
+def stop_sweep_on_signals(forward: bool = False) -> None:
+    """Ctrl-C or SIGTERM in a sweep's process (its main process, forward=True, or a joblib worker) sets SweepStop
+    instead of killing the process, so that the sweep ends with its summary and no worker is left behind; the
+    main process passes SIGTERM on to its worker processes (Ctrl-C in a terminal reaches them all already).
+    A second signal aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame) -> None:
+        if SweepStop.signum is not None:
+            raise KeyboardInterrupt
+        SweepStop.signum = signum
+        if forward:
+            print(f"\n{signal.Signals(signum).name}: stopping the sweep: running jobs save and stop, the others do "
+                  "not start (again to abort now)", file=sys.stderr, flush=True)
+            if signum == signal.SIGTERM:
+                for child in child_processes():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
+def child_processes() -> list[int]:
+    """The processes this one started (Linux's /proc; none elsewhere)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid():
+            children.append(int(stat.parent.name))
+    return children
 
 
 def exit_on_user_error(func):

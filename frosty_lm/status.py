@@ -13,6 +13,7 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from frosty_lm.cli import SweepStop, stop_sweep_on_signals
 from frosty_lm.errors import FrostyError
 from frosty_lm.report import alive
 
@@ -106,15 +107,24 @@ class SweepSummary(Callback):
             print(f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (continue one of its runs "
                   f"with python train.py resume={sweep}/JOB)", file=sys.stderr, flush=True)
             sys.exit(1)
+        stop_sweep_on_signals(forward=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
         records = {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/status.json"))}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
-        finished = sum(r.get("status") == "finished" for r in records.values())
-        print(f"sweep {sweep}: {finished} of {len(records)} runs finished; "
+        counts = {state: sum(r.get("status") == state for r in records.values())
+                  for state in ("finished", "interrupted", "not run")}
+        stopped = "".join(f", {n} {state}" for state, n in counts.items() if n and state != "finished")
+        print(f"sweep {sweep}: {counts['finished']} of {len(records)} runs finished{stopped}; "
               f"compare them with: python -m frosty_lm.report {sweep}", file=sys.stderr, flush=True)
+        for name, record in records.items():
+            if record.get("status") == "interrupted":
+                print(f"interrupted: {name}: continue it with python train.py resume={sweep / name}",
+                      file=sys.stderr, flush=True)
         for name, record in failed.items():
             print(f"failed: {name}: {record.get('error')}", file=sys.stderr, flush=True)
+        if SweepStop.signum is not None:
+            sys.exit(128 + SweepStop.signum)
         if failed:
             sys.exit(1)

@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from frosty_lm.callbacks import CharThroughput, StopOnInterrupt
 from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
+from frosty_lm.cli import SweepStop, in_sweep, stop_sweep_on_signals
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.lit_module import FrostyLM
@@ -113,7 +114,13 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
 def run_training(cfg: DictConfig) -> float:
     """Train, checkpoint, summarise; returns the best val loss (the value sweeps minimise).
     The run's status.json follows it: running, then finished, interrupted or failed. A run stopped by Ctrl-C
-    or SIGTERM exits with 128 + the signal's number (130, 143), after printing the command that continues it."""
+    or SIGTERM exits with 128 + the signal's number (130, 143), after printing the command that continues it;
+    a sweep's job returns instead, and the sweep's other jobs do not start (cli.SweepStop)."""
+    if in_sweep():
+        stop_sweep_on_signals()
+        if SweepStop.signum is not None:  # the sweep was stopped before this job began
+            RunRecord(cfg.paths.output_dir).write(status="not run", error="the sweep was stopped")
+            return float("nan")
     resumed = bool(cfg.get("resume"))
     cfg, start = resume_if_asked(cfg)
     lock = RunLock(cfg.paths.output_dir)
@@ -137,6 +144,9 @@ def run_training(cfg: DictConfig) -> float:
         how = "" if signum == signal.SIGINT else f" by {signum.name}"
         log.info("interrupted%s at step %d; continue with: python train.py resume=%s",
                  how, step, shlex.quote(str(Path(cfg.paths.output_dir))))
+        if in_sweep():  # the sweep goes on to its summary; its jobs not yet started do not start
+            SweepStop.signum = signum
+            return best
         sys.exit(128 + signum)
     return best
 
