@@ -1,4 +1,4 @@
-"""Run status: each run's status.json, and the summary that ends a sweep."""
+"""Run status: each run's status.json, the lock of a run being trained, and the summary that ends a sweep."""
 from __future__ import annotations
 
 import json
@@ -30,8 +30,12 @@ class RunRecord:
         self.path = Path(run_dir) / "status.json"
         self.started = time.time()
         self.previous = self.path.read_bytes() if resumed and self.path.is_file() else None
-        self.data: dict = json.loads(self.previous) if self.previous else {}
-        self.earlier_wall_time = self.data.get("wall_time_s", 0.0) if resumed else 0.0
+        try:
+            self.data: dict = dict(json.loads(self.previous)) if self.previous else {}
+        except (ValueError, TypeError):  # a damaged record: start a new one (restore() still puts it back)
+            self.data = {}
+        earlier = self.data.get("wall_time_s", 0.0)
+        self.earlier_wall_time = earlier if resumed and isinstance(earlier, (int, float)) else 0.0
         self.training_started = False  # set by training.fit
 
     def write(self, **fields) -> None:
@@ -47,6 +51,7 @@ class RunRecord:
 
     def start(self, overrides: list[str]) -> None:
         earlier = self.data.get("overrides", [])
+        earlier = earlier if isinstance(earlier, list) else []
         added = [o for o in overrides if not o.startswith("resume=") and o not in earlier]
         self.data.pop("error", None)
         self.write(status="running", pid=os.getpid(), host=socket.gethostname(), overrides=earlier + added,
