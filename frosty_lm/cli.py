@@ -92,6 +92,11 @@ def child_processes() -> list[int]:
     return children
 
 
+def debugging() -> bool:
+    """FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: user errors come with their traceback."""
+    return os.environ.get("FROSTY_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
 def exit_on_user_error(func):
     """Run func; a FrostyError prints `error: ...` and exits 1 (FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: traceback).
     In a sweep (Hydra multirun) a failing job, whatever the error, returns NaN instead, so the other jobs
@@ -103,7 +108,7 @@ def exit_on_user_error(func):
         try:
             return func(*args, **kwargs)
         except FrostyError as err:
-            if os.environ.get("FROSTY_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if debugging():
                 raise
             print(f"error: {err}", file=sys.stderr, flush=True)
             if sweep_job:
@@ -111,7 +116,7 @@ def exit_on_user_error(func):
             sys.exit(1)
         except Exception as err:
             message = file_error(err)
-            if message and os.environ.get("FROSTY_DEBUG") != "1" and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            if message and not debugging():
                 print(f"error: {message}", file=sys.stderr, flush=True)
                 if sweep_job:
                     return float("nan")

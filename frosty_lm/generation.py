@@ -1,7 +1,6 @@
 """generate.py's work: load a checkpoint, check the request, stream samples to stdout."""
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -9,26 +8,18 @@ import torch
 from omegaconf import DictConfig
 
 from frosty_lm.checkpoint import latest_checkpoint, load_checkpoint, model_from_checkpoint
+from frosty_lm.config_checks import is_int, is_number, must
 from frosty_lm.errors import FrostyError
 from frosty_lm.sampling import default_prompt, stream_text
 from frosty_lm.tokenizer import CharTokenizer
 
 
-def number(cfg: DictConfig, key: str, integer: bool = False):
-    """cfg[key], which must be a finite number (an integer if integer), or null where null is allowed."""
-    value = cfg[key]
-    kinds = (int,) if integer else (int, float)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)):
-        raise FrostyError(f"{key}={value!r} must be a{'n integer' if integer else ' finite number'}")
-    return value
-
-
 def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
     """The prompt to use and the top_k to use (clamped to the vocabulary), or a FrostyError."""
-    for key in ("max_new_tokens", "num_samples", "seed", "top_k"):
-        number(cfg, key, integer=True)
+    for key in ("max_new_tokens", "num_samples", "seed", "top_k"):  # top_k and top_p may be null
+        must(cfg[key] is None and key == "top_k" or is_int(cfg[key]), key, cfg[key], "an integer")
     for key in ("temperature", "top_p"):
-        number(cfg, key)
+        must(cfg[key] is None or is_number(cfg[key]), key, cfg[key], "a finite number")
     if cfg.temperature is None:
         raise FrostyError("temperature=null must be a number >= 0 (0 means greedy decoding)")
     if cfg.max_new_tokens < 0:

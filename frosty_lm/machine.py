@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from frosty_lm.cli import in_sweep
 from frosty_lm.errors import FrostyError
+from frosty_lm.model import GPT
 
 log = logging.getLogger("frosty")
 
@@ -70,6 +71,16 @@ def training_memory(n_params: int, batch_size: int, block_size: int, n_layer: in
     B, T, C = batch_size, block_size, n_embd
     activations = n_layer * 4 * (24 * B * T * C + B * n_head * T * T)
     return processes * (16 * n_params + activations + 4 * 3 * B * T * vocab_size)
+
+
+def check_training_fits(model: GPT, batch_size: int, processes: int = 1) -> None:
+    """A FrostyError, with the numbers, if training model at batch_size in `processes` processes on this machine
+    would not fit in its memory."""
+    c, n_params = model.cfg, model.num_params()
+    needed = training_memory(n_params, batch_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.vocab_size,
+                             processes)
+    check_fits(needed, f"training (batch {batch_size} x {c.block_size} characters, {n_params:,} parameters)",
+               "lower data.batch_size or model.block_size")
 
 
 def check_fits(needed: int, what: str, fix: str) -> None:

@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from frosty_lm.callbacks import CharThroughput, StopOnInterrupt
 from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
 from frosty_lm.cli import SweepStop, in_sweep, stop_sweep_on_signals
-from frosty_lm.config_checks import check_config
+from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.lit_module import FrostyLM
-from frosty_lm.machine import check_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep, training_memory
+from frosty_lm.machine import check_training_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep
 from frosty_lm.resume import check_compatible, resume_if_asked
 from frosty_lm.sampling import default_prompt, sample_text
 from frosty_lm.status import RunLock, RunRecord
@@ -120,11 +120,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
              len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
     if cfg.trainer.get("accelerator") == "cpu":
-        m, processes = model.model.cfg, cfg.trainer.get("devices") if isinstance(cfg.trainer.get("devices"), int) else 1
-        needed = training_memory(model.model.num_params(), cfg.data.batch_size, m.block_size, m.n_layer, m.n_head,
-                                 m.n_embd, m.vocab_size, max(1, processes))
-        check_fits(needed, f"training (batch {cfg.data.batch_size} x {m.block_size} characters, "
-                           f"{model.model.num_params():,} parameters)", "lower data.batch_size or model.block_size")
+        devices = cfg.trainer.get("devices")
+        check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
     spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt()
     callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [interrupt]

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from frosty_lm.model import GPT, GPTConfig
+from frosty_lm.checkpoint import model_from_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD = FIXTURES / "old_layout.ckpt"
@@ -18,8 +18,6 @@ def test_an_old_checkpoint_generates_what_it_generated_before(invoke):
 def test_old_weight_names_load_into_the_new_modules():
     state = torch.load(OLD, weights_only=True)["state_dict"]
     assert any(".attn.qkv." in k for k in state) and any(".ffwd.net.2." in k for k in state)  # really the old names
-    hp = torch.load(OLD, weights_only=True)["hyper_parameters"]
-    model = GPT(GPTConfig(vocab_size=len(hp["vocab"]), **hp["model"]))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    model, _ = model_from_checkpoint(torch.load(OLD, weights_only=True))
     assert torch.equal(model.blocks[0].fc2.weight, state["model.blocks.0.ffwd.net.2.weight"])
     assert torch.equal(model.blocks[0].qkv.bias, state["model.blocks.0.attn.qkv.bias"])

@@ -234,6 +234,15 @@ def test_generate_without_any_checkpoint(invoke, tmp_path, monkeypatch):
         ("top_p=1.5", "top_p=1.5 must be in (0, 1]"),
         ("top_k=0", "top_k=0 must be >= 1"),
         ("num_samples=0", "num_samples=0 must be >= 1"),
+        ("temperature=nan", "temperature=nan must be a finite number"),
+        ("temperature=inf", "temperature=inf must be a finite number"),
+        ("temperature=warm", "temperature='warm' must be a finite number"),
+        ("temperature=null", "temperature=null must be a number >= 0"),
+        ("top_p=nan", "top_p=nan must be a finite number"),
+        ("max_new_tokens=1.5", "max_new_tokens=1.5 must be an integer"),
+        ("seed=abc", "seed='abc' must be an integer"),
+        ("top_k=true", "top_k=True must be an integer"),
+        ("device=tpu9000", "device='tpu9000' cannot be used here"),
     ],
 )
 def test_generate_refuses_bad_options(invoke, trained_run, option, message):

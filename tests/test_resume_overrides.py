@@ -26,11 +26,15 @@ def test_optim_settings_given_on_resume_train(invoke, text_file, tmp_path):
     assert all(tuple(g["betas"]) == (0.8, 0.95) for g in groups)
 
 
-def test_a_resume_without_changes_keeps_the_schedule_where_it_was(invoke, text_file, tmp_path):
-    run_dir = tmp_path / "r"
-    common = [*TINY, "scheduler=cosine", "scheduler.warmup_steps=4", "dataset=text", f"data.path={text_file}"]
-    assert invoke("train.py", *common, "trainer.max_steps=30", f"hydra.run.dir={run_dir}")[0] == 0
-    straight = tmp_path / "s"
-    assert invoke("train.py", *common, "trainer.max_steps=10", f"hydra.run.dir={straight}")[0] == 0
-    assert invoke("train.py", f"resume={straight}", "trainer.max_steps=30")[0] == 0
-    assert optimizer_groups(run_dir)[1] == optimizer_groups(straight)[1]  # cosine over 30 steps, same lr at 30
+def test_a_resume_midway_down_a_cosine_trains_as_the_run_would_have(invoke, text_file, tmp_path):
+    """The resumed optimizer starts at the schedule's lr for its step (not the base lr, not the start's): its
+    weights after the rest of the schedule are those of a run that was never stopped."""
+    common = [*TINY, "scheduler=cosine", "scheduler.warmup_steps=4", "scheduler.decay_steps=30", "dataset=text",
+              f"data.path={text_file}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert invoke("train.py", *common, "trainer.max_steps=30", f"hydra.run.dir={straight}")[0] == 0
+    assert invoke("train.py", *common, "trainer.max_steps=12", f"hydra.run.dir={resumed}")[0] == 0
+    assert invoke("train.py", f"resume={resumed}", "trainer.max_steps=30")[0] == 0
+    a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (straight, resumed))
+    assert a["optimizer_states"][0]["param_groups"] == b["optimizer_states"][0]["param_groups"]
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
