@@ -1,5 +1,5 @@
-"""Lightning callbacks: best and last checkpoints, a progress bar over the run, training throughput, a text sample
-at every validation, Ctrl-C and SIGTERM."""
+"""Lightning callbacks: best and last checkpoints, training throughput, a text sample at every validation, Ctrl-C
+and SIGTERM. (Progress: progress.py.)"""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, ThroughputMonitor
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
@@ -19,25 +19,6 @@ from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
 
 log = logging.getLogger("frosty")
-
-
-class StepProgressBar(RichProgressBar):
-    """Rich progress bar over the whole run (global step out of max_steps) rather than per epoch:
-    Frosty's runs are measured in steps, and an epoch is only a nominal pass over the corpus."""
-
-    @property
-    def total_train_batches(self):
-        return self.trainer.max_steps if self.trainer.max_steps > 0 else super().total_train_batches
-
-    def _get_train_description(self, current_epoch: int) -> str:
-        return "Training"
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self.train_progress_bar_id is None:  # one bar for the run, not reset every epoch
-            super().on_train_epoch_start(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
 
 
 def _windows(batch) -> int:
@@ -84,6 +65,11 @@ class CharThroughput(ThroughputMonitor):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not trainer.sanity_checking:  # timed, so that on_validation_end leaves it out of training's time
             self._update(trainer, pl_module, batch, batch_idx)
+
+    def _compute(self, trainer, iter_num: int | None = None) -> None:
+        """Training's values are logged at the number of steps done (trainer.global_step), the one step numbering
+        of console, scalars and samples (Lightning would log step n's at n - 1)."""
+        super()._compute(trainer, trainer.global_step if trainer.state.stage == RunningStage.TRAINING else iter_num)
 
     def training_speed(self) -> tuple[float, float | None] | None:
         """Characters per second and the fraction of available_flops over the last window of training steps,

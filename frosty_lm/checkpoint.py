@@ -13,7 +13,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, GPTConfig
-from frosty_lm.run_dirs import newest_run
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # (reading the umask means setting it: set back at once)
@@ -118,15 +117,3 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tu
                           "use a checkpoint written by train.py") from None
     return model.eval(), vocab
 
-
-def latest_checkpoint(root: str | Path, name: str = "best.ckpt") -> Path:
-    """checkpoints/name of the newest run under root (run_dirs.newest_run: the run whose last.ckpt is newest,
-    the run that resume=latest continues)."""
-    run = newest_run(root)
-    if run is None:
-        raise FrostyError(f"no {name} found under {root}/: train a model first with `python train.py`, "
-                          "or give ckpt_path=PATH")
-    path = run / "checkpoints" / name
-    if not path.is_file():
-        raise FrostyError(f"the newest run under {root}/, {run}, has no checkpoints/{name}: give ckpt_path=PATH")
-    return path

@@ -1,15 +1,40 @@
 """Checks of a composed run config that need no corpus: fail in seconds, with the key and the fix, before
-anything is read or written."""
+anything is read or written. None of them needs torch: train.py runs them before torch and Lightning load."""
 from __future__ import annotations
 
+import ast
+import contextlib
 import math
 import re
+import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+# importing run_dirs registers the resolvers that resolving a run config calls: here for check_config, and for a
+# sweep's worker process, which imports this module when it unpickles train.py's main (check_early)
+from frosty_lm import corpus, run_dirs  # noqa: F401
+from frosty_lm.cli import in_sweep
 from frosty_lm.errors import FrostyError
-from frosty_lm.model import GPTConfig
+
+MODEL_PY = Path(__file__).with_name("model.py")
+
+
+def check_early(cfg: DictConfig) -> None:
+    """train.py's checks before it loads torch and Lightning (seconds): the config, and that the corpus file is
+    there (not read: training checks the rest, as before). Skipped for a resumed run (its config is the one in its
+    checkpoint, checked once read) and for a sweep's job (run_training checks it, and records a failure in the
+    job's status.json). With ckpt_path, training reads the checkpoint before it looks for the corpus: so does
+    the error it reports first, here too."""
+    if cfg.get("resume") or in_sweep():
+        return
+    check_config(cfg)
+    if not cfg.get("ckpt_path"):
+        data = cfg.data
+        file = corpus.locate(data.name, data.data_dir, data.get("path"), data.get("url"))
+        if file.exists():  # else it is downloaded when training starts
+            corpus.check_regular_file(file)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -23,7 +48,7 @@ def check_config(cfg: DictConfig) -> None:
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
     try:
-        GPTConfig(vocab_size=1, **OmegaConf.to_container(cfg.model, resolve=True))
+        model_config_class()(vocab_size=1, **OmegaConf.to_container(cfg.model, resolve=True))
     except (TypeError, ValueError) as err:
         raise FrostyError(str(err)) from None
     for key in ("max_steps", "val_check_interval"):
@@ -43,6 +68,37 @@ def check_config(cfg: DictConfig) -> None:
     must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
          cfg.summary_sample_chars, "an integer >= 0")
     must(is_int(every) and every >= 0, "trainer.log_every_n_steps", every, "an integer >= 0")
+
+
+def model_config_class() -> type:
+    """model.GPTConfig, whose checks are the rule for the model.* keys. model.py imports torch, which takes
+    seconds: until something else has loaded torch, the class is built from model.py's source instead (the
+    same class statement), so that a bad model.* key is reported at once. If that fails, model.py is imported."""
+    if "torch" not in sys.modules:
+        with contextlib.suppress(Exception):
+            return class_from_source(MODEL_PY, "GPTConfig")
+    from frosty_lm.model import GPTConfig
+
+    return GPTConfig
+
+
+def class_from_source(file: Path, name: str) -> type:
+    """Class `name` of the module in `file`, built without running the rest of the module: its standard-library
+    imports, then the class statement alone."""
+    tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
+    imports = [node for node in tree.body if imports_stdlib_only(node)]
+    [cls] = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == name]
+    namespace = {"__name__": __name__}  # a loaded module's name: dataclasses looks the module up
+    exec(compile(ast.Module([*imports, cls], type_ignores=[]), str(file), "exec"), namespace)  # noqa: S102
+    return namespace[name]
+
+
+def imports_stdlib_only(node: ast.stmt) -> bool:
+    """Whether a statement is an import of standard-library modules (or of __future__) only."""
+    stdlib = {"__future__", *sys.stdlib_module_names}
+    if isinstance(node, ast.Import):
+        return all(alias.name.split(".")[0] in stdlib for alias in node.names)
+    return isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] in stdlib
 
 
 def must(fine: bool, key: str, value, what: str) -> None:

@@ -7,8 +7,6 @@ import re
 import socket
 from pathlib import Path
 
-from torch.hub import download_url_to_file
-
 from frosty_lm.errors import FrostyError
 
 log = logging.getLogger(__name__)
@@ -26,26 +24,39 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve(name: str, data_dir: str, path: str | None = None, url: str | None = None,
-            sha256: str | None = None) -> Path:
-    """The local file of a corpus: `path` if given, else data_dir/<name>.txt, downloaded from url on first use."""
+def locate(name: str, data_dir: str, path: str | None = None, url: str | None = None) -> Path:
+    """Where a corpus's file is: `path` if given, else data_dir/<name>.txt. A CorpusError if it is not there and
+    cannot be downloaded (no url). Reads and downloads nothing: train.py calls it before torch loads."""
     if path:
         file = Path(path).expanduser()
         if not file.exists():
             raise CorpusError(f"corpus file {file} does not exist: give an existing UTF-8 file with data.path=...")
-    else:
-        file = Path(data_dir).expanduser() / f"{name}.txt"
-        if not file.exists():
-            if not url:
-                raise CorpusError(
-                    f"corpus {file} not found and dataset {name} has no URL: put the file there, "
-                    "set FROSTY_DATA_DIR to its directory, or use dataset=text data.path=FILE"
-                )
-            download(url, file, sha256)
+        return file
+    file = Path(data_dir).expanduser() / f"{name}.txt"
+    if not file.exists() and not url:
+        raise CorpusError(
+            f"corpus {file} not found and dataset {name} has no URL: put the file there, "
+            "set FROSTY_DATA_DIR to its directory, or use dataset=text data.path=FILE"
+        )
+    return file
+
+
+def check_regular_file(file: Path) -> None:
+    """A CorpusError if an existing corpus path is a directory, a FIFO or a device (reading it would block or never
+    end)."""
     if file.is_dir():
         raise CorpusError(f"corpus path {file} is a directory, not a file: point data.path at a text file")
-    if not file.is_file():  # a FIFO or a device would block or never end
+    if not file.is_file():
         raise CorpusError(f"corpus path {file} is not a regular file: point data.path at a text file")
+
+
+def resolve(name: str, data_dir: str, path: str | None = None, url: str | None = None,
+            sha256: str | None = None) -> Path:
+    """The local file of a corpus: `path` if given, else data_dir/<name>.txt, downloaded from url on first use."""
+    file = locate(name, data_dir, path, url)
+    if not file.exists():
+        download(url, file, sha256)
+    check_regular_file(file)
     if sha256 and not path:
         actual = sha256_of(file)
         if actual != sha256:
@@ -60,6 +71,8 @@ def download(url: str, dest: Path, sha256: str | None) -> None:
     """Fetch url into dest; keep it only if whole and its sha256 matches. torch.hub's download_url_to_file
     writes a temporary file beside dest, checks its sha256 (hash_prefix: here the full digest), renames it over
     dest only then, and deletes it otherwise, whatever stopped it."""
+    from torch.hub import download_url_to_file  # torch takes seconds to import: only a download needs it
+
     log.info("downloading %s to %s", url, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     timeout = socket.getdefaulttimeout()
@@ -74,8 +87,8 @@ def download(url: str, dest: Path, sha256: str | None) -> None:
                           "try again later") from None
     except OSError as err:  # URLError, HTTPError, timeouts, a full disk
         raise CorpusError(
-            f"could not download {url} ({err}): check the network, or put {dest.name} in a directory "
-            "and set FROSTY_DATA_DIR to it"
+            f"could not download {url} ({err}): check the network; or save the file as {dest} (or in a directory "
+            "named by FROSTY_DATA_DIR); or train on any text file with dataset=text data.path=FILE"
         ) from err
     finally:
         socket.setdefaulttimeout(timeout)

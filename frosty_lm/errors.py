@@ -3,3 +3,12 @@ class FrostyError(Exception):
 
     The entry points print it as one line and exit with status 1, without a traceback.
     """
+
+
+class NonFiniteLoss(FrostyError):
+    """The training loss became NaN or infinite at `step` (counted from 1): training stopped before that step's
+    update, so no weights of it were saved."""
+
+    def __init__(self, loss: float, step: int) -> None:
+        super().__init__(f"the training loss is {loss} at step {step}: training stopped")
+        self.step = step

@@ -1,15 +1,17 @@
-"""generate.py's work: load a checkpoint, check the request, stream samples to stdout."""
+"""generate.py's work: choose and load a checkpoint, check the request, stream samples to stdout."""
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from frosty_lm.checkpoint import latest_checkpoint, load_checkpoint, model_from_checkpoint
+from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.config_checks import is_int, is_number, must
 from frosty_lm.errors import FrostyError
+from frosty_lm.run_dirs import BEST, best_run, newest_run, run_corpus, run_record
 from frosty_lm.sampling import default_prompt, stream_text
 from frosty_lm.tokenizer import CharTokenizer
 
@@ -43,12 +45,93 @@ def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
     return prompt, top_k
 
 
+CHOOSE = "choose with run=latest|DIR or ckpt_path=FILE"
+
+
+def choose_checkpoint(cfg: DictConfig) -> tuple[str | Path, str | None]:
+    """The checkpoint to sample from, and the start of the stderr line that names it (None for ckpt_path=, the
+    user's own choice): ckpt_path=FILE; run=latest (the run resume=latest continues) or run=DIR, its best.ckpt;
+    by default the best finished run on corpus (default: the newest run's corpus)."""
+    given = [f"{key}={cfg[key]}" for key in ("ckpt_path", "run", "corpus") if cfg.get(key) not in (None, "")]
+    if len(given) > 1:
+        raise FrostyError(f"{' and '.join(given)} conflict: ckpt_path=FILE, run=latest|DIR and corpus=NAME each "
+                          "choose the checkpoint; give one of them")
+    if cfg.ckpt_path:
+        return cfg.ckpt_path, None
+    outputs = cfg.paths.outputs_dir
+    if cfg.get("run") not in (None, ""):
+        run = chosen_run(str(cfg.run), outputs)
+        return run / BEST, f"using {run / BEST}: run={cfg.run} ({about(run)})"
+    return default_checkpoint(outputs, None if cfg.get("corpus") in (None, "") else str(cfg.corpus))
+
+
+def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]:
+    """The best.ckpt of the best finished run on corpus (None: the newest run's corpus); if there is none, of the
+    newest run on it, said so. With the start of the line that names it."""
+    newest = newest_run(outputs_dir, corpus)
+    if newest is None and (corpus is None or newest_run(outputs_dir) is None):
+        raise no_runs(outputs_dir)
+    if newest is None:
+        raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: train one (`python train.py "
+                          f"dataset={corpus}`), or leave out corpus= for the newest run's corpus")
+    corpus = corpus or run_corpus(newest)
+    best = best_run(outputs_dir, corpus) if corpus is not None else None
+    if best is not None:
+        runs = f"{best.among} finished run{'s' if best.among > 1 else ''}"
+        return best.run / BEST, f"using {best.run / BEST}: best of {runs} on {corpus}"
+    path = has_best(newest, f"the newest run under {outputs_dir}/, {newest},")
+    why = f"no finished run on {corpus}" if corpus else f"the newest run's corpus is unknown ({newest}/.hydra)"
+    return path, f"{why}; using the newest run's {path} ({about(newest)})"
+
+
+def chosen_run(run: str, outputs_dir: str) -> Path:
+    """run=latest (run_dirs.newest_run, as resume=latest) or run=DIR: the run directory, which has a best.ckpt."""
+    if run != "latest":
+        has_best(Path(run), f"run={run}")
+        return Path(run)
+    newest = newest_run(outputs_dir)
+    if newest is None:
+        raise no_runs(outputs_dir)
+    has_best(newest, f"run=latest, {newest},")
+    return newest
+
+
+def no_runs(outputs_dir: str) -> FrostyError:
+    return FrostyError(f"no {BEST.name} found under {outputs_dir}/: train a model first with `python train.py`, "
+                       "or give ckpt_path=PATH")
+
+
+def has_best(run: Path, name: str) -> Path:
+    """run's checkpoints/best.ckpt, or a FrostyError that starts with name."""
+    if not (run / BEST).is_file():
+        what = "does not exist" if not run.exists() else f"has no {BEST}"
+        raise FrostyError(f"{name} {what} (not a run directory of train.py, or a run stopped before its first "
+                          "validation): give a run directory that has one, or ckpt_path=FILE")
+    return run / BEST
+
+
+def about(run: Path) -> str:
+    """'status finished, corpus frost': what the run's status.json and config say (unknown if unreadable)."""
+    status = run_record(run).get("status")
+    return f"status {status if isinstance(status, str) else 'unknown'}, corpus {run_corpus(run) or 'unknown'}"
+
+
+def score(ckpt: dict) -> str:
+    """'val loss 1.8123 at step 2000': the checkpoint's own numbers (a best.ckpt keeps the val loss it was saved
+    for in the model's best_val_loss buffer)."""
+    loss = ckpt["state_dict"].get("best_val_loss")
+    loss = float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+    step = ckpt.get("global_step")
+    return (f"val loss {loss:.4f}" if is_number(loss) else "val loss unknown") + (
+        f" at step {step}" if is_int(step) else "")
+
+
 def run_generation(cfg: DictConfig) -> None:
-    path = cfg.ckpt_path
-    if not path:
-        path = latest_checkpoint(cfg.paths.outputs_dir)
-        print(f"using the newest run's best checkpoint: {path}", file=sys.stderr)
-    model, vocab = model_from_checkpoint(load_checkpoint(path), path)
+    path, chosen = choose_checkpoint(cfg)
+    ckpt = load_checkpoint(path)
+    if chosen:
+        print(f"{chosen}, {score(ckpt)} ({CHOOSE})", file=sys.stderr, flush=True)
+    model, vocab = model_from_checkpoint(ckpt, path)
     prompt, top_k = check_request(cfg, vocab)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:

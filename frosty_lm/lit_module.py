@@ -7,7 +7,8 @@ import lightning as L
 import torch
 from torch.nn import functional as F
 
-from frosty_lm.errors import FrostyError
+from frosty_lm.errors import NonFiniteLoss
+from frosty_lm.hparams import log_hparams
 from frosty_lm.model import GPT, GPTConfig
 from frosty_lm.schedule import lr_lambda
 
@@ -56,11 +57,11 @@ class FrostyLM(L.LightningModule):
         self.chars_per_batch = x.numel()
         _, loss = self.net(x, y)
         if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
-            raise FrostyError(f"the training loss is {loss.item()} at step {self.global_step}: training stopped; "
-                              "lower optim.lr, or keep trainer.gradient_clip_val set")
+            raise NonFiniteLoss(loss.item(), self.global_step + 1)
         if logs_written_at(self.trainer, self.global_step + 1):
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+            self.log("step", float(self.global_step + 1))  # logged at the steps done, as validation below
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -82,12 +83,14 @@ class FrostyLM(L.LightningModule):
         totals = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")  # exact across processes
         val_loss = (totals[0] / totals[1]).float()
         self.log_dict({"val/loss": val_loss, "val/bpc": val_loss / LN2}, prog_bar=True)
+        # one step numbering (console, scalars, samples): the steps done; Lightning's default is one less
+        self.log("step", float(self.global_step))
         if self.trainer.sanity_checking:
             return
         self.best_val_loss = torch.minimum(self.best_val_loss, val_loss.to(self.best_val_loss))
         best = {"best/val_loss": self.best_val_loss.item(), "best/val_bpc": self.best_val_loss.item() / LN2}
         if not self._hparams_logged and self.logger is not None:
-            self.logger.log_hyperparams(flatten(self.logged_config or {}), best)  # registers the metrics
+            log_hparams(self.loggers, self.logged_config or {}, best)  # HPARAMS tab: frosty_lm/hparams.py
             self._hparams_logged = True
         self.log_dict(best)
 
@@ -129,14 +132,3 @@ def logs_written_at(trainer: L.Trainer, step: int) -> bool:
     every = trainer.log_every_n_steps
     return bool(every and step % every == 0) or step == trainer.max_steps
 
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    """{'model': {'n_layer': 4}} -> {'model.n_layer': 4}; lists become strings (TensorBoard takes scalars)."""
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
-    return flat

@@ -5,35 +5,65 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import time
+from typing import TYPE_CHECKING
 
-import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from omegaconf import DictConfig
 
 from frosty_lm.cli import in_sweep
 from frosty_lm.errors import FrostyError
-from frosty_lm.model import GPT
+
+if TYPE_CHECKING:  # torch and Lightning take seconds to import: the functions that use them import them
+    import torch
+
+    from frosty_lm.model import GPT
 
 log = logging.getLogger("frosty")
+
+NATIVE_BF16 = ("avx512_bf16", "amx_tile")  # what torch.cpu's _is_avx512_bf16_supported, _is_amx_tile_supported read
 
 
 def cpu_precision() -> str:
     """trainer=cpu's precision: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX), which
-    trains the small model faster to the same loss (README: Performance); fp32 elsewhere."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private to torch: absent means no
-    native_bf16 = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    trains the small model faster to the same loss (README: Performance); fp32 elsewhere. Resolved whenever
+    the config is, so it does not import torch: torch's check if torch is loaded already, else Linux's
+    /proc/cpuinfo (the same CPU flags), else torch's check after all."""
+    flags = None if "torch" in sys.modules else cpu_flags()
+    native_bf16 = torch_native_bf16() if flags is None else any(flag in flags for flag in NATIVE_BF16)
     return "bf16-mixed" if native_bf16 else "32-true"
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+def torch_native_bf16() -> bool:
+    """torch's answer: whether the CPU has AVX512-BF16 or AMX."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private to torch: absent means no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags as Linux's /proc/cpuinfo lists them (x86: its `flags` lines; empty elsewhere, where
+    torch reports neither flag either), or None where there is no /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return None
+
+
+def matmul_peak(dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                 sizes: tuple[int, ...] | None = None, repeats: int = 4) -> float:
-    """This machine's matmul throughput in FLOP/s for dtype on device: the best over n x n products of each size
-    (default: 1024 and 1536 on the CPU, 8192 on an accelerator), each timed `repeats` times after a warm-up.
-    Several sizes, because the size that runs fastest depends on the dtype (bf16 on AMX needs more than 1024);
-    the best of several rounds, because a product timed once, on a busy machine, is below what training later
-    reaches. One product a round on the CPU; ten on an accelerator, so that waiting for it costs little."""
+    """This machine's matmul throughput in FLOP/s for dtype (default float32) on device: the best over n x n
+    products of each size (default: 1024 and 1536 on the CPU, 8192 on an accelerator), each timed `repeats` times
+    after a warm-up. Several sizes, because the size that runs fastest depends on the dtype (bf16 on AMX needs
+    more than 1024); the best of several rounds, because a product timed once, on a busy machine, is below what
+    training later reaches. One product a round on the CPU; ten on an accelerator, so that waiting for it costs
+    little."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     device = torch.device(device)
     sizes = sizes or ((1024, 1536) if device.type == "cpu" else (8192,))
     generator = torch.Generator(device=device).manual_seed(0)  # its own: training's random stream is untouched
@@ -101,6 +131,8 @@ def parallel_jobs() -> int:
 
 def set_threads(cfg: DictConfig) -> None:
     """torch's CPU threads: cfg.threads if set; else, in a parallel sweep, this job's share of the cores."""
+    import torch
+
     threads = cfg.get("threads")
     if threads is None and parallel_jobs() > 1:
         threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
@@ -113,6 +145,8 @@ def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
     """Plain ddp starts the other ranks by re-running the command line: inside a sweep, each would re-run the
     whole sweep. There, unless SLURM or torchrun already started one process per rank, use ddp_spawn, which
     starts them from this job."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
     externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
     if not in_sweep() or cfg.trainer.get("strategy") != "ddp" or externally_started:
         return

@@ -42,8 +42,26 @@ class Run:
         return min(values) if values else self.status.get("best_val_loss")
 
     def steps(self) -> int | None:
-        steps = [s + 1 for s, _ in self.curves.get("train/loss", [])]  # logged at 0-based steps
+        steps = [s for tag in ("train/loss", "val/loss") for s, _ in self.curves.get(tag, [])]
         return self.status.get("steps") or (max(steps) if steps else None)
+
+    def gap(self) -> float | None:
+        """The last val loss minus the mean train loss logged since the validation before it: how much better the
+        model fits its training text than unseen text. None until the run has validated twice (before that, the
+        train losses reach back to the untrained model and the gap misleads)."""
+        val = self.curves.get("val/loss", [])
+        if len(val) < 2:
+            return None
+        (before, _), (last, loss) = val[-2], val[-1]
+        train = [v for s, v in self.curves.get("train/loss", []) if before < s <= last]
+        return loss - sum(train) / len(train) if train else None
+
+    @property
+    def never_trained(self) -> bool:
+        """A single run that failed before its training started (a failed download, a missing corpus): nothing to
+        compare. A sweep's job keeps its row: which of the sweep's settings failed is part of its result."""
+        return (self.status.get("status") == "failed" and self.status.get("training_started") is False
+                and not (self.path.parent / "multirun.yaml").is_file())
 
     def state(self) -> str:
         """finished / failed / interrupted / running; a "running" run whose process is gone was killed."""
@@ -121,11 +139,10 @@ def table(runs: list[Run], labels: dict[Path, str]) -> str:
               "best val bpc", "train/val gap", "status"]
     rows = []
     for run in runs:
-        train, val, best = run.final("train/loss", FINAL_TRAIN_POINTS), run.final("val/loss"), run.best_val()
+        train, best = run.final("train/loss", FINAL_TRAIN_POINTS), run.best_val()
         rows.append([run_names[run.path], labels[run.path], fmt(run.status.get("num_params")), fmt(run.steps()),
                      fmt(run.status.get("wall_time_s"), 1), fmt(train), fmt(best),
-                     fmt(best / LN2 if best is not None else None),
-                     fmt(val - train if val is not None and train is not None else None), run.state()])
+                     fmt(best / LN2 if best is not None else None), fmt(run.gap()), run.state()])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -159,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="sweep or run directories (or outputs/)")
     parser.add_argument("--out", type=Path, default=None, help="where report.md and val_loss.png go")
     args = parser.parse_args(argv)
-    runs = find_runs(args.paths)
+    found = find_runs(args.paths)
+    runs = [run for run in found if not run.never_trained]
+    if len(runs) < len(found):
+        print(f"left out {len(found) - len(runs)} single runs that failed before training (status.json says why)",
+              file=sys.stderr)
     if not runs:
         print(f"error: no runs (directories with status.json) under {', '.join(map(str, args.paths))}: "
               "give a sweep or run directory of train.py", file=sys.stderr)

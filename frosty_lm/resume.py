@@ -18,7 +18,8 @@ log = logging.getLogger("frosty")
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # classes that configs of earlier Frosty versions named, beside those that conf/ names today
-EARLIER_TARGETS = {"frosty_lm.callbacks.Throughput", "lightning.pytorch.callbacks.ModelCheckpoint"}
+EARLIER_TARGETS = {"frosty_lm.callbacks.Throughput", "lightning.pytorch.callbacks.ModelCheckpoint",
+                   "frosty_lm.callbacks.StepProgressBar"}
 # the only resolvers a stored value may call: Frosty's own, as conf/train.yaml uses them
 OWN_RESOLVERS = {"hydra:runtime.output_dir", "oc.env:FROSTY_DATA_DIR,data", "frosty_cpu_precision:"}
 WRITE_LOCATIONS = ("dirpath", "save_dir", "default_root_dir")  # keys whose value says where files are written
@@ -114,7 +115,8 @@ def resumed_config(stored: dict, overrides: list[str], groups: set[str]) -> Dict
 
 def upgraded(cfg: DictConfig) -> DictConfig:
     """A config stored by an earlier Frosty, in today's terms: its checkpoints were Lightning's ModelCheckpoint,
-    its throughput callback frosty_lm.callbacks.Throughput(peak_flops)."""
+    its throughput callback frosty_lm.callbacks.Throughput(peak_flops), its progress bar in frosty_lm.callbacks,
+    and it had no progress lines and no HPARAMS end status."""
     checkpoint = OmegaConf.select(cfg, "callbacks.model_checkpoint")
     if checkpoint is not None and checkpoint.get("_target_") == "lightning.pytorch.callbacks.ModelCheckpoint":
         checkpoint._target_ = "frosty_lm.callbacks.BestAndLastCheckpoint"  # last.ckpt always the last state
@@ -122,6 +124,13 @@ def upgraded(cfg: DictConfig) -> DictConfig:
     if throughput is not None and throughput.get("_target_") == "frosty_lm.callbacks.Throughput":
         cfg.callbacks.throughput = {"_target_": "frosty_lm.callbacks.CharThroughput",
                                     "available_flops": throughput.get("peak_flops")}
+    bar = OmegaConf.select(cfg, "callbacks.progress_bar")
+    if bar is not None and bar.get("_target_") == "frosty_lm.callbacks.StepProgressBar":
+        bar._target_ = "frosty_lm.progress.StepProgressBar"
+    added = {"progress_lines": "frosty_lm.progress.ProgressLines", "hparams_status": "frosty_lm.hparams.HparamsStatus"}
+    for name, target in added.items():
+        if OmegaConf.select(cfg, "callbacks") is not None and name not in cfg.callbacks:
+            cfg.callbacks[name] = {"_target_": target}
     return cfg
 
 

@@ -1,4 +1,5 @@
-"""Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run.
+"""Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run; the
+best finished run on a corpus (generate.py's default).
 
 Hydra decides the run directory and writes its config there before train.py's code runs, so these
 checks are OmegaConf resolvers that conf/train.yaml calls from the hydra node. Importing this module
@@ -6,9 +7,12 @@ registers every resolver that conf/ uses (trainer=cpu's precision, which depends
 """
 from __future__ import annotations
 
+import json
+import math
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import OmegaConf
 
@@ -16,13 +20,66 @@ from frosty_lm.errors import FrostyError
 from frosty_lm.machine import cpu_precision
 
 LAST = Path("checkpoints") / "last.ckpt"
+BEST = Path("checkpoints") / "best.ckpt"
 
 
-def newest_run(outputs_dir: str | Path) -> Path | None:
+def newest_run(outputs_dir: str | Path, corpus: str | None = None) -> Path | None:
     """The run under outputs_dir (runs and sweeps alike) whose checkpoints/last.ckpt was written most recently,
-    or None. The one answer to "the latest run": resume=latest continues it, generate.py samples its best.ckpt."""
-    found = [p for p in Path(outputs_dir).rglob(str(LAST)) if p.is_file()]
+    or None; only runs on corpus if given. The one answer to "the latest run": resume=latest continues it,
+    generate.py's run=latest samples its best.ckpt."""
+    found = [p for p in Path(outputs_dir).rglob(str(LAST))
+             if p.is_file() and (corpus is None or run_corpus(p.parents[1]) == corpus)]
     return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
+
+
+class BestRun(NamedTuple):
+    """The best finished run on a corpus: its directory, best val loss and steps (from its status.json), and
+    how many finished runs on the corpus it was chosen from."""
+    run: Path
+    val_loss: float
+    steps: int | None
+    corpus: str
+    among: int
+
+
+def best_run(outputs_dir: str | Path, corpus: str) -> BestRun | None:
+    """The finished run on corpus under outputs_dir with the lowest best val loss (status.json) that has
+    checkpoints/best.ckpt, or None. Runs whose status.json or .hydra/config.yaml is missing, damaged or foreign
+    are left out."""
+    finished = []
+    for ckpt in sorted(Path(outputs_dir).rglob(str(BEST))):
+        run = ckpt.parents[1]
+        record = run_record(run)
+        loss, steps = record.get("best_val_loss"), record.get("steps")
+        if ckpt.is_file() and record.get("status") == "finished" and _is_number(loss) and run_corpus(run) == corpus:
+            finished.append(BestRun(run, float(loss), int(steps) if _is_number(steps) else None, corpus, 0))
+    if not finished:
+        return None
+    return min(finished, key=lambda found: found.val_loss)._replace(among=len(finished))
+
+
+def run_record(run: Path) -> dict:
+    """The run's status.json (frosty_lm.status.RunRecord) as a dict; {} if it is missing, damaged or foreign."""
+    try:
+        record = json.loads((run / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def run_corpus(run: Path) -> str | None:
+    """The corpus a run of train.py trained on: data.name in the .hydra/config.yaml Hydra wrote for it (nothing
+    else of the file is resolved); None if the file is missing, damaged or foreign."""
+    try:
+        name = OmegaConf.load(run / ".hydra" / "config.yaml").data.name
+    except Exception:  # unreadable, not YAML, not a mapping, no data.name: whatever the error, the corpus is unknown
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _is_number(value) -> bool:
+    """A number (not a bool, a string or None) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:

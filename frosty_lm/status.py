@@ -10,7 +10,6 @@ from datetime import datetime
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from frosty_lm.cli import SweepStop, stop_sweep_on_signals
@@ -18,12 +17,21 @@ from frosty_lm.errors import FrostyError
 from frosty_lm.report import alive
 
 
+def rank() -> int:
+    """This process's rank in a multi-process run (0 alone). Lightning is imported here, not with this module:
+    Hydra loads this module (SweepSummary) before train.py checks its config, which must not wait for it."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank
+
+
 class RunRecord:
     """status.json in a run directory: running (with pid and host), finished or failed, and the numbers
     the report needs. A run killed hard stays "running"; the report tells it from a live one by its pid.
 
     A resumed run continues its record: its start time and overrides stay those it was started with (the
-    resuming command's overrides are added), its wall time adds up over the segments. If the resume fails
+    resuming command's overrides are added), its wall time adds up over the segments, and `resumes` lists each
+    resume (when, with which overrides). If the resume fails
     before its training starts (refused, e.g. a missing corpus), restore() puts the earlier record back."""
 
     def __init__(self, run_dir: str | Path, resumed: bool = False) -> None:
@@ -39,7 +47,7 @@ class RunRecord:
         self.training_started = False  # set by training.fit
 
     def write(self, **fields) -> None:
-        if rank_zero_only.rank != 0:  # in a multi-process run, the first process keeps the record
+        if rank() != 0:  # in a multi-process run, the first process keeps the record
             return
         self.data.update(fields, wall_time_s=round(self.earlier_wall_time + time.time() - self.started, 1))
         self._replace(json.dumps(self.data, indent=2).encode())
@@ -54,12 +62,17 @@ class RunRecord:
         earlier = earlier if isinstance(earlier, list) else []
         added = [o for o in overrides if not o.startswith("resume=") and o not in earlier]
         self.data.pop("error", None)
+        now = datetime.now().isoformat(timespec="seconds")
+        if self.previous is not None:  # a resume: when, and with which command's overrides
+            resumes = self.data.get("resumes")
+            self.data["resumes"] = [*(resumes if isinstance(resumes, list) else []),
+                                    {"started": now, "overrides": list(overrides)}]
         self.write(status="running", pid=os.getpid(), host=socket.gethostname(), overrides=earlier + added,
-                   started=self.data.get("started") or datetime.now().isoformat(timespec="seconds"))
+                   started=self.data.get("started") or now)
 
     def restore(self) -> None:
         """The record as it was before this process started (a resume that failed before training)."""
-        if self.previous is not None and rank_zero_only.rank == 0:
+        if self.previous is not None and rank() == 0:
             self._replace(self.previous)
 
 
@@ -72,7 +85,7 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        if rank_zero_only.rank != 0:  # the other processes of a multi-process run train under rank 0's lock
+        if rank() != 0:  # the other processes of a multi-process run train under rank 0's lock
             return
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(2):

@@ -22,11 +22,12 @@ from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from
 from frosty_lm.cli import SweepStop, in_sweep, stop_sweep_on_signals
 from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule
-from frosty_lm.errors import FrostyError
+from frosty_lm.errors import FrostyError, NonFiniteLoss
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import check_training_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep
+from frosty_lm.progress import FILE_ONLY, ProgressLines, keep_off_console
 from frosty_lm.resume import check_compatible, resume_if_asked
-from frosty_lm.sampling import default_prompt, sample_text
+from frosty_lm.sampling import sample_text
 from frosty_lm.status import RunLock, RunRecord
 
 log = logging.getLogger("frosty")
@@ -68,6 +69,7 @@ def run_training(cfg: DictConfig) -> float:
     The run's status.json follows it: running, then finished, interrupted or failed. A run stopped by Ctrl-C
     or SIGTERM exits with 128 + the signal's number (130, 143), after printing the command that continues it;
     a sweep's job returns instead, and the sweep's other jobs do not start (cli.SweepStop)."""
+    keep_off_console(f"[{Path(cfg.paths.output_dir).name}] " if parallel_jobs() > 1 else "")
     if in_sweep():
         stop_sweep_on_signals()
         if SweepStop.signum is not None:  # the sweep was stopped before this job began
@@ -86,7 +88,8 @@ def run_training(cfg: DictConfig) -> float:
             if record.previous is not None and not record.training_started:
                 record.restore()  # a refused resume leaves the run's record as it was
             else:
-                record.write(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+                record.write(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__,
+                             training_started=record.training_started)
             raise
         record.write(status="interrupted" if stop is not None else "finished")
     finally:
@@ -125,52 +128,116 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt()
     callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [interrupt]
-    bars = parallel_jobs() == 1  # jobs running side by side would garble each other's progress bars
+    # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's other
+    # jobs (bars would garble each other); progress lines take its place on the console
+    bars = parallel_jobs() == 1 and sys.stdout.isatty()
     callbacks = [c for c in callbacks if bars or not isinstance(c, ProgressBar)]
+    for lines in (c for c in callbacks if isinstance(c, ProgressLines)):
+        lines.on_console, lines.record = not bars, record
     loggers = [make(c) for c in cfg.get("logger", {}).values() if c is not None]
     checkpoint_io = AtomicCheckpointIO(loaded=(cfg.ckpt_path, start) if start is not None else None)
     trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io],
                               enable_progress_bar=bars)
+    log.info("precision: %s", precision_line(cfg, str(trainer.precision)))
     per_step = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log.info("effective batch: %d windows of %d characters per step (data.batch_size %d x %d processes x %d "
              "accumulated); lr %g (not scaled with the batch)", per_step, cfg.model.block_size, cfg.data.batch_size,
-             trainer.world_size, trainer.accumulate_grad_batches, cfg.optim.lr)
+             trainer.world_size, trainer.accumulate_grad_batches, cfg.optim.lr, extra=job_log_only())
     record.training_started = True
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
+    except NonFiniteLoss as err:
+        raise FrostyError(f"{err}; {nan_advice(trainer, cfg)}") from None
     best = float(model.best_val_loss)
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
     try:
-        summarise(trainer, cfg, best)
+        summarise(trainer, cfg, best, datamodule.tokenizer.decode(datamodule.val_data[:2000].tolist()))
     except KeyboardInterrupt:  # the run itself is complete and saved: Ctrl-C only cuts its summary short
         log.info("summary skipped (Ctrl-C); the run is complete")
     return best, (trainer.global_step, interrupt.stopped_by) if interrupt.stopped_by is not None else None
 
 
+def nan_advice(trainer: L.Trainer, cfg: DictConfig) -> str:
+    """What to do after a NaN stop: continue from last.ckpt, the state of the last validation (the last state known
+    good: checkpoints are not written at a NaN stop), with a lower learning rate; or start again with one."""
+    lower = f"optim.lr={cfg.optim.lr / 2:g}"
+    last = getattr(trainer.checkpoint_callback, "last_model_path", "")
+    if last and Path(last).is_file():
+        step = load_checkpoint(last)["global_step"]
+        return (f"{last} holds step {step} (the last validation): continue from it with a lower learning rate, "
+                f"python train.py resume={shlex.quote(str(Path(cfg.paths.output_dir)))} {lower}")
+    return f"start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set"
+
+
 @rank_zero_only
-def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float) -> None:
+def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float, text: str) -> None:
+    """The end of a run: its best checkpoint, val loss, average training speed, a sample from a prompt taken from
+    its own corpus (text: the validation split's start), and the generate.py command that continues it. In a
+    parallel sweep the sample and the command go to the job's train.log only."""
     checkpoint = trainer.checkpoint_callback
     if checkpoint is None or not checkpoint.best_model_path:
         log.info("no best checkpoint was written (no validation ran)")
         return
     path = Path(checkpoint.best_model_path).resolve()
     model, vocab = model_from_checkpoint(load_checkpoint(path))
-    sample = sample_text(model, vocab, default_prompt(vocab), cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
-    command = f"python generate.py ckpt_path={shlex.quote(str(path))} prompt={shlex.quote(short_prompt(vocab))}"
+    prompt = corpus_prompt(text)
+    sample = sample_text(model, vocab, prompt, cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
+    command = generate_command(path, prompt, cfg.seed)
     log.info("best checkpoint: %s", path)
     log.info("best val loss %.4f nats/char, %.4f bits/char", loss, loss / math.log(2))
-    speed = next((c.training_speed() for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
+    speed = average_speed(trainer)
     if speed is not None:
         log.info("training speed: %s", speed_line(*speed, precision=str(trainer.precision)))
-    log.info("sample:\n%s", sample.strip("\n"))
-    log.info("continue from it with:\n  %s", command)
+    log.info("sample:\n%s", sample.strip("\n"), extra=job_log_only())
+    log.info("continue from it with:\n  %s", command, extra=job_log_only())
 
 
-def short_prompt(vocab: str) -> str:
-    """A short prompt that the vocabulary can spell, for the printed generate.py command."""
-    for candidate in ("Whose woods these are", "The ", "the "):
-        if all(ch in vocab for ch in candidate):
-            return candidate
-    return vocab[-1]
+def average_speed(trainer: L.Trainer) -> tuple[float, float | None] | None:
+    """Characters trained per second over the run (validation left out), and that as a fraction of the matmul peak
+    that CharThroughput measured (None if unknown)."""
+    lines = next((c for c in trainer.callbacks if isinstance(c, ProgressLines)), None)
+    speed = lines.average_speed() if lines is not None else None
+    if speed is None:
+        return None
+    throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
+    peak = throughput.peak if throughput is not None else None
+    flops_per_char = trainer.lightning_module.flops_per_char
+    return speed, speed * flops_per_char / peak if peak else None
+
+
+def corpus_prompt(text: str, words: int = 3) -> str:
+    """A short prompt from the run's own corpus: the first words of the first line of text (after the first line
+    break, so it starts a line); "\n" if there is none."""
+    lines = [line.split() for line in text.split("\n")[1:]]
+    first = next((line for line in lines if line), None)
+    return " ".join(first[:words]) if first else "\n"
+
+
+def generate_command(path: Path, prompt: str, seed: int) -> str:
+    """The shell command that samples from path as the summary did (Hydra-quoted prompt, so commas and quotes
+    pass); an empty or line-break prompt is generate.py's default."""
+    command = f"python generate.py ckpt_path={shlex.quote(str(path))}"
+    if prompt.strip():
+        quoted = prompt.replace('"', '\\"')  # Hydra's quoted strings: a backslash escapes only a quote
+        command += " " + shlex.quote(f'prompt="{quoted}"')
+    return f"{command} seed={seed}"
+
+
+def job_log_only() -> dict | None:
+    """logging's `extra=` for lines that, in a parallel sweep, go to the job's train.log only (not the console,
+    where every job's lines interleave)."""
+    return FILE_ONLY if parallel_jobs() > 1 else None
+
+
+def precision_line(cfg: DictConfig, precision: str) -> str:
+    """The training precision and why: trainer=cpu picks bf16 where the CPU computes it natively."""
+    chosen = OmegaConf.to_container(cfg.trainer, resolve=False).get("precision")
+    if isinstance(chosen, str) and "frosty_cpu_precision" in chosen:
+        if precision.startswith("bf16"):
+            return f"{precision}: this CPU computes bf16 natively (AVX512-BF16 or AMX); weights stay fp32"
+        return (f"fp32 ({precision}): this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 would be slower; "
+                "expect several times the time per step of such a CPU")
+    return f"{precision}: as trainer.precision sets it"
 
 
 def speed_line(chars_per_sec: float, peak_fraction: float | None, precision: str) -> str:

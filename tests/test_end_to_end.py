@@ -22,7 +22,7 @@ def frost_run(frost_dir, tmp_path_factory) -> tuple[Path, str]:
     work = tmp_path_factory.mktemp("frost")
     run_dir = work / "D"
     result = run("train.py", "model=tiny", "dataset=frost", "trainer.max_steps=30", "trainer.val_check_interval=10",
-                 f"hydra.run.dir={run_dir}",
+                 "callbacks.progress_lines.every_n_steps=5", f"hydra.run.dir={run_dir}",
                  cwd=work, env={"FROSTY_DATA_DIR": str(frost_dir)})
     return run_dir, result.stdout + result.stderr
 
@@ -37,7 +37,37 @@ def test_frost_run_leaves_checkpoints_events_and_a_summary(frost_run):
     assert re.search(r"training speed: [\d,]+ characters/s, \d+\.\d% of this machine's matmul peak "
                      r"\((32-true|bf16-mixed)\)",
                      output)
-    assert f"python generate.py ckpt_path={best} prompt='Whose woods these are'" in output
+    prompt = re.search(rf"python generate.py ckpt_path={best} 'prompt=\"(.+)\"' seed=1337", output).group(1)
+    assert prompt != "Whose woods these are"  # a prompt from the run's own val split, not a fixed one
+
+
+def test_a_piped_run_prints_progress_lines_and_one_line_per_validation(frost_run):
+    run_dir, output = frost_run
+    log = (run_dir / "train.log").read_text()
+    for text in (output, log):  # on the console (no terminal: no bar) and in train.log
+        assert re.search(r"precision: (bf16-mixed: this CPU computes bf16 natively|fp32 \(32-true\): this CPU has "
+                         r"no native bf16)", text)
+        assert re.search(r"time estimate: [\d:]+ for the remaining 20 steps \(\d+ ms/step over the first 10", text)
+        steps = [int(s) for s in re.findall(r"step (\d+)/30 \(\d+%\)  train loss \d\.\d{4}  [\d,]+ chars/s  "
+                                            r"elapsed [\d:]+  ETA [\d:]+", text)]
+        assert steps == [5, 10, 15, 20, 25, 30]
+        validations = re.findall(r"validation at step (\d+): val loss \d\.\d{4} \(\d\.\d{4} bpc\), ", text)
+        assert validations == ["10", "20", "30"]
+    assert "Training ━" not in output  # the Rich bar only on a terminal
+
+
+def test_a_validation_has_one_step_number_in_console_scalars_samples_and_report(frost_run, capsys):
+    from frosty_lm.report import find_runs
+
+    run_dir, output = frost_run
+    console = [int(s) for s in re.findall(r"validation at step (\d+)", output)]
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars = [e.step for e in events.Scalars("val/loss")]
+    samples = [e.step for e in events.Tensors("sample/text_summary")]
+    report = [step for step, _ in find_runs([run_dir])[0].curves["val/loss"]]
+    assert console == scalars == samples == report == [10, 20, 30]
+    assert [e.step for e in events.Scalars("train/loss")][-1] == 30  # the last step's loss, at step 30
 
 
 def test_a_frost_run_learns_between_its_first_and_last_validation(frost_run):
@@ -94,13 +124,13 @@ def test_generate_several_samples_and_greedy(trained_run, invoke):
     assert greedy[0] == greedy[1]  # greedy decoding does not depend on the seed
 
 
-def test_generate_uses_the_latest_run_when_no_checkpoint_is_given(trained_run, tmp_path, invoke, monkeypatch):
+def test_generate_uses_the_best_finished_run_when_no_checkpoint_is_given(trained_run, tmp_path, invoke, monkeypatch):
     outputs = tmp_path / "outputs"
     shutil.copytree(trained_run, outputs / "runs" / "r1")
     monkeypatch.chdir(tmp_path)
     code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10")
     assert code == 0 and out.startswith("Snow") and "best.ckpt" not in out  # messages go to stderr only
-    assert "using the newest run's best checkpoint: outputs/runs/r1/checkpoints/best.ckpt" in err
+    assert "using outputs/runs/r1/checkpoints/best.ckpt: best of 1 finished run on text, val loss " in err
 
 
 def test_prompt_outside_the_vocabulary_is_a_clear_error(trained_run, invoke):

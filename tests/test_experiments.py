@@ -1,6 +1,7 @@
 """Sweeps through the real entry point (basic, joblib and Optuna), a sweep with a failing job, and the report."""
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def test_2x2_sweep_and_its_report(launcher, text_file, tmp_path, capsys):
     if launcher == "joblib":  # each of the 2 parallel jobs got its share of the cores
         logs = [(sweep / name / "train.log").read_text() for name in ("dropout=0.0,n_layer=1", "dropout=0.2,n_layer=2")]
         assert all(f"torch threads: {max(1, os.cpu_count() // 2)}" in log for log in logs)
+        # interleaved on the console, so every job's line names its job; samples and commands stay in train.log
+        console = [line for line in result.stdout.splitlines() if "validation at step" in line]
+        assert len(console) == 4 * 2
+        assert all(re.match(r"\[dropout=0\.[02],n_layer=[12]\] \[", line) for line in console), console
+        assert "sample:" not in result.stdout and "python generate.py" not in result.stdout
+        assert all("sample:" in log and "python generate.py" in log for log in logs)
 
 
 @pytest.mark.slow
@@ -85,6 +92,23 @@ def test_report_tells_a_killed_run_from_a_running_one(tmp_path, capsys):
             {"status": "running", "pid": pid, "host": socket.gethostname(), "overrides": [f"seed={pid}"]}))
     rows = report_rows(capsys, tmp_path)
     assert rows["gone"][-1] == "killed" and rows["alive"][-1] == "running"
+
+
+def test_report_leaves_out_single_runs_that_never_trained_but_keeps_a_sweeps_failed_job(tmp_path, capsys):
+    def record(run_dir: Path, **status) -> None:
+        run_dir.mkdir(parents=True)
+        (run_dir / "status.json").write_text(json.dumps(status))
+
+    record(tmp_path / "runs" / "ok", status="finished", best_val_loss=2.5, steps=10)
+    record(tmp_path / "runs" / "no_corpus", status="failed", error="corpus missing", training_started=False)
+    record(tmp_path / "runs" / "nan", status="failed", error="nan", training_started=True)
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "multirun.yaml").write_text("{}")
+    record(tmp_path / "sweep" / "n_head=3", status="failed", error="not divisible", training_started=False)
+    assert report_main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok" in out and "nan" in out and "n_head=3" in out and "no_corpus" not in out
+    assert "left out 1 single runs that failed before training" in err
 
 
 def test_report_of_a_path_without_runs(tmp_path, capsys):

@@ -1,11 +1,13 @@
 """Bad input gets one clear line and exit status 1, and nothing of earlier runs is touched;
 interrupted runs resume exactly; checkpoints are written atomically and loaded safely."""
+import json
 import os
 import re
 import shutil
 import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -89,7 +91,8 @@ def test_runs_started_one_after_the_other_get_their_own_directories(invoke, text
     assert [r[0] for r in results] == [0, 0], results
     runs = {p.parents[1] for p in (tmp_path / "outputs" / "runs").rglob("last.ckpt")}
     assert len(runs) == 2
-    assert all(re.fullmatch(r"\d\d-\d\d-\d\d-\d{6}", run.name) for run in runs)  # named to the microsecond
+    # named to the microsecond, then by the dataset and model
+    assert all(re.fullmatch(r"\d\d-\d\d-\d\d-\d{6}_text_tiny", run.name) for run in runs)
 
 
 # ---- train.py: data ------------------------------------------------------------------------
@@ -140,8 +143,11 @@ def test_invalid_utf8_can_be_replaced(invoke, tmp_path):
 def test_missing_corpus_that_cannot_be_downloaded(invoke, tmp_path):
     code, _, err = invoke("train.py", *TINY, "dataset=frost", f"data.data_dir={tmp_path / 'corpora'}",
                           f"data.url={(tmp_path / 'nowhere.txt').as_uri()}", f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "could not download", "FROSTY_DATA_DIR")
+    assert_one_line_error(code, err, "could not download", "FROSTY_DATA_DIR", "frost.txt",
+                          "dataset=text data.path=FILE")
     assert not (tmp_path / "corpora" / "frost.txt").exists()
+    record = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert record["status"] == "failed" and record["training_started"] is False  # the report leaves it out
 
 
 def test_download_with_wrong_sha256_is_refused_and_not_kept(invoke, tmp_path, text_file):
@@ -162,8 +168,33 @@ def test_local_corpus_with_wrong_sha256_is_refused(invoke, tmp_path, text_file):
 def test_nan_loss_stops_the_run_with_its_step(invoke, text_file, tmp_path):
     code, _, err = invoke("train.py", *TINY, "optim.lr=1e30", "trainer.gradient_clip_val=null", "dataset=text",
                           f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "the training loss is nan at step", "lower optim.lr")
+    assert_one_line_error(code, err, "the training loss is nan at step", "lower learning rate (optim.lr=5e+29)")
     assert not (tmp_path / "r" / "checkpoints").exists()  # no checkpoint of garbage weights
+
+
+class PoisonWeights(L.Callback):
+    """Test-only: makes the token embedding NaN before step `at`, so that step's loss is NaN."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step + 1 == self.at:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+
+
+def test_a_nan_stop_keeps_last_ckpt_at_the_last_validation_and_says_how_to_continue(invoke, text_file, tmp_path):
+    run_dir = tmp_path / "r"
+    code, _, err = invoke("train.py", *TINY, "+callbacks.poison._target_=test_reliability.PoisonWeights",
+                          "+callbacks.poison.at=22", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={run_dir}")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert_one_line_error(code, err, "the training loss is nan at step 22: training stopped", f"{last} holds step 15",
+                          f"python train.py resume={run_dir} optim.lr=0.0005")
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 15 and all(torch.isfinite(t).all() for t in state["state_dict"].values())
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
 
 
 # ---- generate.py ---------------------------------------------------------------------------

@@ -53,3 +53,6 @@ def test_a_failed_resume_leaves_the_record_and_a_resume_continues_it(invoke, tex
     assert {"trainer.max_steps=20", f"data.path={moved}"} <= set(resumed["overrides"])  # ...and what was changed
     assert not any(o.startswith("resume=") for o in resumed["overrides"])
     assert resumed["wall_time_s"] >= record["wall_time_s"]
+    assert "resumes" not in record  # the list of resumes: the one that trained, not the refused one
+    assert [r["overrides"] for r in resumed["resumes"]] == [[f"resume={run_dir}", "trainer.max_steps=20",
+                                                              f"data.path={moved}"]]

@@ -1,0 +1,55 @@
+"""The README's main job, timed from launch to exit, in each precision: `python train.py` as a user runs it
+(the default config: model=small on frost, trainer.max_steps=2000), once with bf16 (where the CPU has native
+bf16) and once in fp32 (trainer.precision=32-true, the path of a CPU without it), one after the other on the
+same machine. Prints the wall time, the training time per step, the best val loss and the ratio fp32/bf16.
+
+    python bench/main_job.py                          # the whole main job, both precisions (~20 min on 2 cores)
+    python bench/main_job.py trainer.max_steps=300    # any train.py overrides, for a quicker look
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, machine  # noqa: E402
+
+
+def timed_run(precision: str, overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as outputs:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "train.py"), f"paths.outputs_dir={outputs}",
+                        f"trainer.precision={precision}", *overrides], check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        run_dir = next(Path(outputs).rglob("status.json")).parent
+        status = json.loads((run_dir / "status.json").read_text())
+        log = (run_dir / "train.log").read_text()
+    per_step = re.search(r"\((\d+) ms/step over the first", log)
+    return {"wall": wall, "steps": status.get("steps"), "best": status.get("best_val_loss"),
+            "first_ms": int(per_step.group(1)) if per_step else None}
+
+
+def main() -> None:
+    overrides = sys.argv[1:]
+    print(machine())
+    import torch
+
+    native = any(getattr(torch.cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported",
+                                                                     "_is_amx_tile_supported"))
+    results = {}
+    for precision in (["bf16-mixed"] if native else []) + ["32-true"]:
+        results[precision] = r = timed_run(precision, overrides)
+        print(f"{precision:>10}: {r['wall']:.0f} s from launch to exit, {r['steps']} steps "
+              f"({r['first_ms']} ms/step over the first 10), best val loss {r['best']:.4f}", flush=True)
+    if len(results) == 2:
+        print(f"fp32 / bf16 wall time: {results['32-true']['wall'] / results['bf16-mixed']['wall']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""A bad config or a missing corpus is reported before torch and Lightning load (they take seconds): train.py
+checks the composed config and looks for the corpus first, with no module of torch's or Lightning's imported.
+(Not timed: bench/startup.py measures how long it takes.)"""
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import CONF, ROOT, TINY
+from frosty_lm import config_checks, corpus
+from frosty_lm.data import CharDataModule
+from frosty_lm.errors import FrostyError
+from frosty_lm.machine import NATIVE_BF16, cpu_flags, torch_native_bf16
+from frosty_lm.model import GPTConfig
+from test_reliability import assert_one_line_error
+
+HEAVY = ("torch", "lightning", "pytorch_lightning", "lightning_fabric")
+
+
+def train_importing(*args: str, cwd: Path) -> tuple[int, str, set[str]]:
+    """Run train.py in a fresh interpreter with `-X importtime` -> (exit status, its stderr without the import
+    lines, the top-level packages it imported)."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FROSTY_DEBUG": "0"}
+    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300)
+    imports = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    packages = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in imports}
+    rest = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
+    return result.returncode, rest, packages
+
+
+def test_a_bad_config_is_reported_before_torch_and_lightning_load(text_file, tmp_path):
+    code, err, packages = train_importing(*TINY, "dataset=text", f"data.path={text_file}", "model.n_layer=0",
+                                          f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert_one_line_error(code, err, "model.n_layer=0 must be a positive integer")
+    assert "frosty_lm" in packages and "hydra" in packages  # the import lines were read
+    assert not packages & set(HEAVY), f"train.py imported {sorted(packages & set(HEAVY))} before its error"
+
+
+@pytest.mark.parametrize("data", [["dataset=text", "data.path=/nonexistent"],
+                                  ["dataset=frost", "data.name=poems", "data.url=null", "data.data_dir=corpora"]],
+                         ids=["path", "name-without-url"])
+def test_a_missing_corpus_is_reported_before_torch_loads_in_the_real_paths_words(tmp_path, monkeypatch, data):
+    code, err, packages = train_importing(*TINY, *data, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
+    keys = dict(arg.split("=", 1) for arg in data if arg.startswith("data."))
+    name, data_dir, path = keys.get("data.name", "text"), keys.get("data.data_dir", "data"), keys.get("data.path")
+    monkeypatch.chdir(tmp_path)  # data_dir is relative, as train.py sees it from its working directory
+    with pytest.raises(FrostyError) as training_says:  # what training itself reports
+        CharDataModule(name, data_dir, block_size=8, path=path).prepare_data()
+    assert_one_line_error(code, err)
+    assert err.strip().splitlines()[-1] == f"error: {training_says.value}"
+    assert not packages & set(HEAVY), f"train.py imported {sorted(packages & set(HEAVY))} before its error"
+
+
+def test_a_corpus_to_download_is_only_located_early(tmp_path):
+    url = "https://example.invalid/frost.txt"
+    assert corpus.locate("frost", str(tmp_path), url=url) == tmp_path / "frost.txt"
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded, nothing written
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("train", overrides=["paths.output_dir=/tmp/frosty-compose", *overrides])
+
+
+def test_the_early_check_refuses_what_check_config_refuses():
+    with pytest.raises(FrostyError, match="model.n_layer=0 must be a positive integer"):
+        config_checks.check_early(composed("model.n_layer=0"))
+
+
+@pytest.mark.parametrize("case", ["resume", "sweep", "ckpt_path"])
+def test_the_early_check_leaves_to_training_what_it_checks_in_another_order(monkeypatch, case):
+    """resume=: the config is the checkpoint's; a sweep's job: run_training records its failure in status.json;
+    ckpt_path=: training reads the checkpoint before it looks for the corpus."""
+    monkeypatch.setattr(config_checks, "in_sweep", lambda: case == "sweep")
+    if case == "ckpt_path":
+        cfg = composed("dataset=text", "data.path=/nonexistent", "ckpt_path=/nonexistent.ckpt")
+    else:
+        cfg = composed("model.n_layer=0", *(["resume=latest"] if case == "resume" else []))
+    config_checks.check_early(cfg)  # no error here: training reports it
+
+
+def test_the_model_check_without_torch_is_gptconfig_itself():
+    built = config_checks.class_from_source(config_checks.MODEL_PY, "GPTConfig")
+    assert built is not GPTConfig
+    fields = [(f.name, f.default) for f in dataclasses.fields(GPTConfig)]
+    assert [(f.name, f.default) for f in dataclasses.fields(built)] == fields
+    for bad in [{"n_layer": 0}, {"n_embd": 30, "n_head": 4}, {"dropout": 1.0}, {"block_size": True}, {"colour": 3}]:
+        assert refusal(built, **bad) == refusal(GPTConfig, **bad) != (None, None)
+    assert dataclasses.asdict(built(vocab_size=3)) == dataclasses.asdict(GPTConfig(vocab_size=3))
+
+
+def refusal(config_class: type, **model) -> tuple[type | None, str | None]:
+    """The type and message of the error config_class(vocab_size=1, **model) raises; (None, None) if none."""
+    try:
+        config_class(vocab_size=1, **model)
+    except (TypeError, ValueError) as err:
+        return type(err), str(err)
+    return None, None
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="Linux's /proc/cpuinfo")
+def test_cpu_precision_from_the_cpu_flags_agrees_with_torch():
+    flags = cpu_flags()
+    assert flags is not None
+    assert any(flag in flags for flag in NATIVE_BF16) == torch_native_bf16()

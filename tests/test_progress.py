@@ -1,0 +1,109 @@
+"""Following a run: progress lines and their estimates, console-only and job-prefixed logging, the summary's
+prompt, command and precision, the report's train/val gap."""
+import io
+import logging
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from frosty_lm.progress import FILE_ONLY, ProgressLines, duration, keep_off_console
+from frosty_lm.report import Run
+from frosty_lm.training import corpus_prompt, generate_command, precision_line
+
+
+def fake_trainer(global_step: int, max_steps: int = 100, val_check_interval: int = 10) -> SimpleNamespace:
+    return SimpleNamespace(global_step=global_step, max_steps=max_steps, val_check_interval=val_check_interval,
+                           callbacks=[])
+
+
+def lines_after(steps: int, train_seconds: float, validations: int = 0, val_seconds: float = 0.0) -> ProgressLines:
+    lines = ProgressLines()
+    lines.steps, lines.train_seconds = steps, train_seconds
+    lines.validations, lines.val_seconds = validations, val_seconds
+    lines._phase = "val"  # no training time running on: the numbers above are all
+    return lines
+
+
+def test_eta_is_the_remaining_steps_at_the_mean_step_time_plus_the_remaining_validations():
+    assert lines_after(0, 0.0).eta(fake_trainer(0), 0.0) is None  # nothing measured yet
+    assert lines_after(20, 10.0).eta(fake_trainer(20), 0.0) == pytest.approx(80 * 0.5)  # no validation measured yet
+    # 80 steps at 0.5 s, and validations at 30, 40, ... 100 (8 of them) at 2 s each
+    assert lines_after(20, 10.0, 2, 4.0).eta(fake_trainer(20), 0.0) == pytest.approx(40 + 8 * 2)
+    # max_steps not a multiple of the interval: one more validation after the last step (95)
+    assert lines_after(20, 10.0, 2, 4.0).eta(fake_trainer(20, max_steps=95), 0.0) == pytest.approx(37.5 + 8 * 2)
+    assert lines_after(20, 10.0, 2, 4.0).eta(fake_trainer(100), 0.0) == 0
+
+
+def test_eta_is_capped_by_what_max_time_leaves():
+    from lightning.pytorch.callbacks import Timer
+
+    timer = Timer(duration="00:00:00:30")
+    timer._start_time[next(iter(timer._start_time))] = None  # not started: time_remaining is the whole budget
+    trainer = fake_trainer(20)
+    trainer.callbacks = [timer]
+    assert lines_after(20, 10.0).eta(trainer, 0.0) == pytest.approx(30, abs=1)
+
+
+def test_duration_reads_as_clock_time():
+    assert duration(5) == "00:05"
+    assert duration(65.4) == "01:05"
+    assert duration(3725) == "1:02:05"
+
+
+def test_file_only_lines_stay_off_the_console_and_a_prefix_starts_every_console_line(tmp_path):
+    console, logfile = io.StringIO(), tmp_path / "train.log"
+    root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
+    level = root.level
+    root.handlers = [logging.StreamHandler(console), logging.FileHandler(logfile)]
+    root.setLevel(logging.INFO)
+    try:
+        keep_off_console("[dropout=0.2] ")
+        log = logging.getLogger("frosty.test")
+        log.info("validation at step 10")
+        log.info("sample:\ntwo lines", extra=FILE_ONLY)
+        keep_off_console()  # a later job in the same worker process: no prefix, still filtered
+        log.info("next job")
+        log.info("hidden", extra=FILE_ONLY)
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers = handlers
+        root.setLevel(level)
+    assert console.getvalue() == "[dropout=0.2] validation at step 10\nnext job\n"
+    assert logfile.read_text() == "validation at step 10\nsample:\ntwo lines\nnext job\nhidden\n"
+
+
+def test_the_summary_prompt_comes_from_the_runs_own_text():
+    assert corpus_prompt("ome words\n\nMuch to learn, you still have.\nYes.") == "Much to learn,"
+    assert corpus_prompt("no line break here") == "\n"
+
+
+@pytest.mark.parametrize("prompt", ["Much to learn,", 'He said "no"', "back\\slash", "Snow, and ice!"])
+def test_the_printed_generate_command_gives_generate_py_the_prompt_unchanged(prompt):
+    args = shlex.split(generate_command(Path("/runs/a b/best.ckpt"), prompt, 7))
+    assert args[:2] == ["python", "generate.py"] and args[-1] == "seed=7"
+    parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(args[2:])}
+    assert parsed == {"ckpt_path": "/runs/a b/best.ckpt", "prompt": prompt, "seed": 7}
+
+
+def test_no_prompt_in_the_command_for_a_line_break():
+    assert "prompt" not in generate_command(Path("b.ckpt"), "\n", 1)
+
+
+def test_the_precision_line_says_why():
+    auto = OmegaConf.create({"trainer": {"precision": "${frosty_cpu_precision:}"}})
+    assert "computes bf16 natively" in precision_line(auto, "bf16-mixed")
+    assert precision_line(auto, "32-true").startswith("fp32 (32-true): this CPU has no native bf16")
+    forced = OmegaConf.create({"trainer": {"precision": "32-true"}})
+    assert precision_line(forced, "32-true") == "32-true: as trainer.precision sets it"
+
+
+def test_the_train_val_gap_waits_for_two_validations_and_compares_the_same_stretch():
+    curves = {"val/loss": [(10, 3.0)], "train/loss": [(5, 3.5), (10, 3.2)]}
+    assert Run(Path("r"), {}, curves).gap() is None
+    curves = {"val/loss": [(10, 3.0), (20, 2.5)], "train/loss": [(5, 3.5), (10, 3.2), (15, 2.4), (20, 2.2)]}
+    assert Run(Path("r"), {}, curves).gap() == pytest.approx(2.5 - 2.3)
