@@ -4,7 +4,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from frosty_lm.cli import exit_on_user_error
+from frosty_lm.cli import exit_on_user_error, exit_when_interrupted, interrupt_on_signals
 from frosty_lm.generation import run_generation
 
 
@@ -15,4 +15,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    interrupt_on_signals()
+    exit_when_interrupted(main, "")

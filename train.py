@@ -5,8 +5,10 @@ import hydra
 from omegaconf import DictConfig
 
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
-from frosty_lm.cli import exit_on_user_error, quiet_lightning
+from frosty_lm.cli import exit_on_user_error, exit_when_interrupted, interrupt_on_signals, quiet_lightning
 from frosty_lm.config_checks import check_early
+
+interrupt_on_signals()  # Ctrl-C or SIGTERM before training starts: one line and exit 130 or 143, no traceback
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")
@@ -20,4 +22,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    exit_when_interrupted(main, "before training started: nothing was saved")

@@ -111,8 +111,21 @@ def _user_error_exits(resolver):
 
 @_user_error_exits
 def run_dir(resume: str | None, outputs_dir: str, new_dir: str) -> str:
-    """hydra.run.dir: the run to resume (searched for under outputs_dir), or a new directory."""
-    return str(run_to_resume(resume, outputs_dir)) if resume else new_dir
+    """hydra.run.dir: the run to resume (searched for under outputs_dir), or a new directory, created here so that a
+    directory that cannot be made (unwritable, a full disk, a file in the way) is one line, not Hydra's report."""
+    if resume:
+        return str(run_to_resume(resume, outputs_dir))
+    make_dir(new_dir, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
+    return new_dir
+
+
+def make_dir(path: str, key: str) -> None:
+    """Create path (and its parents), or a FrostyError naming why not and the key that moves it."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FrostyError(f"cannot create {path}: {err.strerror or err}: choose a writable directory with {key}"
+                          ) from None
 
 
 @_user_error_exits

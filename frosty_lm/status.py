@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from frosty_lm.cli import SweepStop, stop_sweep_on_signals
 from frosty_lm.errors import FrostyError
 from frosty_lm.report import alive
+from frosty_lm.run_dirs import make_dir
 
 
 def rank() -> int:
@@ -124,6 +125,11 @@ class SweepSummary(Callback):
         if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/status.json")):
             print(f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (continue one of its runs "
                   f"with python train.py resume={sweep}/JOB)", file=sys.stderr, flush=True)
+            sys.exit(1)
+        try:
+            make_dir(str(sweep), "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
+        except FrostyError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(1)
         stop_sweep_on_signals(forward=True)
 

@@ -87,6 +87,8 @@ def run_training(cfg: DictConfig) -> float:
         except BaseException as err:
             if record.previous is not None and not record.training_started:
                 record.restore()  # a refused resume leaves the run's record as it was
+            elif isinstance(err, KeyboardInterrupt) and not record.training_started:
+                record.write(status="interrupted", error="stopped before training started", training_started=False)
             else:
                 record.write(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__,
                              training_started=record.training_started)

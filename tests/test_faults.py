@@ -127,6 +127,17 @@ def test_a_sweep_directory_in_use_is_refused_before_anything_is_written(text_fil
     assert (sweep / "multirun.yaml").read_text() == "earlier: sweep\n"
 
 
+@pytest.mark.parametrize("sweep", [False, True])
+def test_an_outputs_dir_that_cannot_be_made_is_one_line(invoke, text_file, tmp_path, sweep):
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("not a directory")
+    code, out, err = invoke("train.py", *(["-m"] if sweep else []), *TINY, "dataset=text", f"data.path={text_file}",
+                            f"paths.outputs_dir={in_the_way}/outputs")
+    assert_one_line_error(code, err, f"cannot create {in_the_way}/outputs/{'sweeps' if sweep else 'runs'}/",
+                          "Not a directory", "choose a writable directory with paths.outputs_dir=DIR")
+    assert in_the_way.read_text() == "not a directory" and sorted(tmp_path.iterdir()) == [in_the_way, text_file]
+
+
 def test_a_batch_that_cannot_fit_in_memory_is_refused_with_the_numbers(invoke, text_file, tmp_path):
     code, _, err = invoke("train.py", *TINY, "data.batch_size=50000000", "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={tmp_path / 'r'}")

@@ -161,3 +161,23 @@ def test_sigterm_mid_run_exits_143_with_last_ckpt_at_the_stop_and_resumes(rising
     assert f"resuming {run_dir} from step {step}" in result.stdout + result.stderr
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == step + 3
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_before_training_starts_is_one_line_and_its_exit_status(tmp_path, signum, code):
+    import time
+
+    run_dir = tmp_path / "r"
+    proc = start("train.py", "model=tiny", "dataset=text", f"data.path={tmp_path / 'corpus.txt'}",
+                 f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    (tmp_path / "corpus.txt").write_text(poem())
+    deadline = time.time() + 60
+    while not (run_dir / ".hydra" / "config.yaml").is_file():  # Hydra has composed the run: train.py is loading
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == code, output
+    assert output.rstrip().endswith(f"interrupted by {signum.name} before training started: nothing was saved")
+    assert "Traceback" not in output and not (run_dir / "checkpoints").exists()
