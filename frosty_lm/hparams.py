@@ -64,13 +64,17 @@ def select(config: dict) -> dict:
     return {key: hparam_value(value) for key, value in flatten(config).items() if shown(key)}
 
 
+# metric columns logged by callbacks rather than passed in (their last value shows): memorisation.CopiedShare's
+LOGGED_METRICS = ("sample/copied",)
+
+
 def log_hparams(loggers: list[Logger], config: dict, metrics: dict) -> None:
     """Logs the run's hyperparameters (select) once: TensorBoard's HPARAMS tab, with the metric columns of
     `metrics`, their values being the scalars of the same names; other loggers (csv) store them as they do."""
     params = select(config)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            write_hparams(logger, params, list(metrics))
+            write_hparams(logger, params, [*metrics, *LOGGED_METRICS])
         else:
             logger.log_hyperparams(params)
 

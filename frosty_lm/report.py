@@ -136,13 +136,14 @@ def fmt(value, digits: int = 4) -> str:
 def table(runs: list[Run], labels: dict[Path, str]) -> str:
     run_names = names(runs)
     header = ["run", "overrides", "params", "steps", "wall time (s)", "final train loss", "best val loss",
-              "best val bpc", "train/val gap", "status"]
+              "best val bpc", "train/val gap", "copied", "status"]
     rows = []
     for run in runs:
         train, best = run.final("train/loss", FINAL_TRAIN_POINTS), run.best_val()
         rows.append([run_names[run.path], labels[run.path], fmt(run.status.get("num_params")), fmt(run.steps()),
                      fmt(run.status.get("wall_time_s"), 1), fmt(train), fmt(best),
-                     fmt(best / LN2 if best is not None else None), fmt(run.gap()), run.state()])
+                     fmt(best / LN2 if best is not None else None), fmt(run.gap()),
+                     fmt(run.final("sample/copied"), 3), run.state()])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -66,7 +66,9 @@ def test_a_validation_has_one_step_number_in_console_scalars_samples_and_report(
     scalars = [e.step for e in events.Scalars("val/loss")]
     samples = [e.step for e in events.Tensors("sample/text_summary")]
     report = [step for step, _ in find_runs([run_dir])[0].curves["val/loss"]]
-    assert console == scalars == samples == report == [10, 20, 30]
+    copied = [e.step for e in events.Scalars("sample/copied")]  # memorisation.CopiedShare, at every validation
+    assert console == scalars == samples == report == copied == [10, 20, 30]
+    assert all(0 <= e.value <= 1 for e in events.Scalars("sample/copied"))
     assert [e.step for e in events.Scalars("train/loss")][-1] == 30  # the last step's loss, at step 30
 
 

@@ -47,7 +47,7 @@ def test_hparams_are_the_settings_a_user_varies_in_their_types(trained_run):
     assert columns["model.bias"] == columns["model.compile"] == api_pb2.DATA_TYPE_BOOL
     assert values["model.dropout"].number_value == 0.0 and columns["model.dropout"] == api_pb2.DATA_TYPE_FLOAT64
     assert values["data.name"].string_value == "text" and values["optim.betas"].string_value == "[0.9, 0.99]"
-    assert [m.name.tag for m in experiment.metric_infos] == ["best/val_loss", "best/val_bpc"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["best/val_loss", "best/val_bpc", "sample/copied"]
 
 
 def test_a_finished_run_ends_with_success(trained_run):
