@@ -1,5 +1,5 @@
-"""Lightning callbacks: best and last checkpoints, training throughput, a text sample at every validation, Ctrl-C
-and SIGTERM. (Progress: progress.py.)"""
+"""Lightning callbacks: best and last checkpoints, early stopping, training throughput, a text sample at every
+validation, Ctrl-C and SIGTERM. (Progress: progress.py.)"""
 from __future__ import annotations
 
 import logging
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
+from frosty_lm.errors import FrostyError
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
 
@@ -159,6 +160,28 @@ class BestAndLastCheckpoint(ModelCheckpoint):
                 or trainer.state.fn != TrainerFn.FITTING or self._last_written_at == trainer.global_step):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class EarlyStop(EarlyStopping):
+    """Lightning's EarlyStopping on val/loss, off unless patience is set (callbacks.early_stopping.patience=N):
+    training stops after N validations in a row without a new best val loss (by more than min_delta). best.ckpt
+    keeps the best; last.ckpt is written at the stop, as at any end; the run counts as finished."""
+
+    def __init__(self, patience: int | None = None, min_delta: float = 0.0) -> None:
+        if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
+            raise FrostyError(f"callbacks.early_stopping.patience={patience!r} must be a positive integer "
+                              "(validations without improvement), or null for no early stopping")
+        super().__init__(monitor="val/loss", mode="min", patience=patience or 1, min_delta=min_delta, verbose=False)
+        self.enabled = patience is not None
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if not self.enabled:
+            return
+        stopping = trainer.should_stop
+        super()._run_early_stopping_check(trainer)
+        if trainer.should_stop and not stopping and trainer.is_global_zero:
+            log.info("early stop at step %d: val loss has not improved for %d validations (best %.4f)",
+                     trainer.global_step, self.patience, float(self.best_score))
 
 
 class StopOnInterrupt(L.Callback):

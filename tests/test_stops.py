@@ -181,3 +181,25 @@ def test_a_signal_before_training_starts_is_one_line_and_its_exit_status(tmp_pat
     assert proc.returncode == code, output
     assert output.rstrip().endswith(f"interrupted by {signum.name} before training started: nothing was saved")
     assert "Traceback" not in output and not (run_dir / "checkpoints").exists()
+
+
+def test_early_stopping_stops_after_patience_validations_and_keeps_the_best(invoke, rising_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, err = invoke("train.py", *RISING, "trainer.max_steps=100", "callbacks.early_stopping.patience=2",
+                            f"data.path={rising_corpus}", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    losses = val_losses(run_dir)
+    best = losses.index(min(losses))
+    assert len(losses) == best + 1 + 2  # two validations without a new best after the best one, then the stop
+    stop = INTERVAL * len(losses)
+    assert f"early stop at step {stop}: val loss has not improved for 2 validations (best {min(losses):.4f})" in out
+    assert_last_and_best(run_dir, stop, losses)
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+def test_early_stopping_is_off_by_default_and_its_patience_is_checked(invoke, text_file, tmp_path):
+    from test_reliability import assert_one_line_error
+
+    code, _, err = invoke("train.py", *RISING, "callbacks.early_stopping.patience=0", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "callbacks.early_stopping.patience=0 must be a positive integer")
