@@ -28,6 +28,7 @@ class Run:
     path: Path
     status: dict
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # (seconds since the first log, value)
 
     @property
     def overrides(self) -> list[str]:
@@ -44,6 +45,17 @@ class Run:
     def steps(self) -> int | None:
         steps = [s for tag in ("train/loss", "val/loss") for s, _ in self.curves.get(tag, [])]
         return self.status.get("steps") or (max(steps) if steps else None)
+
+    def best_step(self) -> int | None:
+        """The step of the lowest val loss."""
+        val = self.curves.get("val/loss", [])
+        return min(val, key=lambda point: point[1])[0] if val else None
+
+    def rose_after_best(self) -> bool | None:
+        """Whether the val loss went up after its best (overfitting, or a learning rate too high): the last val
+        loss above the best by more than 1%. None before two validations."""
+        val = [v for _, v in self.curves.get("val/loss", [])]
+        return val[-1] > min(val) * 1.01 if len(val) >= 2 else None
 
     def gap(self) -> float | None:
         """The last val loss minus the mean train loss logged since the validation before it: how much better the
@@ -82,12 +94,22 @@ def alive(pid) -> bool:
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    return read_logs(run_dir)[0]
+
+
+def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[float, float]]]]:
+    """The run's scalars by step, and by wall time since its first logged point (TensorBoard's events only; the
+    csv logger keeps no time). A resumed run's time includes the pause between its parts."""
+    times = {}
     if list(run_dir.glob("events.out.tfevents.*")):
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
         events.Reload()
-        curves = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+        scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+        curves = {tag: [(e.step, e.value) for e in points] for tag, points in scalars.items()}
+        start = min((e.wall_time for points in scalars.values() for e in points), default=0.0)
+        times = {tag: sorted((e.wall_time - start, e.value) for e in points) for tag, points in scalars.items()}
     else:
         curves = {}
         for metrics in sorted(run_dir.glob("**/metrics.csv")):
@@ -97,7 +119,7 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
                         if tag not in ("step", "epoch") and value not in ("", None):
                             curves.setdefault(tag, []).append((int(row["step"]), float(value)))
     # a resumed run logs some steps twice: keep the last value logged for each step
-    return {tag: sorted(dict(points).items()) for tag, points in curves.items()}
+    return {tag: sorted(dict(points).items()) for tag, points in curves.items()}, times
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -107,7 +129,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
             raise SystemExit(f"error: {root} does not exist: give a run or sweep directory, e.g. outputs/")
         for status_file in sorted({*root.glob("status.json"), *root.rglob("*/status.json")}):
             run_dir = status_file.parent
-            runs.append(Run(run_dir, json.loads(status_file.read_text()), read_curves(run_dir)))
+            runs.append(Run(run_dir, json.loads(status_file.read_text()), *read_logs(run_dir)))
     return runs
 
 
@@ -136,20 +158,22 @@ def fmt(value, digits: int = 4) -> str:
 def table(runs: list[Run], labels: dict[Path, str]) -> str:
     run_names = names(runs)
     header = ["run", "overrides", "params", "steps", "wall time (s)", "final train loss", "best val loss",
-              "best val bpc", "train/val gap", "copied", "status"]
+              "best val bpc", "best at step", "val rose after", "train/val gap", "copied", "status"]
     rows = []
     for run in runs:
         train, best = run.final("train/loss", FINAL_TRAIN_POINTS), run.best_val()
         rows.append([run_names[run.path], labels[run.path], fmt(run.status.get("num_params")), fmt(run.steps()),
                      fmt(run.status.get("wall_time_s"), 1), fmt(train), fmt(best),
-                     fmt(best / LN2 if best is not None else None), fmt(run.gap()),
+                     fmt(best / LN2 if best is not None else None), fmt(run.best_step()),
+                     {True: "yes", False: "no", None: "-"}[run.rose_after_best()], fmt(run.gap()),
                      fmt(run.final("sample/copied"), 3), run.state()])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def plot(runs: list[Run], labels: dict[Path, str], path: Path, title: str) -> None:
+def plot(runs: list[Run], labels: dict[Path, str], path: Path, title: str, x: str = "step") -> None:
+    """The val-loss curves of all runs on one plot, against the step or (x="time") the wall time in seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,10 +182,10 @@ def plot(runs: list[Run], labels: dict[Path, str], path: Path, title: str) -> No
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
     for i, run in enumerate(runs):
-        points = run.curves.get("val/loss", [])
+        points = (run.times if x == "time" else run.curves).get("val/loss", [])
         if points:
             ax.plot(*zip(*points), marker=".", color=colors[i % len(colors)], label=labels[run.path])
-    ax.set_xlabel("step")
+    ax.set_xlabel("wall time since the run's first log (s)" if x == "time" else "step")
     ax.set_ylabel("val loss (nats per character)")
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(alpha=0.3)
@@ -172,10 +196,40 @@ def plot(runs: list[Run], labels: dict[Path, str], path: Path, title: str) -> No
     plt.close(fig)
 
 
+def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
+    """A section with a sample from each run's best.ckpt: the same prompt, seed and temperature (0.8) for every
+    run, so that their text compares by eye (characters of the prompt outside a run's vocabulary are dropped)."""
+    from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
+    from frosty_lm.errors import FrostyError
+    from frosty_lm.sampling import default_prompt, sample_text
+
+    run_names = names(runs)
+    parts = [f"## Samples ({chars} characters from each run's best.ckpt; prompt {prompt!r}, seed {seed}, "
+             "temperature 0.8)\n"]
+    for run in runs:
+        best = run.path / "checkpoints" / "best.ckpt"
+        if not best.is_file():
+            continue
+        try:
+            model, vocab = model_from_checkpoint(load_checkpoint(best), best)
+        except FrostyError as err:
+            parts.append(f"### {run_names[run.path]}\n\n(no sample: {err})\n")
+            continue
+        start = "".join(ch for ch in prompt if ch in vocab) or default_prompt(vocab)
+        text = sample_text(model, vocab, start, chars, temperature=0.8, seed=seed)
+        parts.append(f"### {run_names[run.path]}\n\n```\n{text.strip(chr(10))}\n```\n")
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m frosty_lm.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="sweep or run directories (or outputs/)")
     parser.add_argument("--out", type=Path, default=None, help="where report.md and val_loss.png go")
+    parser.add_argument("--x", choices=("step", "time"), default="step", help="the plot's x axis (default: step)")
+    parser.add_argument("--samples", type=int, default=200, metavar="N",
+                        help="characters sampled from each run's best.ckpt, same prompt and seed for all (0: none)")
+    parser.add_argument("--prompt", default="\n", help="the samples' prompt (default: a line break)")
+    parser.add_argument("--seed", type=int, default=0, help="the samples' seed")
     args = parser.parse_args(argv)
     found = find_runs(args.paths)
     runs = [run for run in found if not run.never_trained]
@@ -192,8 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     title = " ".join(common) or ", ".join(map(str, args.paths))
     text = (f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "")
             + "\n\n" + table(runs, labels) + "\n")
+    if args.samples > 0:
+        text += "\n" + samples(runs, args.samples, args.prompt, args.seed)
     (out / "report.md").write_text(text)
-    plot(runs, labels, out / "val_loss.png", title)
+    plot(runs, labels, out / "val_loss.png", title, args.x)
     print(text)
     print(f"wrote {out / 'report.md'} and {out / 'val_loss.png'}", file=sys.stderr)
     return 0

@@ -11,6 +11,7 @@ from matplotlib.image import imread
 
 from conftest import TINY, run
 from frosty_lm.report import main as report_main
+from frosty_lm.report import read_curves
 from frosty_lm.run_dirs import sweep_subdir
 
 SWEEP = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]
@@ -109,6 +110,27 @@ def test_report_leaves_out_single_runs_that_never_trained_but_keeps_a_sweeps_fai
     out, err = capsys.readouterr()
     assert "ok" in out and "nan" in out and "n_head=3" in out and "no_corpus" not in out
     assert "left out 1 single runs that failed before training" in err
+
+
+def test_report_shows_the_best_step_overfitting_samples_side_by_side_and_plots_against_time(
+        trained_run, tmp_path, capsys):
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copytree(trained_run, tmp_path / "runs" / name)
+    assert report_main([str(tmp_path / "runs"), "--x", "time", "--samples", "40", "--prompt", "Snow"]) == 0
+    out = capsys.readouterr().out
+    header, _, *rows = [line for line in out.splitlines() if line.startswith("| ")]
+    cells = [c.strip() for c in rows[0].strip("|").split(" | ")]
+    columns = dict(zip([c.strip() for c in header.strip("|").split(" | ")], cells, strict=True))
+    val = read_curves(trained_run)["val/loss"]
+    assert columns["best at step"] == str(min(val, key=lambda p: p[1])[0])
+    assert columns["val rose after"] == ("yes" if val[-1][1] > min(v for _, v in val) * 1.01 else "no")
+    assert float(columns["copied"]) >= 0
+    samples = re.findall(r"### (\w)\n\n```\n(Snow[^`]*)\n```", out)
+    assert [name for name, _ in samples] == ["a", "b"] and samples[0][1] == samples[1][1]  # same model, prompt, seed
+    assert len(samples[0][1]) >= 40 and "prompt 'Snow', seed 0" in out
+    assert imread(tmp_path / "runs" / "val_loss.png").shape[0] > 100
 
 
 def test_report_of_a_path_without_runs(tmp_path, capsys):
