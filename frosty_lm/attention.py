@@ -1,0 +1,180 @@
+"""What attention looks at: the attention weights of every layer and head over a prompt, drawn as one panel per
+layer and head with the prompt's characters on both axes.
+
+    python -m frosty_lm.attention ckpt_path=outputs/runs/.../checkpoints/best.ckpt prompt="Whose woods these are"
+    python -m frosty_lm.attention ckpt_path=... prompt="..." out=attention.png
+
+The weights are those the model computes: model.attend is watched while the model runs once over the prompt,
+and each call's q and k (after everything the model does to them) give softmax(q k^T / sqrt(head size)) under
+the causal mask. AttentionImage puts the same picture, for a fixed prompt, in TensorBoard's IMAGES tab at every
+validation.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import sys
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+
+from frosty_lm import model as model_module
+from frosty_lm.errors import FrostyError
+from frosty_lm.tokenizer import CharTokenizer
+
+MAX_PROMPT = 64  # characters: beyond this the panels are unreadable
+
+
+@contextlib.contextmanager
+def watching_attention() -> Iterator[list[torch.Tensor]]:
+    """Within the block, every call of model.attend also appends its attention weights (B, nh, T, t) in fp32."""
+    weights: list[torch.Tensor] = []
+    attend = model_module.attend
+
+    def watched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        T, t = q.size(2), k.size(2)
+        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
+        allowed = torch.ones(T, t, dtype=torch.bool, device=q.device).tril(diagonal=t - T)
+        weights.append(scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1))
+        return attend(q, k, v)
+
+    model_module.attend = watched
+    try:
+        yield weights
+    finally:
+        model_module.attend = attend
+
+
+def attention_maps(model: model_module.GPT, vocab: str, prompt: str) -> torch.Tensor:
+    """The attention weights over prompt (its last block_size characters): (n_layer, n_head, T, T)."""
+    idx = torch.tensor([CharTokenizer(vocab).encode(prompt)[-model.cfg.block_size:]],
+                       device=next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), watching_attention() as weights:
+            model(idx)
+    finally:
+        model.train(was_training)
+    return torch.stack([w[0] for w in weights])
+
+
+def shown(ch: str) -> str:
+    return {"\n": "⏎", " ": "␣", "\t": "⇥"}.get(ch, ch)
+
+
+def draw(maps: torch.Tensor, prompt: str):
+    """A matplotlib figure: one panel per layer (rows) and head (columns), queries down, keys across, the prompt's
+    characters along the left and bottom edges of each row and column. The panels are one mosaic image in one
+    axes, so that drawing costs a fraction of a second (not a second per panel of ticks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n_layer, n_head, T, _ = maps.shape
+    gap = 3  # cells between panels, room for the characters
+    size = T + gap
+    mosaic = np.full((n_layer * size, n_head * size), np.nan)
+    for layer in range(n_layer):
+        for head in range(n_head):
+            mosaic[layer * size + gap:(layer + 1) * size, head * size + gap:(head + 1) * size] = maps[layer, head].cpu()
+    inches = 0.12 * mosaic.shape[1] + 0.5, 0.12 * mosaic.shape[0] + 0.5  # 11 pixels per character at 90 dpi
+    fig = plt.figure(figsize=inches, dpi=90)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
+    ax.imshow(mosaic, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    labels = [shown(ch) for ch in prompt[-T:]]
+    text = {"fontsize": 6, "family": "monospace", "ha": "center", "va": "center"}
+    for layer in range(n_layer):
+        top = layer * size + gap
+        for head in range(n_head):
+            ax.text(head * size + gap, top - 1.6, f"layer {layer + 1}, head {head + 1}", fontsize=8, va="bottom")
+        for i, ch in enumerate(labels):  # the queries, down the left edge of each row
+            ax.text(gap - 1.5, top + i, ch, **text)
+    for head in range(n_head):
+        for i, ch in enumerate(labels):  # the keys, along the bottom of each column
+            ax.text(head * size + gap + i, n_layer * size + 0.8, ch, **text)
+    return fig
+
+
+def png_bytes(maps: torch.Tensor, prompt: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig = draw(maps, prompt)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+class AttentionImage(L.Callback):
+    """After each validation, the attention maps over a fixed prompt (its characters outside the vocabulary
+    dropped, at most MAX_PROMPT) as an image in TensorBoard's IMAGES tab, tag "attention"."""
+
+    def __init__(self, prompt: str = "Whose woods these are I think I know.") -> None:
+        self.prompt = prompt
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+            return
+        experiment = getattr(trainer.logger, "experiment", None)
+        if not hasattr(experiment, "add_image"):
+            return  # only TensorBoard shows images
+        vocab = pl_module.hparams.vocab
+        prompt = "".join(ch for ch in self.prompt if ch in vocab)[-MAX_PROMPT:]
+        if len(prompt) < 2:
+            return
+        from matplotlib.image import imread
+
+        image = imread(io.BytesIO(png_bytes(attention_maps(pl_module.model, vocab, prompt), prompt)), format="png")
+        experiment.add_image("attention", image[..., :3], global_step=trainer.global_step, dataformats="HWC")
+
+
+def parse(argv: list[str]) -> dict[str, str]:
+    """key=value arguments: ckpt_path (required), prompt (required), out (default attention.png)."""
+    args = {"out": "attention.png"}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in ("ckpt_path", "prompt", "out"):
+            raise FrostyError(f"{arg!r}: give ckpt_path=FILE prompt=TEXT [out=FILE.png]")
+        args[key] = value.strip('"')
+    for key in ("ckpt_path", "prompt"):
+        if not args.get(key):
+            raise FrostyError(f"{key}= is missing: python -m frosty_lm.attention ckpt_path=FILE prompt=TEXT")
+    if len(args["prompt"]) > MAX_PROMPT:
+        raise FrostyError(f"the prompt has {len(args['prompt'])} characters: give at most {MAX_PROMPT}, or the "
+                          "panels are unreadable")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
+
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+        model, vocab = model_from_checkpoint(load_checkpoint(args["ckpt_path"]), args["ckpt_path"])
+        unknown = CharTokenizer(vocab).unknown(args["prompt"])
+        if unknown:
+            raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}")
+        maps = attention_maps(model, vocab, args["prompt"])
+        with open(args["out"], "wb") as f:
+            f.write(png_bytes(maps, args["prompt"]))
+    except FrostyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"error: cannot write {args['out']}: {err.strerror}: give a writable out=FILE.png", file=sys.stderr)
+        return 1
+    n_layer, n_head, T = maps.shape[:3]
+    over = (f"the last {T} characters (the model sees at most model.block_size={T})"
+            if T < len(args["prompt"]) else f"{T} characters")
+    print(f"wrote {args['out']}: {n_layer} layers x {n_head} heads over {over}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

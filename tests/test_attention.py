@@ -1,0 +1,66 @@
+"""Attention maps: the weights the model computes, rows that sum to 1, nothing above the diagonal; the PNG of
+python -m frosty_lm.attention, and the image in TensorBoard at every validation."""
+import pytest
+import torch
+from matplotlib.image import imread
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from frosty_lm.attention import attention_maps, main
+from frosty_lm.model import GPT, GPTConfig
+
+VOCAB = "\n ,.Tabcdefghijklmnopqrstuvwxyz"
+
+
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=len(VOCAB), block_size=64, n_layer=2, n_head=3, n_embd=24, dropout=0.0))
+
+
+def test_each_row_of_the_weights_sums_to_one_and_nothing_is_above_the_diagonal():
+    model, prompt = tiny_model(), "The woods are lovely, dark and deep."
+    maps = attention_maps(model, VOCAB, prompt)
+    T = len(prompt)
+    assert maps.shape == (2, 3, T, T)
+    assert torch.allclose(maps.sum(-1), torch.ones(2, 3, T), atol=1e-5)
+    below = torch.ones(T, T, dtype=torch.bool).tril()
+    assert (maps[..., ~below] == 0).all() and (maps[..., below] > 0).all()  # causal: only the past, all of it
+    assert maps[:, :, 0, 0].eq(1).all()  # the first character can only look at itself
+    assert not torch.allclose(maps[0, 0], maps[1, 2])  # layers and heads differ
+
+
+def test_watching_leaves_the_model_and_its_output_unchanged():
+    model = tiny_model()
+    idx = torch.tensor([[VOCAB.index(c) for c in "deep woods"]])
+    before = model(idx)[0]
+    attention_maps(model, VOCAB, "deep woods")
+    from frosty_lm import model as model_module
+
+    assert model_module.attend.__name__ == "attend" and torch.equal(model(idx)[0], before)
+
+
+def test_the_command_writes_a_png_per_layer_and_head(trained_run, tmp_path, capsys):
+    out = tmp_path / "attention.png"
+    prompt = "Snow woods road dark deep miles sleep keep horse lake stop ice."  # 63: more than block_size (32)
+    assert main([f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}", f"prompt={prompt}", f"out={out}"]) == 0
+    image = imread(out)
+    assert image.shape[0] > 300 and image.shape[1] > 300
+    err = capsys.readouterr().err
+    assert "2 layers x 2 heads over the last 32 characters (the model sees at most model.block_size=32)" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prompt=x"], "ckpt_path= is missing"),
+    (["ckpt_path=a.ckpt", "prompt=" + "x" * 65], "give at most 64"),
+    (["ckpt_path=a.ckpt", "prompt=x", "colour=red"], "'colour=red': give ckpt_path=FILE prompt=TEXT"),
+])
+def test_bad_arguments_are_one_line(args, message, capsys):
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_every_validation_puts_the_maps_in_tensorboards_images(trained_run):
+    events = EventAccumulator(str(trained_run), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Images("attention")] == [15, 30]  # TINY: validations at 15 and 30
+    assert all(e.width > 300 and e.height > 300 for e in events.Images("attention"))
