@@ -142,20 +142,14 @@ def assert_stopped_at(run_dir: Path, step: int) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_mid_run_leaves_last_ckpt_at_the_stop(rising_corpus, tmp_path):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "SIGTERM received")])
+def test_a_signal_mid_run_leaves_last_ckpt_at_the_stop_and_the_run_resumes(rising_corpus, tmp_path, signum, code,
+                                                                            said):
     run_dir = tmp_path / "run"
-    code, output, step = stop_mid_run(run_dir, rising_corpus, signal.SIGINT)
-    assert code == 130, output
-    assert "interrupted: stopping after this step" in output
-    assert_stopped_at(run_dir, step)
-
-
-@pytest.mark.slow
-def test_sigterm_mid_run_exits_143_with_last_ckpt_at_the_stop_and_resumes(rising_corpus, tmp_path):
-    run_dir = tmp_path / "run"
-    code, output, step = stop_mid_run(run_dir, rising_corpus, signal.SIGTERM)
-    assert code == 143, output
-    assert "SIGTERM received: stopping after this step" in output
+    returncode, output, step = stop_mid_run(run_dir, rising_corpus, signum)
+    assert returncode == code, output
+    assert f"{said}: stopping after this step" in output
     assert_stopped_at(run_dir, step)
     result = run("train.py", f"resume={run_dir}", f"trainer.max_steps={step + 3}", cwd=tmp_path)
     assert f"resuming {run_dir} from step {step}" in result.stdout + result.stderr
