@@ -8,8 +8,6 @@ from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolv
 from frosty_lm.cli import exit_on_user_error, exit_when_interrupted, interrupt_on_signals, quiet_lightning
 from frosty_lm.config_checks import check_early
 
-interrupt_on_signals()  # Ctrl-C or SIGTERM before training starts: one line and exit 130 or 143, no traceback
-
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")
 @exit_on_user_error
@@ -22,4 +20,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    interrupt_on_signals()  # Ctrl-C or SIGTERM before training starts: one line and exit 130 or 143, no traceback
     exit_when_interrupted(main, "before training started: nothing was saved")

@@ -98,7 +98,7 @@ def main() -> None:
     precision = args.precision or (cpu_precision() if device.type == "cpu" else "bf16-mixed")
     cfg = model_preset(args.model, block_size=args.block_size, dropout=args.dropout)
     T, B = cfg["block_size"], args.batch_size
-    optim = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/train.yaml").optim)
+    optim = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/optim/adamw.yaml"))
 
     text = corpus_text()
     tok = CharTokenizer.from_text(text)

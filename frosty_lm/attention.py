@@ -58,6 +58,8 @@ def attention_maps(model: model_module.GPT, vocab: str, prompt: str) -> torch.Te
             model(idx)
     finally:
         model.train(was_training)
+    if not weights:
+        raise FrostyError("this model has no attention (model.kind=bigram): nothing to draw")
     return torch.stack([w[0] for w in weights])
 
 
@@ -126,7 +128,7 @@ class AttentionImage(L.Callback):
             return  # only TensorBoard shows images
         vocab = pl_module.hparams.vocab
         prompt = "".join(ch for ch in self.prompt if ch in vocab)[-MAX_PROMPT:]
-        if len(prompt) < 2:
+        if len(prompt) < 2 or not isinstance(pl_module.model, model_module.GPT):  # the bigram has no attention
             return
         from matplotlib.image import imread
 

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from frosty_lm.errors import FrostyError
-from frosty_lm.model import GPT, GPTConfig
+from frosty_lm.model import GPT, Bigram, GPTConfig, build
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # (reading the umask means setting it: set back at once)
@@ -99,18 +99,22 @@ def _same_file(path: str | Path) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tuple[GPT, str]:
-    """The GPT with the checkpoint's weights (in eval mode), and its vocabulary; a FrostyError if the file's
-    contents disagree with themselves (an edited vocabulary, model settings or weights)."""
+def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tuple[GPT | Bigram, str]:
+    """The model (the GPT, or the bigram baseline) with the checkpoint's weights (in eval mode), and its
+    vocabulary; a FrostyError if the file's contents disagree with themselves (an edited vocabulary, model
+    settings or weights)."""
     hparams = ckpt["hyper_parameters"]
     vocab = hparams["vocab"]
     if not isinstance(vocab, str) or len(vocab) < 2 or list(vocab) != sorted(set(vocab)):
         raise FrostyError(f"{path} is damaged: its vocabulary is not the sorted, distinct characters train.py "
                           "stores; use a checkpoint written by train.py")
     try:
-        model = GPT(GPTConfig(vocab_size=len(vocab), **hparams["model"]))
+        model = build(GPTConfig(vocab_size=len(vocab), **hparams["model"]))
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)
+        model.load_state_dict(state)  # strict: the names and shapes the options give (no pos_emb with rope, ...)
+        if isinstance(model, GPT) and model.cfg.tie_weights and not torch.equal(state["head.weight"],
+                                                                                state["tok_emb.weight"]):
+            raise ValueError("model.tie_weights=true, but head.weight and tok_emb.weight differ")
     except (TypeError, ValueError, RuntimeError, AttributeError) as err:
         reason = " ".join(str(err).split())[:200]
         raise FrostyError(f"{path} is damaged: its weights do not fit its model settings or vocabulary ({reason}); "

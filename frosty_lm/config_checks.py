@@ -55,19 +55,35 @@ def check_config(cfg: DictConfig) -> None:
         value = cfg.trainer.get(key)
         if not isinstance(value, int) or value <= 0:
             raise FrostyError(f"trainer.{key}={value!r} must be a positive integer")
-    seed, threads, optim, every = cfg.seed, cfg.get("threads"), cfg.optim, cfg.trainer.get("log_every_n_steps", 1)
-    betas = list(optim.betas) if OmegaConf.is_list(optim.betas) else optim.betas
+    seed, threads, every = cfg.seed, cfg.get("threads"), cfg.trainer.get("log_every_n_steps", 1)
     must(is_int(seed) and 0 <= seed < 2**32, "seed", seed, "an integer in [0, 2**32)")
     must(threads is None or is_int(threads) and threads > 0, "threads", threads,
          "a positive integer, or null for all cores")
-    must(is_number(optim.lr) and optim.lr > 0, "optim.lr", optim.lr, "a positive number, e.g. 1e-3")
-    must(is_number(optim.weight_decay) and optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay,
-         "a number >= 0")
-    must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
-         "optim.betas", betas, "two numbers in [0, 1), e.g. optim.betas=[0.9,0.99]")
+    check_optim(cfg.optim)
     must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
          cfg.summary_sample_chars, "an integer >= 0")
     must(is_int(every) and every >= 0, "trainer.log_every_n_steps", every, "an integer >= 0")
+
+
+def check_optim(optim: DictConfig) -> None:
+    """optim.* (conf/optim/): a known optimizer (no name: adamw, as configs stored before optim=muon), positive
+    learning rates, weight decays >= 0, AdamW's betas and Muon's momentum in [0, 1)."""
+    name = optim.get("name") or "adamw"
+    must(name in ("adamw", "muon"), "optim.name", name, "adamw or muon (optim=adamw | optim=muon)")
+    muon = name == "muon"  # Muon's lr and weight decay, and AdamW's for the other weights
+    for key in ("lr", "adamw_lr") if muon else ("lr",):
+        value = optim.get(key)
+        must(is_number(value) and value > 0, f"optim.{key}", value, "a positive number, e.g. 1e-3")
+    for key in ("weight_decay", "adamw_weight_decay") if muon else ("weight_decay",):
+        value = optim.get(key)
+        must(is_number(value) and value >= 0, f"optim.{key}", value, "a number >= 0")
+    betas = list(optim.betas) if OmegaConf.is_list(optim.get("betas")) else optim.get("betas")
+    must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
+         "optim.betas", betas, "two numbers in [0, 1), e.g. optim.betas=[0.9,0.99]")
+    if muon:
+        momentum, adjust = optim.get("momentum"), optim.get("adjust_lr_fn")
+        must(is_number(momentum) and 0 <= momentum < 1, "optim.momentum", momentum, "a number in [0, 1), e.g. 0.95")
+        must(adjust in ("original", "match_rms_adamw"), "optim.adjust_lr_fn", adjust, "original or match_rms_adamw")
 
 
 def model_config_class() -> type:

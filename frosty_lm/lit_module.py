@@ -1,16 +1,20 @@
-"""The GPT as a LightningModule: loss, exact validation, AdamW with an optional schedule, logging."""
+"""The GPT (or the bigram baseline) as a LightningModule: loss, exact validation, AdamW or Muon with a schedule,
+logging."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from torch.nn import functional as F
 
 from frosty_lm.errors import NonFiniteLoss
 from frosty_lm.hparams import log_hparams
-from frosty_lm.model import GPT, GPTConfig
-from frosty_lm.schedule import lr_lambda
+from frosty_lm.model import GPTConfig, build
+from frosty_lm.optim import group_settings, make_optimizer
+from frosty_lm.schedule import lr_lambda, timed
 
 LN2 = math.log(2)
 
@@ -18,11 +22,12 @@ LN2 = math.log(2)
 class FrostyLM(L.LightningModule):
     """Hyperparameters are plain containers (str, numbers, dicts), so checkpoints load with weights_only=True.
 
-    vocab: the characters, in id order. model: GPTConfig fields but vocab_size. optim: lr, weight_decay,
-    betas. scheduler: name (constant | cosine), warmup_steps, decay_steps, min_lr_ratio. config: the whole
-    run's config as composed, before interpolation, kept in the checkpoint: `resume=` recomposes it with the
-    new overrides (so derived keys such as scheduler.decay_steps follow them). logged_config: the same
-    config resolved, for TensorBoard's HPARAMS tab; not kept in the checkpoint.
+    vocab: the characters, in id order. model: GPTConfig fields but vocab_size. optim: name (adamw | muon; none
+    before optim became a group: adamw), lr, weight_decay, betas, and Muon's keys (conf/optim/muon.yaml).
+    scheduler: name (constant | cosine), warmup_steps, decay_steps, min_lr_ratio. config: the whole run's config
+    as composed, before interpolation, kept in the checkpoint: `resume=` recomposes it with the new overrides (so
+    derived keys such as scheduler.decay_steps follow them). logged_config: the same config resolved, for
+    TensorBoard's HPARAMS tab; not kept in the checkpoint.
     """
 
     def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, config: dict | None = None,
@@ -31,7 +36,7 @@ class FrostyLM(L.LightningModule):
         # the logger gets hparams with their metrics, below; the resolved config once, in the logger only
         self.save_hyperparameters(ignore=["logged_config"], logger=False)
         self.logged_config = logged_config
-        self.model = GPT(GPTConfig(vocab_size=len(vocab), **model))
+        self.model = build(GPTConfig(vocab_size=len(vocab), **model))  # the GPT, or model=bigram's table
         self.flops_per_char = self.model.flops_per_char()
         self.chars_per_batch = 0  # of the last training batch
         self.register_buffer("best_val_loss", torch.tensor(float("inf")))  # saved in checkpoints, so resume keeps it
@@ -105,24 +110,29 @@ class FrostyLM(L.LightningModule):
         """A resumed run restores its optimizer and schedule, which hold the settings they were started with: apply
         this run's optim settings (e.g. resume=... optim.lr=5e-4) to them, so that what the checkpoint records is
         what trains. The schedule's shape follows scheduler.* already (configure_optimizers builds it anew)."""
-        o = self.hparams.optim
         optimizer = self.trainer.optimizers[0]
         schedule = self.lr_schedulers()
-        schedule.base_lrs = [o["lr"]] * len(optimizer.param_groups)
-        for group, factor, decay in zip(optimizer.param_groups, schedule.lr_lambdas, (o["weight_decay"], 0.0)):
-            group.update(initial_lr=o["lr"], lr=o["lr"] * factor(schedule.last_epoch), betas=tuple(o["betas"]),
-                         weight_decay=decay)
+        settings = group_settings(self.hparams.optim)  # one per param group, in order
+        schedule.base_lrs = [s["lr"] for s in settings]
+        for group, s, factor in zip(optimizer.param_groups, settings, schedule.lr_lambdas):
+            group.update({**s, "initial_lr": s["lr"], "lr": s["lr"] * factor(schedule.last_epoch)})
 
     def configure_optimizers(self):
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]  # matrices and embeddings
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]  # biases and LayerNorms
-        o = self.hparams.optim
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o["lr"], betas=tuple(o["betas"]), foreach=True,
-        )
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(**self.hparams.scheduler))
+        optimizer = make_optimizer(self.model, self.hparams.optim)  # optim=adamw | muon: frosty_lm/optim.py
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def lr_factor(self) -> Callable[[int], float]:
+        """The schedule's lr multiplier by step (scheduler.*); in a run limited by time (trainer.max_time), by the
+        share of the time budget spent too, as Lightning's Timer counts it (kept in checkpoints: a resumed run goes
+        on from the time it had spent). The time is rank 0's, so that every process of a run steps with one lr."""
+        factor = lr_lambda(**self.hparams.scheduler)
+        trainer = self._trainer
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer) and c._duration), None) if trainer else None
+        if timer is None:
+            return factor
+        return timed(factor, trainer.max_steps, timer._duration,
+                     lambda: trainer.strategy.broadcast(timer.time_elapsed("train")))
 
 
 def logs_written_at(trainer: L.Trainer, step: int) -> bool:

@@ -116,7 +116,8 @@ def resumed_config(stored: dict, overrides: list[str], groups: set[str]) -> Dict
 def upgraded(cfg: DictConfig) -> DictConfig:
     """A config stored by an earlier Frosty, in today's terms: its checkpoints were Lightning's ModelCheckpoint,
     its throughput callback frosty_lm.callbacks.Throughput(peak_flops), its progress bar in frosty_lm.callbacks,
-    and it had no progress lines and no HPARAMS end status."""
+    its optim node no name (it was AdamW's), and it lacked the callbacks added since (progress lines, the HPARAMS
+    end status, memorisation, attention maps, early stopping): today's conf/callbacks/default.yaml gives them."""
     checkpoint = OmegaConf.select(cfg, "callbacks.model_checkpoint")
     if checkpoint is not None and checkpoint.get("_target_") == "lightning.pytorch.callbacks.ModelCheckpoint":
         checkpoint._target_ = "frosty_lm.callbacks.BestAndLastCheckpoint"  # last.ckpt always the last state
@@ -127,10 +128,12 @@ def upgraded(cfg: DictConfig) -> DictConfig:
     bar = OmegaConf.select(cfg, "callbacks.progress_bar")
     if bar is not None and bar.get("_target_") == "frosty_lm.callbacks.StepProgressBar":
         bar._target_ = "frosty_lm.progress.StepProgressBar"
-    added = {"progress_lines": "frosty_lm.progress.ProgressLines", "hparams_status": "frosty_lm.hparams.HparamsStatus"}
-    for name, target in added.items():
-        if OmegaConf.select(cfg, "callbacks") is not None and name not in cfg.callbacks:
-            cfg.callbacks[name] = {"_target_": target}
+    if OmegaConf.select(cfg, "callbacks") is not None:  # a callback set to null by the run stays off
+        for name, node in OmegaConf.load(CONF / "callbacks" / "default.yaml").items():
+            if name not in cfg.callbacks:
+                cfg.callbacks[name] = node
+    if OmegaConf.select(cfg, "optim") is not None and "name" not in cfg.optim:
+        cfg.optim.name = "adamw"  # before optim became a config group (adamw | muon), every run trained AdamW
     return cfg
 
 
@@ -176,13 +179,26 @@ def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
                               "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")
 
 
-def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict) -> None:
-    """A checkpoint to start from (hparams: its hyper_parameters) must share this run's vocabulary and model
-    shape (vocab, model: this run's)."""
+def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, optim: dict) -> None:
+    """A checkpoint to start from (hparams: its hyper_parameters) must share this run's vocabulary, model shape
+    and optimizer (vocab, model, optim: this run's). A setting a checkpoint does not record (written before it
+    existed) is GPTConfig's default, which is what that checkpoint was trained with."""
+    import dataclasses
+
+    from frosty_lm.model import GPTConfig
+    from frosty_lm.optim import optim_name
+
     if hparams["vocab"] != vocab:
         raise FrostyError(f"{ckpt_path} was trained on another vocabulary ({len(hparams['vocab'])} characters, this "
                           f"corpus has {len(vocab)}): start from a checkpoint of the same corpus")
-    for key in ("block_size", "n_layer", "n_head", "n_embd", "bias"):
-        if hparams["model"].get(key) != model.get(key):
-            raise FrostyError(f"{ckpt_path} has model.{key}={hparams['model'].get(key)}, this run "
-                              f"model.{key}={model.get(key)}: use the checkpoint's model settings")
+    defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
+    stored, wanted = {**defaults, **hparams["model"]}, {**defaults, **model}
+    for key in ("block_size", "n_layer", "n_head", "n_embd", "bias", "position", "norm", "qk_norm", "activation",
+                "logit_softcap", "tie_weights"):
+        if stored.get(key) != wanted.get(key):
+            raise FrostyError(f"{ckpt_path} has model.{key}={stored.get(key)}, this run "
+                              f"model.{key}={wanted.get(key)}: use the checkpoint's model settings")
+    trained, asked = optim_name(hparams.get("optim") or {}), optim_name(optim)
+    if trained != asked:
+        raise FrostyError(f"{ckpt_path} was trained with optim={trained}, this run asks for optim={asked}: start from "
+                          f"it with optim={trained}")

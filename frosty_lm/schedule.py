@@ -1,4 +1,5 @@
-"""Learning-rate schedules as multipliers of the base lr, for torch's LambdaLR."""
+"""Learning-rate schedules as multipliers of the base lr, for torch's LambdaLR: by step, and in a run limited by time
+(trainer.max_time) by the share of its time budget spent too."""
 from __future__ import annotations
 
 import math
@@ -21,12 +22,31 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
                               "(it defaults to trainer.max_steps)")
         warmup_steps = min(warmup_steps, decay_steps // 2)
 
-    def factor(step: int) -> float:
+    def factor(step: float) -> float:  # a whole step, or where a time budget has got to (budget_step)
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return min(1.0, (step + 1) / warmup_steps)
         if name == "constant":
             return 1.0
         progress = min(1.0, (step - warmup_steps) / (decay_steps - warmup_steps))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def budget_step(step: int, max_steps: int, elapsed: float, max_time: float) -> float:
+    """Where a run limited by time stands in a schedule laid out in steps: the larger of the steps done and the
+    share of its time budget spent (elapsed of max_time seconds) in steps of max_steps, so that warm-up and decay
+    follow whichever budget runs out first. The step itself (the same number) while steps are ahead."""
+    return max(step, elapsed / max_time * max_steps)
+
+
+def timed(factor: Callable[[float], float], max_steps: int, max_time: float,
+          clock: Callable[[], float]) -> Callable[[int], float]:
+    """factor (an lr_lambda) at budget_step: by step and by the seconds of training that clock() returns, of
+    max_time. A function, not an object with attributes: LambdaLR keeps an object's attributes in checkpoints, and
+    the clock is no data to keep."""
+
+    def timed_factor(step: int) -> float:
+        return factor(budget_step(step, max_steps, clock(), max_time))
+
+    return timed_factor

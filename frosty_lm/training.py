@@ -120,7 +120,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         start = load_checkpoint(cfg.ckpt_path)
     datamodule, model = build(cfg)
     if start is not None:
-        check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model)
+        check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
+                         model.hparams.optim)
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
              len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())

@@ -21,3 +21,24 @@ def test_old_weight_names_load_into_the_new_modules():
     model, _ = model_from_checkpoint(torch.load(OLD, weights_only=True))
     assert torch.equal(model.blocks[0].fc2.weight, state["model.blocks.0.ffwd.net.2.weight"])
     assert torch.equal(model.blocks[0].qkv.bias, state["model.blocks.0.attn.qkv.bias"])
+
+
+def test_an_old_checkpoint_fits_a_run_with_the_default_model_options():
+    import dataclasses
+
+    import pytest
+
+    from frosty_lm.errors import FrostyError
+    from frosty_lm.model import GPTConfig
+    from frosty_lm.resume import check_compatible
+
+    hparams = torch.load(OLD, weights_only=True)["hyper_parameters"]
+    assert "position" not in hparams["model"]  # written before the model options existed
+    today = {f.name: f.default for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"}
+    run = {**today, **hparams["model"]}
+    adamw = {"name": "adamw"}
+    check_compatible(str(OLD), hparams, hparams["vocab"], run, adamw)  # ckpt_path=old.ckpt in a new run: accepted
+    with pytest.raises(FrostyError, match="has model.position=learned, this run model.position=rope"):
+        check_compatible(str(OLD), hparams, hparams["vocab"], {**run, "position": "rope"}, adamw)
+    with pytest.raises(FrostyError, match="was trained with optim=adamw, this run asks for optim=muon"):
+        check_compatible(str(OLD), hparams, hparams["vocab"], run, {"name": "muon"})

@@ -1,7 +1,18 @@
-import pytest
+"""Learning-rate schedules: by step, and by the share of a time budget (trainer.max_time) spent."""
+import math
 
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY
 from frosty_lm.errors import FrostyError
-from frosty_lm.schedule import lr_lambda
+from frosty_lm.schedule import budget_step, lr_lambda, timed
+
+# a tiny run limited by its time budget alone, every step's lr logged; no warm-up, so that a schedule by steps
+# would keep the lr near 1e-3 all along
+TIMED = [*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=100000", "trainer.log_every_n_steps=1",
+         "scheduler=cosine", "scheduler.warmup_steps=0", "dataset=text"]
 
 
 def test_cosine_warms_up_then_decays_to_the_floor():
@@ -20,3 +31,88 @@ def test_constant_and_bad_names():
     assert [lr_lambda("constant")(s) for s in (0, 10_000)] == [1.0, 1.0]
     with pytest.raises(FrostyError, match="use constant or cosine"):
         lr_lambda("linear")
+
+
+def test_a_time_budget_moves_the_schedule_by_the_larger_share_spent():
+    """budget_step: the steps done, or the share of max_time spent in steps of max_steps, whichever is further."""
+    assert budget_step(10, max_steps=1000, elapsed=0.0, max_time=60.0) == 10  # the step itself, an int
+    assert budget_step(10, max_steps=1000, elapsed=30.0, max_time=60.0) == pytest.approx(500)
+    assert budget_step(900, max_steps=1000, elapsed=30.0, max_time=60.0) == 900  # steps ahead of time
+    assert budget_step(10, max_steps=1000, elapsed=90.0, max_time=60.0) == pytest.approx(1500)
+
+
+def test_a_timed_cosine_warms_up_and_decays_with_the_clock():
+    """A fake clock: warm-up and decay follow the share of the 60 s budget spent while the steps lag behind."""
+    now = [0.0]
+    f = timed(lr_lambda("cosine", warmup_steps=100, decay_steps=1000, min_lr_ratio=0.1), max_steps=1000,
+              max_time=60.0, clock=lambda: now[0])
+    assert f(0) == pytest.approx(0.01)  # the first step of the warm-up, as by steps
+    now[0] = 3.0  # 5% of the budget: past the warm-up (10% of 1000 steps is 100 steps; 5% is 50)
+    assert f(3) == pytest.approx(0.51)
+    now[0] = 6.0 + 27.0  # 10% warm-up, then half of the decay
+    assert f(40) == pytest.approx(0.55)
+    now[0] = 60.0  # the budget spent: the floor, however few steps were done
+    assert f(200) == pytest.approx(0.1)
+    now[0] = 120.0
+    assert f(200) == pytest.approx(0.1)
+
+
+def test_without_time_ahead_a_timed_schedule_is_the_step_schedule_exactly():
+    step_factor = lr_lambda("cosine", warmup_steps=10, decay_steps=100, min_lr_ratio=0.1)
+    f = timed(step_factor, max_steps=100, max_time=1e9, clock=lambda: 1.0)
+    assert [f(s) for s in range(1, 120)] == [step_factor(s) for s in range(1, 120)]  # the same floats
+
+
+def test_a_warm_up_between_steps_does_not_overshoot():
+    f = lr_lambda("cosine", warmup_steps=10, decay_steps=100)
+    assert f(9.5) == 1.0 and f(4.5) == pytest.approx(0.55)
+
+
+def last_logged_lrs(run_dir) -> list:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("train/lr")]
+
+
+def test_a_run_limited_by_time_ends_at_the_schedules_floor(invoke, text_file, tmp_path):
+    """trainer.max_time=4 s with trainer.max_steps=100000: a cosine laid out over the steps would barely have left
+    its warm-up; laid out over the time budget, the lr ends at min_lr_ratio * optim.lr."""
+    run_dir = tmp_path / "r"
+    code, _, err = invoke("train.py", *TIMED, f"data.path={text_file}", "trainer.max_time=00:00:00:04",
+                          f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert 0 < ckpt["global_step"] < 100_000
+    assert ckpt["callbacks"]["Timer"]["time_elapsed"]["train"] >= 4
+    lrs = [g["lr"] for g in ckpt["optimizer_states"][0]["param_groups"]]
+    assert lrs == pytest.approx([1e-4, 1e-4], rel=0.05)  # 0.1 x 1e-3: the floor
+    logged = last_logged_lrs(run_dir)  # each step's lr, set after the step before it
+    assert logged[-1][0] == ckpt["global_step"] and logged[-1][1] < 0.3e-3  # the last step's: near the floor
+    assert all(a[1] >= b[1] for a, b in zip(logged, logged[1:]))  # down all along
+
+
+def test_a_resumed_time_budget_goes_on_from_the_time_spent(invoke, text_file, tmp_path):
+    """Stopped when its 2 s budget was spent (the Timer counts the validation at the stop too: more than 2 s), then
+    given 4 s more: the resumed run starts where the time spent left its cosine (the Timer's time is in the
+    checkpoint), not at the top, and ends at the floor."""
+    run_dir = tmp_path / "r"
+    assert invoke("train.py", *TIMED, f"data.path={text_file}", "trainer.max_time=00:00:00:02",
+                  f"hydra.run.dir={run_dir}")[0] == 0
+    first = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    spent = first["callbacks"]["Timer"]["time_elapsed"]["train"]
+    assert first["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-4, rel=0.05)
+    budget = math.ceil(spent) + 4
+    code, _, err = invoke("train.py", f"resume={run_dir}", f"trainer.max_time=00:00:00:{budget:02d}")
+    assert code == 0, err
+    last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] > first["global_step"]
+    assert last["callbacks"]["Timer"]["time_elapsed"]["train"] >= budget
+    assert last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-4, rel=0.05)
+    resumed = [(s, lr) for s, lr in last_logged_lrs(run_dir) if s > first["global_step"]]
+    def lr_after(seconds: float) -> float:
+        return 1e-3 * lr_lambda("cosine", decay_steps=100_000)(seconds / budget * 100_000)
+
+    assert resumed[0][0] == first["global_step"] + 1
+    # where the time spent had left the schedule, and the moments of the resumed run's start (callbacks measuring)
+    assert lr_after(spent + 1.5) <= resumed[0][1] <= lr_after(spent)
+    assert resumed[0][1] < 0.9e-3  # a run that started its schedule again would be near 1e-3

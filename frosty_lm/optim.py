@@ -1,0 +1,91 @@
+"""The optimizer a run trains with, from its `optim` settings (conf/optim/): AdamW for every weight (optim=adamw), or
+torch.optim.Muon for the blocks' weight matrices and AdamW for the rest (optim=muon).
+
+Lightning's automatic optimization wants one optimizer: MuonWithAdamW is one torch Optimizer whose param groups are
+Muon's and AdamW's (the same dicts) and whose state holds both, so that the LambdaLR schedule, gradient clipping,
+FrostyLM.on_train_start and checkpoints (a standard optimizer state dict) see one optimizer. Manual optimization
+would have meant doing gradient clipping, bf16 and the schedule's stepping by hand, each a place for a resumed run
+to differ from an uninterrupted one."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from frosty_lm.errors import FrostyError
+
+
+def optim_name(optim: dict) -> str:
+    """optim.name; settings stored before optim became a config group have none: they trained AdamW."""
+    return optim.get("name") or "adamw"
+
+
+def group_settings(optim: dict) -> list[dict]:
+    """The settings of each param group, in the optimizer's order, as `optim` gives them. adamw: matrices and
+    embeddings (weight decay), then biases and norm gains (none). muon: the blocks' weight matrices (Muon), then
+    embeddings and the head (AdamW with weight decay), then biases and norm gains (AdamW, no weight decay)."""
+    if optim_name(optim) == "adamw":
+        return [{"lr": optim["lr"], "betas": tuple(optim["betas"]), "weight_decay": decay}
+                for decay in (optim["weight_decay"], 0.0)]
+    adamw = [{"lr": optim["adamw_lr"], "betas": tuple(optim["betas"]), "weight_decay": decay}
+             for decay in (optim["adamw_weight_decay"], 0.0)]
+    muon = {"lr": optim["lr"], "momentum": optim["momentum"], "weight_decay": optim["weight_decay"],
+            "adjust_lr_fn": optim["adjust_lr_fn"]}
+    return [muon, *adamw]
+
+
+def make_optimizer(model: nn.Module, optim: dict) -> torch.optim.Optimizer:
+    """The optimizer of a GPT's parameters (model: the GPT) as `optim` sets it."""
+    if optim_name(optim) == "adamw":  # exactly the optimizer of Frosty before optim=muon: runs are unchanged
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # matrices and embeddings
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # biases and norm gains
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": optim["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=optim["lr"], betas=tuple(optim["betas"]), foreach=True,
+        )
+    blocks = model.blocks.parameters() if hasattr(model, "blocks") else []  # model=bigram has none: AdamW alone
+    hidden = [p for p in blocks if p.requires_grad and p.dim() == 2]  # qkv, proj, fc, fc2
+    taken = {id(p) for p in hidden}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]  # embeddings, head, 1-D
+    groups = [hidden, [p for p in rest if p.dim() >= 2], [p for p in rest if p.dim() < 2]]
+    muon, *adamw = [{"params": params, **settings} for params, settings in zip(groups, group_settings(optim))]
+    return MuonWithAdamW([muon], adamw)
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon for its first param groups (2-D weights only) and torch.optim.AdamW for the others, as one
+    optimizer. param_groups is the list of both optimizers' groups (the same dicts: a new lr set on one reaches the
+    optimizer that uses it) and state the one dict both keep their state in, so state_dict() and load_state_dict()
+    are torch's own, over all groups in order."""
+
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict]) -> None:
+        self.muon = torch.optim.Muon(muon_groups)
+        self.adamw = torch.optim.AdamW(adamw_groups, foreach=True)
+        self.muon_groups = len(self.muon.param_groups)
+        super().__init__([*self.muon.param_groups, *self.adamw.param_groups], defaults={})
+        self._share()
+
+    def _share(self) -> None:
+        """Point Muon and AdamW at this optimizer's groups and state (again after load_state_dict, which replaces
+        both)."""
+        self.muon.param_groups = self.param_groups[:self.muon_groups]
+        self.adamw.param_groups = self.param_groups[self.muon_groups:]
+        self.muon.state = self.adamw.state = self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or "momentum" not in groups[0]:
+            raise FrostyError("the checkpoint's optimizer is not optim=muon's: start from it with the optim it was "
+                              "trained with (its hyper_parameters.optim.name; none: adamw)")
+        super().load_state_dict(state_dict)
+        self._share()
+
+    def step(self, closure=None):
+        """One step of both: the closure (forward, backward, gradient clipping) once, then Muon's and AdamW's
+        updates."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
