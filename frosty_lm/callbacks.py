@@ -44,7 +44,7 @@ class CharThroughput(ThroughputMonitor):
         self.given_flops, self.window_size, self.peak = available_flops, window_size, None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        every = trainer.log_every_n_steps or 10  # 0: nothing is logged; the summary's speed is of the last 10 steps
+        every = trainer.log_every_n_steps or 10  # 0: nothing is logged; training_speed() then covers 10 steps
         every = min(every, trainer.max_steps) if trainer.max_steps > 0 else every
         self.kwargs["window_size"] = self.window_size or max(2, every)
         super().setup(trainer, pl_module, stage)  # available_flops: Lightning's peak for the device and dtype, or None
@@ -174,6 +174,14 @@ class EarlyStop(EarlyStopping):
         super().__init__(monitor="val/loss", mode="min", patience=patience or 1, min_delta=min_delta, verbose=False)
         self.enabled = patience is not None
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run keeps the patience it is given now (Lightning would restore the stored one), and a run
+        whose early stopping was off counts from the resume."""
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        if self.patience != patience:
+            self.patience, self.wait_count = patience, 0
+
     def _run_early_stopping_check(self, trainer) -> None:
         if not self.enabled:
             return
@@ -189,9 +197,10 @@ class StopOnInterrupt(L.Callback):
     step, validate, save the checkpoints, stop. stopped_by is then the signal (train.py exits with 128 + its
     number: 130, 143); a second signal aborts at once.
 
-    The handlers are installed when training starts, over Lightning's own: its SIGTERM handler, registered
-    when fit starts, would end the run after the step without validating or saving anything. The previous
-    handlers are put back when training ends (or fails), before Lightning restores the ones it found.
+    The handlers are installed when training starts (this callback's first, before the other callbacks' own
+    on_train_start work), over Lightning's own: its SIGTERM handler, registered when fit starts, would end the run
+    after the step without validating or saving anything. The previous handlers are put back when training ends
+    (or fails), before Lightning restores the ones it found.
     SIGUSR1, Lightning's SLURM requeue signal, is left alone. In a multi-process run every process stops at
     the same step, whichever of them received the signal."""
 

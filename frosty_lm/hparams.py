@@ -24,6 +24,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 
 from frosty_lm.callbacks import StopOnInterrupt
+from frosty_lm.errors import NonFiniteLoss
 
 # The keys shown in HPARAMS: a key is shown if it is one of these or under one of them (data.block_size is
 # model.block_size; the rest of data, trainer and the callbacks is plumbing). Hydra's keys (_target_) never are.
@@ -134,7 +135,9 @@ class HparamsStatus(L.Callback):
             write_status(trainer, "STATUS_SUCCESS")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, Exception):  # not KeyboardInterrupt: the user's abort leaves the run resumable
+        # not KeyboardInterrupt (the user's abort) nor a NaN stop (its error says to resume with a lower lr): the
+        # run stays resumable, and its resume records how it ends
+        if isinstance(exception, Exception) and not isinstance(exception, NonFiniteLoss):
             write_status(trainer, "STATUS_FAILURE")
 
 

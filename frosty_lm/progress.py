@@ -61,9 +61,8 @@ class _Prefixed(logging.Formatter):
 
 
 def duration(seconds: float) -> str:
-    """3725.2 -> '1:02:05'; 65 -> '1:05'."""
-    text = str(timedelta(seconds=round(seconds)))
-    return text.removeprefix("0:") if text.startswith("0:") else text
+    """3725.2 -> '1:02:05'; 65 -> '01:05'."""
+    return str(timedelta(seconds=round(seconds))).removeprefix("0:")
 
 
 class ProgressLines(L.Callback):
@@ -88,6 +87,7 @@ class ProgressLines(L.Callback):
         self._phase, self._since = "train", time.monotonic()
         self._line = {"step": 0, "time": 0.0, "chars": 0}
         self._loss_sum, self._loss_count = None, 0
+        self._step_seen = 0  # trainer.global_step at the last batch that ended a step
         self._started = time.monotonic()
 
     # bookkeeping: how long training and validation took
@@ -97,7 +97,7 @@ class ProgressLines(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._reset()
-        self._line["step"] = trainer.global_step
+        self._line["step"] = self._step_seen = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._phase == "val":
@@ -118,12 +118,16 @@ class ProgressLines(L.Callback):
     # the lines
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.steps += 1
         self.chars += batch[0].numel() * trainer.world_size
+        # Lightning's loss of a batch is divided by accumulate_grad_batches: a step's batches add up to its loss
         loss = outputs["loss"].detach() if isinstance(outputs, dict) and "loss" in outputs else None
         if loss is not None:  # summed without a sync: read only when a line is written
             self._loss_sum = loss.float() if self._loss_sum is None else self._loss_sum + loss.float()
-            self._loss_count += 1
+        if trainer.global_step == self._step_seen:  # gradients still accumulating: the step is not done
+            return
+        self._step_seen = trainer.global_step
+        self.steps += 1
+        self._loss_count += loss is not None
         if not trainer.is_global_zero:
             return
         now = time.monotonic()

@@ -193,8 +193,8 @@ def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, opt
                           f"corpus has {len(vocab)}): start from a checkpoint of the same corpus")
     defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
     stored, wanted = {**defaults, **hparams["model"]}, {**defaults, **model}
-    for key in ("block_size", "n_layer", "n_head", "n_embd", "bias", "position", "norm", "qk_norm", "activation",
-                "logit_softcap", "tie_weights"):
+    for key in ("kind", "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "norm", "qk_norm",
+                "activation", "logit_softcap", "tie_weights"):
         if stored.get(key) != wanted.get(key):
             raise FrostyError(f"{ckpt_path} has model.{key}={stored.get(key)}, this run "
                               f"model.{key}={wanted.get(key)}: use the checkpoint's model settings")

@@ -28,7 +28,7 @@ def newest_run(outputs_dir: str | Path, corpus: str | None = None) -> Path | Non
     or None; only runs on corpus if given. The one answer to "the latest run": resume=latest continues it,
     generate.py's run=latest samples its best.ckpt."""
     found = [p for p in Path(outputs_dir).rglob(str(LAST))
-             if p.is_file() and (corpus is None or run_corpus(p.parents[1]) == corpus)]
+             if p.is_file() and (corpus is None or on_corpus(p.parents[1], corpus))]
     return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
 
 
@@ -51,7 +51,7 @@ def best_run(outputs_dir: str | Path, corpus: str) -> BestRun | None:
         run = ckpt.parents[1]
         record = run_record(run)
         loss, steps = record.get("best_val_loss"), record.get("steps")
-        if ckpt.is_file() and record.get("status") == "finished" and _is_number(loss) and run_corpus(run) == corpus:
+        if ckpt.is_file() and record.get("status") == "finished" and _is_number(loss) and on_corpus(run, corpus):
             finished.append(BestRun(run, float(loss), int(steps) if _is_number(steps) else None, corpus, 0))
     if not finished:
         return None
@@ -68,13 +68,24 @@ def run_record(run: Path) -> dict:
 
 
 def run_corpus(run: Path) -> str | None:
-    """The corpus a run of train.py trained on: data.name in the .hydra/config.yaml Hydra wrote for it (nothing
-    else of the file is resolved); None if the file is missing, damaged or foreign."""
+    """The corpus a run of train.py trained on: data.name in the .hydra/config.yaml Hydra wrote for it, with
+    data.path if it names a file (nothing else of the file is resolved); None if the file is missing, damaged or
+    foreign."""
     try:
-        name = OmegaConf.load(run / ".hydra" / "config.yaml").data.name
+        data = OmegaConf.load(run / ".hydra" / "config.yaml").data
+        name, path = data.name, data.get("path")
     except Exception:  # unreadable, not YAML, not a mapping, no data.name: whatever the error, the corpus is unknown
         return None
-    return name if isinstance(name, str) else None
+    if not isinstance(name, str):
+        return None
+    # dataset=text runs are on whatever file data.path names: "text:FILE", so that two files do not compare
+    return f"{name}:{path}" if isinstance(path, str) and path and "${" not in path else name
+
+
+def on_corpus(run: Path, corpus: str) -> bool:
+    """Whether run trained on corpus: a name (frost, or text: any file) or a run's own "text:FILE"."""
+    found = run_corpus(run)
+    return found is not None and (found == corpus or found.startswith(f"{corpus}:"))
 
 
 def _is_number(value) -> bool:

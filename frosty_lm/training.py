@@ -27,7 +27,7 @@ from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import check_training_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep
 from frosty_lm.progress import FILE_ONLY, ProgressLines, keep_off_console
 from frosty_lm.resume import check_compatible, resume_if_asked
-from frosty_lm.sampling import sample_text
+from frosty_lm.sampling import default_prompt, sample_text
 from frosty_lm.status import RunLock, RunRecord
 
 log = logging.getLogger("frosty")
@@ -130,7 +130,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
     spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt()
-    callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [interrupt]
+    # first, so that its handlers are in place before the other callbacks' on_train_start (CopiedShare's index)
+    callbacks = [interrupt] + [make(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's other
     # jobs (bars would garble each other); progress lines take its place on the console
     bars = parallel_jobs() == 1 and sys.stdout.isatty()
@@ -184,6 +185,8 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float, text: str) -> No
     path = Path(checkpoint.best_model_path).resolve()
     model, vocab = model_from_checkpoint(load_checkpoint(path))
     prompt = corpus_prompt(text)
+    if any(ch not in vocab for ch in prompt):  # e.g. "\n" for a one-line corpus without line breaks
+        prompt = default_prompt(vocab)
     sample = sample_text(model, vocab, prompt, cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
     command = generate_command(path, prompt, cfg.seed)
     log.info("best checkpoint: %s", path)
@@ -204,8 +207,8 @@ def average_speed(trainer: L.Trainer) -> tuple[float, float | None] | None:
         return None
     throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
     peak = throughput.peak if throughput is not None else None
-    flops_per_char = trainer.lightning_module.flops_per_char
-    return speed, speed * flops_per_char / peak if peak else None
+    flops_per_char = trainer.lightning_module.flops_per_char  # the peak is one device's: so is the fraction
+    return speed, speed / trainer.world_size * flops_per_char / peak if peak else None
 
 
 def corpus_prompt(text: str, words: int = 3) -> str:

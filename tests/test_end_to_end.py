@@ -1,6 +1,7 @@
 """train.py and generate.py as a user runs them, in subprocesses."""
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -132,7 +133,19 @@ def test_generate_uses_the_best_finished_run_when_no_checkpoint_is_given(trained
     monkeypatch.chdir(tmp_path)
     code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10")
     assert code == 0 and out.startswith("Snow") and "best.ckpt" not in out  # messages go to stderr only
-    assert "using outputs/runs/r1/checkpoints/best.ckpt: best of 1 finished run on text, val loss " in err
+    corpus = trained_run.parent / "corpus.txt"  # a dataset=text run's corpus is its file: runs on two files differ
+    assert f"using outputs/runs/r1/checkpoints/best.ckpt: best of 1 finished run on text:{corpus}, val loss " in err
+    other = outputs / "runs" / "r2"  # a better run on another text file: not compared with r1
+    shutil.copytree(trained_run, other)
+    config = other / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace(str(corpus), str(tmp_path / "other.txt")))
+    record = json.loads((other / "status.json").read_text())
+    (other / "status.json").write_text(json.dumps({**record, "best_val_loss": 0.5}))
+    os.utime(other / "checkpoints" / "last.ckpt", (1, 1))  # older: r1 stays the newest run
+    code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10")
+    assert code == 0 and f"outputs/runs/r1/checkpoints/best.ckpt: best of 1 finished run on text:{corpus}" in err
+    code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10", "corpus=text")  # any text file
+    assert code == 0 and "outputs/runs/r2/checkpoints/best.ckpt: best of 2 finished runs on text" in err
 
 
 def test_prompt_outside_the_vocabulary_is_a_clear_error(trained_run, invoke):
