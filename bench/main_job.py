@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from bench.common import ROOT, machine  # noqa: E402
 
 
@@ -38,8 +40,6 @@ def timed_run(precision: str, overrides: list[str]) -> dict:
 def main() -> None:
     overrides = sys.argv[1:]
     print(machine())
-    import torch
-
     native = any(getattr(torch.cpu, n, lambda: False)() for n in ("_is_avx512_bf16_supported",
                                                                      "_is_amx_tile_supported"))
     results = {}

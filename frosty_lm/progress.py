@@ -90,6 +90,11 @@ class ProgressLines(L.Callback):
         self._step_seen = 0  # trainer.global_step at the last batch that ended a step
         self._started = time.monotonic()
 
+    @property
+    def _where(self) -> dict | None:
+        """logging's `extra=` for this callback's lines: train.log only while the Rich bar shows the progress."""
+        return None if self.on_console else FILE_ONLY
+
     # bookkeeping: how long training and validation took
 
     def _train_time(self, now: float) -> float:
@@ -144,7 +149,7 @@ class ProgressLines(L.Callback):
             per_step = self._train_time(now) / self.steps
             log.info("time estimate: %s for the remaining %d steps (%.0f ms/step over the first %d; validations not "
                      "yet included)", duration(remaining), self.remaining_steps(trainer), 1000 * per_step, self.steps,
-                     extra=None if self.on_console else FILE_ONLY)
+                     extra=self._where)
 
     def _log_progress(self, trainer, now: float) -> None:
         train_time = self._train_time(now)
@@ -156,7 +161,7 @@ class ProgressLines(L.Callback):
         eta = self.eta(trainer, now)
         log.info("step %d%s  train loss %.4f  %s chars/s  elapsed %s%s", step, of, loss, f"{speed:,.0f}",
                  duration(now - self._started), f"  ETA {duration(eta)}" if eta is not None else "",
-                 extra=None if self.on_console else FILE_ONLY)
+                 extra=self._where)
         self._line = {"step": step, "time": train_time, "chars": self.chars}
         self._loss_sum, self._loss_count = None, 0
 
@@ -170,7 +175,7 @@ class ProgressLines(L.Callback):
         val, best = float(metrics["val/loss"]), float(getattr(pl_module, "best_val_loss", math.inf))
         note = "new best" if val <= best else f"best {best:.4f}"
         log.info("validation at step %d: val loss %.4f (%.4f bpc), %s", trainer.global_step, val, val / math.log(2),
-                 note, extra=None if self.on_console else FILE_ONLY)
+                 note, extra=self._where)
         if self.record is not None:
             now = time.monotonic()
             eta = self.eta(trainer, now)

@@ -86,14 +86,7 @@ def test_the_defaults_give_the_weights_logits_and_training_of_the_code_before_th
     assert loss.item() == pytest.approx(r["loss"], abs=1e-6)
     model.train()
     torch.manual_seed(1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(5):
-        loss = model(idx, idx)[1]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adamw_steps(model, idx, idx, 5)
     assert losses == pytest.approx(r["train_losses"], abs=1e-5)
     assert model(idx, idx)[1].item() == pytest.approx(r["loss_after"], abs=1e-5)
 
@@ -135,21 +128,25 @@ def test_cached_generation_equals_uncached_past_the_block(options, monkeypatch):
     assert torch.allclose(logits[0], logits[1], atol=1e-4)
 
 
+def adamw_steps(model, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[float]:
+    """The losses of `steps` AdamW steps (lr 1e-2) on the batch x -> y."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        loss = model(x, y)[1]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
 
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS)
 def test_a_tiny_model_with_the_option_trains(options):
     model = tiny(**options).train()
     torch.manual_seed(1)
     idx = torch.randint(V, (1, 8)).repeat(4, 3)[:, : BLOCK + 1]  # (4, 17): a pattern to learn
-    x, y = idx[:, :-1], idx[:, 1:]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(x, y)[1]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adamw_steps(model, idx[:, :-1], idx[:, 1:], 8)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0] - 0.5, losses
 
