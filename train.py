@@ -1,11 +1,16 @@
 """Train a character GPT: `python train.py model=small dataset=frost` (see conf/train.yaml)."""
+from frosty_lm.interrupts import exit_when_interrupted, interrupt_on_signals
+
+if __name__ == "__main__":  # first: Ctrl-C or SIGTERM while the rest loads is one line too (exit 130, 143)
+    interrupt_on_signals("before training started: nothing was saved")
+
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
-from frosty_lm.cli import exit_on_user_error, exit_when_interrupted, interrupt_on_signals, quiet_lightning
+from frosty_lm.cli import exit_on_user_error, quiet_lightning
 from frosty_lm.config_checks import check_early
 
 
@@ -20,5 +25,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    interrupt_on_signals()  # Ctrl-C or SIGTERM before training starts: one line and exit 130 or 143, no traceback
-    exit_when_interrupted(main, "before training started: nothing was saved")
+    exit_when_interrupted(main)

@@ -1,8 +1,13 @@
 """What the benchmarks share: the corpus, model presets, the machine, the seed-style reference."""
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +39,43 @@ def model_preset(name: str, **overrides) -> dict:
         raise SystemExit(f"error: no model preset {name}: choose one of {choices}") from None
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return cfg
+
+
+NANOGPT_CPU_RECIPE = [  # nanoGPT's CPU recipe from its README, as train.py overrides (bench/time_to_quality.py)
+    "model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.block_size=64", "model.dropout=0.0",
+    "data.batch_size=12", "optim=adamw", "optim.lr=1e-3", "optim.betas=[0.9,0.99]", "optim.weight_decay=0.1",
+    "scheduler=cosine", "scheduler.warmup_steps=100", "scheduler.min_lr_ratio=0.1", "trainer.max_steps=2000",
+    "trainer.val_check_interval=250", "trainer.gradient_clip_val=1.0", "trainer.precision=32-true"]
+
+
+@dataclass
+class TimedRun:
+    wall: float                       # seconds from launch to exit
+    curve: list[tuple[float, float]]  # (seconds from launch, val loss) at each validation
+    status: dict                      # the run's status.json (steps, best_val_loss, ...)
+
+
+def timed_run(overrides: list[str], outputs: Path, name: str | None = None) -> TimedRun:
+    """`python train.py *overrides` in a new run directory under outputs (named `name`, or runN), timed from launch;
+    its validations are read from its TensorBoard events. A failed run ends the benchmark with its output."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = outputs / (name or f"run{len(list(outputs.iterdir()))}")
+    launch = time.time()
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, cwd=outputs)
+    wall = time.time() - launch
+    if done.returncode != 0:
+        raise SystemExit(f"error: train.py {' '.join(overrides)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    curve = [(e.wall_time - launch, e.value) for e in events.Scalars("val/loss")]
+    return TimedRun(wall, curve, json.loads((run_dir / "status.json").read_text()))
+
+
+def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
+    """Seconds from launch to the first validation at or below target; None if none was."""
+    return next((seconds for seconds, loss in curve if loss <= target), None)
 
 
 def machine() -> str:

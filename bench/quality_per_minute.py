@@ -1,78 +1,53 @@
-"""Quality per minute: the seed-style reference trained for a fixed wall time with the seed's settings
-(AdamW lr 3e-4, dropout 0.2, batch 32, fp32), validated every --val-every steps on the exact val split
-(the same fixed windows as Frosty), reporting its best val loss. Compare with Frosty in the same time:
+"""Quality per minute: the val loss that the default `python train.py`, the speedrun preset (+experiment=speedrun)
+and nanoGPT's CPU recipe (bench/time_to_quality.py's reference) reach in 1, 2 and 5 minutes on frost, one run at a
+time on all cores. The default and the preset get each budget as trainer.max_time with trainer.max_steps lifted
+(their schedule laid over the time); the reference trains its 2,000 steps once, and its column is its val loss at
+its last validation by the time (from launch) of the other two's last one in each budget. The runs are kept, for
+the plot of val loss against wall time:
 
-    python bench/quality_per_minute.py --seconds 180
-    python train.py trainer.max_time=00:00:03:00            # Frosty's small preset, same 3 minutes
+    python bench/quality_per_minute.py --out outputs/quality_per_minute
+    python -m frosty_lm.report outputs/quality_per_minute/*_5min outputs/quality_per_minute/reference --x time
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+from bench.common import NANOGPT_CPU_RECIPE, machine, timed_run  # noqa: E402
 
-from bench.common import SeedGPT, corpus_text, machine, model_preset  # noqa: E402
-from frosty_lm.data import RandomWindows, fixed_windows  # noqa: E402
-from frosty_lm.tokenizer import CharTokenizer  # noqa: E402
-
-
-@torch.no_grad()
-def val_loss(model: SeedGPT, windows, batch_size: int) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    x_all, y_all = windows.tensors
-    for i in range(0, len(x_all), batch_size):
-        logits, _ = model(x_all[i : i + batch_size])
-        y = y_all[i : i + batch_size]
-        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum").item()
-        count += int((y != -1).sum())
-    model.train()
-    return total / count
+RECIPES = {"default": [], "speedrun": ["+experiment=speedrun"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=180)
-    parser.add_argument("--model", default="small", help="conf/model preset for the sizes (default small)")
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--val-every", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--out", type=Path, required=True, help="a new directory for the runs")
+    parser.add_argument("--minutes", type=int, nargs="+", default=[1, 2, 5])
     args = parser.parse_args()
-    cfg = model_preset(args.model, dropout=args.dropout)
-    text = corpus_text()
-    tok = CharTokenizer.from_text(text)
-    data = tok.encode_tensor(text)
-    n_val = int(len(data) * 0.1)
-    train, val = data[: len(data) - n_val], data[len(data) - n_val :]
-    windows = fixed_windows(val, cfg["block_size"])
-    torch.manual_seed(args.seed)
-    model = SeedGPT(vocab_size=len(tok), **cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    batches = RandomWindows(train, cfg["block_size"], args.batch_size, seed=args.seed)
-    best, step, start = math.inf, 0, time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        x, y = batches.batch(step)
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if step % args.val_every == 0:
-            best = min(best, val_loss(model, windows, args.batch_size))
-    best = min(best, val_loss(model, windows, args.batch_size))
-    print(f"machine: {machine()}")
-    print(f"seed-style reference, {args.model} sizes ({cfg['n_layer']} layers, {cfg['n_embd']} wide, context "
-          f"{cfg['block_size']}), lr {args.lr}, dropout {args.dropout}, batch {args.batch_size}: {step} steps in "
-          f"{time.perf_counter() - start:.0f} s, best val loss {best:.4f} ({best / math.log(2):.4f} bits/char)")
+    args.out.mkdir(parents=True, exist_ok=False)
+    print(machine())
+    reference = timed_run(NANOGPT_CPU_RECIPE, args.out.resolve(), "reference")
+    print(f"reference: {reference.wall:.0f} s from launch to exit, final val loss {reference.curve[-1][1]:.4f}",
+          flush=True)
+    rows = {}
+    for minutes in args.minutes:
+        for name, overrides in RECIPES.items():
+            run = timed_run([*overrides, f"trainer.max_time=00:00:{minutes:02d}:00", "trainer.max_steps=1000000"],
+                            args.out.resolve(), f"{name}_{minutes}min")
+            rows[minutes, name] = run
+            print(f"{name}, {minutes} min: best val loss {run.status['best_val_loss']:.4f} after "
+                  f"{run.status['steps']} steps, {run.wall:.0f} s from launch to exit", flush=True)
+    print("\n| budget | default `python train.py` | `+experiment=speedrun` | nanoGPT's CPU recipe (reference) |")
+    print("| --- | --- | --- | --- |")
+    for minutes in args.minutes:
+        cutoff = max(rows[minutes, name].curve[-1][0] for name in RECIPES)  # their last validation, from launch
+        within = [loss for seconds, loss in reference.curve if seconds <= cutoff]
+        ref = f"{within[-1]:.3f}" if within else "(no validation yet)"
+        cells = [f"{rows[minutes, name].status['best_val_loss']:.3f} ({rows[minutes, name].status['steps']:,} steps)"
+                 for name in RECIPES]
+        print(f"| {minutes} min | {' | '.join(cells)} | {ref} |")
 
 
 if __name__ == "__main__":

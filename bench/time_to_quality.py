@@ -13,38 +13,13 @@ validation at or below it, counted from the launch), so it is measured at valida
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, machine  # noqa: E402
-
-REFERENCE = ["model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.block_size=64", "model.dropout=0.0",
-             "data.batch_size=12", "optim=adamw", "optim.lr=1e-3", "optim.betas=[0.9,0.99]", "optim.weight_decay=0.1",
-             "scheduler=cosine", "scheduler.warmup_steps=100", "scheduler.min_lr_ratio=0.1", "trainer.max_steps=2000",
-             "trainer.val_check_interval=250", "trainer.gradient_clip_val=1.0", "trainer.precision=32-true"]
-
-
-def timed_run(overrides: list[str], outputs: Path) -> tuple[float, list[tuple[float, float]]]:
-    """Seconds from launch to exit, and the run's (seconds from launch, val loss) at each validation."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    run_dir = outputs / f"run{len(list(outputs.iterdir()))}"
-    launch = time.time()
-    subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"], check=True,
-                   capture_output=True, cwd=outputs)
-    wall = time.time() - launch
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return wall, [(e.wall_time - launch, e.value) for e in events.Scalars("val/loss")]
-
-
-def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
-    return next((seconds for seconds, loss in curve if loss <= target), None)
+from bench.common import NANOGPT_CPU_RECIPE, machine, time_to, timed_run  # noqa: E402
 
 
 def main() -> None:
@@ -52,9 +27,11 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         outputs = Path(tmp)
-        ref_wall, ref_curve = timed_run(REFERENCE, outputs)
+        reference = timed_run(NANOGPT_CPU_RECIPE, outputs)
+        ref_wall, ref_curve = reference.wall, reference.curve
         target = ref_curve[-1][1]
-        wall, curve = timed_run(frosty, outputs)
+        run = timed_run(frosty, outputs)
+        wall, curve = run.wall, run.curve
     ref_time, frosty_time = time_to(ref_curve, target), time_to(curve, target)
     print(f"reference (nanoGPT's CPU recipe): {ref_wall:.0f} s from launch to exit, final val loss {target:.4f} "
           f"(the target), first reached after {ref_time:.0f} s")

@@ -200,7 +200,9 @@ class StopOnInterrupt(L.Callback):
     The handlers are installed when training starts (this callback's first, before the other callbacks' own
     on_train_start work), over Lightning's own: its SIGTERM handler, registered when fit starts, would end the run
     after the step without validating or saving anything. The previous handlers are put back when training ends
-    (or fails), before Lightning restores the ones it found.
+    (or fails), before Lightning restores the ones it found. A signal before that, during Lightning's setup (the
+    checkpoint restore, the peak measurement), raises in the entry point's handler (interrupts.py), which Lightning
+    turns into exit status 1: before_training keeps the signal, so that fit() can report it as an interruption.
     SIGUSR1, Lightning's SLURM requeue signal, is left alone. In a multi-process run every process stops at
     the same step, whichever of them received the signal."""
 
@@ -209,9 +211,12 @@ class StopOnInterrupt(L.Callback):
     def __init__(self) -> None:
         self.received: signal.Signals | None = None  # the signal this process received
         self.stopped_by: signal.Signals | None = None  # the signal that stopped the run (in any process)
+        self.before_training: int | None = None  # a signal during Lightning's setup, before these handlers
         self._previous: dict = {}
+        self._started = False
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._started = True
         if threading.current_thread() is threading.main_thread():  # Python sets handlers from the main thread only
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._request_stop)
@@ -239,4 +244,6 @@ class StopOnInterrupt(L.Callback):
         self._previous = {}
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        if isinstance(exception, KeyboardInterrupt) and not self._started:  # interrupts.Interrupted, from the entry
+            self.before_training = getattr(exception, "signum", signal.SIGINT)  # point's handler: Lightning exits 1
         self.on_train_end(trainer, pl_module)

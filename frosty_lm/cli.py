@@ -55,36 +55,6 @@ class SweepStop:
     signum: int | None = None
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM outside training (StopOnInterrupt handles them during training); signum: which."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def interrupt_on_signals() -> None:
-    """From now on Ctrl-C and SIGTERM raise Interrupted (SIGTERM would otherwise end the process without a word),
-    so that exit_when_interrupted can say what happened; training installs its own handling over this one."""
-    def handler(signum, frame) -> None:
-        raise Interrupted(signum)
-
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, handler)
-
-
-def exit_when_interrupted(main, when: str) -> None:
-    """Run an entry point's main(); Ctrl-C or SIGTERM that reaches here (when: e.g. "before training started")
-    prints one line instead of a traceback, and exits with 128 + the signal's number (130, 143)."""
-    try:
-        main()
-    except KeyboardInterrupt as err:
-        signum = getattr(err, "signum", signal.SIGINT)
-        print(f"\ninterrupted by {signal.Signals(signum).name} {when}".rstrip(), file=sys.stderr, flush=True)
-        sys.exit(128 + signum)
-
-
 def stop_sweep_on_signals(forward: bool = False) -> None:
     """Ctrl-C or SIGTERM in a sweep's process (its main process, forward=True, or a joblib worker) sets SweepStop
     instead of killing the process, so that the sweep ends with its summary and no worker is left behind; the
@@ -160,7 +130,8 @@ def exit_on_user_error(func):
 
 
 def _no_tips(record: logging.LogRecord) -> bool:
-    return "Tip:" not in record.getMessage()
+    message = record.getMessage()  # a tip, or Lightning's own line for a Ctrl-C that train.py reports itself
+    return "Tip:" not in message and "Detected KeyboardInterrupt" not in message
 
 
 def quiet_lightning() -> None:

@@ -117,7 +117,8 @@ class RunLock:
 
 class SweepSummary(Callback):
     """Hydra callback: at the start of a sweep, refuse a sweep directory in use; at the end, one line for the
-    sweep and one per failed job; exit status 1 if any job failed (the others have all run)."""
+    sweep and one per failed or refused job; exit status 1 if any job failed or was refused (the others have all
+    run)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """A sweep directory that already holds a sweep is refused before anything is written to it."""
@@ -139,8 +140,10 @@ class SweepSummary(Callback):
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
         counts = {state: sum(r.get("status") == state for r in records.values())
                   for state in ("finished", "interrupted", "not run")}
+        from hydra_plugins.frosty_sweeper import REFUSED as refused  # jobs that could not be composed: no directory
+        counts["refused"] = len(refused)
         stopped = "".join(f", {n} {state}" for state, n in counts.items() if n and state != "finished")
-        print(f"sweep {sweep}: {counts['finished']} of {len(records)} runs finished{stopped}; "
+        print(f"sweep {sweep}: {counts['finished']} of {len(records) + len(refused)} runs finished{stopped}; "
               f"compare them with: python -m frosty_lm.report {sweep}", file=sys.stderr, flush=True)
         for name, record in records.items():
             if record.get("status") == "interrupted":
@@ -148,7 +151,9 @@ class SweepSummary(Callback):
                       file=sys.stderr, flush=True)
         for name, record in failed.items():
             print(f"failed: {name}: {record.get('error')}", file=sys.stderr, flush=True)
+        for why in refused:
+            print(f"refused: {why}", file=sys.stderr, flush=True)
         if SweepStop.signum is not None:
             sys.exit(128 + SweepStop.signum)
-        if failed:
+        if failed or refused:
             sys.exit(1)

@@ -23,6 +23,7 @@ from frosty_lm.cli import SweepStop, in_sweep, stop_sweep_on_signals
 from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError, NonFiniteLoss
+from frosty_lm.interrupts import Interrupted
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import check_training_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep
 from frosty_lm.progress import FILE_ONLY, ProgressLines, keep_off_console
@@ -152,6 +153,11 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     except NonFiniteLoss as err:
         raise FrostyError(f"{err}; {nan_advice(trainer, cfg)}") from None
+    except SystemExit:
+        if interrupt.before_training is None:
+            raise
+        record.training_started = False  # Ctrl-C or SIGTERM in Lightning's setup, which exits 1: not one step ran
+        raise Interrupted(interrupt.before_training) from None
     best = float(model.best_val_loss)
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
     try:

@@ -86,6 +86,20 @@ def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
                                                                  "n_head=4": "finished"}
 
 
+def test_a_job_with_an_option_that_does_not_exist_is_refused_alone_and_the_others_run(text_file, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [a for a in SWEEP if not a.startswith("model=")]
+    result = run("train.py", "-m", *args, "dataset=text", f"data.path={text_file}", "model=tiny,nosuch",
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
+    why = "model=nosuch: conf/model has no option nosuch; choose one of: bigram, large, medium, small, tiny"
+    assert result.returncode == 1, result.stderr  # the sweep ran, and says that a job was refused
+    assert f"error: a job refused: {why}" in result.stderr
+    assert "1 of 2 runs finished, 1 refused" in result.stderr and f"refused: {why}" in result.stderr
+    assert "Traceback" not in result.stderr and "Available options" not in result.stderr
+    (record,) = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
+    assert record["status"] == "finished" and "model=tiny" in record["overrides"]
+
+
 def test_report_tells_a_killed_run_from_a_running_one(tmp_path, capsys):
     for name, pid in (("gone", 999_999_999), ("alive", os.getpid())):
         (tmp_path / name).mkdir()

@@ -6,6 +6,7 @@ import re
 import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -175,6 +176,50 @@ def test_a_signal_before_training_starts_is_one_line_and_its_exit_status(tmp_pat
     assert proc.returncode == code, output
     assert output.rstrip().endswith(f"interrupted by {signum.name} before training started: nothing was saved")
     assert "Traceback" not in output and not (run_dir / "checkpoints").exists()
+
+
+class SignalAtSetup(L.Callback):
+    """Test-only: sends this process `signum` from Lightning's setup, before training (and our handlers) start."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        signal.raise_signal(self.signum)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_lightnings_setup_is_an_interruption_not_a_failure(tmp_path, signum, code):
+    (tmp_path / "corpus.txt").write_text(poem())
+    run_dir = tmp_path / "r"
+    result = run("train.py", "model=tiny", "dataset=text", f"data.path={tmp_path / 'corpus.txt'}",
+                 f"hydra.run.dir={run_dir}", "+callbacks.signal._target_=test_stops.SignalAtSetup",
+                 f"+callbacks.signal.signum={int(signum)}", cwd=tmp_path,
+                 env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output  # Lightning itself exits 1 on a KeyboardInterrupt in its setup
+    assert output.rstrip().endswith(f"interrupted by {signum.name} before training started: nothing was saved")
+    assert "Traceback" not in output and "Detected KeyboardInterrupt" not in output
+    record = json.loads((run_dir / "status.json").read_text())
+    assert (record["status"], record["error"]) == ("interrupted", "stopped before training started")
+    assert not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_while_train_py_loads_is_one_line_and_exit_130(tmp_path):
+    import time
+
+    (tmp_path / "corpus.txt").write_text(poem())
+    for delay in (0.2, 0.5, 1.0):  # importing Hydra, composing the config, importing torch and Lightning
+        proc = start("train.py", "model=tiny", "dataset=text", f"data.path={tmp_path / 'corpus.txt'}",
+                     f"hydra.run.dir={tmp_path / str(delay)}", cwd=tmp_path)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 130, (delay, output)
+        assert output.rstrip().endswith("interrupted by SIGINT before training started: nothing was saved"), output
+        assert "Traceback" not in output, output
 
 
 def test_early_stopping_stops_after_patience_validations_and_keeps_the_best(invoke, rising_corpus, tmp_path):

@@ -1,5 +1,6 @@
-"""SIGTERM or Ctrl-C to a sweep: running jobs save and stop, the others do not start, no worker is left behind,
-and the sweep ends with its summary and 128 + the signal's number."""
+"""SIGTERM or Ctrl-C to a sweep (to its main process, or to all its processes as a terminal's Ctrl-C does): running
+jobs save and stop, the others do not start, no worker is left behind, and the sweep ends with its summary and
+128 + the signal's number."""
 import json
 import os
 import signal
@@ -21,22 +22,28 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["joblib", "basic"])
-def test_sigterm_to_a_sweep_stops_it_cleanly(launcher, text_file, tmp_path):
+@pytest.mark.parametrize("launcher, signum, to", [("joblib", signal.SIGTERM, "main"), ("basic", signal.SIGTERM, "main"),
+                                                  ("joblib", signal.SIGINT, "main"),  # kill -INT PID
+                                                  ("joblib", signal.SIGINT, "group")])  # Ctrl-C in a terminal
+def test_a_signal_to_a_sweep_stops_it_cleanly(launcher, signum, to, text_file, tmp_path):
     sweep = tmp_path / "sweep"
     extra = ["hydra/launcher=basic"] if launcher == "basic" else []  # joblib, 2 jobs at a time, is the default
     command = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "trainer.max_steps=100000",
                "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}", "model.dropout=0.0,0.1,0.2",
                *extra, f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's job
     first = sweep / "dropout=0.0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while not first.is_file():  # a job is training
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    if to == "group":  # every process of the sweep at once, the main process and its workers
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
     states = sorted(r["status"] for r in records.values())

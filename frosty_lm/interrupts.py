@@ -1,0 +1,53 @@
+"""Ctrl-C and SIGTERM outside training (training stops on them itself: callbacks.StopOnInterrupt): one line and exit
+status 128 + the signal's number (130, 143), never a traceback, from an entry point's first line on. The standard
+library only, so that it is in place before the heavy imports."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM outside training; signum: which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _EntryPoint:
+    when = ""        # what the line says after "interrupted by SIGINT", e.g. "before training started"
+    running = False  # main() has started: signals raise Interrupted, for the code on the way out to record it
+
+
+def exit_interrupted(signum: int) -> None:
+    logging.disable(logging.INFO)  # nothing after this line (torch, stopped while it loads, logs statistics at exit)
+    print(f"\ninterrupted by {signal.Signals(signum).name} {_EntryPoint.when}".rstrip(), file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
+def interrupt_on_signals(when: str) -> None:
+    """From now on Ctrl-C and SIGTERM end the process with one line, "interrupted by SIGINT <when>", and 128 + the
+    signal's number (SIGTERM would otherwise end it without a word): at once while the entry point is still
+    importing (there is nothing to clean up), and through Interrupted once exit_when_interrupted runs its main()."""
+    _EntryPoint.when = when
+
+    def handler(signum, frame) -> None:
+        if _EntryPoint.running:
+            raise Interrupted(signum)
+        exit_interrupted(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, handler)
+
+
+def exit_when_interrupted(main) -> None:
+    """Run an entry point's main(); Ctrl-C or SIGTERM that reaches here ends it as interrupt_on_signals says."""
+    _EntryPoint.running = True
+    try:
+        main()
+    except KeyboardInterrupt as err:
+        exit_interrupted(getattr(err, "signum", signal.SIGINT))

@@ -1,0 +1,51 @@
+"""Frosty's sweeper: Hydra's basic sweeper (a grid over comma-separated values), except that a job whose config
+cannot be composed (an option that does not exist: `-m model=tiny,nosuch`) is refused alone, with one line, and
+the other jobs run. Hydra's own composes every job before running any, and one bad value stops the whole sweep.
+Hydra finds it here (its plugins live in the hydra_plugins package) and registers it after its own basic sweeper,
+under that name (`hydra/sweeper: basic`, Hydra's default), so that a search preset's `override /hydra/sweeper:
+optuna` still replaces it."""
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+REFUSED: list[str] = []  # why each refused job was, for the sweep's summary (frosty_lm.status.SweepSummary)
+
+
+def composition_error(err: ConfigCompositionException, overrides: Sequence[str]) -> str:
+    """One line for a job whose config cannot be composed (Hydra's message lists the options over several lines)."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, option = err.missing_cfg_file.rsplit("/", 1)
+        options = ", ".join(o for o in err.options or [] if not o.startswith("_"))
+        return f"{group}={option}: conf/{group} has no option {option}; choose one of: {options}"
+    return f"{str(err).strip().splitlines()[0]} (the job: {' '.join(overrides)})"
+
+
+class FrostySweeper(BasicSweeper):
+    def get_job_batch(self) -> Sequence[Sequence[str]]:
+        """The next batch of jobs, less those whose config cannot be composed (each refused with one line)."""
+        batch = []
+        while not batch and not self.is_done():
+            for overrides in super().get_job_batch():
+                try:
+                    self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                except ConfigCompositionException as err:
+                    REFUSED.append(composition_error(err, overrides))
+                    print(f"error: a job refused: {REFUSED[-1]}", file=sys.stderr, flush=True)
+                    continue
+                batch.append(overrides)
+        return batch
+
+
+@dataclass
+class FrostySweeperConf:
+    _target_: str = "hydra_plugins.frosty_sweeper.FrostySweeper"
+    max_batch_size: int | None = None
+    params: dict | None = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="basic", node=FrostySweeperConf, provider="frosty")
