@@ -10,6 +10,8 @@ validation at or below it, counted from the launch), so it is measured at valida
 
     python bench/time_to_quality.py                                  # the default python train.py
     python bench/time_to_quality.py optim=muon                       # any train.py overrides for Frosty's side
+    python bench/time_to_quality.py -- +experiment=speedrun -- optim.lr=3e-3   # several commands after one
+                                       # reference, in turn, "--" between them (here: the default first)
 """
 from __future__ import annotations
 
@@ -23,23 +25,28 @@ from bench.common import NANOGPT_CPU_RECIPE, machine, time_to, timed_run  # noqa
 
 
 def main() -> None:
-    frosty = sys.argv[1:]
+    commands = [[]]  # train.py's overrides for each command: "--" separates them
+    for arg in sys.argv[1:]:
+        if arg == "--":
+            commands.append([])
+        else:
+            commands[-1].append(arg)
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         outputs = Path(tmp)
         reference = timed_run(NANOGPT_CPU_RECIPE, outputs)
-        ref_wall, ref_curve = reference.wall, reference.curve
-        target = ref_curve[-1][1]
-        run = timed_run(frosty, outputs)
-        wall, curve = run.wall, run.curve
-    ref_time, frosty_time = time_to(ref_curve, target), time_to(curve, target)
-    print(f"reference (nanoGPT's CPU recipe): {ref_wall:.0f} s from launch to exit, final val loss {target:.4f} "
-          f"(the target), first reached after {ref_time:.0f} s")
-    reached = f"reached the target after {frosty_time:.0f} s" if frosty_time is not None else "never reached it"
-    print(f"python train.py {' '.join(frosty)}: {wall:.0f} s from launch to exit, best val loss "
-          f"{min(v for _, v in curve):.4f}; {reached}")
-    if frosty_time is not None:
-        print(f"time to the reference's quality, Frosty / reference: {frosty_time / ref_time:.2f}")
+        target = reference.curve[-1][1]
+        ref_time = time_to(reference.curve, target)
+        print(f"reference (nanoGPT's CPU recipe): {reference.wall:.0f} s from launch to exit, final val loss "
+              f"{target:.4f} (the target), first reached after {ref_time:.0f} s", flush=True)
+        for overrides in commands:
+            run = timed_run(overrides, outputs)
+            frosty_time = time_to(run.curve, target)
+            reached = f"reached the target after {frosty_time:.0f} s" if frosty_time is not None else "never reached it"
+            print(f"python train.py {' '.join(overrides)}: {run.wall:.0f} s from launch to exit, best val loss "
+                  f"{min(v for _, v in run.curve):.4f}; {reached}", flush=True)
+            if frosty_time is not None:
+                print(f"time to the reference's quality, Frosty / reference: {frosty_time / ref_time:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
 from frosty_lm.errors import FrostyError
+from frosty_lm.interrupts import same_press
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
 
@@ -208,8 +210,10 @@ class StopOnInterrupt(L.Callback):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, sweep_job: bool = False) -> None:
+        self.sweep_job = sweep_job  # a sweep's job: a Ctrl-C that comes twice at once is one (interrupts.same_press)
         self.received: signal.Signals | None = None  # the signal this process received
+        self._received_at = 0.0
         self.stopped_by: signal.Signals | None = None  # the signal that stopped the run (in any process)
         self.before_training: int | None = None  # a signal during Lightning's setup, before these handlers
         self._previous: dict = {}
@@ -223,8 +227,10 @@ class StopOnInterrupt(L.Callback):
 
     def _request_stop(self, signum, frame) -> None:
         if self.received is not None:
+            if self.sweep_job and same_press(signum, self.received, self._received_at):
+                return
             raise KeyboardInterrupt
-        self.received = signal.Signals(signum)
+        self.received, self._received_at = signal.Signals(signum), time.monotonic()
         what = "interrupted" if signum == signal.SIGINT else f"{self.received.name} received"
         print(f"\n{what}: stopping after this step and saving checkpoints (Ctrl-C again to abort now)",
               file=sys.stderr, flush=True)

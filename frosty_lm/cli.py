@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from frosty_lm.errors import FrostyError
+from frosty_lm.interrupts import same_press
 
 
 def in_sweep() -> bool:
@@ -53,27 +55,28 @@ class SweepStop:
     stop after their step and save (StopOnInterrupt), and jobs that have not started do not start."""
 
     signum: int | None = None
+    at: float = 0.0  # time.monotonic() when it came
 
 
 def stop_sweep_on_signals(forward: bool = False) -> None:
     """Ctrl-C or SIGTERM in a sweep's process (its main process, forward=True, or a joblib worker) sets SweepStop
     instead of killing the process, so that the sweep ends with its summary and no worker is left behind; the
-    main process passes SIGTERM on to its worker processes (Ctrl-C in a terminal reaches them all already).
-    A second signal aborts at once."""
+    main process passes the signal on to its worker processes. A second signal aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handler(signum, frame) -> None:
         if SweepStop.signum is not None:
+            if not forward and same_press(signum, SweepStop.signum, SweepStop.at):
+                return
             raise KeyboardInterrupt
-        SweepStop.signum = signum
+        SweepStop.signum, SweepStop.at = signum, time.monotonic()
         if forward:
             print(f"\n{signal.Signals(signum).name}: stopping the sweep: running jobs save and stop, the others do "
                   "not start (again to abort now)", file=sys.stderr, flush=True)
-            if signum == signal.SIGTERM:
-                for child in child_processes():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(child, signum)
+            for child in child_processes():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handler)

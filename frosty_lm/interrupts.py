@@ -1,12 +1,13 @@
 """Ctrl-C and SIGTERM outside training (training stops on them itself: callbacks.StopOnInterrupt): one line and exit
 status 128 + the signal's number (130, 143), never a traceback, from an entry point's first line on. The standard
-library only, so that it is in place before the heavy imports."""
+library only, so that it is in place before the heavy imports. Also when a sweep's job takes two Ctrl-C for one."""
 from __future__ import annotations
 
 import logging
 import signal
 import sys
 import threading
+import time
 
 
 class Interrupted(KeyboardInterrupt):
@@ -51,3 +52,13 @@ def exit_when_interrupted(main) -> None:
         main()
     except KeyboardInterrupt as err:
         exit_interrupted(getattr(err, "signum", signal.SIGINT))
+
+
+SAME_PRESS_S = 2.0  # a sweep job's second Ctrl-C this soon after its first is the same press (same_press)
+
+
+def same_press(signum: int, first: int | None, first_at: float) -> bool:
+    """Whether a sweep job's Ctrl-C repeats the one it already has: a terminal sends Ctrl-C to every process of the
+    sweep, and the sweep's main process passes it on to its workers as well (for `kill -INT` to it alone), so that
+    each worker may get one press twice. Only a later one aborts."""
+    return signum == first == signal.SIGINT and time.monotonic() - first_at < SAME_PRESS_S

@@ -30,9 +30,26 @@ def cpu_precision() -> str:
     trains the small model faster to the same loss (README: Performance); fp32 elsewhere. Resolved whenever
     the config is, so it does not import torch: torch's check if torch is loaded already, else Linux's
     /proc/cpuinfo (the same CPU flags), else torch's check after all."""
+    if isa_cap() is not None:
+        return "32-true"
     flags = None if "torch" in sys.modules else cpu_flags()
     native_bf16 = torch_native_bf16() if flags is None else any(flag in flags for flag in NATIVE_BF16)
     return "bf16-mixed" if native_bf16 else "32-true"
+
+
+BELOW_BF16 = {  # instruction sets below native bf16, as torch's ATEN_CPU_CAPABILITY and oneDNN's ONEDNN_MAX_CPU_ISA
+    "ATEN_CPU_CAPABILITY": {"default", "avx2"},    # name them
+    "ONEDNN_MAX_CPU_ISA": {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"},
+}
+
+
+def isa_cap() -> str | None:
+    """`NAME=value` when an environment variable caps torch's CPU kernels below native bf16 (e.g. to measure what an
+    AVX2-only CPU does, on one with AMX: bf16 would then be emulated, so trainer=cpu trains in fp32); else None."""
+    for name, below in BELOW_BF16.items():
+        if os.environ.get(name, "").lower() in below:
+            return f"{name}={os.environ[name]}"
+    return None
 
 
 def torch_native_bf16() -> bool:

@@ -25,7 +25,7 @@ from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError, NonFiniteLoss
 from frosty_lm.interrupts import Interrupted
 from frosty_lm.lit_module import FrostyLM
-from frosty_lm.machine import check_training_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep
+from frosty_lm.machine import check_training_fits, isa_cap, parallel_jobs, set_threads, spawn_ranks_inside_sweep
 from frosty_lm.progress import FILE_ONLY, ProgressLines, keep_off_console
 from frosty_lm.resume import check_compatible, resume_if_asked
 from frosty_lm.sampling import default_prompt, sample_text
@@ -130,7 +130,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         devices = cfg.trainer.get("devices")
         check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
     spawn_ranks_inside_sweep(cfg)
-    interrupt = StopOnInterrupt()
+    interrupt = StopOnInterrupt(sweep_job=in_sweep())
     # first, so that its handlers are in place before the other callbacks' on_train_start (CopiedShare's index)
     callbacks = [interrupt] + [make(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's other
@@ -247,6 +247,8 @@ def precision_line(cfg: DictConfig, precision: str) -> str:
     if isinstance(chosen, str) and "frosty_cpu_precision" in chosen:
         if precision.startswith("bf16"):
             return f"{precision}: this CPU computes bf16 natively (AVX512-BF16 or AMX); weights stay fp32"
+        if isa_cap() is not None:
+            return f"fp32 ({precision}): {isa_cap()} caps torch's CPU kernels below native bf16"
         return (f"fp32 ({precision}): this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 would be slower; "
                 "expect several times the time per step of such a CPU")
     return f"{precision}: as trainer.precision sets it"

@@ -102,6 +102,22 @@ def test_the_precision_line_says_why():
     assert precision_line(forced, "32-true") == "32-true: as trainer.precision sets it"
 
 
+@pytest.mark.parametrize("name, value, capped", [("ATEN_CPU_CAPABILITY", "avx2", True),
+                                                 ("ONEDNN_MAX_CPU_ISA", "AVX2", True),
+                                                 ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", False)])
+def test_an_instruction_set_capped_below_bf16_trains_in_fp32_and_says_so(monkeypatch, name, value, capped):
+    from frosty_lm.machine import cpu_precision, torch_native_bf16
+
+    monkeypatch.setenv(name, value)
+    auto = OmegaConf.create({"trainer": {"precision": "${frosty_cpu_precision:}"}})
+    if capped:  # how an AVX2-only CPU is measured on one with AMX (README: Performance)
+        assert cpu_precision() == "32-true"
+        assert precision_line(auto, "32-true") == (f"fp32 (32-true): {name}={value} caps torch's CPU kernels below "
+                                                   "native bf16")
+    else:
+        assert cpu_precision() == ("bf16-mixed" if torch_native_bf16() else "32-true")
+
+
 def test_the_train_val_gap_waits_for_two_validations_and_compares_the_same_stretch():
     curves = {"val/loss": [(10, 3.0)], "train/loss": [(5, 3.5), (10, 3.2)]}
     assert Run(Path("r"), {}, curves).gap() is None
