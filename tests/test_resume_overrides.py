@@ -15,7 +15,7 @@ def test_optim_settings_given_on_resume_train(invoke, text_file, tmp_path):
     common = [*TINY, "scheduler=constant", "dataset=text", f"data.path={text_file}"]
     assert invoke("train.py", *common, "trainer.max_steps=10", f"hydra.run.dir={run_dir}")[0] == 0
     _, groups, _ = optimizer_groups(run_dir)
-    assert groups[0]["lr"] == 1e-3 and groups[0]["weight_decay"] == 0.1
+    assert groups[0]["lr"] == 3e-3 and groups[0]["weight_decay"] == 0.1  # conf/optim/adamw.yaml
     code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20", "optim.lr=0.05",
                           "optim.weight_decay=0.2", "optim.betas=[0.8,0.95]")
     assert code == 0, err

@@ -12,7 +12,7 @@ from frosty_lm.schedule import budget_step, lr_lambda, timed
 # a tiny run limited by its time budget alone, every step's lr logged; no warm-up, so that a schedule by steps
 # would keep the lr near 1e-3 all along
 TIMED = [*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=100000", "trainer.log_every_n_steps=1",
-         "scheduler=cosine", "scheduler.warmup_steps=0", "dataset=text"]
+         "scheduler=cosine", "scheduler.warmup_steps=0", "optim.lr=1e-3", "dataset=text"]
 
 
 def test_cosine_warms_up_then_decays_to_the_floor():
