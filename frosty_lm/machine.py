@@ -120,21 +120,30 @@ def training_memory(n_params: int, batch_size: int, block_size: int, n_layer: in
     return processes * (16 * n_params + activations + 4 * 3 * B * T * vocab_size)
 
 
-def check_training_fits(model: GPT, batch_size: int, processes: int = 1) -> None:
+def gpu_free_memory() -> int | None:
+    """Bytes free now on this process's GPU (torch.cuda.mem_get_info), or None without CUDA."""
+    import torch
+
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+
+
+def check_training_fits(model: GPT, batch_size: int, processes: int = 1, gpu: bool = False) -> None:
     """A FrostyError, with the numbers, if training model at batch_size in `processes` processes on this machine
-    would not fit in its memory."""
+    (gpu: in one process on its GPU; each process of a multi-GPU run has a GPU of its own) would not fit in its
+    memory. The estimate is fp32's: under bf16 autocast the activations take less."""
     c, n_params = model.cfg, model.num_params()
     needed = training_memory(n_params, batch_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.vocab_size,
-                             processes)
+                             1 if gpu else processes)
     check_fits(needed, f"training (batch {batch_size} x {c.block_size} characters, {n_params:,} parameters)",
-               "lower data.batch_size or model.block_size")
+               "lower data.batch_size or model.block_size", gpu)
 
 
-def check_fits(needed: int, what: str, fix: str) -> None:
-    """A FrostyError, with the numbers, if `needed` bytes exceed the memory available now."""
-    available = available_memory()
+def check_fits(needed: int, what: str, fix: str, gpu: bool = False) -> None:
+    """A FrostyError, with the numbers, if `needed` bytes exceed the memory available now (gpu: on the GPU)."""
+    available = gpu_free_memory() if gpu else available_memory()
     if available is not None and needed > available:
-        raise FrostyError(f"{what} needs about {needed / 2**30:,.1f} GiB of memory, and this machine has "
+        where = "the GPU has" if gpu else "this machine has"
+        raise FrostyError(f"{what} needs about {needed / 2**30:,.1f} GiB of memory, and {where} "
                           f"{available / 2**30:,.1f} GiB available: {fix}")
 
 

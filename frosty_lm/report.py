@@ -181,10 +181,12 @@ def plot(runs: list[Run], labels: dict[Path, str], path: Path, title: str, x: st
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
+    run_names = names(runs)
     for i, run in enumerate(runs):
         points = (run.times if x == "time" else run.curves).get("val/loss", [])
+        label = labels[run.path] if len(labels[run.path]) <= 60 else run_names[run.path]  # a legend that fits
         if points:
-            ax.plot(*zip(*points), marker=".", color=colors[i % len(colors)], label=labels[run.path])
+            ax.plot(*zip(*points), marker=".", color=colors[i % len(colors)], label=label)
     ax.set_xlabel("wall time since the run's first log (s)" if x == "time" else "step")
     ax.set_ylabel("val loss (nats per character)")
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)

@@ -129,6 +129,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     if cfg.trainer.get("accelerator") == "cpu":
         devices = cfg.trainer.get("devices")
         check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
+    elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
+        check_training_fits(model.model, cfg.data.batch_size, gpu=True)
     spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt(sweep_job=in_sweep())
     # first, so that its handlers are in place before the other callbacks' on_train_start (CopiedShare's index)

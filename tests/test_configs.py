@@ -8,7 +8,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
 from conftest import CONF
-from frosty_lm.machine import cpu_precision
+from frosty_lm.machine import BELOW_BF16, cpu_precision
 from frosty_lm.model import GPTConfig
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
@@ -67,6 +67,8 @@ def test_data_and_model_share_block_size_and_seed():
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"),
                                                          (False, False, "32-true")])
 def test_cpu_trainer_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
+    for name in BELOW_BF16:  # no instruction-set cap (the variables that approximate an AVX2 CPU)
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert cpu_precision() == expected

@@ -155,6 +155,18 @@ def test_a_corpus_that_cannot_fit_in_memory_is_refused_before_it_is_read(invoke,
     assert_one_line_error(code, err, f"reading the corpus {text_file} needs about", "train on a smaller file")
 
 
+def test_a_model_that_would_not_fit_on_the_gpu_is_refused_with_the_numbers(invoke, text_file, tmp_path,
+                                                                            monkeypatch):
+    import frosty_lm.machine as machine
+
+    monkeypatch.setattr(machine, "gpu_free_memory", lambda: 2**20)  # a GPU with 1 MiB free (no GPU here)
+    code, _, err = invoke("train.py", *TINY, "trainer=gpu", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "training (batch 8 x 32 characters,", "and the GPU has 0.0 GiB available: "
+                          "lower data.batch_size or model.block_size")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_the_memory_estimate_is_of_the_right_size():
     from frosty_lm.machine import training_memory
 

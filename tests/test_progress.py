@@ -10,6 +10,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from frosty_lm.machine import BELOW_BF16
 from frosty_lm.progress import FILE_ONLY, ProgressLines, duration, keep_off_console
 from frosty_lm.report import Run
 from frosty_lm.training import corpus_prompt, generate_command, precision_line
@@ -94,7 +95,9 @@ def test_no_prompt_in_the_command_for_a_line_break():
     assert "prompt" not in generate_command(Path("b.ckpt"), "\n", 1)
 
 
-def test_the_precision_line_says_why():
+def test_the_precision_line_says_why(monkeypatch):
+    for name in BELOW_BF16:  # no instruction-set cap (the variables that approximate an AVX2 CPU)
+        monkeypatch.delenv(name, raising=False)
     auto = OmegaConf.create({"trainer": {"precision": "${frosty_cpu_precision:}"}})
     assert "computes bf16 natively" in precision_line(auto, "bf16-mixed")
     assert precision_line(auto, "32-true").startswith("fp32 (32-true): this CPU has no native bf16")
@@ -108,6 +111,8 @@ def test_the_precision_line_says_why():
 def test_an_instruction_set_capped_below_bf16_trains_in_fp32_and_says_so(monkeypatch, name, value, capped):
     from frosty_lm.machine import cpu_precision, torch_native_bf16
 
+    for other in BELOW_BF16:
+        monkeypatch.delenv(other, raising=False)
     monkeypatch.setenv(name, value)
     auto = OmegaConf.create({"trainer": {"precision": "${frosty_cpu_precision:}"}})
     if capped:  # how an AVX2-only CPU is measured on one with AMX (README: Performance)

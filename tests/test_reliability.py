@@ -191,7 +191,7 @@ def test_a_nan_stop_keeps_last_ckpt_at_the_last_validation_and_says_how_to_conti
                           f"hydra.run.dir={run_dir}")
     last = run_dir / "checkpoints" / "last.ckpt"
     assert_one_line_error(code, err, "the training loss is nan at step 22: training stopped", f"{last} holds step 15",
-                          f"python train.py resume={run_dir} optim.lr=0.0005")
+                          f"python train.py resume={run_dir} optim.lr=0.0015")
     state = torch.load(last, weights_only=True)
     assert state["global_step"] == 15 and all(torch.isfinite(t).all() for t in state["state_dict"].values())
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
