@@ -152,6 +152,9 @@ def output_subdir(output_dir: str, resume: str | None) -> str:
     return ".hydra"
 
 
+GRID_SWEEPERS = ("BasicSweeper", "FrostySweeper")  # Hydra's grid, and Frosty's (hydra_plugins/frosty_sweeper.py)
+
+
 def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, sweeper: str = "") -> str:
     """hydra.sweep.subdir: a job is named by the values of what its sweep varies, e.g. `dropout=0.2,n_layer=4`
     (the keys of hydra.sweeper.params, and the command line's a=x,y sweeps, read from multirun.yaml).
@@ -171,7 +174,7 @@ def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, s
     name = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True)).replace("/", "_")
     if not name:
         return f"job{job_num}"
-    return name if sweeper.endswith("BasicSweeper") else f"{name}#{job_num}"
+    return name if sweeper.endswith(GRID_SWEEPERS) else f"{name}#{job_num}"
 
 
 def short_value(value: str) -> str:

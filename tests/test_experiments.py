@@ -155,7 +155,9 @@ def test_report_of_a_path_without_runs(tmp_path, capsys):
 def test_sweep_jobs_are_named_by_what_varies(tmp_path):
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(
         {"hydra": {"overrides": {"task": ["model=tiny", "model.dropout=0.0,0.2", "data.seed=1,2", "seed=3,4"]}}}))
-    grid = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    grid = "hydra_plugins.frosty_sweeper.FrostySweeper"  # the default sweeper: a grid, as Hydra's BasicSweeper
+    assert sweep_subdir(str(tmp_path), 0, ["model.dropout=0.2"], None, "hydra._internal.core_plugins.basic_sweeper."
+                        "BasicSweeper") == sweep_subdir(str(tmp_path), 0, ["model.dropout=0.2"], None, grid)
     name = sweep_subdir(str(tmp_path), 0, ["model=tiny", "model.dropout=0.2", "data.seed=1", "seed=4"], None, grid)
     assert name == "dropout=0.2,data.seed=1,seed=4"  # full keys where the short ones would clash
     assert sweep_subdir(str(tmp_path), 5, ["model=tiny"], None, grid) == "job5"
