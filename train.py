@@ -4,6 +4,7 @@ from frosty_lm.interrupts import exit_when_interrupted, interrupt_on_signals
 if __name__ == "__main__":  # first: Ctrl-C or SIGTERM while the rest loads is one line too (exit 130, 143)
     interrupt_on_signals("before training started: nothing was saved")
 
+import os
 from pathlib import Path
 
 import hydra
@@ -12,6 +13,11 @@ from omegaconf import DictConfig
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
 from frosty_lm.cli import exit_on_user_error, quiet_lightning
 from frosty_lm.config_checks import check_early
+
+# Frosty's sweeper is a Hydra plugin in this directory (hydra_plugins/): processes that launchers start elsewhere
+# (submitit's workers) find it there too
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
+                                                         os.environ.get("PYTHONPATH")]))
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")

@@ -1,12 +1,14 @@
 """SIGTERM or Ctrl-C to a sweep (to its main process, or to all its processes as a terminal's Ctrl-C does): running
 jobs save and stop, the others do not start, no worker is left behind, and the sweep ends with its summary and
 128 + the signal's number."""
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +23,19 @@ def alive(pid: int) -> bool:
     return True
 
 
+def wait_then_signal(proc: subprocess.Popen, first: Path, signum: int, to: str) -> None:
+    """Once a job is training (its first checkpoint is there), signal the sweep's main process or its group."""
+    deadline = time.time() + 120
+    while not first.is_file():
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail(f"no job trained within 120 s (exit {proc.poll()})")
+        time.sleep(0.2)
+    if to == "group":  # every process of the sweep at once, the main process and its workers
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher, signum, to", [("joblib", signal.SIGTERM, "main"), ("basic", signal.SIGTERM, "main"),
                                                   ("joblib", signal.SIGINT, "main"),  # kill -INT PID
@@ -33,16 +48,13 @@ def test_a_signal_to_a_sweep_stops_it_cleanly(launcher, signum, to, text_file, t
                *extra, f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, as a terminal's job
-    first = sweep / "dropout=0.0" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not first.is_file():  # a job is training
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()
-        time.sleep(0.2)
-    if to == "group":  # every process of the sweep at once, the main process and its workers
-        os.killpg(proc.pid, signum)
-    else:
-        proc.send_signal(signum)
-    out, err = proc.communicate(timeout=120)
+    try:
+        wait_then_signal(proc, sweep / "dropout=0.0" / "checkpoints" / "last.ckpt", signum, to)
+        out, err = proc.communicate(timeout=120)
+    except BaseException:  # a failing test leaves no sweep behind (one that trains for 100,000 steps)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
