@@ -40,6 +40,9 @@ class FrostySweeper(BasicSweeper):
                 batch.append(overrides)
         return batch
 
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Nothing left to check: get_job_batch has composed each job of the batch already."""
+
 
 @dataclass
 class FrostySweeperConf:
