@@ -41,20 +41,35 @@ def test_a_time_budget_moves_the_schedule_by_the_larger_share_spent():
     assert budget_step(10, max_steps=1000, elapsed=90.0, max_time=60.0) == pytest.approx(1500)
 
 
-def test_a_timed_cosine_warms_up_and_decays_with_the_clock():
-    """A fake clock: warm-up and decay follow the share of the 60 s budget spent while the steps lag behind."""
+def test_a_timed_cosine_warms_up_by_steps_and_decays_with_the_clock():
+    """A fake clock: the decay follows the share of the 60 s budget spent while the steps lag behind; the warm-up
+    counts steps, but ends by half the budget at the latest."""
     now = [0.0]
     f = timed(lr_lambda("cosine", warmup_steps=100, decay_steps=1000, min_lr_ratio=0.1), max_steps=1000,
               max_time=60.0, clock=lambda: now[0])
     assert f(0) == pytest.approx(0.01)  # the first step of the warm-up, as by steps
-    now[0] = 3.0  # 5% of the budget: past the warm-up (10% of 1000 steps is 100 steps; 5% is 50)
-    assert f(3) == pytest.approx(0.51)
-    now[0] = 6.0 + 27.0  # 10% warm-up, then half of the decay
-    assert f(40) == pytest.approx(0.55)
+    now[0] = 3.0  # 5% of the budget, 3 steps: still warming up, on a ramp over half the budget (51 / 500)
+    assert f(3) == pytest.approx(0.102)
+    assert f(30) == pytest.approx(0.31)  # by steps, where they are ahead of that ramp
+    now[0] = 6.0 + 27.0  # past the warm-up's 100 steps of 1000 in time, then half of the decay
+    assert f(40) == pytest.approx(0.55)  # half the budget spent: the warm-up is over, whatever the steps
     now[0] = 60.0  # the budget spent: the floor, however few steps were done
     assert f(200) == pytest.approx(0.1)
     now[0] = 120.0
     assert f(200) == pytest.approx(0.1)
+
+
+def test_a_timed_warm_up_survives_a_lifted_max_steps():
+    """max_steps far above what the time allows (a run meant to stop by time): the warm-up still takes its 100 steps,
+    and the decay still follows the clock."""
+    now = [0.6]  # 1% of the budget
+    f = timed(lr_lambda("cosine", warmup_steps=100, decay_steps=1_000_000, min_lr_ratio=0.1), max_steps=1_000_000,
+              max_time=60.0, clock=lambda: now[0])
+    assert f(10) == pytest.approx(0.11)
+    now[0] = 30.0
+    assert f(500) == pytest.approx(0.55, abs=1e-3)
+    now[0] = 60.0
+    assert f(900) == pytest.approx(0.1)
 
 
 def test_without_time_ahead_a_timed_schedule_is_the_step_schedule_exactly():
