@@ -14,8 +14,10 @@ from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolv
 from frosty_lm.cli import exit_on_user_error, quiet_lightning
 from frosty_lm.config_checks import check_early
 
-# Frosty's sweeper is a Hydra plugin in this directory (hydra_plugins/): processes that launchers start elsewhere
-# (submitit's workers) find it there too
+# Frosty's sweeper is a Hydra plugin in this directory (hydra_plugins/), found on sys.path as the script's own:
+# processes that launchers start elsewhere (submitit's workers) find it there too. Not installed as a package: Hydra
+# finds plugins by listing the hydra_plugins namespace, which an editable install (pip install -e) hides behind
+# import hooks.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent),
                                                          os.environ.get("PYTHONPATH")]))
 

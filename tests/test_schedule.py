@@ -89,11 +89,13 @@ def last_logged_lrs(run_dir) -> list:
     return [(e.step, e.value) for e in events.Scalars("train/lr")]
 
 
-def test_a_run_limited_by_time_ends_at_the_schedules_floor(invoke, text_file, tmp_path):
+def test_a_run_limited_by_time_warms_up_by_steps_and_ends_at_the_schedules_floor(invoke, text_file, tmp_path):
     """trainer.max_time=4 s with trainer.max_steps=100000: a cosine laid out over the steps would barely have left
-    its warm-up; laid out over the time budget, the lr ends at min_lr_ratio * optim.lr."""
+    its warm-up; laid out over the time budget, the lr ends at min_lr_ratio * optim.lr. The warm-up takes its 10
+    steps, however far max_steps is lifted."""
     run_dir = tmp_path / "r"
-    code, _, err = invoke("train.py", *TIMED, f"data.path={text_file}", "trainer.max_time=00:00:00:04",
+    overrides = [o for o in TIMED if not o.startswith("scheduler.warmup_steps")] + ["scheduler.warmup_steps=10"]
+    code, _, err = invoke("train.py", *overrides, f"data.path={text_file}", "trainer.max_time=00:00:00:04",
                           f"hydra.run.dir={run_dir}")
     assert code == 0, err
     ckpt = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
@@ -103,7 +105,9 @@ def test_a_run_limited_by_time_ends_at_the_schedules_floor(invoke, text_file, tm
     assert lrs == pytest.approx([1e-4, 1e-4], rel=0.05)  # 0.1 x 1e-3: the floor
     logged = last_logged_lrs(run_dir)  # each step's lr, set after the step before it
     assert logged[-1][0] == ckpt["global_step"] and logged[-1][1] < 0.3e-3  # the last step's: near the floor
-    assert all(a[1] >= b[1] for a, b in zip(logged, logged[1:]))  # down all along
+    assert logged[0] == (1, pytest.approx(1e-4, rel=0.05))  # the warm-up's first step: 1 / 10 of optim.lr
+    assert [lr for _, lr in logged[:5]] == pytest.approx([1e-4, 2e-4, 3e-4, 4e-4, 5e-4], rel=0.05)  # up by steps
+    assert all(a[1] >= b[1] for a, b in zip(logged[10:], logged[11:]))  # then down all along
 
 
 def test_a_resumed_time_budget_goes_on_from_the_time_spent(invoke, text_file, tmp_path):
