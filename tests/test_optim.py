@@ -6,9 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import frosty_lm.optim
 from conftest import TINY
 from frosty_lm.model import GPT, GPTConfig
-from frosty_lm.optim import MuonWithAdamW, group_settings, make_optimizer
+from frosty_lm.optim import MuonWithAdamW, group_settings, make_optimizer, newton_schulz_fp32
 from frosty_lm.resume import upgraded
 from test_reliability import assert_one_line_error
 
@@ -30,6 +31,43 @@ def train_steps(model: GPT, optimizer: torch.optim.Optimizer, steps: int, seed: 
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 64), (32, 32)])
+def test_the_fp32_orthogonalisation_is_torchs_up_to_bf16_rounding(shape):
+    """newton_schulz_fp32 against torch.optim.Muon's own (bf16) on tall, wide and square updates: the same matrix up
+    to bf16's rounding, in fp32, with singular values near 1 (the iteration's 0.5 to 1.5 or so)."""
+    from torch.optim._muon import _zeropower_via_newtonschulz
+
+    grad = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    ours = newton_schulz_fp32(grad, (3.4445, -4.775, 2.0315), 5, 1e-7)
+    torchs = _zeropower_via_newtonschulz(grad, (3.4445, -4.775, 2.0315), 5, 1e-7).float()
+    assert ours.dtype == torch.float32 and ours.shape == grad.shape
+    assert (ours - torchs).abs().max() < 0.05 * torchs.abs().max()
+    singular = torch.linalg.svdvals(ours)
+    assert 0.3 < singular.min() and singular.max() < 1.6
+
+
+@pytest.mark.parametrize("precision, fp32", [("32-true", True), ("bf16-mixed", False)])
+def test_muon_orthogonalises_in_fp32_where_the_cpu_has_no_native_bf16(monkeypatch, precision, fp32):
+    """Where trainer=cpu trains in fp32 for want of native bf16, Muon's steps use newton_schulz_fp32 (torch's bf16
+    one is emulated there: 34x slower); where the CPU has bf16, torch's own, unchanged. torch's is back after each
+    step."""
+    import torch.optim._muon as torch_muon
+
+    monkeypatch.setattr(frosty_lm.optim, "cpu_precision", lambda: precision)
+    calls = []
+    monkeypatch.setattr(frosty_lm.optim, "newton_schulz_fp32", lambda *a: calls.append(a[0].shape) or
+                        newton_schulz_fp32(*a))
+    torch_ns = torch_muon._zeropower_via_newtonschulz
+    model = tiny_gpt()
+    optimizer = make_optimizer(model, MUON)
+    assert optimizer.fp32_orthogonalisation is fp32
+    before = [p.detach().clone() for p in model.blocks.parameters()]
+    train_steps(model, optimizer, 2)
+    assert len(calls) == (2 * 2 * 4 if fp32 else 0)  # 2 steps of 2 layers' 4 matrices
+    assert torch_muon._zeropower_via_newtonschulz is torch_ns
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.blocks.parameters()) if a.dim() == 2)
 
 
 @pytest.mark.parametrize("tie", [False, True])
