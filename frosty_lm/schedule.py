@@ -14,8 +14,8 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
     short runs still decay), then cosine decay to min_lr_ratio * lr at decay_steps, constant after that.
 
     The multiplier takes the steps done and, in a run limited by time, where its budget has got to (budget_step).
-    The warm-up counts steps done (it is there to steady the first updates, however long they take), ending by half
-    the budget at the latest; the decay follows the budget."""
+    The warm-up counts steps done (it is there to steady the first updates, however long they take), a cosine's
+    ending by half the budget at the latest; the decay follows the budget."""
     if name not in ("constant", "cosine"):
         raise FrostyError(f"scheduler.name={name!r} is not known: use constant or cosine")
     if warmup_steps < 0:
