@@ -62,8 +62,8 @@ def make_optimizer(model: nn.Module, optim: dict) -> torch.optim.Optimizer:
 def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
                        eps: float) -> torch.Tensor:
     """Muon's orthogonalisation of a 2-D update, torch.optim.Muon's quintic Newton-Schulz iteration (the same
-    coefficients and steps), in fp32. torch's runs in bf16, which a CPU without native bf16 (AVX2 only) emulates:
-    25 times slower than this (bench/orthogonalisation.py), more than the rest of a step."""
+    coefficients and steps), in fp32. torch's runs in bf16, which a CPU without native bf16 (AVX2 only) emulates,
+    many times slower than this, and slower than the rest of a step (bench/orthogonalisation.py)."""
     a, b, c = ns_coefficients
     wide = grad.size(0) <= grad.size(1)
     x = grad.float() if wide else grad.float().T  # (rows, columns), rows <= columns: the smaller Gram matrix

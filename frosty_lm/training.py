@@ -249,8 +249,8 @@ def precision_line(cfg: DictConfig, precision: str) -> str:
     if isinstance(chosen, str) and "frosty_cpu_precision" in chosen:
         if precision.startswith("bf16"):
             return f"{precision}: this CPU computes bf16 natively (AVX512-BF16 or AMX); weights stay fp32"
-        if isa_cap() is not None:
-            return f"fp32 ({precision}): {isa_cap()} caps torch's CPU kernels below native bf16"
+        if (cap := isa_cap()) is not None:
+            return f"fp32 ({precision}): {cap} caps torch's CPU kernels below native bf16"
         return (f"fp32 ({precision}): this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 would be slower; "
                 "expect several times the time per step of such a CPU")
     return f"{precision}: as trainer.precision sets it"

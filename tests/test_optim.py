@@ -51,8 +51,8 @@ def test_the_fp32_orthogonalisation_is_torchs_up_to_bf16_rounding(shape):
 @pytest.mark.parametrize("precision, fp32", [("32-true", True), ("bf16-mixed", False)])
 def test_muon_orthogonalises_in_fp32_where_the_cpu_has_no_native_bf16(monkeypatch, precision, fp32):
     """Where trainer=cpu trains in fp32 for want of native bf16, Muon's steps use newton_schulz_fp32 (torch's bf16
-    one is emulated there, 25x slower); where the CPU has bf16, torch's own, unchanged. torch's is back after each
-    step."""
+    one is emulated there, many times slower); where the CPU has bf16, torch's own, unchanged. torch's is back
+    after each step."""
     import torch.optim._muon as torch_muon
 
     monkeypatch.setattr(frosty_lm.optim, "cpu_precision", lambda: precision)
