@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dt
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
-from frosty_lm.errors import FrostyError
+from frosty_lm.errors import FrostyError, NonFiniteLoss
 from frosty_lm.interrupts import same_press
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
@@ -116,9 +116,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint (the top-k by the monitored metric: best.ckpt), with last.ckpt always the last
     state: written after every validation and when training ends (finished, stopped by a signal or by max_time),
     whatever the monitored metric did. (Lightning 2.6 writes last.ckpt at a validation only if it saved a top-k
-    checkpoint then, i.e. if the metric improved.) Nothing is written when training fails, e.g. on a NaN loss:
-    last.ckpt keeps the state of the last validation before it. The state is kept in checkpoints under
-    ModelCheckpoint's key, so runs checkpointed by ModelCheckpoint resume with their best score."""
+    checkpoint then, i.e. if the metric improved.) At a NaN stop last.ckpt is the state at the stop, before the
+    step whose loss was not finite, if its weights are finite and training runs in one process; otherwise (the
+    step before made them NaN, or other processes would wait on this one) it keeps the last validation's state.
+    Nothing is written when training fails otherwise. The state is kept in checkpoints under ModelCheckpoint's
+    key, so runs checkpointed by ModelCheckpoint resume with their best score."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -151,6 +153,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save_last_if_behind(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if (isinstance(exception, NonFiniteLoss) and trainer.world_size == 1
+                and all(torch.isfinite(p).all() for p in pl_module.parameters())):
+            self._save_last_if_behind(trainer)
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)

@@ -135,8 +135,8 @@ class HparamsStatus(L.Callback):
             write_status(trainer, "STATUS_SUCCESS")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # not KeyboardInterrupt (the user's abort) nor a NaN stop (its error says to resume with a lower lr): the
-        # run stays resumable, and its resume records how it ends
+        # not KeyboardInterrupt (the user's abort) nor a NaN stop (its error may say to resume it with a lower lr):
+        # the run stays resumable, and its resume records how it ends
         if isinstance(exception, Exception) and not isinstance(exception, NonFiniteLoss):
             write_status(trainer, "STATUS_FAILURE")
 

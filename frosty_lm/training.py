@@ -154,7 +154,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     except NonFiniteLoss as err:
-        raise FrostyError(f"{err}; {nan_advice(trainer, cfg)}") from None
+        overrides = record.data.get("overrides", [])
+        raise FrostyError(f"{err}; {nan_advice(trainer, cfg, err.step, overrides)}") from None
     except SystemExit:
         if interrupt.before_training is None:
             raise
@@ -169,16 +170,27 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     return best, (trainer.global_step, interrupt.stopped_by) if interrupt.stopped_by is not None else None
 
 
-def nan_advice(trainer: L.Trainer, cfg: DictConfig) -> str:
-    """What to do after a NaN stop: continue from last.ckpt, the state of the last validation (the last state known
-    good: checkpoints are not written at a NaN stop), with a lower learning rate; or start again with one."""
+def nan_advice(trainer: L.Trainer, cfg: DictConfig, stop_step: int, overrides: list[str]) -> str:
+    """What to do after a NaN stop at step `stop_step`. last.ckpt is the state at the stop when its weights are
+    finite (BestAndLastCheckpoint); its next step would give NaN again whatever the lr, so continue from best.ckpt
+    in a new run with a lower learning rate and the run's overrides. Otherwise last.ckpt is the last validation's
+    state: continue it in place with a lower learning rate. Without a checkpoint before the stop: start again."""
     lower = f"optim.lr={cfg.optim.lr / 2:g}"
-    last = getattr(trainer.checkpoint_callback, "last_model_path", "")
-    if last and Path(last).is_file():
-        step = load_checkpoint(last)["global_step"]
-        return (f"{last} holds step {step} (the last validation): continue from it with a lower learning rate, "
+    checkpoints = trainer.checkpoint_callback
+    last, best = (getattr(checkpoints, key, "") for key in ("last_model_path", "best_model_path"))
+    last_step = load_checkpoint(last)["global_step"] if last and Path(last).is_file() else None
+    if last_step is not None and last_step < stop_step - 1:
+        return (f"{last} holds step {last_step} (the last validation): continue from it with a lower learning rate, "
                 f"python train.py resume={shlex.quote(str(Path(cfg.paths.output_dir)))} {lower}")
-    return f"start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set"
+    best_step = load_checkpoint(best)["global_step"] if best and Path(best).is_file() else None
+    at_stop = f"{last} holds step {last_step}, the state at the stop; " if last_step is not None else ""
+    if best_step is not None and best_step < stop_step - 1:
+        kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path", "optim.lr")
+                and not o.startswith("hydra.")]  # the run's own settings, in a new run directory
+        command = shlex.join(["python", "train.py", *kept, f"ckpt_path={Path(best)}", lower])
+        return (f"{at_stop}continue from the best validation (step {best_step}) with a lower learning rate in a new "
+                f"run, {command}")
+    return f"{at_stop}start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set"
 
 
 @rank_zero_only

@@ -3,6 +3,7 @@ interrupted runs resume exactly; checkpoints are written atomically and loaded s
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -168,20 +169,24 @@ def test_local_corpus_with_wrong_sha256_is_refused(invoke, tmp_path, text_file):
 def test_nan_loss_stops_the_run_with_its_step(invoke, text_file, tmp_path):
     code, _, err = invoke("train.py", *TINY, "optim.lr=1e30", "trainer.gradient_clip_val=null", "dataset=text",
                           f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "the training loss is nan at step", "lower learning rate (optim.lr=5e+29)")
-    assert not (tmp_path / "r" / "checkpoints").exists()  # no checkpoint of garbage weights
+    assert_one_line_error(code, err, "the training loss is nan at step 2", "holds step 1, the state at the stop",
+                          "start again with a lower learning rate (optim.lr=5e+29)")
+    # step 1's update made the weights huge but finite: last.ckpt is that state, the last one; no validation ran
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 1 and not (tmp_path / "r" / "checkpoints" / "best.ckpt").exists()
 
 
 class PoisonWeights(L.Callback):
-    """Test-only: makes the token embedding NaN before step `at`, so that step's loss is NaN."""
+    """Test-only: sets the token embedding to `value` before step `at`: NaN makes the weights themselves NaN, a
+    huge finite value makes that step's forward overflow (finite weights, a NaN loss)."""
 
-    def __init__(self, at: int) -> None:
-        self.at = at
+    def __init__(self, at: int, value: float = float("nan")) -> None:
+        self.at, self.value = at, value
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step + 1 == self.at:
             with torch.no_grad():
-                next(pl_module.parameters()).fill_(float("nan"))
+                next(pl_module.parameters()).fill_(self.value)
 
 
 def test_a_nan_stop_keeps_last_ckpt_at_the_last_validation_and_says_how_to_continue(invoke, text_file, tmp_path):
@@ -192,9 +197,31 @@ def test_a_nan_stop_keeps_last_ckpt_at_the_last_validation_and_says_how_to_conti
     last = run_dir / "checkpoints" / "last.ckpt"
     assert_one_line_error(code, err, "the training loss is nan at step 22: training stopped", f"{last} holds step 15",
                           f"python train.py resume={run_dir} optim.lr=0.0015")
-    state = torch.load(last, weights_only=True)
+    state = torch.load(last, weights_only=True)  # the weights at the stop are NaN: last.ckpt keeps step 15's
     assert state["global_step"] == 15 and all(torch.isfinite(t).all() for t in state["state_dict"].values())
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_nan_stop_with_finite_weights_saves_last_ckpt_at_the_stop_and_continues_from_best(invoke, text_file,
+                                                                                          tmp_path):
+    run_dir, checkpoints = tmp_path / "r", tmp_path / "r" / "checkpoints"
+    code, _, err = invoke("train.py", *TINY, "+callbacks.poison._target_=test_reliability.PoisonWeights",
+                          "+callbacks.poison.at=22", "+callbacks.poison.value=1e30", "dataset=text",
+                          f"data.path={text_file}", f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, "the training loss is nan at step 22: training stopped",
+                          f"{checkpoints / 'last.ckpt'} holds step 21, the state at the stop",
+                          "continue from the best validation (step 15) with a lower learning rate in a new run, "
+                          "python train.py model=tiny")
+    command = shlex.split(err.split("in a new run, ")[1])  # the run's overrides (not its directory), best.ckpt
+    assert command[-2:] == [f"ckpt_path={checkpoints / 'best.ckpt'}", "optim.lr=0.0015"]
+    assert f"data.path={text_file}" in command and not any(c.startswith("hydra.") for c in command)
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 21 and last["state_dict"]["model.tok_emb.weight"].eq(1e30).all()
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["global_step"] == 15  # best stays the best
+    code, _, err = invoke(*command[1:], "callbacks.poison.at=0", f"hydra.run.dir={tmp_path / 'next'}")  # it works
+    assert code == 0, err
+    best = torch.load(tmp_path / "next" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert best["global_step"] == 30 and best["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.0015
 
 
 # ---- generate.py ---------------------------------------------------------------------------
