@@ -154,6 +154,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     except NonFiniteLoss as err:
+        record.write(steps=trainer.global_step)  # the steps done, as last.ckpt holds them
         overrides = record.data.get("overrides", [])
         raise FrostyError(f"{err}; {nan_advice(trainer, cfg, err.step, overrides)}") from None
     except SystemExit:

@@ -218,6 +218,8 @@ def test_a_nan_stop_with_finite_weights_saves_last_ckpt_at_the_stop_and_continue
     last = torch.load(checkpoints / "last.ckpt", weights_only=True)
     assert last["global_step"] == 21 and last["state_dict"]["model.tok_emb.weight"].eq(1e30).all()
     assert torch.load(checkpoints / "best.ckpt", weights_only=True)["global_step"] == 15  # best stays the best
+    record = json.loads((run_dir / "status.json").read_text())
+    assert record["status"] == "failed" and record["steps"] == 21
     code, _, err = invoke(*command[1:], "callbacks.poison.at=0", f"hydra.run.dir={tmp_path / 'next'}")  # it works
     assert code == 0, err
     best = torch.load(tmp_path / "next" / "checkpoints" / "last.ckpt", weights_only=True)
