@@ -1,5 +1,5 @@
-"""Lightning callbacks: best and last checkpoints, early stopping, training throughput, a text sample at every
-validation, Ctrl-C and SIGTERM. (Progress: progress.py.)"""
+"""Lightning callbacks: early stopping, training throughput, a text sample at every validation, Ctrl-C and SIGTERM.
+(Best and last checkpoints: checkpoint.py; progress: progress.py.)"""
 from __future__ import annotations
 
 import logging
@@ -7,16 +7,15 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.callbacks import EarlyStopping, ThroughputMonitor
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
-from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
-from frosty_lm.errors import FrostyError, NonFiniteLoss
+from frosty_lm.errors import FrostyError
 from frosty_lm.interrupts import same_press
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
@@ -110,65 +109,6 @@ class SampleText(L.Callback):
         prompt = "".join(ch for ch in self.prompt if ch in vocab) or default_prompt(vocab)
         return sample_text(pl_module.model, vocab, prompt, self.max_new_tokens, self.temperature,
                            self.top_k, self.top_p, self.seed)
-
-
-class BestAndLastCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint (the top-k by the monitored metric: best.ckpt), with last.ckpt always the last
-    state: written after every validation and when training ends (finished, stopped by a signal or by max_time),
-    whatever the monitored metric did. (Lightning 2.6 writes last.ckpt at a validation only if it saved a top-k
-    checkpoint then, i.e. if the metric improved.) At a NaN stop last.ckpt is the state at the stop, before the
-    step whose loss was not finite, if its weights are finite and training runs in one process; otherwise (the
-    step before made them NaN, or other processes would wait on this one) it keeps the last validation's state.
-    Nothing is written when training fails otherwise. The state is kept in checkpoints under ModelCheckpoint's
-    key, so runs checkpointed by ModelCheckpoint resume with their best score."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._last_written_at: int | None = None  # the global step of the last last.ckpt this process wrote
-
-    @property
-    def state_key(self) -> str:
-        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        """A run directory that was moved or copied (received from someone else) keeps its best score and goes on
-        writing its own best.ckpt and last.ckpt (Lightning would forget the score, once the directory differs, and
-        fork best-v1.ckpt, last-v1.ckpt). A new run started from another run's checkpoint (ckpt_path=) starts
-        its own best."""
-        old, new = state_dict.get("dirpath"), self.dirpath
-        best = state_dict.get("best_model_path") or ""
-        if old and new and old != new and best and (Path(new) / Path(best).name).is_file():
-            def moved(path):
-                return str(Path(new) / Path(path).name) if path else path
-
-            state_dict = {**state_dict, "dirpath": new, "best_model_path": moved(best),
-                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
-                          "last_model_path": moved(state_dict.get("last_model_path")),
-                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
-        super().load_state_dict(state_dict)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)  # best.ckpt (and last.ckpt) if the metric improved
-        self._save_last_if_behind(trainer)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._save_last_if_behind(trainer)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if (isinstance(exception, NonFiniteLoss) and trainer.world_size == 1
-                and all(torch.isfinite(p).all() for p in pl_module.parameters())):
-            self._save_last_if_behind(trainer)
-
-    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
-            self._last_written_at = trainer.global_step
-
-    def _save_last_if_behind(self, trainer) -> None:
-        if (not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == 0
-                or trainer.state.fn != TrainerFn.FITTING or self._last_written_at == trainer.global_step):
-            return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class EarlyStop(EarlyStopping):

@@ -1,4 +1,5 @@
-"""Safely loading and atomically saving Frosty checkpoints (weights_only: loading never runs code from the file)."""
+"""Frosty checkpoints: loading them safely (weights_only: loading never runs code from the file), saving them
+atomically, and which a run keeps (best.ckpt and last.ckpt: BestAndLastCheckpoint)."""
 from __future__ import annotations
 
 import os
@@ -9,9 +10,11 @@ import warnings
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
-from frosty_lm.errors import FrostyError
+from frosty_lm.errors import FrostyError, NonFiniteLoss
 from frosty_lm.model import GPT, Bigram, GPTConfig, build
 
 UMASK = os.umask(0o022)
@@ -121,3 +124,61 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tu
                           "use a checkpoint written by train.py") from None
     return model.eval(), vocab
 
+
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint (the top-k by the monitored metric: best.ckpt), with last.ckpt always the last
+    state: written after every validation and when training ends (finished, stopped by a signal or by max_time),
+    whatever the monitored metric did. (Lightning 2.6 writes last.ckpt at a validation only if it saved a top-k
+    checkpoint then, i.e. if the metric improved.) At a NaN stop last.ckpt is the state at the stop, before the
+    step whose loss was not finite, if its weights are finite and training runs in one process; otherwise (the
+    step before made them NaN, or other processes would wait on this one) it keeps the last validation's state.
+    Nothing is written when training fails otherwise. The state is kept in checkpoints under ModelCheckpoint's
+    key, so runs checkpointed by ModelCheckpoint resume with their best score."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_written_at: int | None = None  # the global step of the last last.ckpt this process wrote
+
+    @property
+    def state_key(self) -> str:
+        return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A run directory that was moved or copied (received from someone else) keeps its best score and goes on
+        writing its own best.ckpt and last.ckpt (Lightning would forget the score, once the directory differs, and
+        fork best-v1.ckpt, last-v1.ckpt). A new run started from another run's checkpoint (ckpt_path=) starts
+        its own best."""
+        old, new = state_dict.get("dirpath"), self.dirpath
+        best = state_dict.get("best_model_path") or ""
+        if old and new and old != new and best and (Path(new) / Path(best).name).is_file():
+            def moved(path):
+                return str(Path(new) / Path(path).name) if path else path
+
+            state_dict = {**state_dict, "dirpath": new, "best_model_path": moved(best),
+                          "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                          "last_model_path": moved(state_dict.get("last_model_path")),
+                          "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+        super().load_state_dict(state_dict)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)  # best.ckpt (and last.ckpt) if the metric improved
+        self._save_last_if_behind(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save_last_if_behind(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if (isinstance(exception, NonFiniteLoss) and trainer.world_size == 1
+                and all(torch.isfinite(p).all() for p in pl_module.parameters())):
+            self._save_last_if_behind(trainer)
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_written_at = trainer.global_step
+
+    def _save_last_if_behind(self, trainer) -> None:
+        if (not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == 0
+                or trainer.state.fn != TrainerFn.FITTING or self._last_written_at == trainer.global_step):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -11,6 +11,8 @@ from datetime import timedelta
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
 
+from frosty_lm.machine import parallel_jobs
+
 log = logging.getLogger("frosty")
 
 FILE_ONLY = {"file_only": True}  # logging's `extra=`: the line goes to train.log, not to the console
@@ -215,3 +217,8 @@ def _max_time_left(trainer) -> float | None:
     left = timer.time_remaining() if timer is not None else None
     return max(0.0, float(left)) if left is not None and math.isfinite(left) else None
 
+
+def job_log_only() -> dict | None:
+    """logging's `extra=` for lines that, in a parallel sweep, go to the job's train.log only (not the console,
+    where every job's lines interleave)."""
+    return FILE_ONLY if parallel_jobs() > 1 else None

@@ -19,6 +19,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from frosty_lm.status import alive
+
 LN2 = math.log(2)
 FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)
 
@@ -81,16 +83,6 @@ class Run:
         if state == "running" and self.status.get("host") == socket.gethostname() and not alive(self.status.get("pid")):
             return "killed"
         return state
-
-
-def alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except PermissionError:  # it exists, under another user
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -14,8 +14,18 @@ from omegaconf import DictConfig
 
 from frosty_lm.cli import SweepStop, stop_sweep_on_signals
 from frosty_lm.errors import FrostyError
-from frosty_lm.report import alive
 from frosty_lm.run_dirs import make_dir
+
+
+def alive(pid) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except PermissionError:  # it exists, under another user
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
 
 
 def rank() -> int:

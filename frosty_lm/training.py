@@ -1,8 +1,7 @@
-"""One training run from a composed config: check, build, fit, summarise."""
+"""One training run from a composed config: check, build, fit, summarise (summary.py)."""
 from __future__ import annotations
 
 import logging
-import math
 import shlex
 import signal
 import sys
@@ -14,22 +13,21 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from frosty_lm.callbacks import CharThroughput, StopOnInterrupt
-from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint, model_from_checkpoint
+from frosty_lm.callbacks import StopOnInterrupt
+from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint
 from frosty_lm.cli import SweepStop, in_sweep, stop_sweep_on_signals
 from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError, NonFiniteLoss
 from frosty_lm.interrupts import Interrupted
 from frosty_lm.lit_module import FrostyLM
-from frosty_lm.machine import check_training_fits, isa_cap, parallel_jobs, set_threads, spawn_ranks_inside_sweep
-from frosty_lm.progress import FILE_ONLY, ProgressLines, keep_off_console
+from frosty_lm.machine import check_training_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep
+from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
 from frosty_lm.resume import check_compatible, resume_if_asked
-from frosty_lm.sampling import default_prompt, sample_text
 from frosty_lm.status import RunLock, RunRecord
+from frosty_lm.summary import precision_line, summarise
 
 log = logging.getLogger("frosty")
 
@@ -192,87 +190,3 @@ def nan_advice(trainer: L.Trainer, cfg: DictConfig, stop_step: int, overrides: l
         return (f"{at_stop}continue from the best validation (step {best_step}) with a lower learning rate in a new "
                 f"run, {command}")
     return f"{at_stop}start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set"
-
-
-@rank_zero_only
-def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float, text: str) -> None:
-    """The end of a run: its best checkpoint, val loss, average training speed, a sample from a prompt taken from
-    its own corpus (text: the validation split's start), and the generate.py command that continues it. In a
-    parallel sweep the sample and the command go to the job's train.log only."""
-    checkpoint = trainer.checkpoint_callback
-    if checkpoint is None or not checkpoint.best_model_path:
-        log.info("no best checkpoint was written (no validation ran)")
-        return
-    path = Path(checkpoint.best_model_path).resolve()
-    model, vocab = model_from_checkpoint(load_checkpoint(path))
-    prompt = corpus_prompt(text)
-    if any(ch not in vocab for ch in prompt):  # e.g. "\n" for a one-line corpus without line breaks
-        prompt = default_prompt(vocab)
-    sample = sample_text(model, vocab, prompt, cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
-    command = generate_command(path, prompt, cfg.seed)
-    log.info("best checkpoint: %s", path)
-    log.info("best val loss %.4f nats/char, %.4f bits/char", loss, loss / math.log(2))
-    speed = average_speed(trainer)
-    if speed is not None:
-        log.info("training speed: %s", speed_line(*speed, precision=str(trainer.precision)))
-    log.info("sample:\n%s", sample.strip("\n"), extra=job_log_only())
-    log.info("continue from it with:\n  %s", command, extra=job_log_only())
-
-
-def average_speed(trainer: L.Trainer) -> tuple[float, float | None] | None:
-    """Characters trained per second over the run (validation left out), and that as a fraction of the matmul peak
-    that CharThroughput measured (None if unknown)."""
-    lines = next((c for c in trainer.callbacks if isinstance(c, ProgressLines)), None)
-    speed = lines.average_speed() if lines is not None else None
-    if speed is None:
-        return None
-    throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
-    peak = throughput.peak if throughput is not None else None
-    flops_per_char = trainer.lightning_module.flops_per_char  # the peak is one device's: so is the fraction
-    return speed, speed / trainer.world_size * flops_per_char / peak if peak else None
-
-
-def corpus_prompt(text: str, words: int = 3) -> str:
-    """A short prompt from the run's own corpus: the first words of the first line of text (after the first line
-    break, so it starts a line); "\n" if there is none."""
-    lines = [line.split() for line in text.split("\n")[1:]]
-    first = next((line for line in lines if line), None)
-    return " ".join(first[:words]) if first else "\n"
-
-
-def generate_command(path: Path, prompt: str, seed: int) -> str:
-    """The shell command that samples from path as the summary did (Hydra-quoted prompt, so commas and quotes
-    pass); an empty or line-break prompt is generate.py's default."""
-    command = f"python generate.py ckpt_path={shlex.quote(str(path))}"
-    if prompt.strip():
-        quoted = prompt.replace('"', '\\"')  # Hydra's quoted strings: a backslash escapes only a quote
-        command += " " + shlex.quote(f'prompt="{quoted}"')
-    return f"{command} seed={seed}"
-
-
-def job_log_only() -> dict | None:
-    """logging's `extra=` for lines that, in a parallel sweep, go to the job's train.log only (not the console,
-    where every job's lines interleave)."""
-    return FILE_ONLY if parallel_jobs() > 1 else None
-
-
-def precision_line(cfg: DictConfig, precision: str) -> str:
-    """The training precision and why: trainer=cpu picks bf16 where the CPU computes it natively."""
-    chosen = OmegaConf.to_container(cfg.trainer, resolve=False).get("precision")
-    if isinstance(chosen, str) and "frosty_cpu_precision" in chosen:
-        if precision.startswith("bf16"):
-            return f"{precision}: this CPU computes bf16 natively (AVX512-BF16 or AMX); weights stay fp32"
-        if (cap := isa_cap()) is not None:
-            return f"fp32 ({precision}): {cap} caps torch's CPU kernels below native bf16"
-        return (f"fp32 ({precision}): this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 would be slower; "
-                "expect several times the time per step of such a CPU")
-    return f"{precision}: as trainer.precision sets it"
-
-
-def speed_line(chars_per_sec: float, peak_fraction: float | None, precision: str) -> str:
-    """"N characters/s, X% of this machine's matmul peak (precision)"; the speed alone if the fraction is
-    unknown or above 1 (the peak was measured low, e.g. on a busy machine: a percentage would mislead)."""
-    speed = f"{chars_per_sec:,.0f} characters/s"
-    if peak_fraction is None or not 0 < peak_fraction <= 1:
-        return speed
-    return f"{speed}, {100 * peak_fraction:.1f}% of this machine's matmul peak ({precision})"

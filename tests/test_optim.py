@@ -10,7 +10,7 @@ import frosty_lm.optim
 from conftest import TINY
 from frosty_lm.model import GPT, GPTConfig
 from frosty_lm.optim import MuonWithAdamW, group_settings, make_optimizer, newton_schulz_fp32
-from frosty_lm.resume import upgraded
+from frosty_lm.stored_config import upgraded
 from test_reliability import assert_one_line_error
 
 MUON = {"name": "muon", "lr": 0.02, "momentum": 0.95, "weight_decay": 0.01, "adjust_lr_fn": "original",

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from frosty_lm.machine import BELOW_BF16
 from frosty_lm.progress import FILE_ONLY, ProgressLines, duration, keep_off_console
 from frosty_lm.report import Run
-from frosty_lm.training import corpus_prompt, generate_command, precision_line
+from frosty_lm.summary import corpus_prompt, generate_command, precision_line
 
 
 def fake_trainer(global_step: int, max_steps: int = 100, val_check_interval: int = 10) -> SimpleNamespace:
