@@ -5,6 +5,7 @@ if __name__ == "__main__":  # first: Ctrl-C or SIGTERM while the rest loads is o
     interrupt_on_signals("before training started: nothing was saved")
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -33,4 +34,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    exit_when_interrupted(main)
+    exit_when_interrupted(lambda: exit_on_user_error(run_dirs.make_given_run_dir)(sys.argv[1:]) or main())

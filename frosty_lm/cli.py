@@ -34,6 +34,8 @@ FILE_ERRORS = {
     errno.EACCES: ("permission denied", "choose files and directories you may use (paths.outputs_dir=DIR for runs)"),
     errno.EPERM: ("operation not permitted", "choose files and directories you may use (paths.outputs_dir=DIR)"),
     errno.EROFS: ("read-only file system", "put runs on a writable disk with paths.outputs_dir=DIR"),
+    errno.EEXIST: ("a file is in the way", "move it, or put runs elsewhere with paths.outputs_dir=DIR"),
+    errno.ENOTDIR: ("not a directory", "move the file in the way, or put runs elsewhere with paths.outputs_dir=DIR"),
 }
 
 

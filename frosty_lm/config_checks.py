@@ -19,6 +19,7 @@ from frosty_lm.cli import in_sweep
 from frosty_lm.errors import FrostyError
 
 MODEL_PY = Path(__file__).with_name("model.py")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
 
 
 def check_early(cfg: DictConfig) -> None:
@@ -71,6 +72,9 @@ def check_config(cfg: DictConfig) -> None:
     must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
          cfg.summary_sample_chars, "an integer >= 0")
     must(is_int(every) and every >= 0, "trainer.log_every_n_steps", every, "an integer >= 0")
+    clip = cfg.trainer.get("gradient_clip_val")
+    must(clip is None or is_number(clip) and clip >= 0, "trainer.gradient_clip_val", clip,
+         "a number >= 0 (0 or null: no clipping), e.g. 1.0")
 
 
 def check_optim(optim: DictConfig) -> None:
@@ -81,10 +85,11 @@ def check_optim(optim: DictConfig) -> None:
     muon = name == "muon"  # Muon's lr and weight decay, and AdamW's for the other weights
     for key in ("lr", "adamw_lr") if muon else ("lr",):
         value = optim.get(key)
-        must(is_number(value) and value > 0, f"optim.{key}", value, "a positive number, e.g. 1e-3")
+        must(is_number(value) and 0 < value <= FLOAT32_MAX, f"optim.{key}", value,
+             "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
     for key in ("weight_decay", "adamw_weight_decay") if muon else ("weight_decay",):
         value = optim.get(key)
-        must(is_number(value) and value >= 0, f"optim.{key}", value, "a number >= 0")
+        must(is_number(value) and 0 <= value <= FLOAT32_MAX, f"optim.{key}", value, "a number >= 0 (at most 3.4e38)")
     betas = list(optim.betas) if OmegaConf.is_list(optim.get("betas")) else optim.get("betas")
     must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
          "optim.betas", betas, "two numbers in [0, 1), e.g. optim.betas=[0.9,0.99]")

@@ -28,8 +28,8 @@ def resumed_config(stored: dict, overrides: list[str], groups: set[str]) -> Dict
         if key == "resume" or key.startswith("hydra"):
             continue
         if key in groups:
-            raise FrostyError(f"{override.input_line}: a resumed run keeps its config groups; "
-                              "override single keys instead (e.g. trainer.max_steps=5000)")
+            raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
+                              f"(leave {key}= out); override single keys instead (e.g. trainer.max_steps=5000)")
         OmegaConf.update(cfg, key, override.value(), force_add=True)
     return cfg
 
@@ -41,6 +41,9 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     rather than reading the file again."""
     if not cfg.get("resume"):
         return cfg, None
+    if cfg.get("ckpt_path"):
+        raise FrostyError(f"resume={cfg.resume} and ckpt_path={cfg.ckpt_path} conflict: resume= continues a run in its "
+                          "own directory, ckpt_path= starts a new run from a checkpoint; give one")
     hydra = HydraConfig.get()
     last = Path(hydra.runtime.output_dir) / LAST
     ckpt = load_checkpoint(last)
@@ -99,3 +102,33 @@ def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, opt
     if trained != asked:
         raise FrostyError(f"{ckpt_path} was trained with optim={trained}, this run asks for optim={asked}: start from "
                           f"it with optim={trained}")
+
+
+def check_start_state(ckpt_path: str, ckpt: dict, module) -> None:
+    """A checkpoint to start from, before Lightning restores it: its weights fit this run's model (module, the
+    LightningModule: they are loaded into it, as Lightning would) and are finite, and the optimizer state and the
+    random state are there and well formed. An edited or damaged file is refused in one line."""
+    import torch
+
+    state = ckpt["state_dict"]
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise FrostyError(f"{ckpt_path} holds weights that do not fit its model ({detail}): the file was edited or "
+                          "damaged; start from another checkpoint") from None
+    if missing or unexpected:
+        what = f"lacks {', '.join(missing[:3])}" if missing else f"has unknown {', '.join(unexpected[:3])}"
+        raise FrostyError(f"{ckpt_path} {what}: the file was edited or damaged; start from another checkpoint")
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise FrostyError(f"{ckpt_path} holds NaN or infinite weights: training cannot go on from them; start from "
+                          "an earlier checkpoint (e.g. its run's best.ckpt), or anew")
+    optimizers = ckpt.get("optimizer_states")
+    if not (isinstance(optimizers, list) and len(optimizers) == 1 and isinstance(optimizers[0], dict)
+            and {"state", "param_groups"} <= optimizers[0].keys()):
+        raise FrostyError(f"{ckpt_path} holds no optimizer state to go on with: give a checkpoint written by train.py")
+    rng = ckpt.get("torch_rng_state")
+    if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8
+                                and rng.shape == torch.get_rng_state().shape):
+        raise FrostyError(f"{ckpt_path} holds a damaged random state (torch_rng_state): give a checkpoint written "
+                          "by train.py")

@@ -103,6 +103,11 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
                               "start one with `python train.py`")
     else:
         run = Path(resume)
+    if run.is_file():
+        in_run = run.name == "last.ckpt" and run.parent.name == "checkpoints"
+        run_of = f" (here resume={run.parents[1]})" if in_run else ""
+        raise FrostyError(f"resume={resume} is a file: resume= takes a run's directory, the one holding {LAST}"
+                          f"{run_of}; to start a new run from a checkpoint file, give ckpt_path={resume}")
     if not (run / LAST).is_file():
         raise FrostyError(f"cannot resume {run}: it has no {LAST} (not a run of train.py, or one stopped before its "
                           f"first checkpoint: start it again with hydra.run.dir={run}); or use resume=latest")
@@ -130,13 +135,28 @@ def run_dir(resume: str | None, outputs_dir: str, new_dir: str) -> str:
     return new_dir
 
 
+def make_given_run_dir(args: list[str]) -> None:
+    """train.py's command line, before Hydra reads it: hydra.run.dir=DIR is created by Hydra before any of train.py's
+    code runs, and a directory that cannot be made would end in Hydra's traceback: make it here first. With
+    resume=, which continues a run in its own directory, hydra.run.dir= is refused."""
+    if "-m" in args or "--multirun" in args:
+        return
+    given = dict(arg.partition("=")[::2] for arg in args if "=" in arg)
+    run_dir_given = given.get("hydra.run.dir")
+    if run_dir_given and given.get("resume"):
+        raise FrostyError(f"resume={given['resume']} continues that run in its own directory: leave out "
+                          f"hydra.run.dir={run_dir_given}")
+    if run_dir_given and "${" not in run_dir_given:
+        make_dir(run_dir_given, "hydra.run.dir=DIR")
+
+
 def make_dir(path: str, key: str) -> None:
     """Create path (and its parents), or a FrostyError naming why not and the key that moves it."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise FrostyError(f"cannot create {path}: {err.strerror or err}: choose a writable directory with {key}"
-                          ) from None
+        why = "a file is in the way" if isinstance(err, FileExistsError) else err.strerror or err
+        raise FrostyError(f"cannot create {path}: {why}: choose a writable directory with {key}") from None
 
 
 @_user_error_exits

@@ -25,7 +25,7 @@ from frosty_lm.interrupts import Interrupted
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import check_training_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep
 from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
-from frosty_lm.resume import check_compatible, resume_if_asked
+from frosty_lm.resume import check_compatible, check_more_to_train, check_start_state, resume_if_asked
 from frosty_lm.status import RunLock, RunRecord
 from frosty_lm.summary import precision_line, summarise
 
@@ -33,8 +33,9 @@ log = logging.getLogger("frosty")
 
 
 def make(node: DictConfig, **kwargs):
-    """Hydra's instantiate; a user error raised by the constructor (ours, or Lightning's
-    MisconfigurationException, e.g. trainer=gpu without a GPU) comes out as a FrostyError, not a report."""
+    """Hydra's instantiate; a user error raised by the constructor (ours, Lightning's MisconfigurationException,
+    e.g. trainer=gpu without a GPU, or a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) comes out
+    as a FrostyError, not a report."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -43,6 +44,10 @@ def make(node: DictConfig, **kwargs):
             raise cause from None
         if isinstance(cause, MisconfigurationException):
             raise FrostyError(" ".join(str(cause).split())) from None
+        if isinstance(cause, (TypeError, ValueError)):
+            where = OmegaConf.select(node, "_target_", default="a config node")
+            raise FrostyError(f"{where}: {' '.join(str(cause).split())} (python train.py --cfg job shows every "
+                              "setting)") from None
         raise
 
 
@@ -115,12 +120,16 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     check_config(cfg)  # before threads and seed reach torch
     set_threads(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    resumed_run = start is not None
     if start is None and cfg.ckpt_path:  # a clear error now, before the corpus is read, for a missing or unsafe file
         start = load_checkpoint(cfg.ckpt_path)
     datamodule, model = build(cfg)
     if start is not None:
         check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
                          model.hparams.optim)
+        check_start_state(cfg.ckpt_path, start, model)
+        if not resumed_run:  # (resume= has checked this before composing the run)
+            check_more_to_train(start, cfg, Path(cfg.ckpt_path))
     log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
              len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())

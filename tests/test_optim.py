@@ -170,7 +170,7 @@ def test_muon_settings_given_on_resume_train(invoke, text_file, tmp_path):
     assert [g["lr"] for g in groups] == [0.05, 2e-3, 2e-3] == c["lr_schedulers"][0]["base_lrs"]
     assert groups[0]["momentum"] == 0.9 and [g["weight_decay"] for g in groups] == [0.01, 0.2, 0.0]
     code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=30", "optim=adamw")
-    assert_one_line_error(code, err, "a resumed run keeps its config groups")
+    assert_one_line_error(code, err, "a resumed run keeps the config groups it was started with")
 
 
 @pytest.mark.parametrize("overrides, message", [

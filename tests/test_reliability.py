@@ -55,6 +55,11 @@ def earlier_run(trained_run, tmp_path) -> Path:
         (["scheduler.decay_steps=0"], "scheduler.decay_steps=0 must be a positive integer"),
         (["scheduler.name=linear"], "scheduler.name='linear' is not known: use constant or cosine"),
         (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be >= 0"),
+        (["optim.lr=1e39"], "optim.lr=1e+39 must be a positive number (at most 3.4e38"),
+        (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan must be a number >= 0"),
+        (["trainer.devices=-5"], "lightning.pytorch.Trainer: `devices` selected with `CPUAccelerator` should be"),
+        (["trainer.accelerator=foo"], "You selected an invalid accelerator name: `accelerator='foo'`"),
+        (["trainer.precision=17"], "Precision 17 is invalid"),
     ],
 )
 def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_run, tmp_path, overrides, message):
@@ -368,7 +373,7 @@ def test_resume_latest_picks_the_newest_run_and_keeps_its_config(invoke, text_fi
     assert ckpt["hyper_parameters"]["scheduler"]["decay_steps"] == 20  # derived keys follow the new max_steps
     assert len(list((tmp_path / "outputs").rglob("last.ckpt"))) == 1  # no second run directory
     code, _, err = invoke("train.py", "resume=latest", "model=small")
-    assert_one_line_error(code, err, "a resumed run keeps its config groups")
+    assert_one_line_error(code, err, "a resumed run keeps the config groups it was started with")
     code, _, err = invoke("train.py", "resume=latest", "trainer.max_stepz=30")  # Hydra checks the keys
     assert code == 1 and "Key 'max_stepz' is not in struct" in err and "Traceback" not in err
 

@@ -1,0 +1,113 @@
+"""A checkpoint to start from or to resume is checked before training: edited or damaged contents, NaN weights,
+nothing left to train and conflicting arguments are refused in one line, and the run's record is left as it was.
+Directories that cannot be made are one line too, including hydra.run.dir, which Hydra makes before train.py runs."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, run, snapshot
+from test_reliability import assert_one_line_error
+
+
+def edited_copy(trained_run: Path, tmp_path: Path, edit) -> Path:
+    """A copy of a finished run whose last.ckpt was edited by edit(checkpoint)."""
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, last)
+    return run_dir
+
+
+def drop_tensor(ckpt):
+    del ckpt["state_dict"]["model.blocks.1.fc.weight"]
+
+
+def drop_optimizer(ckpt):
+    del ckpt["optimizer_states"]
+
+
+def damage_rng(ckpt):
+    ckpt["torch_rng_state"] = torch.zeros(3, dtype=torch.uint8)
+
+
+def nan_weights(ckpt):
+    ckpt["state_dict"]["model.tok_emb.weight"].fill_(float("nan"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (drop_tensor, "lacks model.blocks.1.fc.weight: the file was edited or damaged"),
+    (drop_optimizer, "holds no optimizer state to go on with"),
+    (damage_rng, "holds a damaged random state"),
+    (nan_weights, "holds NaN or infinite weights: training cannot go on from them"),
+])
+def test_a_damaged_checkpoint_is_refused_on_resume_and_the_record_kept(invoke, trained_run, tmp_path, edit, message):
+    run_dir = edited_copy(trained_run, tmp_path, edit)
+    before = snapshot(run_dir / "checkpoints")
+    record = (run_dir / "status.json").read_text()
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=45")
+    assert_one_line_error(code, err, message)
+    assert snapshot(run_dir / "checkpoints") == before
+    assert (run_dir / "status.json").read_text() == record  # still "finished", with its numbers
+
+
+def test_a_new_run_from_nan_weights_is_refused_before_training(invoke, trained_run, tmp_path):
+    source = edited_copy(trained_run, tmp_path, nan_weights) / "checkpoints" / "last.ckpt"
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=45", "dataset=text",
+                          f"data.path={trained_run.parent / 'corpus.txt'}", f"ckpt_path={source}",
+                          f"hydra.run.dir={tmp_path / 'new'}")
+    assert_one_line_error(code, err, f"{source} holds NaN or infinite weights")
+    assert not (tmp_path / "new" / "checkpoints").exists()
+
+
+def test_a_new_run_from_a_checkpoint_with_nothing_left_to_train_is_refused(invoke, trained_run, tmp_path):
+    source = trained_run / "checkpoints" / "last.ckpt"  # at step 30, TINY's max_steps
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={trained_run.parent / 'corpus.txt'}",
+                          f"ckpt_path={source}", f"hydra.run.dir={tmp_path / 'new'}")
+    assert_one_line_error(code, err, f"{source} is at step 30 and trainer.max_steps=30: nothing to train")
+    assert json.loads((tmp_path / "new" / "status.json").read_text())["status"] == "failed"
+
+
+def test_resume_and_ckpt_path_together_are_refused(invoke, trained_run, tmp_path):
+    run_dir = edited_copy(trained_run, tmp_path, lambda ckpt: None)
+    before, record = snapshot(run_dir / "checkpoints"), (run_dir / "status.json").read_text()
+    code, _, err = invoke("train.py", f"resume={run_dir}", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}")
+    assert_one_line_error(code, err, "conflict: resume= continues a run in its own directory, ckpt_path= starts")
+    assert snapshot(run_dir / "checkpoints") == before and (run_dir / "status.json").read_text() == record
+
+
+def test_resume_of_a_checkpoint_file_says_to_give_its_run(invoke, trained_run):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    code, _, err = invoke("train.py", f"resume={last}")
+    assert_one_line_error(code, err, f"resume={last} is a file: resume= takes a run's directory",
+                          f"(here resume={trained_run})", f"give ckpt_path={last}")
+
+
+def test_a_checkpoints_file_in_the_run_directory_is_one_line(invoke, text_file, tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the checkpoints go\\n")
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, f"a file is in the way: {run_dir / 'checkpoints'}")
+
+
+def test_a_run_directory_that_cannot_be_made_or_a_second_one_for_resume_is_one_line(trained_run, text_file,
+                                                                                       tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory\\n")
+    for where, fragment in ((blocker / "run", "Not a directory"), (blocker, "a file is in the way")):
+        result = run("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={where}",
+                     cwd=tmp_path, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == [f"error: cannot create {where}: {fragment}: choose a writable "
+                                                      "directory with hydra.run.dir=DIR"]
+    result = run("train.py", f"resume={trained_run}", f"hydra.run.dir={tmp_path / 'elsewhere'}", cwd=tmp_path,
+                 check=False)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: resume={trained_run} continues that run in its own directory: leave out "
+        f"hydra.run.dir={tmp_path / 'elsewhere'}"]
+    assert not (tmp_path / "elsewhere").exists()
