@@ -133,8 +133,13 @@ def run_generation(cfg: DictConfig) -> None:
         print(f"{chosen}, {score(ckpt)} ({CHOOSE})", file=sys.stderr, flush=True)
     model, vocab = model_from_checkpoint(ckpt, path)
     prompt, top_k = check_request(cfg, vocab)
+    if sys.stdout is None:  # started with its standard output closed (generate.py >&-)
+        raise FrostyError("standard output is closed: generate.py writes its samples there; send it to a file "
+                          "(> samples.txt) or a pipe")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
+        if torch.device(device).type == "meta":  # tensors without data: nothing to sample from
+            raise ValueError("a meta device holds no data")
         model.to(device)
     except (RuntimeError, ValueError, AssertionError) as err:
         raise FrostyError(f"device={device!r} cannot be used here ({' '.join(str(err).split())[:120]}): "
@@ -158,3 +163,7 @@ def run_generation(cfg: DictConfig) -> None:
             sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (generate.py | head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+    except OSError as err:  # e.g. a full disk behind generate.py > FILE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise FrostyError(f"cannot write the samples to standard output: {err.strerror or err}: send them to "
+                          "another file or disk") from None

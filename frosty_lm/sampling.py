@@ -10,11 +10,14 @@ import torch
 from frosty_lm.model import GPT
 from frosty_lm.tokenizer import CharTokenizer
 
+GREEDY_BELOW = 1e-6  # a temperature this small picks the most likely character anyway
+
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one id per row of logits (B, V): greedy at temperature 0, else top-k / top-p sampling."""
-    if temperature == 0:
+    """Pick one id per row of logits (B, V): greedy at temperature 0 (and below GREEDY_BELOW, where dividing by it
+    would overflow to inf and leave no probabilities), else top-k / top-p sampling."""
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     logits = logits / temperature
     if top_k is not None and top_k < logits.size(-1):  # keep the k most likely

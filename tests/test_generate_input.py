@@ -1,5 +1,6 @@
 """generate.py refuses what it cannot honour with one line (numbers, devices, damaged checkpoints) and stops
 quietly when its reader goes away."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,40 @@ def test_a_closed_pipe_stops_generation_quietly(trained_run, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert b"Traceback" not in err and b"Error" not in err
+
+
+@pytest.mark.parametrize("stdout, message", [
+    ("closed", "error: standard output is closed: generate.py writes its samples there"),
+    ("/dev/full", "error: cannot write the samples to standard output: No space left on device"),
+])
+def test_an_output_that_cannot_be_written_is_one_line(trained_run, tmp_path, stdout, message):
+    command = [sys.executable, str(ROOT / "generate.py"), f"ckpt_path={trained_run}/checkpoints/best.ckpt",
+               "max_new_tokens=50"]
+    if stdout == "closed":  # generate.py >&-
+        done = subprocess.run(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True, timeout=120,
+                              preexec_fn=lambda: os.close(1))
+    else:
+        with open(stdout, "w") as out:
+            done = subprocess.run(command, cwd=tmp_path, stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), done.stderr
+
+
+def test_a_meta_device_is_refused(invoke, trained_run):
+    code, _, err = invoke("generate.py", f"ckpt_path={trained_run}/checkpoints/best.ckpt", "device=meta")
+    assert_one_line_error(code, err, "device='meta' cannot be used here (a meta device holds no data)")
+
+
+def test_a_temperature_too_small_to_divide_by_decodes_greedily(invoke, trained_run):
+    texts = []
+    for temperature in ("0", "1e-40"):
+        code, out, err = invoke("generate.py", f"ckpt_path={trained_run}/checkpoints/best.ckpt", "max_new_tokens=40",
+                                f"temperature={temperature}")
+        assert code == 0, err
+        texts.append(out)
+    assert texts[0] == texts[1]
+    logits = torch.tensor([[1.0, 3.0, 2.0]])
+    assert (logits / 1e-40).softmax(-1).isnan().all()  # what dividing would give: no probabilities at all
+    from frosty_lm.sampling import sample_next
+    assert sample_next(logits, temperature=1e-40).tolist() == [1]
