@@ -400,7 +400,7 @@ def test_resume_and_a_start_checkpoint_are_read_once(invoke, text_file, tmp_path
     assert torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)["global_step"] == 15
     reads.clear()
     start = tmp_path / "r/checkpoints/last.ckpt"
-    code, _, err = invoke("train.py", *args, "trainer.max_steps=15", f"ckpt_path={start}",
+    code, _, err = invoke("train.py", *args, "trainer.max_steps=20", f"ckpt_path={start}",
                           f"hydra.run.dir={tmp_path / 'started'}")
     assert code == 0, err
     assert reads == ["last.ckpt", "best.ckpt"]
