@@ -33,5 +33,10 @@ def main(cfg: DictConfig) -> float:
     return run_training(cfg)
 
 
+def start() -> None:
+    exit_on_user_error(run_dirs.make_given_run_dir)(sys.argv[1:])  # hydra.run.dir=DIR: one line if it cannot be made
+    main()
+
+
 if __name__ == "__main__":
-    exit_when_interrupted(lambda: exit_on_user_error(run_dirs.make_given_run_dir)(sys.argv[1:]) or main())
+    exit_when_interrupted(start)

@@ -141,7 +141,7 @@ def make_given_run_dir(args: list[str]) -> None:
     resume=, which continues a run in its own directory, hydra.run.dir= is refused."""
     if "-m" in args or "--multirun" in args:
         return
-    given = dict(arg.partition("=")[::2] for arg in args if "=" in arg)
+    given = {key.lstrip("+"): value for key, _, value in (arg.partition("=") for arg in args if "=" in arg)}
     run_dir_given = given.get("hydra.run.dir")
     if run_dir_given and given.get("resume"):
         raise FrostyError(f"resume={given['resume']} continues that run in its own directory: leave out "
