@@ -141,13 +141,21 @@ def make_given_run_dir(args: list[str]) -> None:
     resume=, which continues a run in its own directory, hydra.run.dir= is refused."""
     if "-m" in args or "--multirun" in args:
         return
-    given = {key.lstrip("+"): value for key, _, value in (arg.partition("=") for arg in args if "=" in arg)}
-    run_dir_given = given.get("hydra.run.dir")
-    if run_dir_given and given.get("resume"):
-        raise FrostyError(f"resume={given['resume']} continues that run in its own directory: leave out "
-                          f"hydra.run.dir={run_dir_given}")
-    if run_dir_given and "${" not in run_dir_given:
+    given = {key.lstrip("+"): unquoted(value) for key, _, value in (arg.partition("=") for arg in args if "=" in arg)}
+    run_dir_given, resume = given.get("hydra.run.dir"), given.get("resume")
+    if not run_dir_given or "${" in run_dir_given:
+        return
+    if resume and resume != "latest":  # (Lightning's DDP processes are given their run's own directory: fine)
+        if Path(run_dir_given).resolve() != Path(resume).resolve():
+            raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
+                              f"hydra.run.dir={run_dir_given}")
+    elif not resume:
         make_dir(run_dir_given, "hydra.run.dir=DIR")
+
+
+def unquoted(value: str) -> str:
+    """A command-line override's value as Hydra reads it: without the quotes around it ("a b" or 'a b')."""
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
 def make_dir(path: str, key: str) -> None:
