@@ -61,20 +61,23 @@ def check_config(cfg: DictConfig) -> None:
     must(threads is None or is_int(threads) and threads > 0, "threads", threads,
          "a positive integer, or null for all cores")
     check_optim(cfg.optim)
-    data = cfg.get("data") or {}  # (CharDataModule checks these too, for a data module built by other code)
-    batch_size, val_fraction = data.get("batch_size"), data.get("val_fraction", 0.1)
-    must(is_int(batch_size) and batch_size > 0, "data.batch_size", batch_size, "a positive integer, e.g. "
-         "data.batch_size=32")
-    must(is_number(val_fraction) and 0 < val_fraction < 1, "data.val_fraction", val_fraction,
-         "between 0 and 1, e.g. data.val_fraction=0.1")
-    must(data.get("decode_errors", "strict") in ("strict", "replace"), "data.decode_errors",
-         data.get("decode_errors"), "strict or replace")
+    data = cfg.get("data") or {}
+    check_data(data.get("batch_size"), data.get("val_fraction", 0.1), data.get("decode_errors", "strict"))
     must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
          cfg.summary_sample_chars, "an integer >= 0")
     must(is_int(every) and every >= 0, "trainer.log_every_n_steps", every, "an integer >= 0")
     clip = cfg.trainer.get("gradient_clip_val")
     must(clip is None or is_number(clip) and clip >= 0, "trainer.gradient_clip_val", clip,
          "a number >= 0 (0 or null: no clipping), e.g. 1.0")
+
+
+def check_data(batch_size, val_fraction, decode_errors) -> None:
+    """data.* settings that need no corpus (CharDataModule checks them too, when other code builds one)."""
+    must(is_int(batch_size) and batch_size > 0, "data.batch_size", batch_size, "a positive integer, e.g. "
+         "data.batch_size=32")
+    must(is_number(val_fraction) and 0 < val_fraction < 1, "data.val_fraction", val_fraction,
+         "between 0 and 1, e.g. data.val_fraction=0.1")
+    must(decode_errors in ("strict", "replace"), "data.decode_errors", decode_errors, "strict or replace")
 
 
 def check_optim(optim: DictConfig) -> None:

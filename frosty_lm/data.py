@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 
 from frosty_lm import corpus
+from frosty_lm.config_checks import check_data
 from frosty_lm.errors import FrostyError
 from frosty_lm.machine import check_fits
 from frosty_lm.tokenizer import CharTokenizer
@@ -66,12 +67,7 @@ class CharDataModule(L.LightningDataModule):
                  val_fraction: float = 0.1, seed: int = 0, path: str | None = None, url: str | None = None,
                  sha256: str | None = None, decode_errors: str = "strict") -> None:
         super().__init__()
-        if not 0.0 < val_fraction < 1.0:
-            raise FrostyError(f"data.val_fraction={val_fraction} must be between 0 and 1, e.g. data.val_fraction=0.1")
-        if not isinstance(batch_size, int) or batch_size <= 0:
-            raise FrostyError(f"data.batch_size={batch_size!r} must be a positive integer, e.g. data.batch_size=32")
-        if decode_errors not in ("strict", "replace"):
-            raise FrostyError(f"data.decode_errors={decode_errors!r} must be strict or replace")
+        check_data(batch_size, val_fraction, decode_errors)
         self.name, self.data_dir, self.path, self.url, self.sha256 = name, data_dir, path, url, sha256
         self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
         self.seed, self.decode_errors = seed, decode_errors

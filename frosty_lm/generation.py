@@ -127,15 +127,15 @@ def score(ckpt: dict) -> str:
 
 
 def run_generation(cfg: DictConfig) -> None:
+    if sys.stdout is None:  # started with its standard output closed (generate.py >&-)
+        raise FrostyError("standard output is closed: generate.py writes its samples there; send it to a file "
+                          "(> samples.txt) or a pipe")
     path, chosen = choose_checkpoint(cfg)
     ckpt = load_checkpoint(path)
     if chosen:
         print(f"{chosen}, {score(ckpt)} ({CHOOSE})", file=sys.stderr, flush=True)
     model, vocab = model_from_checkpoint(ckpt, path)
     prompt, top_k = check_request(cfg, vocab)
-    if sys.stdout is None:  # started with its standard output closed (generate.py >&-)
-        raise FrostyError("standard output is closed: generate.py writes its samples there; send it to a file "
-                          "(> samples.txt) or a pipe")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         if torch.device(device).type == "meta":  # tensors without data: nothing to sample from

@@ -143,6 +143,7 @@ def make_given_run_dir(args: list[str]) -> None:
         return
     given = {key.lstrip("+"): unquoted(value) for key, _, value in (arg.partition("=") for arg in args if "=" in arg)}
     run_dir_given, resume = given.get("hydra.run.dir"), given.get("resume")
+    resume = None if resume in ("", "null") else resume  # (train.yaml's default, given explicitly)
     if not run_dir_given or "${" in run_dir_given:
         return
     if resume and resume != "latest":  # (Lightning's DDP processes are given their run's own directory: fine)
