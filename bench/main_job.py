@@ -31,7 +31,7 @@ def timed_run(precision: str, overrides: list[str]) -> dict:
         run_dir = next(Path(outputs).rglob("status.json")).parent
         status = json.loads((run_dir / "status.json").read_text())
         log = (run_dir / "train.log").read_text()
-    per_step = re.search(r"\((\d+) ms/step over the first", log)
+    per_step = re.search(r"\((\d+) ms/step over the", log)
     return {"wall": wall, "steps": status.get("steps"), "best": status.get("best_val_loss"),
             "first_ms": int(per_step.group(1)) if per_step else None}
 
@@ -45,7 +45,7 @@ def main() -> None:
     for precision in (["bf16-mixed"] if native else []) + ["32-true"]:
         results[precision] = r = timed_run(precision, overrides)
         print(f"{precision:>10}: {r['wall']:.0f} s from launch to exit, {r['steps']} steps "
-              f"({r['first_ms']} ms/step over the first 10), best val loss {r['best']:.4f}", flush=True)
+              f"({r['first_ms']} ms/step over the 10 steps after the first), best val loss {r['best']:.4f}", flush=True)
     if len(results) == 2:
         print(f"fp32 / bf16 wall time: {results['32-true']['wall'] / results['bf16-mixed']['wall']:.2f}x")
 

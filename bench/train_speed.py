@@ -48,17 +48,19 @@ def now(device: torch.device) -> float:
 
 
 class StepTimer(L.Callback):
-    """Times the steps after the first `warmup` of a fit."""
+    """Times the training steps after the first `warmup` of a fit, counted by the trainer's global step (the
+    batch index restarts with every pass over the corpus, which a short corpus and a large batch make often)."""
 
     def __init__(self, warmup: int, device: torch.device) -> None:
-        self.warmup, self.device, self.start, self.seconds = warmup, device, None, None
+        self.warmup, self.device, self.start, self.seconds, self.steps = warmup, device, None, None, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
+        if trainer.global_step == self.warmup and self.start is None:
             self.start = now(self.device)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.seconds = now(self.device) - self.start
+        self.steps = trainer.global_step - self.warmup
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -134,6 +136,8 @@ def main() -> None:
             start = round_ * n
             stream = RandomWindows(data, T, B, seed=0, start_batch=lambda: start)
             trainer.fit(module, train_dataloaders=DataLoader(stream, batch_size=None))
+        if timer.steps != args.steps:
+            raise SystemExit(f"error: timed {timer.steps} Lightning steps, not {args.steps}: a bug in StepTimer")
         return timer.seconds
 
     seed_data = data.long()  # the seed kept the corpus on the CPU and moved each batch

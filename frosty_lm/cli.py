@@ -143,10 +143,11 @@ def quiet_lightning() -> None:
     """Silence what is noise in a Frosty run: Lightning's advertisements, its warnings about its own internals,
     and warnings that do not apply: Frosty's training stream resumes exactly without loader state (batch i is a
     function of seed and i), a resumed run reuses its checkpoint directory, a new run from another run's checkpoint
-    (ckpt_path=) starts its own best on purpose, and an "epoch" is nominal.
+    (ckpt_path=) starts its own best on purpose, an "epoch" is nominal, a GPU whose peak Lightning lacks gets
+    Frosty's measured one, and a batch is one gather in the main process (loader workers would only add processes).
     Calling it again adds nothing."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
     warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec).*")
     warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|Checkpoint directory .* exists and is "
                                               r"not empty|smaller than the logging interval|The dirpath has changed "
-                                              r"from).*")
+                                              r"from|FLOPs not found for|does not have many workers).*")

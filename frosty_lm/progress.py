@@ -69,8 +69,9 @@ def duration(seconds: float) -> str:
 
 class ProgressLines(L.Callback):
     """Plain progress lines (logger "frosty"): every `every_seconds` seconds of training or `every_n_steps` steps
-    (whichever comes first; null: never), one after each validation, and an estimate of the run's time after
-    its first `estimate_after` steps. On a terminal with the Rich bar the lines go to train.log only.
+    (whichever comes first; null: never), one after each validation, and an estimate of the run's time from
+    the `estimate_after` steps after the first (a warm-up, far slower on a GPU). On a terminal with the Rich bar
+    the lines go to train.log only.
 
     Training time excludes validation and checkpointing; characters/s counts every process's characters.
     `record` (a status.RunRecord, set by training.fit) is updated at each validation: step, best val loss,
@@ -90,6 +91,7 @@ class ProgressLines(L.Callback):
         self._line = {"step": 0, "time": 0.0, "chars": 0}
         self._loss_sum, self._loss_count = None, 0
         self._step_seen = 0  # trainer.global_step at the last batch that ended a step
+        self._first_step = 0.0  # training seconds of the first step: warm-up (a GPU's far more), left out of rates
         self._started = time.monotonic()
 
     @property
@@ -138,7 +140,9 @@ class ProgressLines(L.Callback):
         if not trainer.is_global_zero:
             return
         now = time.monotonic()
-        if self.steps == self.estimate_after:
+        if self.steps == 1:
+            self._first_step = self._train_time(now)
+        if self.steps == self.estimate_after + 1:
             self._log_estimate(trainer, now)
         every_steps = self.every_n_steps and trainer.global_step - self._line["step"] >= self.every_n_steps
         every_time = self.every_seconds and self._train_time(now) - self._line["time"] >= self.every_seconds
@@ -148,10 +152,9 @@ class ProgressLines(L.Callback):
     def _log_estimate(self, trainer, now: float) -> None:
         remaining = self.eta(trainer, now)
         if remaining is not None:
-            per_step = self._train_time(now) / self.steps
-            log.info("time estimate: %s for the remaining %d steps (%.0f ms/step over the first %d; validations not "
-                     "yet included)", duration(remaining), self.remaining_steps(trainer), 1000 * per_step, self.steps,
-                     extra=self._where)
+            log.info("time estimate: %s for the remaining %d steps (%.0f ms/step over the %d after the first; "
+                     "validations not yet included)", duration(remaining), self.remaining_steps(trainer),
+                     1000 * self._step_time(now), self.steps - 1, extra=self._where)
 
     def _log_progress(self, trainer, now: float) -> None:
         train_time = self._train_time(now)
@@ -196,7 +199,7 @@ class ProgressLines(L.Callback):
         if not self.steps or trainer.max_steps <= 0:
             return None
         remaining = self.remaining_steps(trainer)
-        seconds = remaining * self._train_time(now) / self.steps
+        seconds = remaining * self._step_time(now)
         interval = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else None
         if self.validations and interval and remaining:
             end = trainer.global_step + remaining  # a validation every interval steps, and one after the last
@@ -204,6 +207,12 @@ class ProgressLines(L.Callback):
             seconds += validations * self.val_seconds / self.validations
         limit = _max_time_left(trainer)
         return min(seconds, limit) if limit is not None else seconds
+
+    def _step_time(self, now: float) -> float:
+        """Mean seconds per training step, the first (warm-up) left out once there are others."""
+        if self.steps == 1:
+            return self._train_time(now)
+        return (self._train_time(now) - self._first_step) / (self.steps - 1)
 
     def average_speed(self) -> float | None:
         """Characters trained per second over this process's training, validation left out."""

@@ -48,7 +48,8 @@ def test_a_piped_run_prints_progress_lines_and_one_line_per_validation(frost_run
     for text in (output, log):  # on the console (no terminal: no bar) and in train.log
         assert re.search(r"precision: (bf16-mixed: this CPU computes bf16 natively|fp32 \(32-true\): (this CPU has "
                          r"no native bf16|\S+ caps torch's CPU kernels below native bf16))", text)
-        assert re.search(r"time estimate: [\d:]+ for the remaining 20 steps \(\d+ ms/step over the first 10", text)
+        assert re.search(r"time estimate: [\d:]+ for the remaining 19 steps \(\d+ ms/step over the 10 after the "
+                         r"first", text)
         steps = [int(s) for s in re.findall(r"step (\d+)/30 \(\d+%\)  train loss \d\.\d{4}  [\d,]+ chars/s  "
                                             r"elapsed [\d:]+  ETA [\d:]+", text)]
         assert steps == [5, 10, 15, 20, 25, 30]

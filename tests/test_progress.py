@@ -21,9 +21,13 @@ def fake_trainer(global_step: int, max_steps: int = 100, val_check_interval: int
                            callbacks=[])
 
 
-def lines_after(steps: int, train_seconds: float, validations: int = 0, val_seconds: float = 0.0) -> ProgressLines:
+def lines_after(steps: int, train_seconds: float, validations: int = 0, val_seconds: float = 0.0,
+                first_step: float | None = None) -> ProgressLines:
+    """A ProgressLines that has trained `steps` steps in `train_seconds`, the first of them in `first_step`
+    (default: the mean)."""
     lines = ProgressLines()
     lines.steps, lines.train_seconds = steps, train_seconds
+    lines._first_step = train_seconds / max(steps, 1) if first_step is None else first_step
     lines.validations, lines.val_seconds = validations, val_seconds
     lines._phase = "val"  # no training time running on: the numbers above are all
     return lines
@@ -37,6 +41,12 @@ def test_eta_is_the_remaining_steps_at_the_mean_step_time_plus_the_remaining_val
     # max_steps not a multiple of the interval: one more validation after the last step (95)
     assert lines_after(20, 10.0, 2, 4.0).eta(fake_trainer(20, max_steps=95), 0.0) == pytest.approx(37.5 + 8 * 2)
     assert lines_after(20, 10.0, 2, 4.0).eta(fake_trainer(100), 0.0) == 0
+
+
+def test_eta_leaves_out_the_first_steps_warm_up():
+    # on the GPU the first step took 2 s and the next ones 20 ms: an estimate over all of them was 10x too long
+    assert lines_after(20, 5.0 + 19 * 0.5, first_step=5.0).eta(fake_trainer(20), 0.0) == pytest.approx(80 * 0.5)
+    assert lines_after(1, 5.0, first_step=5.0).eta(fake_trainer(1), 0.0) == pytest.approx(99 * 5.0)  # all there is
 
 
 def test_eta_is_capped_by_what_max_time_leaves():
@@ -128,3 +138,18 @@ def test_the_train_val_gap_waits_for_two_validations_and_compares_the_same_stret
     assert Run(Path("r"), {}, curves).gap() is None
     curves = {"val/loss": [(10, 3.0), (20, 2.5)], "train/loss": [(5, 3.5), (10, 3.2), (15, 2.4), (20, 2.2)]}
     assert Run(Path("r"), {}, curves).gap() == pytest.approx(2.5 - 2.3)
+
+
+def test_lightning_warnings_that_do_not_apply_are_silenced_and_others_are_not():
+    import warnings
+
+    from frosty_lm.cli import quiet_lightning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        # both seen on an H200: Frosty measures the peak itself, and a batch is one gather (no loader workers)
+        warnings.warn("FLOPs not found for 'NVIDIA H200', chip is 'nvidia h200'", stacklevel=1)
+        warnings.warn("The 'train_dataloader' does not have many workers which may be a bottleneck.", stacklevel=1)
+        warnings.warn("a warning Frosty knows nothing about", stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning Frosty knows nothing about"]
