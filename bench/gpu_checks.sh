@@ -7,7 +7,7 @@
 logs=${1:-/tmp/frosty-gpu}; mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
 step() { echo "== $(date +%T) $1"; }
-summary() { grep -E "estimate|validation at|best val|training speed" "$1" | sed 's/^.*INFO\] - //'; }
+summary() { grep -E "estimate|validation at|best val|training speed|time:" "$1" | sed 's/^.*INFO\] - //'; }
 
 step "speedrun preset, the seed's model size (6 layers, 6 heads, 384 wide, context 256), 1 and 2 minutes"
 for t in 01 02; do

@@ -121,8 +121,13 @@ class ProgressLines(L.Callback):
         self.train_seconds += now - self._since
         self._phase, self._since = "val", now
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.on_train_batch_start(trainer, pl_module, None, 0)  # close the last validation's time
+    def on_train_end(self, trainer, pl_module) -> None:  # close the phase that was running: the times stop here
+        now = time.monotonic()
+        if self._phase == "val":
+            self.val_seconds += now - self._since
+        else:
+            self.train_seconds += now - self._since
+        self._phase, self._since = "ended", now
 
     # the lines
 

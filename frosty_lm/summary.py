@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from frosty_lm.callbacks import CharThroughput
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.machine import isa_cap
-from frosty_lm.progress import ProgressLines, job_log_only
+from frosty_lm.progress import ProgressLines, duration, job_log_only
 from frosty_lm.sampling import default_prompt, sample_text
 
 log = logging.getLogger("frosty")
@@ -41,14 +41,23 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float, text: str) -> No
     speed = average_speed(trainer)
     if speed is not None:
         log.info("training speed: %s", speed_line(*speed, precision=str(trainer.precision)))
+    lines = progress_lines(trainer)
+    if lines is not None and lines.validations:
+        log.info("time: %s training, %s in %d validations (val loss, sample, checkpoints)",
+                 duration(lines.train_seconds), duration(lines.val_seconds), lines.validations)
     log.info("sample:\n%s", sample.strip("\n"), extra=job_log_only())
     log.info("continue from it with:\n  %s", command, extra=job_log_only())
+
+
+def progress_lines(trainer: L.Trainer) -> ProgressLines | None:
+    """The run's ProgressLines, which times its training and its validations."""
+    return next((c for c in trainer.callbacks if isinstance(c, ProgressLines)), None)
 
 
 def average_speed(trainer: L.Trainer) -> tuple[float, float | None] | None:
     """Characters trained per second over the run (validation left out), and that as a fraction of the matmul peak
     that CharThroughput measured (None if unknown)."""
-    lines = next((c for c in trainer.callbacks if isinstance(c, ProgressLines)), None)
+    lines = progress_lines(trainer)
     speed = lines.average_speed() if lines is not None else None
     if speed is None:
         return None
@@ -95,4 +104,5 @@ def speed_line(chars_per_sec: float, peak_fraction: float | None, precision: str
     speed = f"{chars_per_sec:,.0f} characters/s"
     if peak_fraction is None or not 0 < peak_fraction <= 1:
         return speed
-    return f"{speed}, {100 * peak_fraction:.1f}% of this machine's matmul peak ({precision})"
+    percent = f"{100 * peak_fraction:.1f}" if peak_fraction >= 0.01 else f"{100 * peak_fraction:.2g}"  # not 0.0
+    return f"{speed}, {percent}% of this machine's matmul peak ({precision})"

@@ -35,9 +35,12 @@ def test_frost_run_leaves_checkpoints_events_and_a_summary(frost_run):
     best = (run_dir / "checkpoints" / "best.ckpt").resolve()
     assert f"best checkpoint: {best}" in output
     assert "bits/char" in output and "sample:" in output
-    assert re.search(r"training speed: [\d,]+ characters/s, \d+\.\d% of this machine's matmul peak "
+    assert re.search(r"training speed: [\d,]+ characters/s, \d+\.\d+% of this machine's matmul peak "
                      r"\((32-true|bf16-mixed)\)",
                      output)
+    validations = len(re.findall(r"validation at step \d+", output))
+    assert validations and re.search(rf"time: [\d:]+ training, [\d:]+ in {validations} validations \(val loss, "
+                                     r"sample, checkpoints\)", output)
     prompt = re.search(rf"python generate.py ckpt_path={best} 'prompt=\"(.+)\"' seed=1337", output).group(1)
     assert prompt != "Whose woods these are"  # a prompt from the run's own val split, not a fixed one
 

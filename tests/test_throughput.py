@@ -60,7 +60,8 @@ def test_too_few_steps_give_no_speed():
     assert CharThroughput().training_speed() is None
 
 
-@pytest.mark.parametrize("fraction, shown", [(0.253, True), (1.0, True), (1.105, False), (None, False)])
+@pytest.mark.parametrize("fraction, shown", [(0.253, True), (1.0, True), (1.105, False), (None, False),
+                                             (0.00044, True)])
 def test_the_summary_never_prints_a_fraction_above_the_peak(fraction, shown):
     line = speed_line(12345.6, fraction, "bf16-mixed")
     assert line.startswith("12,346 characters/s")
@@ -68,6 +69,8 @@ def test_the_summary_never_prints_a_fraction_above_the_peak(fraction, shown):
     assert "110.5%" not in line
     if fraction == 0.253:
         assert line == "12,346 characters/s, 25.3% of this machine's matmul peak (bf16-mixed)"
+    if fraction == 0.00044:  # a tiny model on an H200: two digits, not "0.0%"
+        assert line == "12,346 characters/s, 0.044% of this machine's matmul peak (bf16-mixed)"
 
 
 def test_the_training_benchmark_times_the_steps_it_names_when_the_corpus_is_shorter_than_the_run():
