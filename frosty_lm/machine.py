@@ -127,6 +127,18 @@ def gpu_free_memory() -> int | None:
     return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
 
 
+def check_gpu_present(accelerator: str | None) -> None:
+    """A FrostyError that names the fix when a GPU trainer meets a machine where torch sees no GPU, CUDA or Apple's
+    MPS (Lightning's own words, "No supported gpu backend found!", name none)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and gpu_free_memory() is None and not (
+            accelerator == "gpu" and torch.backends.mps.is_available()):
+        raise FrostyError(f"trainer.accelerator={accelerator} (trainer=gpu and trainer=ddp), but torch sees no GPU "
+                          "here: train on the CPU with trainer=cpu (the default), or on a machine with a GPU and a "
+                          "CUDA build of torch")
+
+
 def check_training_fits(model: GPT, batch_size: int, processes: int = 1, gpu: bool = False) -> None:
     """A FrostyError, with the numbers, if training model at batch_size in `processes` processes on this machine
     (gpu: in one process on its GPU; each process of a multi-GPU run has a GPU of its own) would not fit in its

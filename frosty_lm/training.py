@@ -23,7 +23,13 @@ from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError, NonFiniteLoss
 from frosty_lm.interrupts import Interrupted
 from frosty_lm.lit_module import FrostyLM
-from frosty_lm.machine import check_training_fits, parallel_jobs, set_threads, spawn_ranks_inside_sweep
+from frosty_lm.machine import (
+    check_gpu_present,
+    check_training_fits,
+    parallel_jobs,
+    set_threads,
+    spawn_ranks_inside_sweep,
+)
 from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
 from frosty_lm.resume import check_compatible, check_more_to_train, check_start_state, resume_if_asked
 from frosty_lm.status import RunLock, RunRecord
@@ -34,7 +40,7 @@ log = logging.getLogger("frosty")
 
 def make(node: DictConfig, **kwargs):
     """Hydra's instantiate; a user error raised by the constructor (ours, Lightning's MisconfigurationException,
-    e.g. trainer=gpu without a GPU, or a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) comes out
+    e.g. trainer.accelerator=tpu here, or a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) comes out
     as a FrostyError, not a report."""
     try:
         return instantiate(node, **kwargs)
@@ -118,6 +124,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     start: cfg.ckpt_path's contents, if already read (resume=); the file is read once, and Lightning is handed
     what was read."""
     check_config(cfg)  # before threads and seed reach torch
+    check_gpu_present(cfg.trainer.get("accelerator"))  # before the corpus is read
     set_threads(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resumed_run = start is not None

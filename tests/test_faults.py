@@ -167,6 +167,18 @@ def test_a_model_that_would_not_fit_on_the_gpu_is_refused_with_the_numbers(invok
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+def test_a_gpu_trainer_without_a_gpu_is_refused_with_the_fix(invoke, text_file, tmp_path, monkeypatch):
+    import frosty_lm.machine as machine
+
+    monkeypatch.setattr(machine, "gpu_free_memory", lambda: None)  # no GPU, also where the tests run on one
+    for trainer in ("gpu", "ddp"):
+        code, _, err = invoke("train.py", *TINY, f"trainer={trainer}", "dataset=text", f"data.path={text_file}",
+                              f"hydra.run.dir={tmp_path / trainer}")
+        assert_one_line_error(code, err, "trainer.accelerator=gpu (trainer=gpu and trainer=ddp), but torch sees no "
+                              "GPU here", "train on the CPU with trainer=cpu (the default)")
+        assert not (tmp_path / trainer / "checkpoints").exists()
+
+
 def test_the_memory_estimate_is_of_the_right_size():
     from frosty_lm.machine import training_memory
 
