@@ -38,6 +38,19 @@ def test_watching_leaves_the_model_and_its_output_unchanged():
     assert model_module.attend.__name__ == "attend" and torch.equal(model(idx)[0], before)
 
 
+def test_tensorboards_pixels_are_the_png_that_the_command_writes():
+    import io
+
+    from frosty_lm.attention import png_bytes, rgb_pixels
+
+    prompt = "deep woods"
+    maps = attention_maps(tiny_model(), VOCAB, prompt)
+    png = imread(io.BytesIO(png_bytes(maps, prompt)), format="png")[..., :3]
+    pixels = rgb_pixels(maps, prompt)
+    assert pixels.dtype.name == "uint8" and pixels.shape == png.shape
+    assert (pixels == (png * 255).round()).all()
+
+
 def test_the_command_writes_a_png_per_layer_and_head(trained_run, tmp_path, capsys):
     out = tmp_path / "attention.png"
     prompt = "Snow woods road dark deep miles sleep keep horse lake stop ice."  # 63: more than block_size (32)
