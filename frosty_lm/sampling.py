@@ -80,24 +80,32 @@ def default_prompt(vocab: str) -> str:
     return "\n" if "\n" in vocab else vocab[0]
 
 
-def stream_text(model: GPT, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+def sampled_ids(model: GPT, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-                use_cache: bool = True) -> Iterator[str]:
-    """Yield the characters that follow prompt, one at a time, as they are sampled."""
-    tokenizer = CharTokenizer(vocab)
+                use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield the ids (1,) of the characters that follow prompt, on the model's device, as they are sampled."""
     device = next(model.parameters()).device
-    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
+    idx = torch.tensor([CharTokenizer(vocab).encode(prompt)], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
-        for next_id in generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache):
-            yield tokenizer.chars[next_id.item()]
+        yield from generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
     finally:
         model.train(was_training)
 
 
+def stream_text(model: GPT, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                use_cache: bool = True) -> Iterator[str]:
+    """Yield the characters that follow prompt, one at a time, as they are sampled."""
+    for next_id in sampled_ids(model, vocab, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+        yield vocab[next_id.item()]
+
+
 def sample_text(model: GPT, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
-    """prompt followed by max_new_tokens sampled characters."""
-    return prompt + "".join(stream_text(model, vocab, prompt, max_new_tokens, temperature, top_k, top_p, seed))
+    """prompt followed by max_new_tokens sampled characters: stream_text's, read back once at the end (on a GPU
+    the sampling then runs ahead of Python instead of waiting for each character)."""
+    ids = list(sampled_ids(model, vocab, prompt, max_new_tokens, temperature, top_k, top_p, seed))
+    return prompt + (CharTokenizer(vocab).decode(torch.cat(ids).tolist()) if ids else "")

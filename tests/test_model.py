@@ -124,6 +124,15 @@ def test_generation_is_reproducible_and_seed_dependent():
     assert not torch.equal(draw(1), draw(2))
 
 
+def test_a_whole_sample_is_the_streamed_characters_and_leaves_the_mode_as_it_was():
+    from frosty_lm.sampling import sample_text, stream_text
+
+    model, vocab = tiny(block_size=8).train(), "\n abcdefgh."  # 40 characters: past block_size, the crop too
+    streamed = "".join(stream_text(model, vocab, "ab", 40, temperature=0.8, seed=3))
+    assert model.training and sample_text(model, vocab, "ab", 40, temperature=0.8, seed=3) == "ab" + streamed
+    assert model.training and len(streamed) == 40 and sample_text(model, vocab, "ab", 0) == "ab"
+
+
 def test_sampling_draws_what_torch_multinomial_draws():
     probs = torch.rand(300, 11) ** 4  # uneven rows, some characters nearly impossible
     logits = probs.log()
