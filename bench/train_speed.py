@@ -52,15 +52,16 @@ class StepTimer(L.Callback):
     batch index restarts with every pass over the corpus, which a short corpus and a large batch make often)."""
 
     def __init__(self, warmup: int, device: torch.device) -> None:
-        self.warmup, self.device, self.start, self.seconds, self.steps = warmup, device, None, None, 0
+        self.warmup, self.device, self.steps = warmup, device, 0
+        self.start = self.start_step = self.seconds = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup and self.start is None:
-            self.start = now(self.device)
+            self.start, self.start_step = now(self.device), trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.seconds = now(self.device) - self.start
-        self.steps = trainer.global_step - self.warmup
+        self.steps = trainer.global_step - self.start_step  # the steps timed, whatever started the clock
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -130,10 +130,11 @@ def gpu_free_memory() -> int | None:
 def check_gpu_present(accelerator: str | None) -> None:
     """A FrostyError that names the fix when a GPU trainer meets a machine where torch sees no GPU, CUDA or Apple's
     MPS (Lightning's own words, "No supported gpu backend found!", name none)."""
+    if accelerator not in ("gpu", "cuda"):
+        return
     import torch
 
-    if accelerator in ("gpu", "cuda") and gpu_free_memory() is None and not (
-            accelerator == "gpu" and torch.backends.mps.is_available()):
+    if not (torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available())):
         raise FrostyError(f"trainer.accelerator={accelerator} (trainer=gpu and trainer=ddp), but torch sees no GPU "
                           "here: train on the CPU with trainer=cpu (the default), or on a machine with a GPU and a "
                           "CUDA build of torch")

@@ -157,9 +157,11 @@ class ProgressLines(L.Callback):
     def _log_estimate(self, trainer, now: float) -> None:
         remaining = self.eta(trainer, now)
         if remaining is not None:
-            log.info("time estimate: %s for the remaining %d steps (%.0f ms/step over the %d after the first; "
-                     "validations not yet included)", duration(remaining), self.remaining_steps(trainer),
-                     1000 * self._step_time(now), self.steps - 1, extra=self._where)
+            validations = (f"validations at their {self.val_seconds / self.validations:.1f} s each" if self.validations
+                           else "validations not yet included")
+            log.info("time estimate: %s for the remaining %d steps (%.0f ms/step over the %d after the first; %s)",
+                     duration(remaining), self.remaining_steps(trainer), 1000 * self._step_time(now), self.steps - 1,
+                     validations, extra=self._where)
 
     def _log_progress(self, trainer, now: float) -> None:
         train_time = self._train_time(now)

@@ -160,6 +160,7 @@ def test_a_model_that_would_not_fit_on_the_gpu_is_refused_with_the_numbers(invok
     import frosty_lm.machine as machine
 
     monkeypatch.setattr(machine, "gpu_free_memory", lambda: 2**20)  # a GPU with 1 MiB free (no GPU here)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     code, _, err = invoke("train.py", *TINY, "trainer=gpu", "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "training (batch 8 x 32 characters,", "and the GPU has 0.0 GiB available: "
@@ -168,9 +169,8 @@ def test_a_model_that_would_not_fit_on_the_gpu_is_refused_with_the_numbers(invok
 
 
 def test_a_gpu_trainer_without_a_gpu_is_refused_with_the_fix(invoke, text_file, tmp_path, monkeypatch):
-    import frosty_lm.machine as machine
-
-    monkeypatch.setattr(machine, "gpu_free_memory", lambda: None)  # no GPU, also where the tests run on one
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no GPU, also where the tests run on one
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     for trainer in ("gpu", "ddp"):
         code, _, err = invoke("train.py", *TINY, f"trainer={trainer}", "dataset=text", f"data.path={text_file}",
                               f"hydra.run.dir={tmp_path / trainer}")

@@ -49,6 +49,16 @@ def test_eta_leaves_out_the_first_steps_warm_up():
     assert lines_after(1, 5.0, first_step=5.0).eta(fake_trainer(1), 0.0) == pytest.approx(99 * 5.0)  # all there is
 
 
+def test_the_estimate_says_whether_it_includes_validations(caplog):
+    with caplog.at_level(logging.INFO, logger="frosty"):
+        lines_after(11, 1.0 + 10 * 0.1, first_step=1.0)._log_estimate(fake_trainer(11), 0.0)
+        lines_after(11, 1.0 + 10 * 0.1, 1, 2.5, first_step=1.0)._log_estimate(fake_trainer(11), 0.0)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "for the remaining 89 steps (100 ms/step over the 10 after the first; validations not yet included)" in first
+    # 89 steps at 0.1 s and the validations at 20, 30, ... 100 (9) at 2.5 s: 8.9 + 22.5 = 31 s
+    assert second.startswith("time estimate: 00:31 ") and second.endswith("; validations at their 2.5 s each)")
+
+
 def test_eta_is_capped_by_what_max_time_leaves():
     from lightning.pytorch.callbacks import Timer
 
