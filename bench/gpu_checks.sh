@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# The GPU measurements the README's "On a GPU" reports, and the one still owed (issue 14: the speedrun preset
-# with the seed's model size), in one go on a machine with one CUDA GPU:
-#     bash bench/gpu_checks.sh [LOG_DIR]        (default /tmp/frosty-gpu; run directories go under /tmp)
+# Two of the GPU measurements the README's "On a GPU" reports (the seed recipe, the throughput benchmark) and
+# the one still owed (issue 14: the speedrun preset with the seed's model size), in one go on a machine with
+# one CUDA GPU:
+#     bash bench/gpu_checks.sh [LOG_DIR]        (default /tmp/frosty-gpu; new run directories under /tmp)
 # Each step is bounded by `timeout`, so one that hangs costs its own time only; logs, not checkpoints, land
-# in LOG_DIR. About 7 minutes on an NVIDIA H200.
+# in LOG_DIR. About 7 minutes on an NVIDIA H200. PYTHON names the interpreter (default python3).
 logs=${1:-/tmp/frosty-gpu}; mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+runs=$(mktemp -d /tmp/frosty-gpu-runs.XXXXXX)  # train.py refuses to reuse a run's directory
 step() { echo "== $(date +%T) $1"; }
 summary() { grep -E "estimate|validation at|best val|training speed|time:" "$1" | sed 's/^.*INFO\] - //'; }
 
 step "speedrun preset, the seed's model size (6 layers, 6 heads, 384 wide, context 256), 1 and 2 minutes"
 for t in 01 02; do
-  timeout 200 python train.py +experiment=speedrun trainer=gpu dataset=shakespeare model.n_layer=6 model.n_head=6 \
-    model.n_embd=384 model.block_size=256 trainer.max_time=00:00:$t:00 hydra.run.dir=/tmp/frosty-speedrun-large-$t \
+  timeout 200 "$py" train.py +experiment=speedrun trainer=gpu dataset=shakespeare model.n_layer=6 model.n_head=6 \
+    model.n_embd=384 model.block_size=256 trainer.max_time=00:00:$t:00 hydra.run.dir=$runs/speedrun-large-$t \
     > "$logs/speedrun_large_$t.log" 2>&1; echo "rc=$?"; summary "$logs/speedrun_large_$t.log"
 done
 
 step "the seed's recipe on shakespeare"
-timeout 300 python train.py +experiment=seed_frosty trainer=gpu dataset=shakespeare hydra.run.dir=/tmp/frosty-seed \
+timeout 300 "$py" train.py +experiment=seed_frosty trainer=gpu dataset=shakespeare hydra.run.dir=$runs/seed \
   > "$logs/seed.log" 2>&1; echo "rc=$?"; summary "$logs/seed.log"
 
 step "training throughput against a plain loop and the seed-style reference"
-timeout 120 python bench/train_speed.py --model large --device cuda --batch-size 64 --block-size 256 --steps 40 \
+timeout 120 "$py" bench/train_speed.py --model large --device cuda --batch-size 64 --block-size 256 --steps 40 \
   > "$logs/train_speed.log" 2>&1; echo "rc=$?"; tail -6 "$logs/train_speed.log"
