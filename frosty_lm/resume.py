@@ -60,10 +60,13 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
 
 def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
     """A resumed run that would stop at once (its step or its training time already at the limit) is refused
-    with the key to raise, rather than finishing without a step."""
+    with the key to raise, rather than finishing without a step; a step count that is not a count, as damaged."""
     from lightning.pytorch.callbacks import Timer
 
-    step, max_steps = ckpt["global_step"], cfg.trainer.max_steps
+    step, max_steps = ckpt.get("global_step"), cfg.trainer.max_steps
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        raise FrostyError(f"{run} holds a damaged step count (global_step={step!r}): give a checkpoint written by "
+                          "train.py")
     if isinstance(max_steps, int) and step >= max_steps:
         raise FrostyError(f"{run} is at step {step} and trainer.max_steps={max_steps}: nothing to train; give a larger "
                           f"trainer.max_steps (e.g. trainer.max_steps={2 * max_steps})")

@@ -35,6 +35,10 @@ def damage_rng(ckpt):
     ckpt["torch_rng_state"] = torch.zeros(3, dtype=torch.uint8)
 
 
+def negative_step(ckpt):
+    ckpt["global_step"] = -5
+
+
 def nan_weights(ckpt):
     ckpt["state_dict"]["model.tok_emb.weight"].fill_(float("nan"))
 
@@ -44,6 +48,7 @@ def nan_weights(ckpt):
     (drop_optimizer, "holds no optimizer state to go on with"),
     (damage_rng, "holds a damaged random state"),
     (nan_weights, "holds NaN or infinite weights: training cannot go on from them"),
+    (negative_step, "holds a damaged step count (global_step=-5)"),
 ])
 def test_a_damaged_checkpoint_is_refused_on_resume_and_the_record_kept(invoke, trained_run, tmp_path, edit, message):
     run_dir = edited_copy(trained_run, tmp_path, edit)
