@@ -4,12 +4,13 @@ from frosty_lm.interrupts import exit_when_interrupted, interrupt_on_signals
 if __name__ == "__main__":  # first: Ctrl-C or SIGTERM while the rest loads is one line too (exit 130, 143)
     interrupt_on_signals("")
 
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from frosty_lm.cli import exit_on_user_error
+from frosty_lm.cli import check_overrides, exit_on_user_error
 from frosty_lm.generation import run_generation
 
 
@@ -19,5 +20,10 @@ def main(cfg: DictConfig) -> None:
     run_generation(cfg)
 
 
+def start() -> None:
+    exit_on_user_error(check_overrides)(sys.argv[1:])  # an argument Hydra cannot read: one line, not its report
+    main()
+
+
 if __name__ == "__main__":
-    exit_when_interrupted(main)
+    exit_when_interrupted(start)

@@ -56,6 +56,33 @@ def test_a_missing_corpus_is_reported_before_torch_loads_in_the_real_paths_words
     assert not packages & set(HEAVY), f"train.py imported {sorted(packages & set(HEAVY))} before its error"
 
 
+@pytest.mark.parametrize("arg, message", [
+    ("prompt=☃", "cannot read prompt=☃: quote a value with characters beyond letters, digits and punctuation"),
+    ("model.dropout=0.1,0.2", "model.dropout=0.1,0.2 gives several values: add -m to run a job for each"),
+])
+def test_an_argument_hydra_cannot_read_is_one_line_before_torch_loads(tmp_path, arg, message):
+    code, err, packages = train_importing(arg, cwd=tmp_path)
+    assert_one_line_error(code, err, message, "e.g. '" + arg.split("=")[0] + "=\"...\"'")
+    assert not packages & set(HEAVY) and not list(tmp_path.iterdir())  # no run directory either
+
+
+def test_what_hydra_reads_passes_the_argument_check():
+    from frosty_lm.cli import check_overrides
+
+    check_overrides(['prompt="☃, and more"', "prompt=Whose woods", "model.dropout=0.1,0.2", "-m", "x=[1,2]",
+                     'hydra.run.dir="/a b"', "--cfg", "job", "--config-dir=/x", "+experiment=speedrun",
+                     "paths.outputs_dir=${oc.env:HOME}/runs"])
+    with pytest.raises(FrostyError, match="gives several values"):
+        check_overrides(["model.dropout=0.1,0.2"])  # without -m
+
+
+def test_generate_reads_its_arguments_as_train_does(tmp_path):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FROSTY_DEBUG": "0"}
+    result = subprocess.run([sys.executable, str(ROOT / "generate.py"), "prompt=☃"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert_one_line_error(result.returncode, result.stderr, "cannot read prompt=☃")
+
+
 def test_a_corpus_to_download_is_only_located_early(tmp_path):
     url = "https://example.invalid/frost.txt"
     assert corpus.locate("frost", str(tmp_path), url=url) == tmp_path / "frost.txt"
