@@ -141,7 +141,7 @@ def check_overrides(argv: list[str]) -> None:
     from hydra.errors import HydraException
 
     parser = OverridesParser.create()
-    sweeping = "-m" in argv or "--multirun" in argv
+    sweeping = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(argv))
     for arg in (a for a in argv if "=" in a and not a.startswith("-")):  # -m, --cfg job, --config-dir=...: Hydra's
         key = arg.split("=", 1)[0]
         example = f"e.g. '{key}=\"...\"' (quoted for the shell and for Hydra)"

@@ -72,6 +72,7 @@ def test_what_hydra_reads_passes_the_argument_check():
     check_overrides(['prompt="☃, and more"', "prompt=Whose woods", "model.dropout=0.1,0.2", "-m", "x=[1,2]",
                      'hydra.run.dir="/a b"', "--cfg", "job", "--config-dir=/x", "+experiment=speedrun",
                      "paths.outputs_dir=${oc.env:HOME}/runs"])
+    check_overrides(["model.dropout=0.1,0.2", "hydra.mode=MULTIRUN"])  # Hydra's other way to ask for a sweep
     with pytest.raises(FrostyError, match="gives several values"):
         check_overrides(["model.dropout=0.1,0.2"])  # without -m
 
