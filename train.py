@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
-from frosty_lm.cli import check_overrides, exit_on_user_error, quiet_lightning
+from frosty_lm.cli import exit_on_user_error, quiet_lightning, read_overrides
 from frosty_lm.config_checks import check_early
 
 # Frosty's sweeper is a Hydra plugin in this directory (hydra_plugins/), found on sys.path as the script's own:
@@ -34,8 +34,8 @@ def main(cfg: DictConfig) -> float:
 
 
 def start() -> None:
-    exit_on_user_error(check_overrides)(sys.argv[1:])  # an argument Hydra cannot read: one line, not its report
-    exit_on_user_error(run_dirs.make_given_run_dir)(sys.argv[1:])  # hydra.run.dir=DIR: one line if it cannot be made
+    given = exit_on_user_error(read_overrides)(sys.argv[1:])  # an argument Hydra cannot read: one line
+    exit_on_user_error(run_dirs.make_given_run_dir)(given)  # hydra.run.dir=DIR: one line if it cannot be made
     main()
 
 

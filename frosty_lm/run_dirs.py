@@ -135,28 +135,21 @@ def run_dir(resume: str | None, outputs_dir: str, new_dir: str) -> str:
     return new_dir
 
 
-def make_given_run_dir(args: list[str]) -> None:
-    """train.py's command line, before Hydra reads it: hydra.run.dir=DIR is created by Hydra before any of train.py's
-    code runs, and a directory that cannot be made would end in Hydra's traceback: make it here first. With
-    resume=, which continues a run in its own directory, hydra.run.dir= is refused."""
-    if "-m" in args or "--multirun" in args:
+def make_given_run_dir(given: dict) -> None:
+    """train.py's command line (given: cli.read_overrides of it), before Hydra acts on it: hydra.run.dir=DIR is
+    created by Hydra before any of train.py's code runs, and a directory that cannot be made would end in Hydra's
+    traceback: make it here first. With resume=, which continues a run in its own directory, hydra.run.dir= is
+    refused."""
+    run_dir_given, resume = given.get("hydra.run.dir"), given.get("resume") or None  # ('' or null: no resume)
+    if run_dir_given is None or "${" in str(run_dir_given):
         return
-    given = {key.lstrip("+"): unquoted(value) for key, _, value in (arg.partition("=") for arg in args if "=" in arg)}
-    run_dir_given, resume = given.get("hydra.run.dir"), given.get("resume")
-    resume = None if resume in ("", "null") else resume  # (train.yaml's default, given explicitly)
-    if not run_dir_given or "${" in run_dir_given:
-        return
+    run_dir_given = str(run_dir_given)
     if resume and resume != "latest":  # (Lightning's DDP processes are given their run's own directory: fine)
-        if Path(run_dir_given).resolve() != Path(resume).resolve():
+        if Path(run_dir_given).resolve() != Path(str(resume)).resolve():
             raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
                               f"hydra.run.dir={run_dir_given}")
     elif not resume:
         make_dir(run_dir_given, "hydra.run.dir=DIR")
-
-
-def unquoted(value: str) -> str:
-    """A command-line override's value as Hydra reads it: without the quotes around it ("a b" or 'a b')."""
-    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"" else value
 
 
 def make_dir(path: str, key: str) -> None:

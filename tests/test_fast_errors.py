@@ -67,14 +67,14 @@ def test_an_argument_hydra_cannot_read_is_one_line_before_torch_loads(tmp_path, 
 
 
 def test_what_hydra_reads_passes_the_argument_check():
-    from frosty_lm.cli import check_overrides
+    from frosty_lm.cli import read_overrides
 
-    check_overrides(['prompt="☃, and more"', "prompt=Whose woods", "model.dropout=0.1,0.2", "-m", "x=[1,2]",
+    read_overrides(['prompt="☃, and more"', "prompt=Whose woods", "model.dropout=0.1,0.2", "-m", "x=[1,2]",
                      'hydra.run.dir="/a b"', "--cfg", "job", "--config-dir=/x", "+experiment=speedrun",
                      "paths.outputs_dir=${oc.env:HOME}/runs"])
-    check_overrides(["model.dropout=0.1,0.2", "hydra.mode=MULTIRUN"])  # Hydra's other way to ask for a sweep
+    read_overrides(["model.dropout=0.1,0.2", "hydra.mode=MULTIRUN"])  # Hydra's other way to ask for a sweep
     with pytest.raises(FrostyError, match="gives several values"):
-        check_overrides(["model.dropout=0.1,0.2"])  # without -m
+        read_overrides(["model.dropout=0.1,0.2"])  # without -m
 
 
 def test_generate_reads_its_arguments_as_train_does(tmp_path):

@@ -119,10 +119,12 @@ def test_a_run_directory_that_cannot_be_made_or_a_second_one_for_resume_is_one_l
 
 
 def test_the_run_directory_lightning_gives_its_ddp_processes_is_read_as_hydra_reads_it(tmp_path, monkeypatch):
+    from frosty_lm.cli import read_overrides
     from frosty_lm.run_dirs import make_given_run_dir
 
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "a run"
-    make_given_run_dir(["model=tiny", f'hydra.run.dir="{run_dir}"', "hydra.job.name=train_ddp_process_1"])
+    ddp_process = ["model=tiny", f'hydra.run.dir="{run_dir}"', "hydra.job.name=train_ddp_process_1"]
+    make_given_run_dir(read_overrides(ddp_process))
     assert [p.name for p in tmp_path.iterdir()] == ["a run"]  # made, unquoted: no directory named '"'
-    make_given_run_dir([f"resume={run_dir}", f'hydra.run.dir="{run_dir}"'])  # a resumed run's DDP process: fine
+    make_given_run_dir(read_overrides([f"resume={run_dir}", f'hydra.run.dir="{run_dir}"']))  # a resumed DDP process
