@@ -10,7 +10,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from frosty_lm.cli import exit_on_user_error, read_overrides
+from frosty_lm.arguments import read_command_line
+from frosty_lm.cli import exit_on_user_error
 from frosty_lm.generation import run_generation
 
 
@@ -21,7 +22,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def start() -> None:
-    exit_on_user_error(read_overrides)(sys.argv[1:])  # an argument Hydra cannot read: one line, not its report
+    exit_on_user_error(read_command_line)(sys.argv[1:], "generate")  # a bad argument: one line, not Hydra's report
     main()
 
 

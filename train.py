@@ -12,7 +12,8 @@ import hydra
 from omegaconf import DictConfig
 
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
-from frosty_lm.cli import exit_on_user_error, quiet_lightning, read_overrides
+from frosty_lm.arguments import read_command_line
+from frosty_lm.cli import exit_on_user_error, quiet_lightning
 from frosty_lm.config_checks import check_early
 
 # Frosty's sweeper is a Hydra plugin in this directory (hydra_plugins/), found on sys.path as the script's own:
@@ -34,7 +35,7 @@ def main(cfg: DictConfig) -> float:
 
 
 def start() -> None:
-    given = exit_on_user_error(read_overrides)(sys.argv[1:])  # an argument Hydra cannot read: one line
+    given = exit_on_user_error(read_command_line)(sys.argv[1:], "train")  # a bad argument: one line
     exit_on_user_error(run_dirs.make_given_run_dir)(given)  # hydra.run.dir=DIR: one line if it cannot be made
     main()
 

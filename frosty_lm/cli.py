@@ -134,33 +134,6 @@ def exit_on_user_error(func):
     return wrapper
 
 
-def read_overrides(argv: list[str]) -> dict:
-    """The command line's key=value arguments as Hydra reads them, {key: value} (none in a sweep, -m: its jobs get
-    theirs from the sweeper). A FrostyError for one that Hydra cannot read as one value (its own report takes
-    several lines): characters its grammar takes only quoted (prompt=☃), or several values outside a sweep (a=1,2)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-    sweeping = bool({"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(argv))
-    values = {}
-    for arg in (a for a in argv if "=" in a and not a.startswith("-")):  # -m, --cfg job, --config-dir=...: Hydra's
-        key = arg.split("=", 1)[0]
-        example = f"e.g. '{key}=\"...\"' (quoted for the shell and for Hydra)"
-        try:
-            override = parser.parse_override(arg)
-        except HydraException:
-            raise FrostyError(f"cannot read {arg}: quote a value with characters beyond letters, digits and "
-                              f"punctuation such as ./:-_, {example}") from None
-        if override.is_sweep_override():
-            if not sweeping:
-                raise FrostyError(f"{arg} gives several values: add -m to run a job for each, or, for one text with "
-                                  f"commas, quote it, {example}")
-        else:
-            values[override.key_or_group] = override.value()
-    return {} if sweeping else values
-
-
 def _no_tips(record: logging.LogRecord) -> bool:
     message = record.getMessage()  # a tip, or Lightning's own line for a Ctrl-C that train.py reports itself
     return "Tip:" not in message and "Detected KeyboardInterrupt" not in message

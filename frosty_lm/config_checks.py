@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import math
 import re
 import sys
@@ -48,8 +49,13 @@ def check_config(cfg: DictConfig) -> None:
             key = missing.group(1) if "." in missing.group(1) else err.full_key
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
+    config_class, model = model_config_class(), OmegaConf.to_container(cfg.model, resolve=True)
+    settings = [f.name for f in dataclasses.fields(config_class) if f.name != "vocab_size"]  # vocab: the corpus's
+    for key in model:
+        if key not in settings:  # added with +model.KEY=...
+            raise FrostyError(f"model.{key} is not a setting of model ({', '.join(sorted(settings))})")
     try:
-        model_config_class()(vocab_size=1, **OmegaConf.to_container(cfg.model, resolve=True))
+        config_class(vocab_size=1, **model)
     except (TypeError, ValueError) as err:
         raise FrostyError(str(err)) from None
     for key in ("max_steps", "val_check_interval"):

@@ -136,8 +136,8 @@ def run_dir(resume: str | None, outputs_dir: str, new_dir: str) -> str:
 
 
 def make_given_run_dir(given: dict) -> None:
-    """train.py's command line (given: cli.read_overrides of it), before Hydra acts on it: hydra.run.dir=DIR is
-    created by Hydra before any of train.py's code runs, and a directory that cannot be made would end in Hydra's
+    """train.py's command line (given: arguments.read_command_line of it), before Hydra acts on it: hydra.run.dir=DIR
+    is created by Hydra before any of train.py's code runs, and a directory that cannot be made would end in Hydra's
     traceback: make it here first. With resume=, which continues a run in its own directory, hydra.run.dir= is
     refused."""
     run_dir_given, resume = given.get("hydra.run.dir"), given.get("resume") or None  # ('' or null: no resume)

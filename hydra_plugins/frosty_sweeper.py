@@ -11,18 +11,11 @@ from dataclasses import dataclass
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import ConfigCompositionException
+
+from frosty_lm.arguments import composition_error
 
 REFUSED: list[str] = []  # why each refused job was, for the sweep's summary (frosty_lm.status.SweepSummary)
-
-
-def composition_error(err: ConfigCompositionException, overrides: Sequence[str]) -> str:
-    """One line for a job whose config cannot be composed (Hydra's message lists the options over several lines)."""
-    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
-        group, option = err.missing_cfg_file.rsplit("/", 1)
-        options = ", ".join(o for o in err.options or [] if not o.startswith("_"))
-        return f"{group}={option}: conf/{group} has no option {option}; choose one of: {options}"
-    return f"{str(err).strip().splitlines()[0]} (the job: {' '.join(overrides)})"
 
 
 class FrostySweeper(BasicSweeper):
@@ -34,7 +27,8 @@ class FrostySweeper(BasicSweeper):
                 try:
                     self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                 except ConfigCompositionException as err:
-                    REFUSED.append(composition_error(err, overrides))
+                    why = composition_error(err, self.config, "train.py")
+                    REFUSED.append(f"{why} (the job: {' '.join(overrides)})")
                     print(f"error: a job refused: {REFUSED[-1]}", file=sys.stderr, flush=True)
                     continue
                 batch.append(overrides)

@@ -95,8 +95,9 @@ def _entry_point(script: str):
 
 @pytest.fixture
 def invoke(capsys, monkeypatch):
-    """Run train.py or generate.py's main() in this process, as from the command line; returns
-    (exit status, stdout, stderr). Faster than a subprocess, for the many bad-input checks."""
+    """Run train.py or generate.py in this process, as from the command line (its start(): the argument checks,
+    then Hydra's main); returns (exit status, stdout, stderr). Faster than a subprocess, for the many bad-input
+    checks."""
 
     def call(script: str, *args: str) -> tuple[int, str, str]:
         module = _entry_point(script)
@@ -104,7 +105,7 @@ def invoke(capsys, monkeypatch):
         monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
         monkeypatch.setenv("FROSTY_DEBUG", "0")
         try:
-            module.main()
+            module.start()
             code = 0
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1

@@ -91,7 +91,7 @@ def test_a_job_with_an_option_that_does_not_exist_is_refused_alone_and_the_other
     args = [a for a in SWEEP if not a.startswith("model=")]
     result = run("train.py", "-m", *args, "dataset=text", f"data.path={text_file}", "model=tiny,nosuch",
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
-    why = "model=nosuch: conf/model has no option nosuch; choose one of: bigram, large, medium, small, tiny"
+    why = "model=nosuch is not an option: choose one of bigram, large, medium, small, tiny (conf/model/)"
     assert result.returncode == 1, result.stderr  # the sweep ran, and says that a job was refused
     assert f"error: a job refused: {why}" in result.stderr
     assert "1 of 2 runs finished, 1 refused" in result.stderr and f"refused: {why}" in result.stderr

@@ -3,6 +3,8 @@ checks the composed config and looks for the corpus first, with no module of tor
 (Not timed: bench/startup.py measures how long it takes.)"""
 import dataclasses
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF, ROOT, TINY
 from frosty_lm import config_checks, corpus
+from frosty_lm.arguments import read_command_line, read_overrides
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.machine import NATIVE_BF16, cpu_flags, torch_native_bf16
@@ -66,9 +69,41 @@ def test_an_argument_hydra_cannot_read_is_one_line_before_torch_loads(tmp_path, 
     assert not packages & set(HEAVY) and not list(tmp_path.iterdir())  # no run directory either
 
 
-def test_what_hydra_reads_passes_the_argument_check():
-    from frosty_lm.cli import read_overrides
+def test_an_option_that_does_not_exist_is_one_line_before_torch_loads(tmp_path):
+    code, err, packages = train_importing("model=smal", cwd=tmp_path)
+    assert_one_line_error(code, err, "model=smal is not an option: did you mean model=small?")
+    assert not packages & set(HEAVY) and not list(tmp_path.iterdir())  # no run directory either
 
+
+def readme_commands() -> list[tuple[str, list[str]]]:
+    """Every `python train.py ...` and `python generate.py ...` in the README: (script, its arguments)."""
+    found = []
+    for match in re.finditer(r"python (train|generate)\.py([^`|\n]*)", (ROOT / "README.md").read_text()):
+        args = re.split(r"\s#", match.group(2))[0].strip().rstrip("\\")  # less a comment, or a line's continuation
+        found.append((match.group(1), shlex.split(args)))
+    return found
+
+
+def test_every_command_in_the_readme_passes_the_argument_check():
+    commands = readme_commands()
+    assert len(commands) > 30 and ("train", ["+experiment=speedrun"]) in commands
+    for script, argv in commands:
+        read_command_line(argv, script)  # raises FrostyError for an option or a setting that does not exist
+
+
+def test_the_argument_check_leaves_alone_what_composes_or_is_hydras():
+    for argv in (["+trainer.profiler=simple", "~dropout", "+search=speedrun", "+my_tag=a"],  # a key of the user's
+                 ["hydra.run.dir=/tmp/x", "hydra/launcher=submitit_local", "hydra.sweeper.params.x=1"],  # Hydra's
+                 ["--cfg", "job", "model=smal"],  # Hydra's flags: Hydra's own report
+                 ["-m", "model=tiny,nosuch"],  # Frosty's sweeper refuses the job alone
+                 ["-m", "model.dropout=0.1,0.2", "model.tie_weights=true,false"]):
+        read_command_line(argv, "train")
+    read_command_line(["prompt=Whose woods", "top_k=5"], "generate")
+    with pytest.raises(FrostyError, match="model.colour is not a setting of model"):
+        read_command_line(["-m", "model.dropout=0.1,0.2", "model.colour=1,2"], "train")  # fails every job: at once
+
+
+def test_what_hydra_reads_passes_the_argument_check():
     read_overrides(['prompt="☃, and more"', "prompt=Whose woods", "model.dropout=0.1,0.2", "-m", "x=[1,2]",
                      'hydra.run.dir="/a b"', "--cfg", "job", "--config-dir=/x", "+experiment=speedrun",
                      "paths.outputs_dir=${oc.env:HOME}/runs"])

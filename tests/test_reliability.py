@@ -73,14 +73,46 @@ def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_r
 
 
 @pytest.mark.parametrize(
-    "override, message",
-    [("model=huge", "Could not find 'model/huge'"), ("model.colour=3", "Key 'colour' is not in struct"),
-     ("trainer=tpu9000", "Could not find 'trainer/tpu9000'"), ("dataset=poems", "Could not find 'dataset/poems'")],
+    "overrides, message",
+    [(["model=huge"], "model=huge is not an option: choose one of bigram, large, medium, small, tiny (conf/model/)"),
+     (["model=smal"], "model=smal is not an option: did you mean model=small? (conf/model/: bigram, large, "),
+     (["model=_base"], "model=_base is not an option: choose one of bigram,"),  # a base, not an option
+     (["trainer=tpu9000"], "trainer=tpu9000 is not an option: choose one of cpu, ddp, ddp_cpu, default, gpu"),
+     (["+experiment=nope"], "experiment=nope is not an option: choose one of seed_frosty, speedrun, yoda_dropout"),
+     (["experiment=speedrun"], "experiment is not chosen by default: add it with +experiment=speedrun"),
+     (["+experimnt=speedrun"], "there is no group experimnt (it would add a setting that nothing reads): did you "
+                               "mean +experiment=speedrun?"),
+     (["trainer.max_step=3"], "trainer.max_step is not a setting of trainer: did you mean trainer.max_steps?"),
+     (["model.colour=3"], "model.colour is not a setting of model (activation, bias, block_size, "),
+     (["trainer.foo.bar=1"], "trainer.foo is not a setting of trainer (accelerator, "),
+     (["seeed=3"], "seeed is not a setting of train.py: did you mean seed?"),
+     (["-m", "model.dropout=0.1,0.2", "model.colour=1"], "model.colour is not a setting of model"),  # before any job
+     (["-m", "model.colour=1,2"], "model.colour is not a setting of model"),
+     ],
 )
-def test_unknown_option_or_key_is_hydras_clear_error(invoke, text_file, tmp_path, override, message):
-    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", override,
+def test_an_option_or_setting_that_does_not_exist_is_one_line_naming_the_fix(invoke, text_file, tmp_path, overrides,
+                                                                             message):
+    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", *overrides,
+                          f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert_one_line_error(code, err, message)
+    assert "Available options" not in err and "To append" not in err
+    assert not list(tmp_path.glob("[rs]"))  # refused before Hydra made a run or sweep directory
+
+
+def test_a_new_argument_for_what_a_setting_builds_takes_a_plus_and_generate_lists_its_settings(invoke, text_file,
+                                                                                             tmp_path):
+    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", "trainer.profiler=simple",
                           f"hydra.run.dir={tmp_path / 'r'}")
-    assert code == 1 and message in err and "Traceback" not in err
+    assert_one_line_error(code, err, "trainer.profiler is not a setting of trainer (", "; to pass it to what it "
+                          "builds: +trainer.profiler=...")
+    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", "+model.colour=3",
+                          f"hydra.run.dir={tmp_path / 'r2'}")  # the model takes no more than its own
+    assert_one_line_error(code, err, "model.colour is not a setting of model (activation, bias, block_size, ")
+    code, _, err = invoke("generate.py", "promt=Whose woods")
+    assert_one_line_error(code, err, "promt is not a setting of generate.py: did you mean prompt?")
+    code, _, err = invoke("generate.py", "model=small")
+    assert_one_line_error(code, err, "model is not a setting of generate.py (ckpt_path, corpus, device, ")
+    assert "+model" not in err  # generate.py reads nothing it does not list
 
 
 def test_a_run_directory_in_use_is_refused_and_left_alone(invoke, earlier_run, text_file):
@@ -374,8 +406,8 @@ def test_resume_latest_picks_the_newest_run_and_keeps_its_config(invoke, text_fi
     assert len(list((tmp_path / "outputs").rglob("last.ckpt"))) == 1  # no second run directory
     code, _, err = invoke("train.py", "resume=latest", "model=small")
     assert_one_line_error(code, err, "a resumed run keeps the config groups it was started with")
-    code, _, err = invoke("train.py", "resume=latest", "trainer.max_stepz=30")  # Hydra checks the keys
-    assert code == 1 and "Key 'max_stepz' is not in struct" in err and "Traceback" not in err
+    code, _, err = invoke("train.py", "resume=latest", "trainer.max_stepz=30")  # checked as for a new run
+    assert_one_line_error(code, err, "trainer.max_stepz is not a setting of trainer: did you mean trainer.max_steps?")
 
 
 def counting_reads(monkeypatch) -> list[str]:

@@ -119,7 +119,7 @@ def test_a_run_directory_that_cannot_be_made_or_a_second_one_for_resume_is_one_l
 
 
 def test_the_run_directory_lightning_gives_its_ddp_processes_is_read_as_hydra_reads_it(tmp_path, monkeypatch):
-    from frosty_lm.cli import read_overrides
+    from frosty_lm.arguments import read_overrides
     from frosty_lm.run_dirs import make_given_run_dir
 
     monkeypatch.chdir(tmp_path)
