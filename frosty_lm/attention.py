@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         model, vocab = model_from_checkpoint(load_checkpoint(args["ckpt_path"]), args["ckpt_path"])
         unknown = CharTokenizer(vocab).unknown(args["prompt"])
         if unknown:
-            raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}")
+            raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "
+                              "remove or replace them")
         maps = attention_maps(model, vocab, args["prompt"])
         with open(args["out"], "wb") as f:
             f.write(png_bytes(maps, args["prompt"]))

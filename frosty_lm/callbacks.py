@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dt
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
+from frosty_lm.config_checks import check_sampling
 from frosty_lm.errors import FrostyError
 from frosty_lm.interrupts import same_press
 from frosty_lm.machine import matmul_peak
@@ -92,6 +93,8 @@ class SampleText(L.Callback):
 
     def __init__(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> None:
+        check_sampling(dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed), prefix="callbacks.sample_text.")
         self.prompt, self.max_new_tokens, self.seed = prompt, max_new_tokens, seed
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
 

@@ -75,6 +75,54 @@ def check_config(cfg: DictConfig) -> None:
     clip = cfg.trainer.get("gradient_clip_val")
     must(clip is None or is_number(clip) and clip >= 0, "trainer.gradient_clip_val", clip,
          "a number >= 0 (0 or null: no clipping), e.g. 1.0")
+    check_trainer_counts(cfg.trainer)
+    max_time_seconds(cfg.trainer.get("max_time"))
+    if cfg.get("scheduler") is not None:
+        check_scheduler(cfg.scheduler)
+
+
+def check_trainer_counts(trainer: DictConfig) -> None:
+    """Lightning's Trainer arguments that count (conf/trainer/default.yaml, and +trainer.accumulate_grad_batches),
+    which Lightning would only trip over mid-setup, with a traceback."""
+    for key, low, what in (("max_epochs", -1, "an integer >= -1 (-1: no limit; training length is max_steps)"),
+                           ("num_sanity_val_steps", -1, "an integer >= -1 (-1: the whole val split)"),
+                           ("check_val_every_n_epoch", 1, "a positive integer, or null"),
+                           ("accumulate_grad_batches", 1, "a positive integer")):
+        value = trainer.get(key)
+        must(value is None or is_int(value) and value >= low, f"trainer.{key}", value, what)
+
+
+MAX_TIME = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")  # DD:HH:MM:SS, as Lightning's Timer reads it
+
+
+def max_time_seconds(max_time) -> float | None:
+    """trainer.max_time in seconds (None: no time limit), from the DD:HH:MM:SS that Lightning's Timer reads; a
+    FrostyError for anything else, and for a budget of no time at all."""
+    if max_time is None:
+        return None
+    example = "a time budget DD:HH:MM:SS, e.g. trainer.max_time=00:00:03:00 (3 minutes), or null for none"
+    if not isinstance(max_time, str) or not MAX_TIME.fullmatch(max_time.strip()):
+        raise FrostyError(f"trainer.max_time={max_time!r} must be {example}")
+    days, hours, minutes, seconds = (int(part) for part in max_time.strip().split(":"))
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    must(total > 0, "trainer.max_time", max_time, f"longer than no time: {example}")
+    return float(total)
+
+
+def check_scheduler(scheduler: DictConfig) -> None:
+    """scheduler.* (conf/scheduler/): a known schedule, a warm-up of >= 0 steps, a cosine's decay_steps (default:
+    trainer.max_steps) positive and its min_lr_ratio a share of the lr in [0, 1] (below 0 the lr would turn
+    negative, above 1 the schedule would not decay)."""
+    name = scheduler.get("name")
+    must(name in ("constant", "cosine"), "scheduler.name", name, "constant or cosine (scheduler=constant | cosine)")
+    warmup = scheduler.get("warmup_steps", 0)
+    must(is_int(warmup) and warmup >= 0, "scheduler.warmup_steps", warmup, "an integer >= 0, e.g. 100")
+    if name == "cosine":
+        decay, ratio = scheduler.get("decay_steps"), scheduler.get("min_lr_ratio", 0.1)
+        must(is_int(decay) and decay > 0, "scheduler.decay_steps", decay,
+             "a positive integer (it defaults to trainer.max_steps)")
+        must(is_number(ratio) and 0 <= ratio <= 1, "scheduler.min_lr_ratio", ratio,
+             "a number in [0, 1]: the share of the lr that the decay ends at, e.g. 0.1")
 
 
 def check_data(batch_size, val_fraction, decode_errors) -> None:
@@ -84,6 +132,31 @@ def check_data(batch_size, val_fraction, decode_errors) -> None:
     must(is_number(val_fraction) and 0 < val_fraction < 1, "data.val_fraction", val_fraction,
          "between 0 and 1, e.g. data.val_fraction=0.1")
     must(decode_errors in ("strict", "replace"), "data.decode_errors", decode_errors, "strict or replace")
+
+
+def check_sampling(settings, prefix: str = "") -> None:
+    """Sampling settings, where they are given (generate.py's, and the validation sample's, prefix
+    callbacks.sample_text.): max_new_tokens and seed integers, max_new_tokens >= 0; temperature a number >= 0;
+    top_k a positive integer and top_p in (0, 1], each or null for no cut."""
+    def given(key: str) -> bool:
+        return key in settings
+
+    for key in ("max_new_tokens", "seed"):
+        if given(key):
+            must(is_int(settings[key]), prefix + key, settings[key], "an integer")
+    if given("max_new_tokens"):
+        must(settings["max_new_tokens"] >= 0, prefix + "max_new_tokens", settings["max_new_tokens"], ">= 0")
+    if given("temperature"):
+        value = settings["temperature"]
+        must(is_number(value) and value >= 0, prefix + "temperature", value, "a number >= 0 (0 means greedy decoding)")
+    if given("top_k"):
+        value = settings["top_k"]
+        must(value is None or is_int(value) and value >= 1, prefix + "top_k", value, "an integer >= 1, or null for no "
+             "cut")
+    if given("top_p"):
+        value = settings["top_p"]
+        must(value is None or is_number(value) and 0 < value <= 1, prefix + "top_p", value,
+             "a number in (0, 1], e.g. top_p=0.9, or null for no nucleus cut")
 
 
 def check_optim(optim: DictConfig) -> None:
@@ -141,7 +214,7 @@ def imports_stdlib_only(node: ast.stmt) -> bool:
 
 def must(fine: bool, key: str, value, what: str) -> None:
     if not fine:
-        raise FrostyError(f"{key}={value!r} must be {what}")
+        raise FrostyError(f"{key}={'null' if value is None else repr(value)} must be {what}")  # as Hydra spells it
 
 
 def is_int(value) -> bool:

@@ -52,13 +52,17 @@ def check_regular_file(file: Path) -> None:
 
 def resolve(name: str, data_dir: str, path: str | None = None, url: str | None = None,
             sha256: str | None = None) -> Path:
-    """The local file of a corpus: `path` if given, else data_dir/<name>.txt, downloaded from url on first use."""
+    """The local file of a corpus: `path` if given, else data_dir/<name>.txt, downloaded from url on first use;
+    checked against sha256 when the corpus has one."""
     file = locate(name, data_dir, path, url)
     if not file.exists():
         download(url, file, sha256)
     check_regular_file(file)
-    if sha256 and not path:
+    if sha256:  # a named corpus, wherever it is read from (data.path=FILE: a copy of it)
         actual = sha256_of(file)
+        if actual != sha256 and path:
+            raise CorpusError(f"data.path={path} is not the {name} corpus (sha256 {actual}, expected {sha256}): for "
+                              f"your own text, use dataset=text data.path={path}")
         if actual != sha256:
             raise CorpusError(
                 f"corpus {file} has sha256 {actual}, expected {sha256}: delete it to download it again, "

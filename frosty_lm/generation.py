@@ -8,32 +8,19 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from frosty_lm.arguments import options
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-from frosty_lm.config_checks import is_int, is_number, must
+from frosty_lm.config_checks import check_sampling, is_int, is_number, must
 from frosty_lm.errors import FrostyError
-from frosty_lm.run_dirs import BEST, best_run, newest_run, run_corpus, run_record
+from frosty_lm.run_dirs import BEST, LAST, best_run, newest_run, run_corpus, run_record
 from frosty_lm.sampling import default_prompt, stream_text
 from frosty_lm.tokenizer import CharTokenizer
 
 
 def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
     """The prompt to use and the top_k to use (clamped to the vocabulary), or a FrostyError."""
-    for key in ("max_new_tokens", "num_samples", "seed", "top_k"):  # top_k and top_p may be null
-        must(cfg[key] is None and key == "top_k" or is_int(cfg[key]), key, cfg[key], "an integer")
-    for key in ("temperature", "top_p"):
-        must(cfg[key] is None or is_number(cfg[key]), key, cfg[key], "a finite number")
-    if cfg.temperature is None:
-        raise FrostyError("temperature=null must be a number >= 0 (0 means greedy decoding)")
-    if cfg.max_new_tokens < 0:
-        raise FrostyError(f"max_new_tokens={cfg.max_new_tokens} must be >= 0")
-    if cfg.num_samples < 1:
-        raise FrostyError(f"num_samples={cfg.num_samples} must be >= 1")
-    if cfg.temperature < 0:
-        raise FrostyError(f"temperature={cfg.temperature} must be >= 0 (0 means greedy decoding)")
-    if cfg.top_p is not None and not 0 < cfg.top_p <= 1:
-        raise FrostyError(f"top_p={cfg.top_p} must be in (0, 1], e.g. top_p=0.9, or top_p=null for no nucleus cut")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise FrostyError(f"top_k={cfg.top_k} must be >= 1, or top_k=null for no cut")
+    check_sampling(cfg)
+    must(is_int(cfg.num_samples) and cfg.num_samples >= 1, "num_samples", cfg.num_samples, "an integer >= 1")
     top_k = None if cfg.top_k is None else min(cfg.top_k, len(vocab))
     prompt = str(cfg.prompt) if cfg.prompt is not None else ""
     if not prompt:  # documented: an empty prompt starts from a line break (or the first character)
@@ -72,8 +59,12 @@ def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]
     if newest is None and (corpus is None or newest_run(outputs_dir) is None):
         raise no_runs(outputs_dir)
     if newest is None:
-        raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: train one (`python train.py "
-                          f"dataset={corpus}`), or leave out corpus= for the newest run's corpus")
+        runs = {last.parents[1] for last in Path(outputs_dir).rglob(str(LAST))}
+        on = sorted({corpus.split(":")[0] for corpus in map(run_corpus, runs) if corpus})  # text:FILE -> text
+        what = (f"train one (`python train.py dataset={corpus}`)" if corpus in options("dataset")
+                else f"its runs are on {', '.join(on)}" if on else "give a corpus it has runs on")
+        raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: {what}, or leave out corpus= for the "
+                          "newest run's corpus")
     corpus = corpus or run_corpus(newest)
     best = best_run(outputs_dir, corpus) if corpus is not None else None
     if best is not None:
@@ -97,7 +88,8 @@ def chosen_run(run: str, outputs_dir: str) -> Path:
 
 
 def no_runs(outputs_dir: str) -> FrostyError:
-    return FrostyError(f"no {BEST.name} found under {outputs_dir}/: train a model first with `python train.py`, "
+    where = f"{outputs_dir}/" if Path(outputs_dir).is_dir() else f"{outputs_dir} (no such directory)"
+    return FrostyError(f"no {BEST.name} found under {where}: train a model first with `python train.py`, "
                        "or give ckpt_path=PATH")
 
 

@@ -50,15 +50,16 @@ class GPTConfig:
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: choose n_embd as a "
                 f"multiple of n_head (e.g. model.n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))})"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1), e.g. model.dropout=0.2")
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"model.dropout={dropout!r} must be a number in [0, 1), e.g. model.dropout=0.2")
         # (the choices live here, not in the module: config_checks builds this class alone, without torch)
         choices = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "activation": ("gelu", "relu2"),
                    "kind": ("gpt", "bigram")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be one of: {', '.join(allowed)}")
-        for key in ("qk_norm", "zero_init_proj", "tie_weights"):
+        for key in ("bias", "compile", "qk_norm", "zero_init_proj", "tie_weights"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be one of: false, true")
         head_size = self.n_embd // self.n_head

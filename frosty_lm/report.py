@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import socket
@@ -19,6 +18,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from frosty_lm.errors import FrostyError
+from frosty_lm.run_dirs import make_dir, run_record
 from frosty_lm.status import alive
 
 LN2 = math.log(2)
@@ -121,7 +122,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
             raise SystemExit(f"error: {root} does not exist: give a run or sweep directory, e.g. outputs/")
         for status_file in sorted({*root.glob("status.json"), *root.rglob("*/status.json")}):
             run_dir = status_file.parent
-            runs.append(Run(run_dir, json.loads(status_file.read_text()), *read_logs(run_dir)))
+            runs.append(Run(run_dir, run_record(run_dir), *read_logs(run_dir)))  # damaged status.json: {}
     return runs
 
 
@@ -215,12 +216,30 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
     return "\n".join(parts)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a bad argument in one line and exit status 1, as Frosty's other errors (not usage + 2)."""
+
+    def error(self, message: str):
+        self.exit(1, f"error: {message} ({self.prog} --help lists the arguments)\n")
+
+
+def count(text: str) -> int:
+    """--samples N: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m frosty_lm.report", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m frosty_lm.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="sweep or run directories (or outputs/)")
     parser.add_argument("--out", type=Path, default=None, help="where report.md and val_loss.png go")
     parser.add_argument("--x", choices=("step", "time"), default="step", help="the plot's x axis (default: step)")
-    parser.add_argument("--samples", type=int, default=200, metavar="N",
+    parser.add_argument("--samples", type=count, default=200, metavar="N",
                         help="characters sampled from each run's best.ckpt, same prompt and seed for all (0: none)")
     parser.add_argument("--prompt", default="\n", help="the samples' prompt (default: a line break)")
     parser.add_argument("--seed", type=int, default=0, help="the samples' seed")
@@ -235,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
               "give a sweep or run directory of train.py", file=sys.stderr)
         return 1
     out = args.out or (args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else Path("."))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        make_dir(str(out), "--out DIR")
+    except FrostyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     common, labels = differing(runs)
     title = " ".join(common) or ", ".join(map(str, args.paths))
     text = (f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "")

@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint
+from frosty_lm.config_checks import check_config, max_time_seconds
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import LAST
 from frosty_lm.stored_config import check_stored_config, stored_config, upgraded
@@ -54,6 +55,7 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
     cfg.ckpt_path = str(last)
     check_more_to_train(ckpt, cfg, last.parents[1])
+    check_config(cfg)  # before a line of this attempt reaches the run's train.log
     log.info("resuming %s from step %d", last.parents[1], ckpt["global_step"])
     return cfg, ckpt
 
@@ -61,8 +63,6 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
 def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
     """A resumed run that would stop at once (its step or its training time already at the limit) is refused
     with the key to raise, rather than finishing without a step; a step count that is not a count, as damaged."""
-    from lightning.pytorch.callbacks import Timer
-
     step, max_steps = ckpt.get("global_step"), cfg.trainer.max_steps
     if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
         raise FrostyError(f"{run} holds a damaged step count (global_step={step!r}): give a checkpoint written by "
@@ -73,11 +73,7 @@ def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
     max_time = cfg.trainer.get("max_time")
     elapsed = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train")
     if max_time and elapsed is not None:
-        try:
-            limit = Timer(duration=OmegaConf.to_container(max_time) if OmegaConf.is_config(max_time) else max_time)
-        except Exception:  # noqa: BLE001  Lightning reports a bad max_time itself, with the run
-            return
-        if elapsed >= limit._duration:
+        if elapsed >= max_time_seconds(max_time):
             raise FrostyError(f"{run} has trained {elapsed:.0f} s and trainer.max_time={max_time}: nothing to train; "
                               "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")
 
@@ -135,3 +131,16 @@ def check_start_state(ckpt_path: str, ckpt: dict, module) -> None:
                                 and rng.shape == torch.get_rng_state().shape):
         raise FrostyError(f"{ckpt_path} holds a damaged random state (torch_rng_state): give a checkpoint written "
                           "by train.py")
+
+
+def forget_refused_resume() -> None:
+    """A resume refused before training leaves its run as it found it: the copy of the resuming command's config
+    that Hydra saved in the run (.hydra/resumed-DATE, run_dirs.output_subdir) goes too."""
+    import shutil
+
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    subdir = hydra.output_subdir
+    if subdir and Path(subdir).parent.name == ".hydra" and Path(subdir).name.startswith("resumed-"):
+        shutil.rmtree(Path(hydra.runtime.output_dir) / subdir, ignore_errors=True)

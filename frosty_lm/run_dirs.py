@@ -161,13 +161,17 @@ def make_dir(path: str, key: str) -> None:
         raise FrostyError(f"cannot create {path}: {why}: choose a writable directory with {key}") from None
 
 
+_RESUMED_SUBDIRS: dict[tuple, str] = {}
+
+
 @_user_error_exits
 def output_subdir(output_dir: str, resume: str | None) -> str:
     """hydra.output_subdir, where Hydra saves the run's config. A new run refuses a directory that already
     holds a run (nothing of it is touched); a resumed run keeps its original config and saves the resuming
     command's beside it."""
-    if resume:
-        return f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+    if resume:  # the same name each time Hydra resolves it in this job (resume.forget_refused_resume looks it up)
+        return _RESUMED_SUBDIRS.setdefault((output_dir, tuple(sys.argv)),
+                                           f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}")
     if any((Path(output_dir) / "checkpoints").glob("*.ckpt")):  # a run killed before its first checkpoint: reusable
         raise FrostyError(f"{output_dir} already holds a run: choose another hydra.run.dir, "
                           f"or continue that run with resume={output_dir}")

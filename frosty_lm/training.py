@@ -31,7 +31,13 @@ from frosty_lm.machine import (
     spawn_ranks_inside_sweep,
 )
 from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
-from frosty_lm.resume import check_compatible, check_more_to_train, check_start_state, resume_if_asked
+from frosty_lm.resume import (
+    check_compatible,
+    check_more_to_train,
+    check_start_state,
+    forget_refused_resume,
+    resume_if_asked,
+)
 from frosty_lm.status import RunLock, RunRecord
 from frosty_lm.summary import precision_line, summarise
 
@@ -86,7 +92,12 @@ def run_training(cfg: DictConfig) -> float:
             RunRecord(cfg.paths.output_dir).write(status="not run", error="the sweep was stopped")
             return float("nan")
     resumed = bool(cfg.get("resume"))
-    cfg, start = resume_if_asked(cfg)
+    try:
+        cfg, start = resume_if_asked(cfg)
+    except BaseException:
+        if resumed:
+            forget_refused_resume()
+        raise
     lock = RunLock(cfg.paths.output_dir)
     lock.acquire()  # before anything of the run is written: a second trainer of it is refused
     try:
@@ -97,6 +108,7 @@ def run_training(cfg: DictConfig) -> float:
         except BaseException as err:
             if record.previous is not None and not record.training_started:
                 record.restore()  # a refused resume leaves the run's record as it was
+                forget_refused_resume()
             elif isinstance(err, KeyboardInterrupt) and not record.training_started:
                 record.write(status="interrupted", error="stopped before training started", training_started=False)
             else:

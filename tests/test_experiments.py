@@ -147,6 +147,24 @@ def test_report_shows_the_best_step_overfitting_samples_side_by_side_and_plots_a
     assert imread(tmp_path / "runs" / "val_loss.png").shape[0] > 100
 
 
+def test_the_reports_bad_arguments_are_one_line(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "status.json").write_text('{"status": "fini')  # cut off: a row, status unknown
+    (tmp_path / "a_file").write_text("")
+    for args, message in ((["--x", "wall"], "argument --x: invalid choice: 'wall'"),
+                          (["--samples", "-5"], "argument --samples: '-5' is not an integer >= 0"),
+                          ([], "the following arguments are required: paths")):
+        with pytest.raises(SystemExit) as exit_:
+            report_main([str(tmp_path), *args] if args else [])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 1 and err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    assert report_main([str(tmp_path), "--out", str(tmp_path / "a_file"), "--samples", "0"]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: cannot create {tmp_path / 'a_file'}: a file is in the way: "
+                                               "choose a writable directory with --out DIR")
+    assert report_main([str(tmp_path), "--samples", "0"]) == 0
+    assert "| run |" in capsys.readouterr().out and "unknown" in (tmp_path / "report.md").read_text()
+
+
 def test_report_of_a_path_without_runs(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 1
     assert "no runs" in capsys.readouterr().err

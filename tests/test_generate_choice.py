@@ -127,6 +127,7 @@ def test_damaged_and_foreign_run_files_are_skipped(tmp_path):
 @pytest.mark.parametrize("args, fragments", [
     (["run=latest"], ["no best.ckpt found under", "python train.py"]),
     (["corpus=yoda"], ["no run on corpus yoda under", "python train.py dataset=yoda"]),
+    (["corpus=poems"], ["no run on corpus poems under", ": its runs are on frost, or leave out corpus="]),
     (["run={tmp}"], ["run=", "has no checkpoints/best.ckpt", "give a run directory that has one"]),
     (["run=nowhere"], ["run=nowhere does not exist"]),
     (["ckpt_path=x.ckpt", "run=latest"], ["ckpt_path=x.ckpt and run=latest conflict", "give one of them"]),
@@ -134,7 +135,7 @@ def test_damaged_and_foreign_run_files_are_skipped(tmp_path):
 ])
 def test_choice_errors_are_one_line(invoke, tmp_path, args, fragments):
     outputs = tmp_path / "outputs"
-    if "corpus=yoda" in args:
+    if "corpus=yoda" in args or "corpus=poems" in args:
         fake_run(outputs, "runs/d1/t1", "frost", "finished", 2.0, 100, age=1)
     code, out, err = generate(invoke, outputs, *(a.format(tmp=tmp_path) for a in args))
     assert_one_line_error(code, err, *fragments)
@@ -144,5 +145,6 @@ def test_choice_errors_are_one_line(invoke, tmp_path, args, fragments):
 def test_no_run_at_all_is_one_line_through_the_entry_point(tmp_path):
     result = run("generate.py", "paths.outputs_dir=runs_here", "prompt=Snow", cwd=tmp_path, check=False)
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr.strip() == ("error: no best.ckpt found under runs_here/: train a model first with "
+    assert result.stderr.strip() == ("error: no best.ckpt found under runs_here (no such directory): train a model "
+                                     "first with "
                                      "`python train.py`, or give ckpt_path=PATH")

@@ -167,7 +167,7 @@ def test_top_k_and_top_p_restrict_the_choice():
         (dict(n_embd=30, n_head=4), "not divisible by model.n_head=4"),
         (dict(n_layer=0), "model.n_layer=0 must be a positive integer"),
         (dict(block_size=-8), "model.block_size=-8"),
-        (dict(dropout=1.0), "model.dropout=1.0 must be in [0, 1)"),
+        (dict(dropout=1.0), "model.dropout=1.0 must be a number in [0, 1)"),
         (dict(dropout=-0.1), "model.dropout=-0.1"),
     ],
 )

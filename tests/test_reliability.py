@@ -41,8 +41,8 @@ def earlier_run(trained_run, tmp_path) -> Path:
         (["model.n_embd=30", "model.n_head=4"], "model.n_embd=30 is not divisible by model.n_head=4"),
         (["model.n_layer=0"], "model.n_layer=0 must be a positive integer"),
         (["model.block_size=-4"], "model.block_size=-4 must be a positive integer"),
-        (["model.dropout=1.0"], "model.dropout=1.0 must be in [0, 1)"),
-        (["model.dropout=-0.2"], "model.dropout=-0.2 must be in [0, 1)"),
+        (["model.dropout=1.0"], "model.dropout=1.0 must be a number in [0, 1)"),
+        (["model.dropout=-0.2"], "model.dropout=-0.2 must be a number in [0, 1)"),
         (["trainer.max_steps=0"], "trainer.max_steps=0 must be a positive integer"),
         (["trainer.max_steps=-3"], "trainer.max_steps=-3 must be a positive integer"),
         (["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be a positive integer"),
@@ -53,8 +53,23 @@ def earlier_run(trained_run, tmp_path) -> Path:
         (["model.block_size=5000"], "the train split of"),
         (["model.block_size=600", "data.val_fraction=0.05"], "the val split of"),
         (["scheduler.decay_steps=0"], "scheduler.decay_steps=0 must be a positive integer"),
-        (["scheduler.name=linear"], "scheduler.name='linear' is not known: use constant or cosine"),
-        (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be >= 0"),
+        (["scheduler.name=linear"], "scheduler.name='linear' must be constant or cosine"),
+        (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be an integer >= 0"),
+        (["scheduler.warmup_steps=abc"], "scheduler.warmup_steps='abc' must be an integer >= 0"),
+        (["scheduler.min_lr_ratio=-1"], "scheduler.min_lr_ratio=-1 must be a number in [0, 1]"),  # a negative lr
+        (["scheduler.min_lr_ratio=abc"], "scheduler.min_lr_ratio='abc' must be a number in [0, 1]"),
+        (["trainer.max_time=5"], "trainer.max_time=5 must be a time budget DD:HH:MM:SS, e.g. trainer.max_time="),
+        (["trainer.max_time=abc"], "trainer.max_time='abc' must be a time budget DD:HH:MM:SS"),
+        (["trainer.max_time=00:00:00:00"], "trainer.max_time='00:00:00:00' must be longer than no time"),
+        (["trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps='abc' must be an integer >= -1"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' must be an integer >= -1"),
+        (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 must be a positive integer"),
+        (["model.dropout=abc"], "model.dropout='abc' must be a number in [0, 1)"),
+        (["model.bias=no"], "model.bias='no' must be one of: false, true"),  # a string is true: bias on
+        (["model.compile=off"], "model.compile='off' must be one of: false, true"),
+        (["callbacks.progress_lines.every_seconds=abc"],
+         "callbacks.progress_lines.every_seconds='abc' must be a positive number of seconds, or null"),
+        (["callbacks.sample_text.temperature=-1"], "callbacks.sample_text.temperature=-1 must be a number >= 0"),
         (["optim.lr=1e39"], "optim.lr=1e+39 must be a positive number (at most 3.4e38"),
         (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan must be a number >= 0"),
         (["trainer.devices=-5"], "lightning.pytorch.Trainer: `devices` selected with `CPUAccelerator` should be"),
@@ -176,6 +191,16 @@ def test_invalid_utf8_can_be_replaced(invoke, tmp_path):
     assert code == 0, err
     vocab = torch.load(tmp_path / "r/checkpoints/last.ckpt", weights_only=True)["hyper_parameters"]["vocab"]
     assert "\ufffd" in vocab
+
+
+def test_another_text_given_as_a_named_corpus_is_refused_not_trained_under_its_name(invoke, text_file, tmp_path):
+    """dataset=frost data.path=FILE reads FILE as frost (a copy elsewhere): a different text would train, be named
+    and be chosen by generate.py's corpus=frost as frost."""
+    code, _, err = invoke("train.py", *TINY, "dataset=frost", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, f"data.path={text_file} is not the frost corpus (sha256 ",
+                          f"for your own text, use dataset=text data.path={text_file}")
+    assert not (tmp_path / "r" / "checkpoints").exists()
 
 
 def test_missing_corpus_that_cannot_be_downloaded(invoke, tmp_path):
@@ -319,23 +344,23 @@ def test_checkpoint_that_would_run_code_is_refused_everywhere(invoke, text_file,
 def test_generate_without_any_checkpoint(invoke, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = invoke("generate.py")
-    assert_one_line_error(code, err, "no best.ckpt found under outputs/", "python train.py")
+    assert_one_line_error(code, err, "no best.ckpt found under outputs (no such directory)", "python train.py")
 
 
 @pytest.mark.parametrize(
     "option, message",
     [
         ("max_new_tokens=-1", "max_new_tokens=-1 must be >= 0"),
-        ("temperature=-0.5", "temperature=-0.5 must be >= 0 (0 means greedy decoding)"),
-        ("top_p=0", "top_p=0 must be in (0, 1]"),
-        ("top_p=1.5", "top_p=1.5 must be in (0, 1]"),
-        ("top_k=0", "top_k=0 must be >= 1"),
-        ("num_samples=0", "num_samples=0 must be >= 1"),
-        ("temperature=nan", "temperature=nan must be a finite number"),
-        ("temperature=inf", "temperature=inf must be a finite number"),
-        ("temperature=warm", "temperature='warm' must be a finite number"),
+        ("temperature=-0.5", "temperature=-0.5 must be a number >= 0 (0 means greedy decoding)"),
+        ("top_p=0", "top_p=0 must be a number in (0, 1]"),
+        ("top_p=1.5", "top_p=1.5 must be a number in (0, 1]"),
+        ("top_k=0", "top_k=0 must be an integer >= 1"),
+        ("num_samples=0", "num_samples=0 must be an integer >= 1"),
+        ("temperature=nan", "temperature=nan must be a number >= 0"),
+        ("temperature=inf", "temperature=inf must be a number >= 0"),
+        ("temperature=warm", "temperature='warm' must be a number >= 0"),
         ("temperature=null", "temperature=null must be a number >= 0"),
-        ("top_p=nan", "top_p=nan must be a finite number"),
+        ("top_p=nan", "top_p=nan must be a number in (0, 1]"),
         ("max_new_tokens=1.5", "max_new_tokens=1.5 must be an integer"),
         ("seed=abc", "seed='abc' must be an integer"),
         ("top_k=true", "top_k=True must be an integer"),

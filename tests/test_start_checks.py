@@ -60,6 +60,24 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_the_record_kept(invoke, t
     assert (run_dir / "status.json").read_text() == record  # still "finished", with its numbers
 
 
+@pytest.mark.parametrize("args, message", [
+    (["scheduler.warmup_steps=-1"], "scheduler.warmup_steps=-1 must be an integer >= 0"),
+    (["optim.lr=-1"], "optim.lr=-1 must be a positive number"),
+    (["trainer.max_time=5"], "trainer.max_time=5 must be a time budget DD:HH:MM:SS"),
+    (["model=small"], "a resumed run keeps the config groups it was started with"),
+    (["trainer.max_steps=30"], "is at step 30 and trainer.max_steps=30: nothing to train"),
+])
+def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(invoke, trained_run, tmp_path, args, message):
+    """Not only status.json and the checkpoints: no event file, no line in train.log, no copy of the refused
+    command's config in .hydra/."""
+    run_dir = edited_copy(trained_run, tmp_path, lambda ckpt: None)
+    before = snapshot(run_dir)
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=45", *args)
+    assert_one_line_error(code, err, message)
+    assert snapshot(run_dir) == before
+    assert sorted(p.name for p in run_dir.rglob("*")) == sorted(p.name for p in trained_run.rglob("*"))
+
+
 def test_a_new_run_from_nan_weights_is_refused_before_training(invoke, trained_run, tmp_path):
     source = edited_copy(trained_run, tmp_path, nan_weights) / "checkpoints" / "last.ckpt"
     code, _, err = invoke("train.py", *TINY, "trainer.max_steps=45", "dataset=text",
