@@ -76,8 +76,9 @@ def check_composes(argv: list[str], config_name: str) -> None:
             continue
         if o.is_sweep_override():  # whether its key exists does not depend on its values
             o = parser.parse_override(f"{'+' * o.is_add() or '++' * o.is_force_add()}{o.key_or_group}=null")
-        if is_group(o) and not o.is_delete():
-            check_option(o.key_or_group, str(o.value()))  # (a base such as model=_base would compose)
+        if is_group(o) and not o.is_delete():  # (a base such as model=_base would compose)
+            for option in o.value() if isinstance(o.value(), list) else [o.get_value_element_as_str()]:
+                check_option(o.key_or_group, str(option))  # logger=[csv,tensorboard]: each
         overrides.append(o)
 
     def composed(chosen) -> DictConfig:
@@ -108,10 +109,9 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def check_option(group: str, option: str, choices: list[str] | None = None) -> None:
-    choices = options(group) if choices is None else choices
-    if option not in choices:
-        raise FrostyError(not_an_option(group, option, choices))
+def check_option(group: str, option: str) -> None:
+    if option not in options(group):
+        raise FrostyError(not_an_option(group, option, options(group)))
 
 
 def not_an_option(group: str, option: str, choices: list[str]) -> str:

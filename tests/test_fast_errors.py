@@ -93,12 +93,17 @@ def test_every_command_in_the_readme_passes_the_argument_check():
 
 def test_the_argument_check_leaves_alone_what_composes_or_is_hydras():
     for argv in (["+trainer.profiler=simple", "~dropout", "+search=speedrun", "+my_tag=a"],  # a key of the user's
+                 ["logger=[csv,tensorboard]"],  # two options of a group
                  ["hydra.run.dir=/tmp/x", "hydra/launcher=submitit_local", "hydra.sweeper.params.x=1"],  # Hydra's
                  ["--cfg", "job", "model=smal"],  # Hydra's flags: Hydra's own report
                  ["-m", "model=tiny,nosuch"],  # Frosty's sweeper refuses the job alone
                  ["-m", "model.dropout=0.1,0.2", "model.tie_weights=true,false"]):
         read_command_line(argv, "train")
     read_command_line(["prompt=Whose woods", "top_k=5"], "generate")
+    with pytest.raises(FrostyError, match="logger=wandb is not an option: choose one of csv, tensorboard"):
+        read_command_line(["logger=[csv,wandb]"], "train")
+    with pytest.raises(FrostyError, match="dropout=null is not an option: choose one of heavy, none, seed"):
+        read_command_line(["dropout=null"], "train")  # Hydra's report: "must be a string or a list"
     with pytest.raises(FrostyError, match="model.colour is not a setting of model"):
         read_command_line(["-m", "model.dropout=0.1,0.2", "model.colour=1,2"], "train")  # fails every job: at once
 
