@@ -116,13 +116,16 @@ def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[s
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
-    runs = []
+    """The runs (directories with a status.json) at or under paths, each once however many paths hold it."""
+    runs, seen = [], set()
     for root in paths:
         if not root.exists():
             raise SystemExit(f"error: {root} does not exist: give a run or sweep directory, e.g. outputs/")
         for status_file in sorted({*root.glob("status.json"), *root.rglob("*/status.json")}):
             run_dir = status_file.parent
-            runs.append(Run(run_dir, run_record(run_dir), *read_logs(run_dir)))  # damaged status.json: {}
+            if run_dir.resolve() not in seen:
+                seen.add(run_dir.resolve())
+                runs.append(Run(run_dir, run_record(run_dir), *read_logs(run_dir)))  # damaged status.json: {}
     return runs
 
 
