@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from frosty_lm.errors import FrostyError
+from frosty_lm.config_checks import check_scheduler
 
 
 def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | None = None,
@@ -16,14 +16,8 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
     The multiplier takes the steps done and, in a run limited by time, where its budget has got to (budget_step).
     The warm-up counts steps done (it is there to steady the first updates, however long they take), a cosine's
     ending by half the budget at the latest; the decay follows the budget."""
-    if name not in ("constant", "cosine"):
-        raise FrostyError(f"scheduler.name={name!r} is not known: use constant or cosine")
-    if warmup_steps < 0:
-        raise FrostyError(f"scheduler.warmup_steps={warmup_steps} must be >= 0")
+    check_scheduler(dict(name=name, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio))
     if name == "cosine":
-        if not isinstance(decay_steps, int) or decay_steps < 1:
-            raise FrostyError(f"scheduler.decay_steps={decay_steps} must be a positive integer "
-                              "(it defaults to trainer.max_steps)")
         warmup_steps = min(warmup_steps, decay_steps // 2)
 
     def factor(step: float, at: float | None = None) -> float:

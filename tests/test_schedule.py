@@ -29,7 +29,7 @@ def test_short_runs_warm_up_for_at_most_half_of_the_decay():
 
 def test_constant_and_bad_names():
     assert [lr_lambda("constant")(s) for s in (0, 10_000)] == [1.0, 1.0]
-    with pytest.raises(FrostyError, match="use constant or cosine"):
+    with pytest.raises(FrostyError, match="must be constant or cosine"):
         lr_lambda("linear")
 
 
