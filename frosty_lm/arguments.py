@@ -4,6 +4,7 @@ instead of Hydra's report of several lines, which would also suggest `+key=...`:
 from __future__ import annotations
 
 import difflib
+import re
 
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +40,26 @@ def read_overrides(argv: list[str]) -> dict:
         else:
             values[override.key_or_group] = override.value()
     return {} if sweeping else values
+
+
+def command_arg(key: str, value, quoted: bool = False) -> str:
+    """key=value as a printed command must give it for the shell and for Hydra to read value back as it is: a value
+    Hydra's grammar does not take bare (a sweep job's directory, dropout=0.2; a prompt with commas), or any value
+    if quoted, goes in Hydra's double quotes; then the whole argument is quoted for the shell."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    text = str(value)
+    try:
+        bare = OverridesParser.create().parse_override(f"{key}={text}").value() == text
+    except HydraException:
+        bare = False
+    if quoted or not bare:  # in Hydra's quotes a backslash is itself, but doubled before a quote (or the last one)
+        text = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', re.sub(r"(\\+)$", r"\1\1", text))
+        text = f'"{text}"'
+    return shlex.quote(f"{key}={text}")
 
 
 def given(argv: list[str]) -> list[str]:

@@ -168,8 +168,9 @@ def parallel_jobs() -> int:
     return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
 
 
-def set_threads(cfg: DictConfig) -> None:
-    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep, this job's share of the cores."""
+def set_threads(cfg: DictConfig) -> int:
+    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep, this job's share of the cores. Returns
+    how many torch uses."""
     import torch
 
     threads = cfg.get("threads")
@@ -177,7 +178,7 @@ def set_threads(cfg: DictConfig) -> None:
         threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
     if threads:
         torch.set_num_threads(int(threads))
-    log.info("torch threads: %d", torch.get_num_threads())
+    return torch.get_num_threads()
 
 
 def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:

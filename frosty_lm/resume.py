@@ -55,8 +55,7 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
     cfg.ckpt_path = str(last)
     check_more_to_train(ckpt, cfg, last.parents[1])
-    check_config(cfg)  # before a line of this attempt reaches the run's train.log
-    log.info("resuming %s from step %d", last.parents[1], ckpt["global_step"])
+    check_config(cfg)
     return cfg, ckpt
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from frosty_lm.arguments import command_arg
 from frosty_lm.cli import SweepStop, stop_sweep_on_signals
 from frosty_lm.errors import FrostyError
-from frosty_lm.run_dirs import make_dir
+from frosty_lm.run_dirs import make_dir, run_record
 
 
 def alive(pid) -> bool:
@@ -49,6 +50,7 @@ class RunRecord:
         self.path = Path(run_dir) / "status.json"
         self.started = time.time()
         self.previous = self.path.read_bytes() if resumed and self.path.is_file() else None
+        self._previous_times = (self.path.stat().st_atime_ns, self.path.stat().st_mtime_ns) if self.previous else None
         try:
             self.data: dict = dict(json.loads(self.previous)) if self.previous else {}
         except (ValueError, TypeError):  # a damaged record: start a new one (restore() still puts it back)
@@ -82,9 +84,11 @@ class RunRecord:
                    started=self.data.get("started") or now)
 
     def restore(self) -> None:
-        """The record as it was before this process started (a resume that failed before training)."""
+        """The record as it was before this process started (a resume that failed before training): its bytes and
+        its modification time."""
         if self.previous is not None and rank() == 0:
             self._replace(self.previous)
+            os.utime(self.path, ns=self._previous_times)
 
 
 class RunLock:
@@ -135,7 +139,7 @@ class SweepSummary(Callback):
         sweep = Path(config.hydra.sweep.dir)
         if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/status.json")):
             print(f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (continue one of its runs "
-                  f"with python train.py resume={sweep}/JOB)", file=sys.stderr, flush=True)
+                  f"with python train.py 'resume=\"{sweep}/JOB\"')", file=sys.stderr, flush=True)
             sys.exit(1)
         try:
             make_dir(str(sweep), "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
@@ -146,7 +150,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        records = {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep.glob("*/status.json"))}
+        records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/status.json"))}  # damaged: {}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
         counts = {state: sum(r.get("status") == state for r in records.values())
                   for state in ("finished", "interrupted", "not run")}
@@ -157,7 +161,7 @@ class SweepSummary(Callback):
               f"compare them with: python -m frosty_lm.report {sweep}", file=sys.stderr, flush=True)
         for name, record in records.items():
             if record.get("status") == "interrupted":
-                print(f"interrupted: {name}: continue it with python train.py resume={sweep / name}",
+                print(f"interrupted: {name}: continue it with python train.py {command_arg('resume', sweep / name)}",
                       file=sys.stderr, flush=True)
         for name, record in failed.items():
             print(f"failed: {name}: {record.get('error')}", file=sys.stderr, flush=True)

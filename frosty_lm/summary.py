@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from frosty_lm.arguments import command_arg
 from frosty_lm.callbacks import CharThroughput
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.machine import isa_cap
@@ -78,10 +78,9 @@ def corpus_prompt(text: str, words: int = 3) -> str:
 def generate_command(path: Path, prompt: str, seed: int) -> str:
     """The shell command that samples from path as the summary did (Hydra-quoted prompt, so commas and quotes
     pass); an empty or line-break prompt is generate.py's default."""
-    command = f"python generate.py ckpt_path={shlex.quote(str(path))}"
+    command = f"python generate.py {command_arg('ckpt_path', path)}"
     if prompt.strip():
-        quoted = prompt.replace('"', '\\"')  # Hydra's quoted strings: a backslash escapes only a quote
-        command += " " + shlex.quote(f'prompt="{quoted}"')
+        command += " " + command_arg("prompt", prompt, quoted=True)
     return f"{command} seed={seed}"
 
 

@@ -15,6 +15,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from frosty_lm.arguments import command_arg
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint
 from frosty_lm.cli import SweepStop, in_sweep, stop_sweep_on_signals
@@ -94,12 +95,12 @@ def run_training(cfg: DictConfig) -> float:
     resumed = bool(cfg.get("resume"))
     try:
         cfg, start = resume_if_asked(cfg)
+        lock = RunLock(cfg.paths.output_dir)
+        lock.acquire()  # before anything of the run is written: a second trainer of it is refused
     except BaseException:
         if resumed:
             forget_refused_resume()
         raise
-    lock = RunLock(cfg.paths.output_dir)
-    lock.acquire()  # before anything of the run is written: a second trainer of it is refused
     try:
         record = RunRecord(cfg.paths.output_dir, resumed=resumed)
         record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
@@ -121,8 +122,8 @@ def run_training(cfg: DictConfig) -> float:
     if stop is not None:
         step, signum = stop
         how = "" if signum == signal.SIGINT else f" by {signum.name}"
-        log.info("interrupted%s at step %d; continue with: python train.py resume=%s",
-                 how, step, shlex.quote(str(Path(cfg.paths.output_dir))))
+        log.info("interrupted%s at step %d; continue with: python train.py %s",
+                 how, step, command_arg("resume", Path(cfg.paths.output_dir)))
         if in_sweep():  # the sweep goes on to its summary; its jobs not yet started do not start
             SweepStop.signum = signum
             return best
@@ -137,7 +138,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     what was read."""
     check_config(cfg)  # before threads and seed reach torch
     check_gpu_present(cfg.trainer.get("accelerator"))  # before the corpus is read
-    set_threads(cfg)
+    threads = set_threads(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resumed_run = start is not None
     if start is None and cfg.ckpt_path:  # a clear error now, before the corpus is read, for a missing or unsafe file
@@ -149,14 +150,18 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         check_start_state(cfg.ckpt_path, start, model)
         if not resumed_run:  # (resume= has checked this before composing the run)
             check_more_to_train(start, cfg, Path(cfg.ckpt_path))
-    log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
-             len(model.hparams.vocab))
-    record.write(num_params=model.model.num_params())
     if cfg.trainer.get("accelerator") == "cpu":
         devices = cfg.trainer.get("devices")
         check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
     elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
         check_training_fits(model.model, cfg.data.batch_size, gpu=True)
+    # checked: from here on the run's log says what it does (a refused resume adds no line to its train.log)
+    if resumed_run:
+        log.info("resuming %s from step %d", Path(cfg.paths.output_dir), start["global_step"])
+    log.info("torch threads: %d", threads)
+    log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
+             len(model.hparams.vocab))
+    record.write(num_params=model.model.num_params())
     spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt(sweep_job=in_sweep())
     # first, so that its handlers are in place before the other callbacks' on_train_start (CopiedShare's index)
@@ -208,13 +213,13 @@ def nan_advice(trainer: L.Trainer, cfg: DictConfig, stop_step: int, overrides: l
     last_step = load_checkpoint(last)["global_step"] if last and Path(last).is_file() else None
     if last_step is not None and last_step < stop_step - 1:
         return (f"{last} holds step {last_step} (the last validation): continue from it with a lower learning rate, "
-                f"python train.py resume={shlex.quote(str(Path(cfg.paths.output_dir)))} {lower}")
+                f"python train.py {command_arg('resume', Path(cfg.paths.output_dir))} {lower}")
     best_step = load_checkpoint(best)["global_step"] if best and Path(best).is_file() else None
     at_stop = f"{last} holds step {last_step}, the state at the stop; " if last_step is not None else ""
     if best_step is not None and best_step < stop_step - 1:
         kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path", "optim.lr")
                 and not o.startswith("hydra.")]  # the run's own settings, in a new run directory
-        command = shlex.join(["python", "train.py", *kept, f"ckpt_path={Path(best)}", lower])
+        command = " ".join(["python train.py", *map(shlex.quote, kept), command_arg("ckpt_path", best), lower])
         return (f"{at_stop}continue from the best validation (step {best_step}) with a lower learning rate in a new "
                 f"run, {command}")
     return f"{at_stop}start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set"

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF, ROOT, TINY
 from frosty_lm import config_checks, corpus
-from frosty_lm.arguments import read_command_line, read_overrides
+from frosty_lm.arguments import command_arg, read_command_line, read_overrides
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.machine import NATIVE_BF16, cpu_flags, torch_native_bf16
@@ -106,6 +106,18 @@ def test_the_argument_check_leaves_alone_what_composes_or_is_hydras():
         read_command_line(["dropout=null"], "train")  # Hydra's report: "must be a string or a list"
     with pytest.raises(FrostyError, match="model.colour is not a setting of model"):
         read_command_line(["-m", "model.dropout=0.1,0.2", "model.colour=1,2"], "train")  # fails every job: at once
+
+
+@pytest.mark.parametrize("key, value", [
+    ("resume", "outputs/sweeps/2026-11-26/10-00-00-000000/dropout=0.2,n_layer=4"),  # a sweep job's directory
+    ("resume", "/runs/a b/c"), ("ckpt_path", "outputs/runs/x_frost_small/checkpoints/best.ckpt"),
+    ("prompt", 'Whose woods, "these" are'), ("prompt", "a,b\\c"), ("prompt", "ends in a backslash\\"),
+    ("prompt", "☃ and snow"),
+])
+def test_a_printed_command_gives_its_value_back_to_hydra(key, value):
+    for quoted in (False, True):
+        arg = command_arg(key, value, quoted=quoted)
+        assert read_overrides(shlex.split(arg)) == {key: value}, arg  # as the shell, then Hydra, read it
 
 
 def test_what_hydra_reads_passes_the_argument_check():

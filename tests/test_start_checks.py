@@ -66,6 +66,7 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_the_record_kept(invoke, t
     (["trainer.max_time=5"], "trainer.max_time=5 must be a time budget DD:HH:MM:SS"),
     (["model=small"], "a resumed run keeps the config groups it was started with"),
     (["trainer.max_steps=30"], "is at step 30 and trainer.max_steps=30: nothing to train"),
+    (["model.n_embd=64"], "model.n_embd"),  # found once the model is built: after the threads are set
 ])
 def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(invoke, trained_run, tmp_path, args, message):
     """Not only status.json and the checkpoints: no event file, no line in train.log, no copy of the refused
