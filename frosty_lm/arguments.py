@@ -33,6 +33,9 @@ def read_overrides(argv: list[str]) -> dict:
         except HydraException:
             raise FrostyError(f"cannot read {arg}: quote a value with characters beyond letters, digits and "
                               f"punctuation such as ./:-_, {example}") from None
+        if sweeping and override.key_or_group == "resume" and override.value() not in (None, ""):
+            raise FrostyError(f"{arg}: resume= continues one run in its own directory, and a sweep (-m) starts new "
+                              "runs: leave out -m, and resume each run with its own command")
         if override.is_sweep_override():
             if not sweeping:
                 raise FrostyError(f"{arg} gives several values: add -m to run a job for each, or, for one text with "

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from frosty_lm.errors import FrostyError
-from frosty_lm.interrupts import same_press
+from frosty_lm.interrupts import interrupted_while, same_press
 
 
 def in_sweep() -> bool:
@@ -71,6 +71,9 @@ def stop_sweep_on_signals(forward: bool = False) -> None:
         if SweepStop.signum is not None:
             if not forward and same_press(signum, SweepStop.signum, SweepStop.at):
                 return
+            if forward:  # not "before training started": its jobs may have trained and saved
+                interrupted_while("again: the sweep aborted, without its summary; the checkpoints its jobs wrote "
+                                  "are kept")
             raise KeyboardInterrupt
         SweepStop.signum, SweepStop.at = signum, time.monotonic()
         if forward:

@@ -45,6 +45,11 @@ def interrupt_on_signals(when: str) -> None:
             signal.signal(signum, handler)
 
 
+def interrupted_while(when: str) -> None:
+    """What the line says from now on, after "interrupted by SIGINT" (e.g. that a sweep was aborted)."""
+    _EntryPoint.when = when
+
+
 def exit_when_interrupted(main) -> None:
     """Run an entry point's main(); Ctrl-C or SIGTERM that reaches here ends it as interrupt_on_signals says."""
     _EntryPoint.running = True
@@ -58,7 +63,8 @@ SAME_PRESS_S = 2.0  # a sweep job's second Ctrl-C this soon after its first is t
 
 
 def same_press(signum: int, first: int | None, first_at: float) -> bool:
-    """Whether a sweep job's Ctrl-C repeats the one it already has: a terminal sends Ctrl-C to every process of the
-    sweep, and the sweep's main process passes it on to its workers as well (for `kill -INT` to it alone), so that
-    each worker may get one press twice. Only a later one aborts."""
-    return signum == first == signal.SIGINT and time.monotonic() - first_at < SAME_PRESS_S
+    """Whether a sweep job's Ctrl-C (or SIGTERM) repeats the one it already has: a terminal sends Ctrl-C to every
+    process of the sweep, as `timeout` and batch schedulers send SIGTERM to the whole process group, and the sweep's
+    main process passes it on to its workers as well (for `kill -INT` to it alone), so that each worker may get one
+    signal twice. Only a later one aborts."""
+    return signum == first and signum in (signal.SIGINT, signal.SIGTERM) and time.monotonic() - first_at < SAME_PRESS_S

@@ -118,7 +118,8 @@ def check_start_state(ckpt_path: str, ckpt: dict, module) -> None:
     if missing or unexpected:
         what = f"lacks {', '.join(missing[:3])}" if missing else f"has unknown {', '.join(unexpected[:3])}"
         raise FrostyError(f"{ckpt_path} {what}: the file was edited or damaged; start from another checkpoint")
-    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+    weights = (t for name, t in state.items() if t.is_floating_point() and name != "best_val_loss")  # inf: none yet
+    if not all(torch.isfinite(t).all() for t in weights):
         raise FrostyError(f"{ckpt_path} holds NaN or infinite weights: training cannot go on from them; start from "
                           "an earlier checkpoint (e.g. its run's best.ckpt), or anew")
     optimizers = ckpt.get("optimizer_states")

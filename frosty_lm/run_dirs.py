@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import NamedTuple
 
 from omegaconf import OmegaConf
 
+from frosty_lm.arguments import command_arg
 from frosty_lm.errors import FrostyError
 from frosty_lm.machine import cpu_precision
 
@@ -109,6 +111,9 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
         raise FrostyError(f"resume={resume} is a file: resume= takes a run's directory, the one holding {LAST}"
                           f"{run_of}; to start a new run from a checkpoint file, give ckpt_path={resume}")
     if not (run / LAST).is_file():
+        if (run / BEST).is_file():  # last.ckpt deleted: the run cannot go on, but a new one can start from its best
+            raise FrostyError(f"cannot resume {run}: it has no {LAST}, only {BEST}: start a new run from that, "
+                              f"python train.py {command_arg('ckpt_path', run / BEST)} (with the run's overrides)")
         raise FrostyError(f"cannot resume {run}: it has no {LAST} (not a run of train.py, or one stopped before its "
                           f"first checkpoint: start it again with hydra.run.dir={run}); or use resume=latest")
     return run
@@ -153,12 +158,15 @@ def make_given_run_dir(given: dict) -> None:
 
 
 def make_dir(path: str, key: str) -> None:
-    """Create path (and its parents), or a FrostyError naming why not and the key that moves it."""
+    """Create path (and its parents), or a FrostyError naming why not and the key that moves it; one that exists
+    must be writable (a read-only file system, a directory of someone else's)."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         why = "a file is in the way" if isinstance(err, FileExistsError) else err.strerror or err
         raise FrostyError(f"cannot create {path}: {why}: choose a writable directory with {key}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise FrostyError(f"cannot write to {path}: choose a writable directory with {key}")
 
 
 _RESUMED_SUBDIRS: dict[tuple, str] = {}

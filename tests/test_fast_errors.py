@@ -120,6 +120,27 @@ def test_a_printed_command_gives_its_value_back_to_hydra(key, value):
         assert read_overrides(shlex.split(arg)) == {key: value}, arg  # as the shell, then Hydra, read it
 
 
+def test_a_sweep_of_resumes_is_refused_before_any_job():
+    for argv in (["-m", "resume=latest", "trainer.max_steps=1800,1900"], ["-m", "resume=a,b"]):
+        with pytest.raises(FrostyError, match="resume= continues one run in its own directory, and a sweep"):
+            read_command_line(argv, "train")
+    read_command_line(["-m", "resume=null", "model.dropout=0.1,0.2"], "train")  # no resume: a sweep
+
+
+def test_a_sweep_jobs_signal_that_reached_it_twice_is_one():
+    """A terminal's Ctrl-C, or `timeout`'s SIGTERM to the process group, reaches a sweep's job directly and again
+    from the sweep's main process: one stop, not an abort."""
+    import signal
+    import time
+
+    from frosty_lm.interrupts import same_press
+
+    now = time.monotonic()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        assert same_press(signum, signum, now) and not same_press(signum, signum, now - 60)
+    assert not same_press(signal.SIGTERM, signal.SIGINT, now)
+
+
 def test_what_hydra_reads_passes_the_argument_check():
     read_overrides(['prompt="☃, and more"', "prompt=Whose woods", "model.dropout=0.1,0.2", "-m", "x=[1,2]",
                      'hydra.run.dir="/a b"', "--cfg", "job", "--config-dir=/x", "+experiment=speedrun",

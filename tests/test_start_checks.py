@@ -147,3 +147,33 @@ def test_the_run_directory_lightning_gives_its_ddp_processes_is_read_as_hydra_re
     make_given_run_dir(read_overrides(ddp_process))
     assert [p.name for p in tmp_path.iterdir()] == ["a run"]  # made, unquoted: no directory named '"'
     make_given_run_dir(read_overrides([f"resume={run_dir}", f'hydra.run.dir="{run_dir}"']))  # a resumed DDP process
+
+
+def test_a_run_without_last_ckpt_but_with_best_ckpt_says_to_start_from_best(invoke, trained_run, tmp_path):
+    run_dir = edited_copy(trained_run, tmp_path, lambda ckpt: None)
+    (run_dir / "checkpoints" / "last.ckpt").unlink()
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=45")
+    assert_one_line_error(code, err, f"cannot resume {run_dir}: it has no checkpoints/last.ckpt, only "
+                          f"checkpoints/best.ckpt: start a new run from that, python train.py ckpt_path=")
+    assert "hydra.run.dir" not in err  # which would refuse a directory that holds a checkpoint
+
+
+def no_validation_yet(ckpt):
+    ckpt["state_dict"]["best_val_loss"] = torch.tensor(float("inf"))  # as a run stopped before its first validation
+
+
+def test_a_checkpoint_from_before_the_first_validation_resumes(invoke, trained_run, tmp_path):
+    """Its best val loss is still inf: that is no weight, and no reason to refuse it as NaN or infinite weights."""
+    run_dir = edited_copy(trained_run, tmp_path, no_validation_yet)
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=32")
+    assert code == 0, err
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 32
+
+
+def test_an_existing_directory_that_cannot_be_written_is_one_line(monkeypatch, tmp_path):
+    from frosty_lm import run_dirs
+    from frosty_lm.errors import FrostyError
+
+    monkeypatch.setattr(run_dirs.os, "access", lambda path, mode: False)  # a read-only file system (root or not)
+    with pytest.raises(FrostyError, match=f"cannot write to {tmp_path}: choose a writable directory with X=DIR"):
+        run_dirs.make_dir(str(tmp_path), "X=DIR")
