@@ -90,13 +90,17 @@ def check_composes(argv: list[str], config_name: str) -> None:
     if any(a.startswith("-") and a not in SWEEP_FLAGS for a in argv):
         return
     parser = OverridesParser.create()
+    arguments = parser.parse_overrides(given(argv))
+    if any(o.key_or_group.startswith("hydra.searchpath") for o in arguments):  # options outside conf/: Hydra's
+        return
 
     def is_group(o) -> bool:  # generate.yaml has settings only
         return config_name == "train" and (CONF / o.key_or_group).is_dir()
 
+    varied = {o.key_or_group for o in arguments if o.is_sweep_override() and is_group(o)}  # model=tiny,small
     overrides = []
-    for o in parser.parse_overrides(given(argv)):
-        if o.key_or_group.startswith("hydra") or (o.is_sweep_override() and is_group(o)):
+    for o in arguments:
+        if o.key_or_group.startswith("hydra") or o.key_or_group in varied:
             continue
         if o.is_sweep_override():  # whether its key exists does not depend on its values
             o = parser.parse_override(f"{'+' * o.is_add() or '++' * o.is_force_add()}{o.key_or_group}=null")
@@ -112,6 +116,9 @@ def check_composes(argv: list[str], config_name: str) -> None:
     try:
         composed(overrides)
     except ConfigCompositionException as err:
+        key = getattr(err.__cause__, "full_key", None) or ""
+        if key.split(".")[0] in varied:  # a setting of an option the sweep varies (optim=adamw,muon optim.momentum)
+            return  # depends on the option: Frosty's sweeper composes each job
         try:  # the settings that do exist, for a suggestion
             config = composed([o for o in overrides if is_group(o)])
         except Exception:
@@ -171,6 +178,8 @@ def composition_error(err: ConfigCompositionException, config: DictConfig | None
     node = OmegaConf.select(config, parent) if config is not None and parent else config
     settings = sorted(k for k in node if not k.startswith("_")) if isinstance(node, DictConfig) else []  # no _target_
     message = f"{key} is not a setting of {parent or script}"
+    if name in settings:  # there, until another argument took it away (a=null a.b=1): Hydra's own line
+        return first
     guess = closest(name, settings)
     if guess:
         return f"{message}: did you mean {f'{parent}.' if parent else ''}{guess}?"

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from frosty_lm.errors import FrostyError
-from frosty_lm.interrupts import interrupted_while, same_press
+from frosty_lm.interrupts import Interrupted, interrupted_while, same_press
 
 
 def in_sweep() -> bool:
@@ -74,7 +74,7 @@ def stop_sweep_on_signals(forward: bool = False) -> None:
             if forward:  # not "before training started": its jobs may have trained and saved
                 interrupted_while("again: the sweep aborted, without its summary; the checkpoints its jobs wrote "
                                   "are kept")
-            raise KeyboardInterrupt
+            raise Interrupted(signum)  # exit status 128 + this signal's number
         SweepStop.signum, SweepStop.at = signum, time.monotonic()
         if forward:
             print(f"\n{signal.Signals(signum).name}: stopping the sweep: running jobs save and stop, the others do "

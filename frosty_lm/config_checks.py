@@ -79,6 +79,24 @@ def check_config(cfg: DictConfig) -> None:
     max_time_seconds(cfg.trainer.get("max_time"))
     if cfg.get("scheduler") is not None:
         check_scheduler(cfg.scheduler)
+    callbacks = cfg.get("callbacks") or {}  # (their constructors check the same, for code that builds them)
+    if callbacks.get("sample_text") is not None:
+        check_sampling(callbacks.sample_text, prefix="callbacks.sample_text.")
+    if callbacks.get("progress_lines") is not None:
+        check_progress_lines(callbacks.progress_lines)
+
+
+def check_progress_lines(settings) -> None:
+    """callbacks.progress_lines.* (progress.ProgressLines): a line every N seconds and/or steps, and the steps the
+    time estimate waits for."""
+    key = "callbacks.progress_lines."
+    every_seconds, every_n_steps = settings.get("every_seconds"), settings.get("every_n_steps")
+    estimate_after = settings.get("estimate_after", 10)
+    must(every_seconds is None or is_number(every_seconds) and every_seconds > 0, key + "every_seconds",
+         every_seconds, "a positive number of seconds, or null")
+    must(every_n_steps is None or is_int(every_n_steps) and every_n_steps > 0, key + "every_n_steps",
+         every_n_steps, "a positive integer, or null")
+    must(is_int(estimate_after) and estimate_after > 0, key + "estimate_after", estimate_after, "a positive integer")
 
 
 def check_trainer_counts(trainer: DictConfig) -> None:

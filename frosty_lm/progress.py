@@ -11,7 +11,7 @@ from datetime import timedelta
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
 
-from frosty_lm.config_checks import is_int, is_number, must
+from frosty_lm.config_checks import check_progress_lines
 from frosty_lm.machine import parallel_jobs
 
 log = logging.getLogger("frosty")
@@ -80,13 +80,8 @@ class ProgressLines(L.Callback):
 
     def __init__(self, every_seconds: float | None = 30.0, every_n_steps: int | None = None,
                  estimate_after: int = 10) -> None:
-        key = "callbacks.progress_lines."
-        must(every_seconds is None or is_number(every_seconds) and every_seconds > 0, key + "every_seconds",
-             every_seconds, "a positive number of seconds, or null")
-        must(every_n_steps is None or is_int(every_n_steps) and every_n_steps > 0, key + "every_n_steps",
-             every_n_steps, "a positive integer, or null")
-        must(is_int(estimate_after) and estimate_after > 0, key + "estimate_after", estimate_after,
-             "a positive integer")
+        check_progress_lines(dict(every_seconds=every_seconds, every_n_steps=every_n_steps,
+                                  estimate_after=estimate_after))
         self.every_seconds, self.every_n_steps, self.estimate_after = every_seconds, every_n_steps, estimate_after
         self.on_console = True  # set by training.fit: False while the Rich bar shows the progress
         self.record = None

@@ -107,7 +107,7 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
         run = Path(resume)
     if run.is_file():
         in_run = run.name == "last.ckpt" and run.parent.name == "checkpoints"
-        run_of = f" (here resume={run.parents[1]})" if in_run else ""
+        run_of = f" (here {command_arg('resume', run.parents[1])})" if in_run else ""
         raise FrostyError(f"resume={resume} is a file: resume= takes a run's directory, the one holding {LAST}"
                           f"{run_of}; to start a new run from a checkpoint file, give ckpt_path={resume}")
     if not (run / LAST).is_file():
@@ -115,7 +115,8 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
             raise FrostyError(f"cannot resume {run}: it has no {LAST}, only {BEST}: start a new run from that, "
                               f"python train.py {command_arg('ckpt_path', run / BEST)} (with the run's overrides)")
         raise FrostyError(f"cannot resume {run}: it has no {LAST} (not a run of train.py, or one stopped before its "
-                          f"first checkpoint: start it again with hydra.run.dir={run}); or use resume=latest")
+                          f"first checkpoint: start it again with {command_arg('hydra.run.dir', run)}); or use "
+                          "resume=latest")
     return run
 
 
@@ -182,7 +183,7 @@ def output_subdir(output_dir: str, resume: str | None) -> str:
                                            f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}")
     if any((Path(output_dir) / "checkpoints").glob("*.ckpt")):  # a run killed before its first checkpoint: reusable
         raise FrostyError(f"{output_dir} already holds a run: choose another hydra.run.dir, "
-                          f"or continue that run with resume={output_dir}")
+                          f"or continue that run with {command_arg('resume', output_dir)}")
     return ".hydra"
 
 

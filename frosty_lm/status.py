@@ -50,7 +50,8 @@ class RunRecord:
         self.path = Path(run_dir) / "status.json"
         self.started = time.time()
         self.previous = self.path.read_bytes() if resumed and self.path.is_file() else None
-        self._previous_times = (self.path.stat().st_atime_ns, self.path.stat().st_mtime_ns) if self.previous else None
+        self._previous_times = None if self.previous is None else (self.path.stat().st_atime_ns,
+                                                                    self.path.stat().st_mtime_ns)
         try:
             self.data: dict = dict(json.loads(self.previous)) if self.previous else {}
         except (ValueError, TypeError):  # a damaged record: start a new one (restore() still puts it back)
@@ -139,7 +140,8 @@ class SweepSummary(Callback):
         sweep = Path(config.hydra.sweep.dir)
         if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/status.json")):
             print(f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (continue one of its runs "
-                  f"with python train.py 'resume=\"{sweep}/JOB\"')", file=sys.stderr, flush=True)
+                  f"with python train.py {command_arg('resume', f'{sweep}/JOB', quoted=True)})", file=sys.stderr,
+                  flush=True)
             sys.exit(1)
         try:
             make_dir(str(sweep), "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")

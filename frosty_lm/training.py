@@ -155,13 +155,6 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
     elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
         check_training_fits(model.model, cfg.data.batch_size, gpu=True)
-    # checked: from here on the run's log says what it does (a refused resume adds no line to its train.log)
-    if resumed_run:
-        log.info("resuming %s from step %d", Path(cfg.paths.output_dir), start["global_step"])
-    log.info("torch threads: %d", threads)
-    log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
-             len(model.hparams.vocab))
-    record.write(num_params=model.model.num_params())
     spawn_ranks_inside_sweep(cfg)
     interrupt = StopOnInterrupt(sweep_job=in_sweep())
     # first, so that its handlers are in place before the other callbacks' on_train_start (CopiedShare's index)
@@ -176,6 +169,14 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     checkpoint_io = AtomicCheckpointIO(loaded=(cfg.ckpt_path, start) if start is not None else None)
     trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io],
                               enable_progress_bar=bars)
+    # checked, callbacks and Trainer built: from here on the run's log says what it does (a refused resume adds no
+    # line of Frosty's to its train.log)
+    if resumed_run:
+        log.info("resuming %s from step %d", Path(cfg.paths.output_dir), start["global_step"])
+    log.info("torch threads: %d", threads)
+    log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
+             len(model.hparams.vocab))
+    record.write(num_params=model.model.num_params())
     log.info("precision: %s", precision_line(cfg, str(trainer.precision)))
     per_step = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log.info("effective batch: %d windows of %d characters per step (data.batch_size %d x %d processes x %d "

@@ -94,6 +94,9 @@ def test_every_command_in_the_readme_passes_the_argument_check():
 def test_the_argument_check_leaves_alone_what_composes_or_is_hydras():
     for argv in (["+trainer.profiler=simple", "~dropout", "+search=speedrun", "+my_tag=a"],  # a key of the user's
                  ["logger=[csv,tensorboard]"],  # two options of a group
+                 ["-m", "trainer=ddp,ddp_cpu", "trainer.strategy=ddp_spawn"],  # a setting of the options varied
+                 ["-m", "optim=adamw,muon", "optim.momentum=0.9"],  # muon's: the sweeper refuses adamw's job alone
+                 ["hydra.searchpath=[file:///elsewhere]", "model=mine"],  # options outside conf/: Hydra's to find
                  ["hydra.run.dir=/tmp/x", "hydra/launcher=submitit_local", "hydra.sweeper.params.x=1"],  # Hydra's
                  ["--cfg", "job", "model=smal"],  # Hydra's flags: Hydra's own report
                  ["-m", "model=tiny,nosuch"],  # Frosty's sweeper refuses the job alone

@@ -60,13 +60,12 @@ def test_a_damaged_checkpoint_is_refused_on_resume_and_the_record_kept(invoke, t
     assert (run_dir / "status.json").read_text() == record  # still "finished", with its numbers
 
 
-@pytest.mark.parametrize("args, message", [
-    (["scheduler.warmup_steps=-1"], "scheduler.warmup_steps=-1 must be an integer >= 0"),
-    (["optim.lr=-1"], "optim.lr=-1 must be a positive number"),
-    (["trainer.max_time=5"], "trainer.max_time=5 must be a time budget DD:HH:MM:SS"),
+@pytest.mark.parametrize("args, message", [  # one of each place a resume is refused
+    (["scheduler.warmup_steps=-1"], "scheduler.warmup_steps=-1 must be an integer >= 0"),  # the config's checks
     (["model=small"], "a resumed run keeps the config groups it was started with"),
     (["trainer.max_steps=30"], "is at step 30 and trainer.max_steps=30: nothing to train"),
     (["model.n_embd=64"], "model.n_embd"),  # found once the model is built: after the threads are set
+    (["trainer.precision=17"], "Precision 17 is invalid"),  # Lightning's refusal, building the Trainer
 ])
 def test_a_refused_resume_leaves_every_file_of_the_run_as_it_was(invoke, trained_run, tmp_path, args, message):
     """Not only status.json and the checkpoints: no event file, no line in train.log, no copy of the refused
@@ -177,3 +176,13 @@ def test_an_existing_directory_that_cannot_be_written_is_one_line(monkeypatch, t
     monkeypatch.setattr(run_dirs.os, "access", lambda path, mode: False)  # a read-only file system (root or not)
     with pytest.raises(FrostyError, match=f"cannot write to {tmp_path}: choose a writable directory with X=DIR"):
         run_dirs.make_dir(str(tmp_path), "X=DIR")
+
+
+def test_an_empty_status_json_is_restored_as_it_was(tmp_path):
+    from frosty_lm.status import RunRecord
+
+    (tmp_path / "status.json").write_bytes(b"")
+    record = RunRecord(tmp_path, resumed=True)
+    record.write(status="running")
+    record.restore()  # a refused resume of a run whose record was empty: empty again, no error
+    assert (tmp_path / "status.json").read_bytes() == b""
