@@ -126,11 +126,11 @@ def check_composes(argv: list[str], config_name: str) -> None:
         raise FrostyError(composition_error(err, config, f"{config_name}.py")) from None
     except Exception:  # anything else is Hydra's to report, as it would without this check
         return
-    for o in overrides:
-        if is_group(o) or not o.is_add() or "." in o.key_or_group or config_name != "train":
-            continue
-        group = closest(o.key_or_group, [p.name for p in CONF.iterdir() if p.is_dir()])
-        if group:  # +experimnt=speedrun would add a key that nothing reads
+    groups = [p.name for p in CONF.iterdir() if p.is_dir()] if config_name == "train" else []
+    for o in overrides:  # +experimnt=speedrun would add a key that nothing reads
+        top_level = o.is_add() and "." not in o.key_or_group and not is_group(o)
+        group = closest(o.key_or_group, groups) if top_level else None
+        if group:
             raise FrostyError(f"{o.input_line}: there is no group {o.key_or_group} (it would add a setting that "
                               f"nothing reads): did you mean +{group}={o.value()}?")
 

@@ -156,22 +156,19 @@ def check_sampling(settings, prefix: str = "") -> None:
     """Sampling settings, where they are given (generate.py's, and the validation sample's, prefix
     callbacks.sample_text.): max_new_tokens and seed integers, max_new_tokens >= 0; temperature a number >= 0;
     top_k a positive integer and top_p in (0, 1], each or null for no cut."""
-    def given(key: str) -> bool:
-        return key in settings
-
     for key in ("max_new_tokens", "seed"):
-        if given(key):
+        if key in settings:
             must(is_int(settings[key]), prefix + key, settings[key], "an integer")
-    if given("max_new_tokens"):
+    if "max_new_tokens" in settings:
         must(settings["max_new_tokens"] >= 0, prefix + "max_new_tokens", settings["max_new_tokens"], ">= 0")
-    if given("temperature"):
+    if "temperature" in settings:
         value = settings["temperature"]
         must(is_number(value) and value >= 0, prefix + "temperature", value, "a number >= 0 (0 means greedy decoding)")
-    if given("top_k"):
+    if "top_k" in settings:
         value = settings["top_k"]
         must(value is None or is_int(value) and value >= 1, prefix + "top_k", value, "an integer >= 1, or null for no "
              "cut")
-    if given("top_p"):
+    if "top_p" in settings:
         value = settings["top_p"]
         must(value is None or is_number(value) and 0 < value <= 1, prefix + "top_p", value,
              "a number in (0, 1], e.g. top_p=0.9, or null for no nucleus cut")

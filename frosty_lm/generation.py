@@ -60,7 +60,7 @@ def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]
         raise no_runs(outputs_dir)
     if newest is None:
         runs = {last.parents[1] for last in Path(outputs_dir).rglob(str(LAST))}
-        on = sorted({corpus.split(":")[0] for corpus in map(run_corpus, runs) if corpus})  # text:FILE -> text
+        on = sorted({found.split(":")[0] for found in map(run_corpus, runs) if found})  # text:FILE -> text
         what = (f"train one (`python train.py dataset={corpus}`)" if corpus in options("dataset")
                 else f"its runs are on {', '.join(on)}" if on else "give a corpus it has runs on")
         raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: {what}, or leave out corpus= for the "

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint
-from frosty_lm.config_checks import check_config, max_time_seconds
+from frosty_lm.config_checks import max_time_seconds
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import LAST
 from frosty_lm.stored_config import check_stored_config, stored_config, upgraded
@@ -55,8 +55,7 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
     cfg.ckpt_path = str(last)
     check_more_to_train(ckpt, cfg, last.parents[1])
-    check_config(cfg)
-    return cfg, ckpt
+    return cfg, ckpt  # (training.fit checks the config, as for a new run)
 
 
 def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
