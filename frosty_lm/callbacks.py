@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from frosty_lm.config_checks import check_sampling
 from frosty_lm.errors import FrostyError
-from frosty_lm.interrupts import same_press
+from frosty_lm.interrupts import after_import, same_press
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
 
@@ -177,7 +177,7 @@ class StopOnInterrupt(L.Callback):
 
     def _request_stop(self, signum, frame) -> None:
         if self.received is not None:
-            if self.sweep_job and same_press(signum, self.received, self._received_at):
+            if self.sweep_job and same_press(signum, self.received, self._received_at) or after_import(signum, frame):
                 return
             raise KeyboardInterrupt
         self.received, self._received_at = signal.Signals(signum), time.monotonic()

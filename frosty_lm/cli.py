@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from frosty_lm.errors import FrostyError
-from frosty_lm.interrupts import Interrupted, interrupted_while, same_press
+from frosty_lm.interrupts import Interrupted, after_import, interrupted_while, same_press
 
 
 def in_sweep() -> bool:
@@ -69,7 +69,7 @@ def stop_sweep_on_signals(forward: bool = False) -> None:
 
     def handler(signum, frame) -> None:
         if SweepStop.signum is not None:
-            if not forward and same_press(signum, SweepStop.signum, SweepStop.at):
+            if not forward and same_press(signum, SweepStop.signum, SweepStop.at) or after_import(signum, frame):
                 return
             if forward:  # not "before training started": its jobs may have trained and saved
                 interrupted_while("again: the sweep aborted, without its summary; the checkpoints its jobs wrote "

@@ -1,9 +1,15 @@
 """Ctrl-C and SIGTERM outside training (training stops on them itself: callbacks.StopOnInterrupt): one line and exit
 status 128 + the signal's number (130, 143), never a traceback, from an entry point's first line on. The standard
-library only, so that it is in place before the heavy imports. Also when a sweep's job takes two Ctrl-C for one."""
+library only, so that it is in place before the heavy imports. Also when a sweep's job takes two Ctrl-C for one.
+
+A signal that comes while a module is being imported is acted on once the import is done (after_import): an
+exception raised inside an import can pass through a C extension's initialisation, which may swallow it (torch,
+interrupted while it imports numpy, goes on without numpy, and the run trained to its end), abort the process, or
+leave a module half-loaded."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,6 +42,8 @@ def interrupt_on_signals(when: str) -> None:
     _EntryPoint.when = when
 
     def handler(signum, frame) -> None:
+        if after_import(signum, frame):
+            return
         if _EntryPoint.running:
             raise Interrupted(signum)
         exit_interrupted(signum)
@@ -43,6 +51,22 @@ def interrupt_on_signals(when: str) -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, handler)
+
+
+AGAIN_AFTER_S = 0.05  # how soon a signal that came during an import comes again
+
+
+def after_import(signum: int, frame) -> bool:
+    """Whether the main thread (at `frame`) is importing a module; if so, this process gets `signum` again
+    AGAIN_AFTER_S later, until the import is done, and the handler that called this returns without acting."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            timer = threading.Timer(AGAIN_AFTER_S, os.kill, (os.getpid(), signum))
+            timer.daemon = True
+            timer.start()
+            return True
+        frame = frame.f_back
+    return False
 
 
 def interrupted_while(when: str) -> None:

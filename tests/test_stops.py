@@ -178,6 +178,39 @@ def test_a_signal_before_training_starts_is_one_line_and_its_exit_status(tmp_pat
     assert "Traceback" not in output and not (run_dir / "checkpoints").exists()
 
 
+def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path, monkeypatch):
+    """An exception raised inside an import can be swallowed by a C extension's initialisation: torch, given
+    SIGTERM while it imported numpy, went on without numpy, and the run trained to its end (exit status 0). The
+    entry point's handler lets the import finish, then interrupts."""
+    import sys
+    import time
+
+    from frosty_lm.interrupts import Interrupted, _EntryPoint, interrupt_on_signals
+
+    (tmp_path / "swallows_interrupts.py").write_text(  # as a C extension that swallows what its own imports raise
+        "import signal, time\n"
+        "try:\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "    time.sleep(0.5)  # the signal comes again meanwhile: still importing\n"
+        "    finished = True\n"
+        "except BaseException:\n"
+        "    finished = False\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.setattr(_EntryPoint, "running", True)  # as in an entry point's main()
+    monkeypatch.setattr(_EntryPoint, "when", _EntryPoint.when)
+    monkeypatch.delitem(sys.modules, "swallows_interrupts", raising=False)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        interrupt_on_signals("before training started")
+        with pytest.raises(Interrupted) as raised:
+            import swallows_interrupts  # noqa: F401
+            time.sleep(5)  # the signal comes again 50 ms after the import: Interrupted here
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert sys.modules["swallows_interrupts"].finished and raised.value.signum == signal.SIGTERM
+
+
 class SignalAtSetup(L.Callback):
     """Test-only: sends this process `signum` from Lightning's setup, before training (and our handlers) start."""
 
