@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
 from frosty_lm.arguments import read_command_line
-from frosty_lm.cli import exit_on_user_error, quiet_lightning
+from frosty_lm.cli import exit_on_user_error, in_sweep, quiet_lightning, stop_sweep_on_signals
 from frosty_lm.config_checks import check_early
 
 # Frosty's sweeper is a Hydra plugin in this directory (hydra_plugins/), found on sys.path as the script's own:
@@ -27,6 +27,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).reso
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float:
+    if in_sweep():  # first: a signal while torch loads stops the sweep (cli.SweepStop), and ends no worker
+        stop_sweep_on_signals()
     check_early(cfg)  # a bad config or a missing corpus: one line at once, before torch and Lightning load
     from frosty_lm.training import run_training  # seconds: torch and Lightning
 

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dt
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
+from frosty_lm.cli import SweepStop, sweep_stopped
 from frosty_lm.config_checks import check_sampling
 from frosty_lm.errors import FrostyError
 from frosty_lm.interrupts import after_import, same_press
@@ -171,6 +172,8 @@ class StopOnInterrupt(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._started = True
+        if self.sweep_job and sweep_stopped() is not None:  # the sweep was stopped while this job set up: it stops
+            self.received, self._received_at = signal.Signals(SweepStop.signum), SweepStop.at  # after one step
         if threading.current_thread() is threading.main_thread():  # Python sets handlers from the main thread only
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._request_stop)

@@ -60,25 +60,41 @@ class SweepStop:
     at: float = 0.0  # time.monotonic() when it came
 
 
-def stop_sweep_on_signals(forward: bool = False) -> None:
-    """Ctrl-C or SIGTERM in a sweep's process (its main process, forward=True, or a joblib worker) sets SweepStop
-    instead of killing the process, so that the sweep ends with its summary and no worker is left behind; the
-    main process passes the signal on to its worker processes. A second signal aborts at once."""
+STOP_FILE = ".sweep-stopped"  # in the sweep's directory from its main process's first signal to the sweep's end
+
+
+def sweep_stopped() -> int | None:
+    """The signal that stopped this process's sweep, or None: received here, or by the sweep's main process (a
+    worker that started after the signal finds it in STOP_FILE)."""
+    if SweepStop.signum is None and HydraConfig.initialized():
+        with contextlib.suppress(OSError, ValueError):
+            SweepStop.signum = int((Path(HydraConfig.get().sweep.dir) / STOP_FILE).read_text())
+            SweepStop.at = time.monotonic()
+    return SweepStop.signum
+
+
+def stop_sweep_on_signals(main_of: Path | None = None) -> None:
+    """Ctrl-C or SIGTERM in a sweep's process (a joblib worker, or its main process: main_of, the sweep's directory)
+    sets SweepStop instead of killing the process, so that the sweep ends with its summary and no worker is left
+    behind; the main process passes the signal on to its worker processes, and leaves STOP_FILE for those not
+    started yet. A second signal aborts at once."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handler(signum, frame) -> None:
         if SweepStop.signum is not None:
-            if not forward and same_press(signum, SweepStop.signum, SweepStop.at) or after_import(signum, frame):
+            if main_of is None and same_press(signum, SweepStop.signum, SweepStop.at) or after_import(signum, frame):
                 return
-            if forward:  # not "before training started": its jobs may have trained and saved
+            if main_of is not None:  # not "before training started": its jobs may have trained and saved
                 interrupted_while("again: the sweep aborted, without its summary; the checkpoints its jobs wrote "
                                   "are kept")
             raise Interrupted(signum)  # exit status 128 + this signal's number
         SweepStop.signum, SweepStop.at = signum, time.monotonic()
-        if forward:
+        if main_of is not None:
             print(f"\n{signal.Signals(signum).name}: stopping the sweep: running jobs save and stop, the others do "
                   "not start (again to abort now)", file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError):
+                (main_of / STOP_FILE).write_text(str(signum))
             for child in child_processes():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signum)

@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from frosty_lm.arguments import command_arg
-from frosty_lm.cli import SweepStop, stop_sweep_on_signals
+from frosty_lm.cli import STOP_FILE, SweepStop, stop_sweep_on_signals
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import make_dir, run_record
 
@@ -148,18 +148,23 @@ class SweepSummary(Callback):
         except FrostyError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(1)
-        stop_sweep_on_signals(forward=True)
+        stop_sweep_on_signals(main_of=sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from hydra_plugins.frosty_sweeper import JOBS
+        from hydra_plugins.frosty_sweeper import REFUSED as refused  # jobs that could not be composed: no directory
+
         sweep = Path(config.hydra.sweep.dir)
+        (sweep / STOP_FILE).unlink(missing_ok=True)
         records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/status.json"))}  # damaged: {}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
         counts = {state: sum(r.get("status") == state for r in records.values())
                   for state in ("finished", "interrupted", "not run")}
-        from hydra_plugins.frosty_sweeper import REFUSED as refused  # jobs that could not be composed: no directory
         counts["refused"] = len(refused)
+        jobs = max([len(records) + len(refused), *JOBS])  # (JOBS: Frosty's sweeper; a search's sweeper: unknown)
+        counts["not run"] += jobs - len(records) - len(refused)  # not launched, or a worker ended as it started
         stopped = "".join(f", {n} {state}" for state, n in counts.items() if n and state != "finished")
-        print(f"sweep {sweep}: {counts['finished']} of {len(records) + len(refused)} runs finished{stopped}; "
+        print(f"sweep {sweep}: {counts['finished']} of {jobs} runs finished{stopped}; "
               f"compare them with: python -m frosty_lm.report {sweep}", file=sys.stderr, flush=True)
         for name, record in records.items():
             if record.get("status") == "interrupted":

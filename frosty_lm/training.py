@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from frosty_lm.arguments import command_arg
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint
-from frosty_lm.cli import SweepStop, in_sweep, stop_sweep_on_signals
+from frosty_lm.cli import SweepStop, in_sweep, sweep_stopped
 from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError, NonFiniteLoss
@@ -87,11 +87,9 @@ def run_training(cfg: DictConfig) -> float:
     or SIGTERM exits with 128 + the signal's number (130, 143), after printing the command that continues it;
     a sweep's job returns instead, and the sweep's other jobs do not start (cli.SweepStop)."""
     keep_off_console(f"[{Path(cfg.paths.output_dir).name}] " if parallel_jobs() > 1 else "")
-    if in_sweep():
-        stop_sweep_on_signals()
-        if SweepStop.signum is not None:  # the sweep was stopped before this job began
-            RunRecord(cfg.paths.output_dir).write(status="not run", error="the sweep was stopped")
-            return float("nan")
+    if in_sweep() and sweep_stopped() is not None:  # the sweep was stopped before this job began
+        RunRecord(cfg.paths.output_dir).write(status="not run", error="the sweep was stopped")
+        return float("nan")
     resumed = bool(cfg.get("resume"))
     try:
         cfg, start = resume_if_asked(cfg)

@@ -144,6 +144,33 @@ def test_a_sweep_jobs_signal_that_reached_it_twice_is_one():
     assert not same_press(signal.SIGTERM, signal.SIGINT, now)
 
 
+def test_a_sweep_job_that_starts_after_the_stop_finds_it_in_the_sweep_directory(tmp_path, monkeypatch, capsys):
+    """The sweep's main process passes a signal on to the workers there are; one that starts later reads it from
+    the sweep's directory, and its job does not run."""
+    import signal
+    from types import SimpleNamespace
+
+    from frosty_lm import cli
+
+    monkeypatch.setattr(cli.SweepStop, "signum", None)
+    monkeypatch.setattr(cli, "child_processes", lambda: [])  # (this test's process is not a sweep's)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cli.stop_sweep_on_signals(main_of=tmp_path)
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert "SIGTERM: stopping the sweep" in capsys.readouterr().err
+    monkeypatch.setattr(cli.SweepStop, "signum", None)  # a worker: it has had no signal
+    job_config = SimpleNamespace(sweep=SimpleNamespace(dir=str(tmp_path)))
+    monkeypatch.setattr(cli, "HydraConfig", SimpleNamespace(initialized=lambda: True, get=lambda: job_config))
+    assert cli.sweep_stopped() == signal.SIGTERM
+    (tmp_path / cli.STOP_FILE).unlink()
+    monkeypatch.setattr(cli.SweepStop, "signum", None)
+    assert cli.sweep_stopped() is None
+
+
 def test_what_hydra_reads_passes_the_argument_check():
     read_overrides(['prompt="☃, and more"', "prompt=Whose woods", "model.dropout=0.1,0.2", "-m", "x=[1,2]",
                      'hydra.run.dir="/a b"', "--cfg", "job", "--config-dir=/x", "+experiment=speedrun",

@@ -66,3 +66,36 @@ def test_a_signal_to_a_sweep_stops_it_cleanly(launcher, signum, to, text_file, t
     for name, record in records.items():
         if record["status"] == "interrupted":  # saved at its stop
             assert record["steps"] > 0 and (sweep / name / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["group", "main"])
+def test_sigterm_while_a_sweep_starts_ends_it_with_its_summary(to, text_file, tmp_path):
+    """SIGTERM as the sweep launches its workers, while they load (before their jobs' handlers): it ended them,
+    and the sweep with joblib's traceback, or the main process took it before they existed and they trained to
+    the end. Now no job trains, and the sweep ends with its summary and 143."""
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "trainer.max_steps=100000", "dataset=text",
+               f"data.path={text_file}", "model.dropout=0.0,0.1,0.2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (sweep / "multirun.yaml").is_file():  # written just before the workers start
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.01)
+        if to == "group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert "sweep " in err and "0 of 3 runs finished" in err, err
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
+    assert all(r["status"] in ("not run", "interrupted") for r in records), records
+    assert not any(alive(r["pid"]) for r in records if "pid" in r)
+    assert not (sweep / ".sweep-stopped").exists()  # the sweep's own note to its workers, gone at its end
