@@ -137,6 +137,10 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """A sweep directory that already holds a sweep is refused before anything is written to it."""
+        from hydra_plugins.frosty_sweeper import JOBS, REFUSED
+
+        JOBS.clear()  # an earlier sweep's, in this process
+        REFUSED.clear()
         sweep = Path(config.hydra.sweep.dir)
         if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/status.json")):
             print(f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (continue one of its runs "

@@ -171,6 +171,28 @@ def test_a_sweep_job_that_starts_after_the_stop_finds_it_in_the_sweep_directory(
     assert cli.sweep_stopped() is None
 
 
+def test_a_sweep_summary_counts_its_own_jobs_not_an_earlier_sweeps(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from omegaconf import OmegaConf
+
+    from frosty_lm.status import SweepSummary
+    from hydra_plugins import frosty_sweeper
+
+    monkeypatch.setattr(frosty_sweeper, "JOBS", [7])  # an earlier sweep in this process: 7 jobs, 1 refused
+    monkeypatch.setattr(frosty_sweeper, "REFUSED", ["model=nosuch is not an option"])
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        SweepSummary().on_multirun_start(config)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    SweepSummary().on_multirun_end(config)
+    err = capsys.readouterr().err
+    assert "0 of 0 runs finished;" in err and "refused" not in err, err
+
+
 def test_what_hydra_reads_passes_the_argument_check():
     read_overrides(['prompt="☃, and more"', "prompt=Whose woods", "model.dropout=0.1,0.2", "-m", "x=[1,2]",
                      'hydra.run.dir="/a b"', "--cfg", "job", "--config-dir=/x", "+experiment=speedrun",
