@@ -180,7 +180,9 @@ class StopOnInterrupt(L.Callback):
 
     def _request_stop(self, signum, frame) -> None:
         if self.received is not None:
-            if self.sweep_job and same_press(signum, self.received, self._received_at) or after_import(signum, frame):
+            if self.sweep_job and same_press(signum, self.received, self._received_at):
+                return
+            if after_import(signum, frame):
                 return
             raise KeyboardInterrupt
         self.received, self._received_at = signal.Signals(signum), time.monotonic()

@@ -58,6 +58,12 @@ class SweepStop:
 
     signum: int | None = None
     at: float = 0.0  # time.monotonic() when it came
+    main = False  # this is the sweep's main process (whose handler a job run in it, hydra/launcher=basic, keeps)
+
+    @classmethod
+    def start(cls) -> None:
+        """A new sweep in this process: no stop yet."""
+        cls.signum, cls.at, cls.main = None, 0.0, False
 
 
 STOP_FILE = ".sweep-stopped"  # in the sweep's directory from its main process's first signal to the sweep's end
@@ -67,8 +73,9 @@ def sweep_stopped() -> int | None:
     """The signal that stopped this process's sweep, or None: received here, or by the sweep's main process (a
     worker that started after the signal finds it in STOP_FILE)."""
     if SweepStop.signum is None and HydraConfig.initialized():
+        hydra = HydraConfig.get()  # (the sweep's directory may be relative to where it started: hydra.job.chdir)
         with contextlib.suppress(OSError, ValueError):
-            SweepStop.signum = int((Path(HydraConfig.get().sweep.dir) / STOP_FILE).read_text())
+            SweepStop.signum = int((Path(hydra.runtime.cwd) / hydra.sweep.dir / STOP_FILE).read_text())
             SweepStop.at = time.monotonic()
     return SweepStop.signum
 
@@ -78,12 +85,15 @@ def stop_sweep_on_signals(main_of: Path | None = None) -> None:
     sets SweepStop instead of killing the process, so that the sweep ends with its summary and no worker is left
     behind; the main process passes the signal on to its worker processes, and leaves STOP_FILE for those not
     started yet. A second signal aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or (main_of is None and SweepStop.main):
         return
+    SweepStop.main = main_of is not None
 
     def handler(signum, frame) -> None:
         if SweepStop.signum is not None:
-            if main_of is None and same_press(signum, SweepStop.signum, SweepStop.at) or after_import(signum, frame):
+            if main_of is None and same_press(signum, SweepStop.signum, SweepStop.at):
+                return
+            if after_import(signum, frame):
                 return
             if main_of is not None:  # not "before training started": its jobs may have trained and saved
                 interrupted_while("again: the sweep aborted, without its summary; the checkpoints its jobs wrote "

@@ -23,6 +23,9 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
+    def __reduce__(self):  # (pickled from a sweep's worker to its main process)
+        return Interrupted, (self.signum,)
+
 
 class _EntryPoint:
     when = ""        # what the line says after "interrupted by SIGINT", e.g. "before training started"

@@ -141,6 +141,7 @@ class SweepSummary(Callback):
 
         JOBS.clear()  # an earlier sweep's, in this process
         REFUSED.clear()
+        SweepStop.start()
         sweep = Path(config.hydra.sweep.dir)
         if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/status.json")):
             print(f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (continue one of its runs "
@@ -152,6 +153,7 @@ class SweepSummary(Callback):
         except FrostyError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(1)
+        (sweep / STOP_FILE).unlink(missing_ok=True)  # an aborted sweep's, whose directory held nothing else
         stop_sweep_on_signals(main_of=sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

@@ -153,17 +153,24 @@ def test_a_sweep_job_that_starts_after_the_stop_finds_it_in_the_sweep_directory(
     from frosty_lm import cli
 
     monkeypatch.setattr(cli.SweepStop, "signum", None)
+    monkeypatch.setattr(cli.SweepStop, "main", False)
     monkeypatch.setattr(cli, "child_processes", lambda: [])  # (this test's process is not a sweep's)
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         cli.stop_sweep_on_signals(main_of=tmp_path)
+        main_handler = signal.getsignal(signal.SIGTERM)
+        cli.stop_sweep_on_signals()  # a job run in the sweep's main process (hydra/launcher=basic) keeps its handler
+        assert signal.getsignal(signal.SIGTERM) is main_handler
         signal.raise_signal(signal.SIGTERM)
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     assert "SIGTERM: stopping the sweep" in capsys.readouterr().err
     monkeypatch.setattr(cli.SweepStop, "signum", None)  # a worker: it has had no signal
-    job_config = SimpleNamespace(sweep=SimpleNamespace(dir=str(tmp_path)))
+    # a relative sweep directory, read by a job whose working directory is its own (hydra.job.chdir=true)
+    job_config = SimpleNamespace(sweep=SimpleNamespace(dir=tmp_path.name),
+                                 runtime=SimpleNamespace(cwd=str(tmp_path.parent)))
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "HydraConfig", SimpleNamespace(initialized=lambda: True, get=lambda: job_config))
     assert cli.sweep_stopped() == signal.SIGTERM
     (tmp_path / cli.STOP_FILE).unlink()
@@ -171,16 +178,20 @@ def test_a_sweep_job_that_starts_after_the_stop_finds_it_in_the_sweep_directory(
     assert cli.sweep_stopped() is None
 
 
-def test_a_sweep_summary_counts_its_own_jobs_not_an_earlier_sweeps(tmp_path, monkeypatch, capsys):
+def test_a_sweep_starts_afresh_whatever_an_earlier_sweep_left(tmp_path, monkeypatch, capsys):
     import signal
 
     from omegaconf import OmegaConf
 
+    from frosty_lm.cli import STOP_FILE, SweepStop
     from frosty_lm.status import SweepSummary
     from hydra_plugins import frosty_sweeper
 
-    monkeypatch.setattr(frosty_sweeper, "JOBS", [7])  # an earlier sweep in this process: 7 jobs, 1 refused
+    monkeypatch.setattr(frosty_sweeper, "JOBS", [7])  # an earlier sweep in this process: 7 jobs, 1 refused,
     monkeypatch.setattr(frosty_sweeper, "REFUSED", ["model=nosuch is not an option"])
+    monkeypatch.setattr(SweepStop, "signum", signal.SIGTERM)  # stopped by SIGTERM
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / STOP_FILE).write_text("15")  # an aborted sweep's, the rest of its directory cleared
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -188,6 +199,7 @@ def test_a_sweep_summary_counts_its_own_jobs_not_an_earlier_sweeps(tmp_path, mon
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+    assert SweepStop.signum is None and not (tmp_path / "sweep" / STOP_FILE).exists()
     SweepSummary().on_multirun_end(config)
     err = capsys.readouterr().err
     assert "0 of 0 runs finished;" in err and "refused" not in err, err

@@ -182,6 +182,7 @@ def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path,
     """An exception raised inside an import can be swallowed by a C extension's initialisation: torch, given
     SIGTERM while it imported numpy, went on without numpy, and the run trained to its end (exit status 0). The
     entry point's handler lets the import finish, then interrupts."""
+    import pickle
     import sys
     import time
 
@@ -209,6 +210,7 @@ def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path,
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
     assert sys.modules["swallows_interrupts"].finished and raised.value.signum == signal.SIGTERM
+    assert pickle.loads(pickle.dumps(raised.value)).signum == signal.SIGTERM  # (a sweep's worker passes it on)
 
 
 class SignalAtSetup(L.Callback):
