@@ -166,6 +166,7 @@ class StopOnInterrupt(L.Callback):
         self.received: signal.Signals | None = None  # the signal this process received
         self._received_at = 0.0
         self.stopped_by: signal.Signals | None = None  # the signal that stopped the run (in any process)
+        self.aborted_by: signal.Signals | None = None  # a second signal, which aborts the run at once
         self.before_training: int | None = None  # a signal during Lightning's setup, before these handlers
         self._previous: dict = {}
         self._started = False
@@ -184,6 +185,7 @@ class StopOnInterrupt(L.Callback):
                 return
             if after_import(signum, frame):
                 return
+            self.aborted_by = signal.Signals(signum)
             raise KeyboardInterrupt
         self.received, self._received_at = signal.Signals(signum), time.monotonic()
         what = "interrupted" if signum == signal.SIGINT else f"{self.received.name} received"

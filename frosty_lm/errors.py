@@ -12,3 +12,7 @@ class NonFiniteLoss(FrostyError):
     def __init__(self, loss: float, step: int) -> None:
         super().__init__(f"the training loss is {loss} at step {step}: training stopped")
         self.step = step
+
+
+class Aborted(FrostyError):
+    """A run aborted by a second Ctrl-C or SIGTERM: one line, exit status 1, status.json "interrupted"."""

@@ -8,6 +8,11 @@ or the csv logger's metrics.csv.
 """
 from __future__ import annotations
 
+from frosty_lm.interrupts import exit_when_interrupted, interrupt_on_signals
+
+if __name__ == "__main__":  # first: Ctrl-C or SIGTERM while the rest loads is one line too (exit 130, 143)
+    interrupt_on_signals("")
+
 import argparse
 import csv
 import math
@@ -276,4 +281,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_when_interrupted(lambda: sys.exit(main()))

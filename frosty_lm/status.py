@@ -105,24 +105,44 @@ class RunLock:
             return
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(2):
+            if self._create(json.dumps(me)):
+                self.held = True
+                return
+            try:
+                holder = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            ours = holder.get("pid") == me["pid"]  # left by an earlier run in this interpreter (tests)
+            if holder.get("host") == me["host"] and (ours or not alive(holder.get("pid"))):
+                self.path.unlink(missing_ok=True)  # stale: its process was killed
+                continue
+            if "pid" not in holder:
+                raise FrostyError(f"{self.path} names no process (a damaged lock): if no process trains "
+                                  f"{self.path.parent}, remove {self.path}")
+            raise FrostyError(
+                f"{self.path.parent} is being trained by process {holder.get('pid')} on {holder.get('host')}: "
+                f"wait for it to end or stop it (if that machine is gone, remove {self.path})")
+
+    def _create(self, content: str) -> bool:
+        """Create the lock with its content, whole or not at all: written beside it, then linked into place (a
+        signal between creating .lock and writing it left a lock that named no process, which no later run could
+        take over). False if there is a lock already."""
+        beside = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+        try:
+            beside.write_text(content)
+            os.link(beside, self.path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links (FAT): created, then written
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text())
-                except (OSError, ValueError):
-                    holder = {}
-                ours = holder.get("pid") == me["pid"]  # left by an earlier run in this interpreter (tests)
-                if holder.get("host") == me["host"] and (ours or not alive(holder.get("pid"))):
-                    self.path.unlink(missing_ok=True)  # stale: its process was killed
-                    continue
-                raise FrostyError(
-                    f"{self.path.parent} is being trained by process {holder.get('pid')} on {holder.get('host')}: "
-                    f"wait for it to end or stop it (if that machine is gone, remove {self.path})") from None
+                return False
             with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return
+                f.write(content)
+        finally:
+            beside.unlink(missing_ok=True)
+        return True
 
     def release(self) -> None:
         if self.held:

@@ -21,7 +21,7 @@ from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint
 from frosty_lm.cli import SweepStop, in_sweep, sweep_stopped
 from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule
-from frosty_lm.errors import FrostyError, NonFiniteLoss
+from frosty_lm.errors import Aborted, FrostyError, NonFiniteLoss
 from frosty_lm.interrupts import Interrupted
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import (
@@ -108,6 +108,8 @@ def run_training(cfg: DictConfig) -> float:
             if record.previous is not None and not record.training_started:
                 record.restore()  # a refused resume leaves the run's record as it was
                 forget_refused_resume()
+            elif isinstance(err, Aborted):
+                record.write(status="interrupted", error=str(err).split(";")[0])
             elif isinstance(err, KeyboardInterrupt) and not record.training_started:
                 record.write(status="interrupted", error="stopped before training started", training_started=False)
             else:
@@ -188,6 +190,12 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         overrides = record.data.get("overrides", [])
         raise FrostyError(f"{err}; {nan_advice(trainer, cfg, err.step, overrides)}") from None
     except SystemExit:
+        if interrupt.aborted_by is not None:  # a second Ctrl-C or SIGTERM: Lightning exits 1 at once
+            last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+            saved = (f"last.ckpt holds the last validation's state: continue with python train.py "
+                     f"{command_arg('resume', Path(cfg.paths.output_dir))}") if last.is_file() else "nothing was saved"
+            raise Aborted(f"aborted by a second {interrupt.aborted_by.name} at step {trainer.global_step}; "
+                          f"{saved}") from None
         if interrupt.before_training is None:
             raise
         record.training_started = False  # Ctrl-C or SIGTERM in Lightning's setup, which exits 1: not one step ran

@@ -56,3 +56,37 @@ def test_a_failed_resume_leaves_the_record_and_a_resume_continues_it(invoke, tex
     assert "resumes" not in record  # the list of resumes: the one that trained, not the refused one
     assert [r["overrides"] for r in resumed["resumes"]] == [[f"resume={run_dir}", "trainer.max_steps=20",
                                                               f"data.path={moved}"]]
+
+
+def test_a_lock_interrupted_as_it_is_taken_is_whole_or_absent(tmp_path, monkeypatch):
+    """A signal between creating .lock and writing it left a lock that named no process, which no later run could
+    take over: the lock is now written beside, then linked into place."""
+    import os
+
+    import pytest
+
+    from frosty_lm.errors import FrostyError
+    from frosty_lm.status import RunLock
+
+    link = os.link
+
+    def interrupted(before: bool):
+        def link_then_interrupt(src, dst):
+            if not before:
+                link(src, dst)
+            raise KeyboardInterrupt
+        return link_then_interrupt
+
+    for before in (True, False):
+        monkeypatch.setattr(os, "link", interrupted(before))
+        with pytest.raises(KeyboardInterrupt):
+            RunLock(tmp_path).acquire()
+        assert [p.name for p in tmp_path.iterdir()] == ([] if before else [".lock"])  # nothing written beside
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()  # whole: a later run takes it over
+    monkeypatch.setattr(os, "link", link)
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    lock.release()
+    (tmp_path / ".lock").write_text("")  # an empty lock, as the old way could leave
+    with pytest.raises(FrostyError, match=r"\.lock names no process \(a damaged lock\): if no process trains"):
+        RunLock(tmp_path).acquire()

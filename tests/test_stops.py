@@ -241,6 +241,37 @@ def test_a_signal_during_lightnings_setup_is_an_interruption_not_a_failure(tmp_p
     assert not (run_dir / "checkpoints").exists()
 
 
+class SignalTwiceAt(L.Callback):
+    """Test-only: sends this process `signum` twice in a row after training step `step`: a stop, then an abort."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        self.signum, self.step = signum, step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            signal.raise_signal(self.signum)
+            signal.raise_signal(self.signum)
+
+
+@pytest.mark.slow
+def test_a_second_signal_aborts_with_one_line_and_the_run_recorded_as_interrupted(tmp_path):
+    """It ended with exit status 1 and no word, and status.json said failed, error "1"."""
+    (tmp_path / "corpus.txt").write_text(poem())
+    run_dir = tmp_path / "r"
+    step = 2 * INTERVAL + 2
+    result = run("train.py", *RISING, f"data.path={tmp_path / 'corpus.txt'}", f"hydra.run.dir={run_dir}",
+                 "+callbacks.signal._target_=test_stops.SignalTwiceAt",
+                 f"+callbacks.signal.signum={int(signal.SIGINT)}", f"+callbacks.signal.step={step}", cwd=tmp_path,
+                 env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == (
+        f"error: aborted by a second SIGINT at step {step}; last.ckpt holds the last validation's state: "
+        f"continue with python train.py resume={run_dir}")
+    record = json.loads((run_dir / "status.json").read_text())
+    assert (record["status"], record["error"]) == ("interrupted", f"aborted by a second SIGINT at step {step}")
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] in (INTERVAL, 2 * INTERVAL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_at_any_moment_while_train_py_loads_is_one_line_and_exit_130(tmp_path):
     import time
@@ -277,3 +308,20 @@ def test_early_stopping_is_off_by_default_and_its_patience_is_checked(invoke, te
     code, _, err = invoke("train.py", *RISING, "callbacks.early_stopping.patience=0", f"data.path={text_file}",
                           f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "callbacks.early_stopping.patience=0 must be a positive integer")
+
+
+def test_ctrl_c_or_sigterm_to_the_report_is_one_line(trained_run, tmp_path):
+    """It printed Python's KeyboardInterrupt traceback (Ctrl-C) or died without a word (SIGTERM)."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, "-m", "frosty_lm.report", str(trained_run), "--out", str(tmp_path)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.3)  # loading (matplotlib, TensorBoard's reader: over a second)
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 128 + signum and output.strip() == f"interrupted by {signum.name}", output
