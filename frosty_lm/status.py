@@ -1,6 +1,7 @@
 """Run status: each run's status.json, the lock of a run being trained, and the summary that ends a sweep."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -129,19 +130,30 @@ class RunLock:
         take over). False if there is a lock already."""
         beside = self.path.with_name(f"{self.path.name}.{os.getpid()}")
         try:
-            beside.write_text(content)
-            os.link(beside, self.path)
-        except FileExistsError:
-            return False
-        except OSError:  # a file system without hard links (FAT): created, then written
+            beside.write_text(content)  # (a full disk fails here, before any lock is made)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(beside, self.path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "w") as f:
-                f.write(content)
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                return self._create_in_place(content)  # a file system without hard links (FAT)
         finally:
             beside.unlink(missing_ok=True)
+        return True
+
+    def _create_in_place(self, content: str) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
         return True
 
     def release(self) -> None:

@@ -61,7 +61,9 @@ def test_a_failed_resume_leaves_the_record_and_a_resume_continues_it(invoke, tex
 def test_a_lock_interrupted_as_it_is_taken_is_whole_or_absent(tmp_path, monkeypatch):
     """A signal between creating .lock and writing it left a lock that named no process, which no later run could
     take over: the lock is now written beside, then linked into place."""
+    import errno
     import os
+    from pathlib import Path
 
     import pytest
 
@@ -87,6 +89,23 @@ def test_a_lock_interrupted_as_it_is_taken_is_whole_or_absent(tmp_path, monkeypa
     lock = RunLock(tmp_path)
     lock.acquire()
     lock.release()
+
+    def no_hard_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")  # as on FAT
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    lock.acquire()
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid() and lock.held
+    lock.release()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        RunLock(tmp_path).acquire()
+    assert list(tmp_path.iterdir()) == []  # no lock, empty or not
+    monkeypatch.undo()
     (tmp_path / ".lock").write_text("")  # an empty lock, as the old way could leave
     with pytest.raises(FrostyError, match=r"\.lock names no process \(a damaged lock\): if no process trains"):
         RunLock(tmp_path).acquire()
