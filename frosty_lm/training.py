@@ -109,7 +109,7 @@ def run_training(cfg: DictConfig) -> float:
                 record.restore()  # a refused resume leaves the run's record as it was
                 forget_refused_resume()
             elif isinstance(err, Aborted):
-                record.write(status="interrupted", error=str(err).split(";")[0])
+                record.write(status="interrupted", error=err.what)
             elif isinstance(err, KeyboardInterrupt) and not record.training_started:
                 record.write(status="interrupted", error="stopped before training started", training_started=False)
             else:
@@ -194,8 +194,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
             last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
             saved = (f"last.ckpt holds the last validation's state: continue with python train.py "
                      f"{command_arg('resume', Path(cfg.paths.output_dir))}") if last.is_file() else "nothing was saved"
-            raise Aborted(f"aborted by a second {interrupt.aborted_by.name} at step {trainer.global_step}; "
-                          f"{saved}") from None
+            what = f"aborted by a second {interrupt.aborted_by.name} at step {trainer.global_step}"
+            raise Aborted(what, saved) from None
         if interrupt.before_training is None:
             raise
         record.training_started = False  # Ctrl-C or SIGTERM in Lightning's setup, which exits 1: not one step ran
