@@ -6,33 +6,55 @@ that the signal ended or interrupted as they started (before their handlers) end
 a traceback.
 Hydra finds it here (its plugins live in the hydra_plugins package) and registers it after its own basic sweeper,
 under that name (`hydra/sweeper: basic`, Hydra's default), so that a search preset's `override /hydra/sweeper:
-optuna` still replaces it."""
+optuna` still replaces it.
 
+Frosty's search, FrostySearch below, is Optuna's sweeper with the same care for failed and stopped jobs; the search
+presets (conf/search/) name it."""
+
+import functools
+import logging
+import math
 import sys
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus, configure_log
 from hydra.errors import ConfigCompositionException
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from omegaconf import OmegaConf
 
 from frosty_lm.arguments import composition_error
 from frosty_lm.cli import SweepStop
 from frosty_lm.interrupts import Interrupted
+from frosty_lm.run_dirs import run_record
+
+log = logging.getLogger(__name__)
 
 REFUSED: list[str] = []  # why each refused job was, for the sweep's summary (frosty_lm.status.SweepSummary)
 JOBS: list[int] = []  # how many jobs the sweep has, refused ones included (the summary's count of jobs not run)
+
+
+WORKER_STOPPED = (BrokenProcessPool, KeyboardInterrupt)  # joblib's, for a worker that a signal ended or interrupted
+
+
+def ended_by_the_stop(err: BaseException) -> bool:
+    """Whether err (WORKER_STOPPED) is a worker that the sweep's stop ended or interrupted as it started (a job installs
+    its handlers first: it had not begun training), and not this process's own second signal (Interrupted)."""
+    return SweepStop.signum is not None and not isinstance(err, Interrupted)
 
 
 class FrostySweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         try:
             return super().sweep(arguments)
-        except (BrokenProcessPool, KeyboardInterrupt) as err:  # joblib's: a worker that the signal ended, or
-            if SweepStop.signum is None or isinstance(err, Interrupted):  # interrupted, as it started (a job installs
-                raise  # its handlers first: it had not begun training); Interrupted: this process's second signal
+        except WORKER_STOPPED as err:
+            if not ended_by_the_stop(err):
+                raise
             return []
 
     def is_done(self) -> bool:
@@ -58,6 +80,65 @@ class FrostySweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Nothing left to check: get_job_batch has composed each job of the batch already."""
+
+
+class FrostySearch(OptunaSweeper):
+    """Optuna's sweeper (hydra-optuna-sweeper: its search space, study settings and launcher), with Frosty's own
+    loop: Optuna asks for a batch of trials (n_jobs), the launcher runs them, and each trial is told its run's best
+    val loss. A trial whose run did not finish (it failed, was interrupted, did not run) is told to Optuna as failed,
+    and the search goes on: the plugin's loop ends the whole search with a traceback at the
+    first such trial (NaN from a failed job, or any error). Once Ctrl-C or SIGTERM has stopped the sweep, no more
+    trials are asked for, and the sweep ends with its summary. Optuna's grid sampler keeps the plugin's loop."""
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+        search = self.sweeper
+        if isinstance(search.sampler, functools.partial):  # (GridSampler: built from the search space by the plugin)
+            return super().sweep(arguments)
+        search._process_searchspace_config()
+        space, fixed = create_params_from_overrides(search._parse_sweeper_params_config() + list(arguments))
+        for name in fixed:
+            space.pop(name, None)
+        study = optuna.create_study(study_name=search.study_name, storage=search.storage, sampler=search.sampler,
+                                    directions=search._get_directions(), load_if_exists=True)
+        log.info(f"Study {study.study_name}: {search.n_trials} trials, {type(search.sampler).__name__}")
+        JOBS.append(search.n_trials)
+        left = search.n_trials
+        while left > 0 and SweepStop.signum is None:
+            trials = [study.ask() for _ in range(min(left, search.n_jobs))]
+            try:
+                returns = search.launcher.launch(search._configure_trials(trials, space, fixed), search.job_idx)
+            except WORKER_STOPPED as err:
+                if not ended_by_the_stop(err):
+                    raise
+                returns = []
+            scores = [best_val_loss(job) for job in returns] + [None] * (len(trials) - len(returns))  # (none: stopped)
+            for trial, score in zip(trials, scores, strict=True):
+                if score is None:  # (TPE learns from finished trials only)
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                else:
+                    study.tell(trial, score)
+            search.job_idx += len(trials)
+            left -= len(trials)
+        # (a job run in this process, as joblib runs one at a time, leaves the logging set up for its own train.log)
+        configure_log(search.config.hydra.hydra_logging, search.config.hydra.verbose)
+        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if finished:  # as the plugin does
+            best = study.best_trial
+            log.info(f"Best parameters: {best.params}")
+            log.info(f"Best value: {best.value}")
+            results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+            OmegaConf.save(OmegaConf.create(results), Path(search.config.hydra.sweep.dir) / "optimization_results.yaml")
+
+
+def best_val_loss(job: JobReturn) -> float | None:
+    """A search trial's score: its run's best val loss, if the run finished (status.json) with one; else None."""
+    if job.status != JobStatus.COMPLETED or not isinstance(job.return_value, float) or math.isnan(job.return_value):
+        return None
+    finished = run_record(Path(job.hydra_cfg.hydra.runtime.output_dir)).get("status") == "finished"
+    return job.return_value if finished else None
 
 
 @dataclass

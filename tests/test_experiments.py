@@ -65,12 +65,34 @@ def test_2x2_sweep_and_its_report(launcher, text_file, tmp_path, capsys):
 @pytest.mark.slow
 def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
     sweep = tmp_path / "search"
-    run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
-        "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
+                 "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.launcher.n_jobs=1",  # one at a time,
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # as +search=speedrun: each job in the sweep's process
     records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
     assert len(records) == 3 and all(r["status"] == "finished" for r in records)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(min(r["best_val_loss"] for r in records))
+    assert f"Best value: {results['best_value']}" in result.stdout + result.stderr  # on the console,
+    assert not any("Best value" in p.read_text() for p in sweep.glob("*/train.log"))  # not in the last job's log
+
+
+@pytest.mark.slow
+def test_a_failing_trial_does_not_stop_the_search(text_file, tmp_path):
+    """Optuna's sweeper plugin ended the whole search with a traceback at the first trial without a score; Frosty's
+    loop tells Optuna it failed and goes on, and the best value is the best finished trial's."""
+    sweep = tmp_path / "search"
+    result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
+                 "model.n_head=choice(3,2)", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                 check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr  # 1: a trial failed
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
+    states = sorted(r["status"] for r in records)
+    assert len(records) == 4 and "failed" in states and "finished" in states, states  # (seeded: 2 of each)
+    assert f"{states.count('finished')} of 4 runs finished" in result.stderr
+    assert "failed: " in result.stderr and "is not divisible by model.n_head=3" in result.stderr
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_params"]["model.n_head"] == 2
+    assert results["best_value"] == pytest.approx(min(r["best_val_loss"] for r in records if r["status"] == "finished"))
 
 
 @pytest.mark.slow

@@ -23,10 +23,11 @@ def alive(pid: int) -> bool:
     return True
 
 
-def wait_then_signal(proc: subprocess.Popen, first: Path, signum: int, to: str) -> None:
-    """Once a job is training (its first checkpoint is there), signal the sweep's main process or its group."""
+def wait_then_signal(proc: subprocess.Popen, sweep: Path, first: str, signum: int, to: str) -> None:
+    """Once a job is training (its first checkpoint is there: first, a glob pattern in sweep), signal the sweep's main
+    process or its group."""
     deadline = time.time() + 120
-    while not first.is_file():
+    while not any(sweep.glob(first)):
         if proc.poll() is not None or time.time() > deadline:
             pytest.fail(f"no job trained within 120 s (exit {proc.poll()})")
         time.sleep(0.2)
@@ -49,7 +50,7 @@ def test_a_signal_to_a_sweep_stops_it_cleanly(launcher, signum, to, text_file, t
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, as a terminal's job
     try:
-        wait_then_signal(proc, sweep / "dropout=0.0" / "checkpoints" / "last.ckpt", signum, to)
+        wait_then_signal(proc, sweep, "dropout=0.0/checkpoints/last.ckpt", signum, to)
         out, err = proc.communicate(timeout=120)
     except BaseException:  # a failing test leaves no sweep behind (one that trains for 100,000 steps)
         with contextlib.suppress(ProcessLookupError):
@@ -66,6 +67,32 @@ def test_a_signal_to_a_sweep_stops_it_cleanly(launcher, signum, to, text_file, t
     for name, record in records.items():
         if record["status"] == "interrupted":  # saved at its stop
             assert record["steps"] > 0 and (sweep / name / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_search_stops_it_with_its_summary(text_file, tmp_path):
+    """A search (+search=optuna, Frosty's loop around Optuna's sweeper) stops as a grid does: the trials training
+    save and stop, no more trials are asked for, and the summary comes; before, the trials that could not finish
+    ended it with Optuna's traceback and exit 1. A stopped trial's val loss is not taken as a result."""
+    sweep = tmp_path / "search"
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "+search=optuna", *TINY, "trainer.max_steps=100000",
+               "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}", "hydra.sweeper.n_trials=6",
+               f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_then_signal(proc, sweep, "*/checkpoints/last.ckpt", signal.SIGINT, "group")
+        out, err = proc.communicate(timeout=120)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
+    assert sorted(r["status"] for r in records.values()) == ["interrupted", "interrupted"], records  # 2 at a time
+    assert "0 of 6 runs finished, 2 interrupted, 4 not run" in err
+    assert not (sweep / "optimization_results.yaml").exists()  # no trial finished: no best
+    assert not any(alive(r["pid"]) for r in records.values() if "pid" in r)
 
 
 @pytest.mark.slow
