@@ -37,6 +37,22 @@ def wait_then_signal(proc: subprocess.Popen, sweep: Path, first: str, signum: in
         proc.send_signal(signum)
 
 
+def signalled_sweep(args: list[str], cwd: Path, send) -> tuple[subprocess.Popen, str]:
+    """Run `train.py -m *args` in its own process group (as a terminal runs a job), signal it with send(proc), and
+    return the ended process and its stderr. A failing test leaves no sweep behind (one that trains for 100,000
+    steps)."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        send(proc)
+        _, err = proc.communicate(timeout=120)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher, signum, to", [("joblib", signal.SIGTERM, "main"), ("basic", signal.SIGTERM, "main"),
                                                   ("joblib", signal.SIGINT, "main"),  # kill -INT PID
@@ -44,18 +60,10 @@ def wait_then_signal(proc: subprocess.Popen, sweep: Path, first: str, signum: in
 def test_a_signal_to_a_sweep_stops_it_cleanly(launcher, signum, to, text_file, tmp_path):
     sweep = tmp_path / "sweep"
     extra = ["hydra/launcher=basic"] if launcher == "basic" else []  # joblib, 2 jobs at a time, is the default
-    command = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "trainer.max_steps=100000",
-               "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}", "model.dropout=0.0,0.1,0.2",
-               *extra, f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's job
-    try:
-        wait_then_signal(proc, sweep, "dropout=0.0/checkpoints/last.ckpt", signum, to)
-        out, err = proc.communicate(timeout=120)
-    except BaseException:  # a failing test leaves no sweep behind (one that trains for 100,000 steps)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        raise
+    args = [*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=10", "dataset=text",
+            f"data.path={text_file}", "model.dropout=0.0,0.1,0.2", *extra, f"hydra.sweep.dir={sweep}"]
+    proc, err = signalled_sweep(args, tmp_path, lambda proc: wait_then_signal(
+        proc, sweep, "dropout=0.0/checkpoints/last.ckpt", signum, to))
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
@@ -75,18 +83,10 @@ def test_ctrl_c_to_a_search_stops_it_with_its_summary(text_file, tmp_path):
     save and stop, no more trials are asked for, and the summary comes; before, the trials that could not finish
     ended it with Optuna's traceback and exit 1. A stopped trial's val loss is not taken as a result."""
     sweep = tmp_path / "search"
-    command = [sys.executable, str(ROOT / "train.py"), "-m", "+search=optuna", *TINY, "trainer.max_steps=100000",
-               "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}", "hydra.sweeper.n_trials=6",
-               f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        wait_then_signal(proc, sweep, "*/checkpoints/last.ckpt", signal.SIGINT, "group")
-        out, err = proc.communicate(timeout=120)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        raise
+    args = ["+search=optuna", *TINY, "trainer.max_steps=100000", "trainer.val_check_interval=10", "dataset=text",
+            f"data.path={text_file}", "hydra.sweeper.n_trials=6", f"hydra.sweep.dir={sweep}"]
+    proc, err = signalled_sweep(args, tmp_path, lambda proc: wait_then_signal(
+        proc, sweep, "*/checkpoints/last.ckpt", signal.SIGINT, "group"))
     assert proc.returncode == 130 and "Traceback" not in err, err
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
     assert sorted(r["status"] for r in records.values()) == ["interrupted", "interrupted"], records  # 2 at a time
@@ -102,11 +102,8 @@ def test_sigterm_while_a_sweep_starts_ends_it_with_its_summary(to, text_file, tm
     and the sweep with joblib's traceback, or the main process took it before they existed and they trained to
     the end. Now no job trains, and the sweep ends with its summary and 143."""
     sweep = tmp_path / "sweep"
-    command = [sys.executable, str(ROOT / "train.py"), "-m", *TINY, "trainer.max_steps=100000", "dataset=text",
-               f"data.path={text_file}", "model.dropout=0.0,0.1,0.2", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
+
+    def as_the_workers_start(proc: subprocess.Popen) -> None:
         deadline = time.time() + 120
         while not (sweep / "multirun.yaml").is_file():  # written just before the workers start
             assert proc.poll() is None and time.time() < deadline
@@ -115,11 +112,10 @@ def test_sigterm_while_a_sweep_starts_ends_it_with_its_summary(to, text_file, tm
             os.killpg(proc.pid, signal.SIGTERM)
         else:
             proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        raise
+
+    args = [*TINY, "trainer.max_steps=100000", "dataset=text", f"data.path={text_file}", "model.dropout=0.0,0.1,0.2",
+            f"hydra.sweep.dir={sweep}"]
+    proc, err = signalled_sweep(args, tmp_path, as_the_workers_start)
     assert proc.returncode == 143 and "Traceback" not in err, err
     assert "sweep " in err and "0 of 3 runs finished" in err, err
     records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
