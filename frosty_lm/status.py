@@ -162,6 +162,13 @@ class RunLock:
             self.held = False
 
 
+# What the sweep's sweeper (hydra_plugins/frosty_sweeper.py) tells the summary. Kept here, not in the plugin's module:
+# Hydra loads its plugins' modules afresh when a launcher runs a job in the sweep's own process (joblib with one job
+# at a time, as +search=speedrun does), and a list there would be a new, empty one by the sweep's end.
+REFUSED: list[str] = []  # why each refused job was
+JOBS: list[int] = []  # how many jobs the sweep has, refused ones included (the summary's count of jobs not run)
+
+
 class SweepSummary(Callback):
     """Hydra callback: at the start of a sweep, refuse a sweep directory in use; at the end, one line for the
     sweep and one per failed or refused job; exit status 1 if any job failed or was refused (the others have all
@@ -169,8 +176,6 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """A sweep directory that already holds a sweep is refused before anything is written to it."""
-        from hydra_plugins.frosty_sweeper import JOBS, REFUSED
-
         JOBS.clear()  # an earlier sweep's, in this process
         REFUSED.clear()
         SweepStop.start()
@@ -189,9 +194,7 @@ class SweepSummary(Callback):
         stop_sweep_on_signals(main_of=sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from hydra_plugins.frosty_sweeper import JOBS
-        from hydra_plugins.frosty_sweeper import REFUSED as refused  # jobs that could not be composed: no directory
-
+        refused = REFUSED  # jobs that could not be composed: no directory
         sweep = Path(config.hydra.sweep.dir)
         (sweep / STOP_FILE).unlink(missing_ok=True)
         records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/status.json"))}  # damaged: {}
@@ -199,7 +202,7 @@ class SweepSummary(Callback):
         counts = {state: sum(r.get("status") == state for r in records.values())
                   for state in ("finished", "interrupted", "not run")}
         counts["refused"] = len(refused)
-        jobs = max([len(records) + len(refused), *JOBS])  # (JOBS: Frosty's sweeper; a search's sweeper: unknown)
+        jobs = max([len(records) + len(refused), *JOBS])  # (JOBS: Frosty's sweepers; another sweeper's: unknown)
         counts["not run"] += jobs - len(records) - len(refused)  # not launched, or a worker ended as it started
         stopped = "".join(f", {n} {state}" for state, n in counts.items() if n and state != "finished")
         print(f"sweep {sweep}: {counts['finished']} of {jobs} runs finished{stopped}; "

@@ -32,12 +32,9 @@ from frosty_lm.arguments import composition_error
 from frosty_lm.cli import SweepStop
 from frosty_lm.interrupts import Interrupted
 from frosty_lm.run_dirs import run_record
+from frosty_lm.status import JOBS, REFUSED  # for the sweep's summary (SweepSummary)
 
 log = logging.getLogger(__name__)
-
-REFUSED: list[str] = []  # why each refused job was, for the sweep's summary (frosty_lm.status.SweepSummary)
-JOBS: list[int] = []  # how many jobs the sweep has, refused ones included (the summary's count of jobs not run)
-
 
 WORKER_STOPPED = (BrokenProcessPool, KeyboardInterrupt)  # joblib's, for a worker that a signal ended or interrupted
 

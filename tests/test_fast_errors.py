@@ -183,12 +183,12 @@ def test_a_sweep_starts_afresh_whatever_an_earlier_sweep_left(tmp_path, monkeypa
 
     from omegaconf import OmegaConf
 
+    from frosty_lm import status
     from frosty_lm.cli import STOP_FILE, SweepStop
     from frosty_lm.status import SweepSummary
-    from hydra_plugins import frosty_sweeper
 
-    monkeypatch.setattr(frosty_sweeper, "JOBS", [7])  # an earlier sweep in this process: 7 jobs, 1 refused,
-    monkeypatch.setattr(frosty_sweeper, "REFUSED", ["model=nosuch is not an option"])
+    monkeypatch.setattr(status, "JOBS", [7])  # an earlier sweep in this process: 7 jobs, 1 refused,
+    monkeypatch.setattr(status, "REFUSED", ["model=nosuch is not an option"])
     monkeypatch.setattr(SweepStop, "signum", signal.SIGTERM)  # stopped by SIGTERM
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / STOP_FILE).write_text("15")  # an aborted sweep's, the rest of its directory cleared
