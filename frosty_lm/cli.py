@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from frosty_lm.errors import FrostyError
+from frosty_lm.errors import Aborted, FrostyError
 from frosty_lm.interrupts import Interrupted, after_import, interrupted_while, same_press
 
 
@@ -66,6 +66,7 @@ class SweepStop:
         cls.signum, cls.at, cls.main = None, 0.0, False
 
 
+SWEEP_ABORTED = "again: the sweep aborted, without its summary; the checkpoints its jobs wrote are kept"
 STOP_FILE = ".sweep-stopped"  # in the sweep's directory from its main process's first signal to the sweep's end
 
 
@@ -96,8 +97,7 @@ def stop_sweep_on_signals(main_of: Path | None = None) -> None:
             if after_import(signum, frame):
                 return
             if main_of is not None:  # not "before training started": its jobs may have trained and saved
-                interrupted_while("again: the sweep aborted, without its summary; the checkpoints its jobs wrote "
-                                  "are kept")
+                interrupted_while(SWEEP_ABORTED)
             raise Interrupted(signum)  # exit status 128 + this signal's number
         SweepStop.signum, SweepStop.at = signum, time.monotonic()
         if main_of is not None:
@@ -145,6 +145,9 @@ def exit_on_user_error(func):
             if debugging():
                 raise
             print(f"error: {err}", file=sys.stderr, flush=True)
+            if sweep_job and isinstance(err, Aborted) and SweepStop.main:  # a job run in the sweep's own process
+                interrupted_while(SWEEP_ABORTED)  # (hydra/launcher=basic, or joblib one at a time): it aborts the
+                raise Interrupted(err.signum) from None  # sweep, as a second signal to the sweep's process does
             if sweep_job:
                 return float("nan")
             sys.exit(1)

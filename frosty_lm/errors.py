@@ -15,9 +15,10 @@ class NonFiniteLoss(FrostyError):
 
 
 class Aborted(FrostyError):
-    """A run aborted by a second Ctrl-C or SIGTERM: one line, exit status 1, status.json "interrupted" with `what`
-    (what happened; the line adds what was saved)."""
+    """A run aborted by a second Ctrl-C or SIGTERM (signum): one line, exit status 1, status.json "interrupted" with
+    `what` (what happened; the line adds what was saved)."""
 
-    def __init__(self, what: str, saved: str) -> None:
+    def __init__(self, what: str, saved: str, signum: int) -> None:
         super().__init__(f"{what}; {saved}")
         self.what = what
+        self.signum = signum

@@ -156,7 +156,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
         check_training_fits(model.model, cfg.data.batch_size, gpu=True)
     spawn_ranks_inside_sweep(cfg)
-    interrupt = StopOnInterrupt(sweep_job=in_sweep())
+    # (a job in the sweep's own process, SweepStop.main, gets each signal once: no worker the sweep passes it to)
+    interrupt = StopOnInterrupt(sweep_job=in_sweep() and not SweepStop.main)
     # first, so that its handlers are in place before the other callbacks' on_train_start (CopiedShare's index)
     callbacks = [interrupt] + [make(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's other
@@ -195,7 +196,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
             saved = (f"last.ckpt holds the last validation's state: continue with python train.py "
                      f"{command_arg('resume', Path(cfg.paths.output_dir))}") if last.is_file() else "nothing was saved"
             what = f"aborted by a second {interrupt.aborted_by.name} at step {trainer.global_step}"
-            raise Aborted(what, saved) from None
+            raise Aborted(what, saved, interrupt.aborted_by) from None
         if interrupt.before_training is None:
             raise
         record.training_started = False  # Ctrl-C or SIGTERM in Lightning's setup, which exits 1: not one step ran

@@ -99,6 +99,28 @@ def test_ctrl_c_to_a_search_stops_it_with_its_summary(at_once, text_file, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["grid", "search"])
+def test_a_second_ctrl_c_aborts_a_sweep_whose_jobs_run_in_its_own_process(kind, text_file, tmp_path):
+    """hydra/launcher=basic, or a search one trial at a time (+search=speedrun): the second Ctrl-C, while the first
+    job saves and stops, aborted that job alone, and the sweep went on to train the others and exited 0."""
+    sweep = tmp_path / "sweep"
+    varied = (["+search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.launcher.n_jobs=1"]
+              if kind == "search" else ["model.dropout=0.0,0.1,0.2", "hydra/launcher=basic"])
+    args = [*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=10", "dataset=text",
+            f"data.path={text_file}", *varied, f"hydra.sweep.dir={sweep}"]
+
+    def twice(proc: subprocess.Popen) -> None:
+        wait_then_signal(proc, sweep, "*/checkpoints/last.ckpt", signal.SIGINT, "group")
+        time.sleep(0.3)  # the job is still stopping
+        os.killpg(proc.pid, signal.SIGINT)
+
+    proc, err = signalled_sweep(args, tmp_path, twice)
+    assert proc.returncode == 130 and "the sweep aborted, without its summary" in err, err
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
+    assert [r["status"] for r in records] == ["interrupted"], records  # no other job started
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("to", ["group", "main"])
 def test_sigterm_while_a_sweep_starts_ends_it_with_its_summary(to, text_file, tmp_path):
     """SIGTERM as the sweep launches its workers, while they load (before their jobs' handlers): it ended them,
