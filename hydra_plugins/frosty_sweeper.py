@@ -11,7 +11,6 @@ optuna` still replaces it.
 Frosty's search, FrostySearch below, is Optuna's sweeper with the same care for failed and stopped jobs; the search
 presets (conf/search/) name it."""
 
-import functools
 import logging
 import math
 import sys
@@ -45,6 +44,25 @@ def ended_by_the_stop(err: BaseException) -> bool:
     return SweepStop.signum is not None and not isinstance(err, Interrupted)
 
 
+def composes(sweeper, overrides: Sequence[str]) -> bool:
+    """Whether a job's config composes; if not, the job is refused with one line, which the sweep's summary repeats."""
+    try:
+        sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, list(overrides))
+    except ConfigCompositionException as err:
+        REFUSED.append(f"{composition_error(err, sweeper.config, 'train.py')} (the job: {' '.join(overrides)})")
+        print(f"error: a job refused: {REFUSED[-1]}", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def save_manifest(config) -> None:
+    """multirun.yaml in the sweep's directory, as Hydra's basic sweeper writes it: the sweep's config, which names
+    what it varies (its jobs' names, the report, and the check that a directory holds no sweep yet read it)."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(config, sweep_dir / "multirun.yaml")
+
+
 class FrostySweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         try:
@@ -64,15 +82,7 @@ class FrostySweeper(BasicSweeper):
         once the sweep is stopped."""
         batch = []
         while not batch and not self.is_done():
-            for overrides in super().get_job_batch():
-                try:
-                    self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-                except ConfigCompositionException as err:
-                    why = composition_error(err, self.config, "train.py")
-                    REFUSED.append(f"{why} (the job: {' '.join(overrides)})")
-                    print(f"error: a job refused: {REFUSED[-1]}", file=sys.stderr, flush=True)
-                    continue
-                batch.append(overrides)
+            batch = [overrides for overrides in super().get_job_batch() if composes(self, overrides)]
         return batch if SweepStop.signum is None else []
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
@@ -82,18 +92,23 @@ class FrostySweeper(BasicSweeper):
 class FrostySearch(OptunaSweeper):
     """Optuna's sweeper (hydra-optuna-sweeper: its search space, study settings and launcher), with Frosty's own
     loop: Optuna asks for a batch of trials (n_jobs), the launcher runs them, and each trial is told its run's best
-    val loss. A trial whose run did not finish (it failed, was interrupted, did not run) is told to Optuna as failed,
-    and the search goes on: the plugin's loop ends the whole search with a traceback at the
-    first such trial (NaN from a failed job, or any error). Once Ctrl-C or SIGTERM has stopped the sweep, no more
-    trials are asked for, and the sweep ends with its summary. Optuna's grid sampler keeps the plugin's loop."""
+    val loss. A trial whose run did not finish (it failed, was interrupted, did not run) or whose config does not
+    compose (refused, as in a grid) is told to Optuna as failed, and the search goes on: the plugin's loop ends the
+    whole search with a traceback at the first such trial (NaN from a failed job, or any error). Once Ctrl-C or
+    SIGTERM has stopped the sweep, no more trials are asked for, and the sweep ends with its summary. The best
+    trial (optimization_results.yaml) is the study's: with a stored study (hydra.sweeper.storage), of every
+    search that added to it."""
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
         from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
         search = self.sweeper
-        if isinstance(search.sampler, functools.partial):  # (GridSampler: built from the search space by the plugin)
-            return super().sweep(arguments)
+        if not isinstance(search.n_jobs, int) or search.n_jobs < 1:
+            print(f"error: hydra.sweeper.n_jobs={search.n_jobs} must be a positive integer, the trials launched "
+                  "together: e.g. hydra.sweeper.n_jobs=2", file=sys.stderr, flush=True)
+            sys.exit(1)
+        save_manifest(search.config)
         search._process_searchspace_config()
         space, fixed = create_params_from_overrides(search._parse_sweeper_params_config() + list(arguments))
         for name in fixed:
@@ -104,9 +119,16 @@ class FrostySearch(OptunaSweeper):
         JOBS.append(search.n_trials)
         left = search.n_trials
         while left > 0 and SweepStop.signum is None:
-            trials = [study.ask() for _ in range(min(left, search.n_jobs))]
+            asked = [study.ask() for _ in range(min(left, search.n_jobs))]
+            trials, jobs = [], []
+            for trial, overrides in zip(asked, search._configure_trials(asked, space, fixed), strict=True):
+                if composes(search, overrides):
+                    trials.append(trial)
+                    jobs.append(overrides)
+                else:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
             try:
-                returns = search.launcher.launch(search._configure_trials(trials, space, fixed), search.job_idx)
+                returns = search.launcher.launch(jobs, search.job_idx) if jobs else []
             except WORKER_STOPPED as err:
                 if not ended_by_the_stop(err):
                     raise
@@ -117,8 +139,8 @@ class FrostySearch(OptunaSweeper):
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 else:
                     study.tell(trial, score)
-            search.job_idx += len(trials)
-            left -= len(trials)
+            search.job_idx += len(jobs)
+            left -= len(asked)
         # (a job run in this process, as joblib runs one at a time, leaves the logging set up for its own train.log)
         configure_log(search.config.hydra.hydra_logging, search.config.hydra.verbose)
         finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -96,6 +96,24 @@ def test_a_failing_trial_does_not_stop_the_search(text_file, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_search_refuses_a_trial_whose_config_does_not_compose_and_goes_on(text_file, tmp_path):
+    """Such a trial ended the search with Hydra's report; it is refused in one line, told to Optuna as failed, and
+    counted in the summary, as a grid's job is. The search's directory has its multirun.yaml, as a grid's."""
+    sweep = tmp_path / "search"
+    result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
+                 "dropout=choice(none,nosuch)", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                 check=False)
+    why = "dropout=nosuch is not an option: choose one of heavy, none, seed (conf/dropout/)"
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    refused = result.stderr.count(f"error: a job refused: {why}")
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
+    assert refused and records and all(r["status"] == "finished" for r in records), result.stderr  # (seeded: both)
+    assert f"{len(records)} of 4 runs finished, {refused} refused" in result.stderr
+    assert (sweep / "multirun.yaml").is_file()  # which names the group a job's directory is named by, too:
+    assert all(",dropout=none#" in p.parent.name for p in sweep.glob("*/status.json"))  # model.dropout=0.1048,...
+
+
+@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     result = run("train.py", "-m", *SWEEP, "dataset=text", f"data.path={text_file}", "model.n_head=3,2,4",
