@@ -113,8 +113,14 @@ class FrostySearch(OptunaSweeper):
         space, fixed = create_params_from_overrides(search._parse_sweeper_params_config() + list(arguments))
         for name in fixed:
             space.pop(name, None)
-        study = optuna.create_study(study_name=search.study_name, storage=search.storage, sampler=search.sampler,
-                                    directions=search._get_directions(), load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=search.study_name, storage=search.storage, sampler=search.sampler,
+                                        directions=search._get_directions(), load_if_exists=True)
+        except Exception as err:  # a storage that cannot be opened, a stored study with another direction, ...
+            print(f"error: cannot open Optuna's study {search.study_name} in {search.storage or 'memory'}: "
+                  f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}: choose another "
+                  "hydra.sweeper.storage or hydra.sweeper.study_name", file=sys.stderr, flush=True)
+            sys.exit(1)
         log.info(f"Study {study.study_name}: {search.n_trials} trials, {type(search.sampler).__name__}")
         JOBS.append(search.n_trials)
         left = search.n_trials

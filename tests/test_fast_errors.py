@@ -283,3 +283,11 @@ def test_a_search_that_launches_no_trial_at_a_time_is_one_line(n_jobs, tmp_path)
     assert code == 1 and "Traceback" not in err, err
     assert f"error: hydra.sweeper.n_jobs={n_jobs} must be a positive integer" in err
     assert not packages & set(HEAVY)
+
+
+def test_a_study_that_cannot_be_opened_is_one_line(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'no such directory' / 'study.db'}"
+    code, err, _ = train_importing("-m", "+search=optuna", f"hydra.sweeper.storage='{storage}'",
+                                   f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path)
+    assert code == 1 and "Traceback" not in err, err
+    assert f"error: cannot open Optuna's study frosty in {storage}: " in err and "unable to open database" in err
