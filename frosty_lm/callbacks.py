@@ -181,13 +181,15 @@ class StopOnInterrupt(L.Callback):
 
     def _request_stop(self, signum, frame) -> None:
         if self.received is not None:
-            if self.sweep_job and same_press(signum, self.received, self._received_at):
-                return
+            if self.sweep_job and not SweepStop.in_main() and same_press(signum, self.received, self._received_at):
+                return  # (a worker can get one press twice: SweepStop.in_main)
             if after_import(signum, frame):
                 return
             self.aborted_by = signal.Signals(signum)
             raise KeyboardInterrupt
         self.received, self._received_at = signal.Signals(signum), time.monotonic()
+        if self.sweep_job and SweepStop.in_main():  # the sweep stops with its job: a signal once this job is done is
+            SweepStop.signum, SweepStop.at = self.received, self._received_at  # the sweep's second, which aborts it
         what = "interrupted" if signum == signal.SIGINT else f"{self.received.name} received"
         print(f"\n{what}: stopping after this step and saving checkpoints (Ctrl-C again to abort now)",
               file=sys.stderr, flush=True)

@@ -58,12 +58,18 @@ class SweepStop:
 
     signum: int | None = None
     at: float = 0.0  # time.monotonic() when it came
-    main = False  # this is the sweep's main process (whose handler a job run in it, hydra/launcher=basic, keeps)
+    main_pid: int | None = None  # the sweep's main process (a pid: a worker forked from it is not it)
 
     @classmethod
     def start(cls) -> None:
         """A new sweep in this process: no stop yet."""
-        cls.signum, cls.at, cls.main = None, 0.0, False
+        cls.signum, cls.at, cls.main_pid = None, 0.0, None
+
+    @classmethod
+    def in_main(cls) -> bool:
+        """Whether this is the sweep's main process, whose handler a job run in it (hydra/launcher=basic, or joblib
+        one job at a time) keeps, and which gets each signal once (no process passes it on to it)."""
+        return cls.main_pid == os.getpid()
 
 
 SWEEP_ABORTED = "again: the sweep aborted, without its summary; the checkpoints its jobs wrote are kept"
@@ -86,9 +92,10 @@ def stop_sweep_on_signals(main_of: Path | None = None) -> None:
     sets SweepStop instead of killing the process, so that the sweep ends with its summary and no worker is left
     behind; the main process passes the signal on to its worker processes, and leaves STOP_FILE for those not
     started yet. A second signal aborts at once."""
-    if threading.current_thread() is not threading.main_thread() or (main_of is None and SweepStop.main):
+    if threading.current_thread() is not threading.main_thread() or (main_of is None and SweepStop.in_main()):
         return
-    SweepStop.main = main_of is not None
+    if main_of is not None:
+        SweepStop.main_pid = os.getpid()
 
     def handler(signum, frame) -> None:
         if SweepStop.signum is not None:
@@ -142,12 +149,13 @@ def exit_on_user_error(func):
         try:
             return func(*args, **kwargs)
         except FrostyError as err:
+            if sweep_job and isinstance(err, Aborted) and SweepStop.in_main():  # a job run in the sweep's process
+                print(f"error: {err}", file=sys.stderr, flush=True)  # (hydra/launcher=basic, joblib one at a time):
+                interrupted_while(SWEEP_ABORTED)  # it aborts the sweep, as a second signal to the sweep's process does
+                raise Interrupted(err.signum) from err
             if debugging():
                 raise
             print(f"error: {err}", file=sys.stderr, flush=True)
-            if sweep_job and isinstance(err, Aborted) and SweepStop.main:  # a job run in the sweep's own process
-                interrupted_while(SWEEP_ABORTED)  # (hydra/launcher=basic, or joblib one at a time): it aborts the
-                raise Interrupted(err.signum) from None  # sweep, as a second signal to the sweep's process does
             if sweep_job:
                 return float("nan")
             sys.exit(1)

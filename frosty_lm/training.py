@@ -156,8 +156,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
         check_training_fits(model.model, cfg.data.batch_size, gpu=True)
     spawn_ranks_inside_sweep(cfg)
-    # (a job in the sweep's own process, SweepStop.main, gets each signal once: no worker the sweep passes it to)
-    interrupt = StopOnInterrupt(sweep_job=in_sweep() and not SweepStop.main)
+    interrupt = StopOnInterrupt(sweep_job=in_sweep())
     # first, so that its handlers are in place before the other callbacks' on_train_start (CopiedShare's index)
     callbacks = [interrupt] + [make(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's other

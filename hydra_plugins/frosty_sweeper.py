@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -104,58 +104,80 @@ class FrostySearch(OptunaSweeper):
         from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
         search = self.sweeper
-        if not isinstance(search.n_jobs, int) or search.n_jobs < 1:
-            print(f"error: hydra.sweeper.n_jobs={search.n_jobs} must be a positive integer, the trials launched "
-                  "together: e.g. hydra.sweeper.n_jobs=2", file=sys.stderr, flush=True)
-            sys.exit(1)
+        study = self.open_study()
         save_manifest(search.config)
         search._process_searchspace_config()
         space, fixed = create_params_from_overrides(search._parse_sweeper_params_config() + list(arguments))
         for name in fixed:
             space.pop(name, None)
-        try:
-            study = optuna.create_study(study_name=search.study_name, storage=search.storage, sampler=search.sampler,
-                                        directions=search._get_directions(), load_if_exists=True)
-        except Exception as err:  # a storage that cannot be opened, a stored study with another direction, ...
-            print(f"error: cannot open Optuna's study {search.study_name} in {search.storage or 'memory'}: "
-                  f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}: choose another "
-                  "hydra.sweeper.storage or hydra.sweeper.study_name", file=sys.stderr, flush=True)
-            sys.exit(1)
         log.info(f"Study {study.study_name}: {search.n_trials} trials, {type(search.sampler).__name__}")
         JOBS.append(search.n_trials)
         left = search.n_trials
         while left > 0 and SweepStop.signum is None:
             asked = [study.ask() for _ in range(min(left, search.n_jobs))]
-            trials, jobs = [], []
-            for trial, overrides in zip(asked, search._configure_trials(asked, space, fixed), strict=True):
-                if composes(search, overrides):
-                    trials.append(trial)
-                    jobs.append(overrides)
-                else:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            scores: dict[int, float | None] = {}  # trial number -> its run's best val loss (none: the trial failed)
             try:
-                returns = search.launcher.launch(jobs, search.job_idx) if jobs else []
-            except WORKER_STOPPED as err:
-                if not ended_by_the_stop(err):
-                    raise
-                returns = []
-            scores = [best_val_loss(job) for job in returns] + [None] * (len(trials) - len(returns))  # (none: stopped)
-            for trial, score in zip(trials, scores, strict=True):
-                if score is None:  # (TPE learns from finished trials only)
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                else:
-                    study.tell(trial, score)
-            search.job_idx += len(jobs)
+                jobs = {trial.number: overrides for trial, overrides
+                        in zip(asked, search._configure_trials(asked, space, fixed), strict=True)
+                        if composes(search, overrides)}
+                if jobs and SweepStop.signum is None:
+                    scores = dict(zip(jobs, map(best_val_loss, launch(search, list(jobs.values())))))
+                search.job_idx += len(jobs)
+            finally:  # every trial asked is told, whatever ended its batch: a stored study keeps none "running"
+                for trial in asked:
+                    if scores.get(trial.number) is None:  # (TPE learns from finished trials only)
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    else:
+                        study.tell(trial, scores[trial.number])
             left -= len(asked)
         # (a job run in this process, as joblib runs one at a time, leaves the logging set up for its own train.log)
         configure_log(search.config.hydra.hydra_logging, search.config.hydra.verbose)
-        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if finished:  # as the plugin does
+        if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):  # as the plugin does
             best = study.best_trial
             log.info(f"Best parameters: {best.params}")
             log.info(f"Best value: {best.value}")
             results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
             OmegaConf.save(OmegaConf.create(results), Path(search.config.hydra.sweep.dir) / "optimization_results.yaml")
+
+    def open_study(self):
+        """Optuna's study, new or stored; a setting it cannot work with is one line and exit status 1, before anything
+        is written to the sweep's directory."""
+        import optuna
+
+        search = self.sweeper
+        directions = search._get_directions()
+        if not isinstance(search.n_jobs, int) or search.n_jobs < 1:
+            refuse(f"hydra.sweeper.n_jobs={search.n_jobs} must be a positive integer, the trials launched together: "
+                   "e.g. hydra.sweeper.n_jobs=2")
+        if len(directions) != 1:
+            refuse(f"hydra.sweeper.direction={search.direction} must be one direction, as train.py returns one value "
+                   "(the best val loss): hydra.sweeper.direction=minimize")
+        try:
+            return optuna.create_study(study_name=search.study_name, storage=search.storage, sampler=search.sampler,
+                                       directions=directions, load_if_exists=True)
+        except Exception as err:  # a storage that cannot be opened, a stored study with another direction, ...
+            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            refuse(f"cannot open Optuna's study {search.study_name} in {search.storage or 'memory'}: {why}: choose "
+                   "another hydra.sweeper.storage or hydra.sweeper.study_name")
+
+
+def refuse(why: str) -> NoReturn:
+    print(f"error: {why}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def launch(search, jobs: list[Sequence[str]]) -> list[JobReturn]:
+    """The search's launcher's returns for jobs; none if a worker ended: by the sweep's stop, or killed (out of
+    memory?), which the search goes on from, its trials failed."""
+    try:
+        return search.launcher.launch(jobs, search.job_idx)
+    except WORKER_STOPPED as err:
+        if not ended_by_the_stop(err):
+            if not isinstance(err, BrokenProcessPool):
+                raise
+            print(f"error: a worker process ended while it ran {len(jobs)} trial(s) ({type(err).__name__}: killed, "
+                  "out of memory?): they are told to Optuna as failed", file=sys.stderr, flush=True)
+        return []
 
 
 def best_val_loss(job: JobReturn) -> float | None:

@@ -24,8 +24,8 @@ def alive(pid: int) -> bool:
 
 
 def wait_then_signal(proc: subprocess.Popen, sweep: Path, first: str, signum: int, to: str) -> None:
-    """Once a job is training (its first checkpoint is there: first, a glob pattern in sweep), signal the sweep's main
-    process or its group."""
+    """Once a file is there (first, a glob pattern in sweep: a job's first checkpoint, once it trains), signal the
+    sweep's main process or its group."""
     deadline = time.time() + 120
     while not any(sweep.glob(first)):
         if proc.poll() is not None or time.time() > deadline:
@@ -116,8 +116,24 @@ def test_a_second_ctrl_c_aborts_a_sweep_whose_jobs_run_in_its_own_process(kind, 
 
     proc, err = signalled_sweep(args, tmp_path, twice)
     assert proc.returncode == 130 and "the sweep aborted, without its summary" in err, err
+    assert "error: aborted by a second SIGINT at step" in err  # the job's own abort, as it stopped
     records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
     assert [r["status"] for r in records] == ["interrupted"], records  # no other job started
+
+
+@pytest.mark.slow
+def test_a_stop_while_a_job_in_the_sweeps_process_sets_up_stops_it_after_one_step(text_file, tmp_path):
+    """hydra/launcher=basic: a SIGTERM once the job has begun (status.json) and before it trains reaches the sweep's
+    handler, and the job, when it starts training, stops after one step; nothing more trains."""
+    sweep = tmp_path / "sweep"
+    args = [*TINY, "trainer.max_steps=100000", "dataset=text", f"data.path={text_file}", "model.dropout=0.0,0.1",
+            "hydra/launcher=basic", f"hydra.sweep.dir={sweep}"]
+    proc, err = signalled_sweep(args, tmp_path, lambda proc: wait_then_signal(
+        proc, sweep, "dropout=0.0/status.json", signal.SIGTERM, "main"))
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
+    assert records["dropout=0.0"]["status"] in ("interrupted", "not run"), records
+    assert records["dropout=0.0"].get("steps", 0) <= 2 and records["dropout=0.1"]["status"] == "not run", records
 
 
 @pytest.mark.slow
