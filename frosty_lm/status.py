@@ -171,8 +171,8 @@ JOBS: list[int] = []  # how many jobs the sweep has, refused ones included (the 
 
 class SweepSummary(Callback):
     """Hydra callback: at the start of a sweep, refuse a sweep directory in use; at the end, one line for the
-    sweep and one per failed or refused job; exit status 1 if any job failed or was refused (the others have all
-    run)."""
+    sweep and one per failed, killed or refused job; exit status 1 if any job failed, was killed (its record says
+    running, its process is gone) or was refused (the others have all run)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """A sweep directory that already holds a sweep is refused before anything is written to it."""
@@ -199,9 +199,10 @@ class SweepSummary(Callback):
         (sweep / STOP_FILE).unlink(missing_ok=True)
         records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/status.json"))}  # damaged: {}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
+        killed = [name for name, r in records.items() if r.get("status") == "running" and not alive(r.get("pid"))]
         counts = {state: sum(r.get("status") == state for r in records.values())
                   for state in ("finished", "interrupted", "not run")}
-        counts["refused"] = len(refused)
+        counts["refused"], counts["killed"] = len(refused), len(killed)
         jobs = max([len(records) + len(refused), *JOBS])  # (JOBS: Frosty's sweepers; another sweeper's: unknown)
         counts["not run"] += jobs - len(records) - len(refused)  # not launched, or a worker ended as it started
         stopped = "".join(f", {n} {state}" for state, n in counts.items() if n and state != "finished")
@@ -213,9 +214,12 @@ class SweepSummary(Callback):
                       file=sys.stderr, flush=True)
         for name, record in failed.items():
             print(f"failed: {name}: {record.get('error')}", file=sys.stderr, flush=True)
+        for name in killed:  # (its process ended without a word: SIGKILL, out of memory)
+            print(f"killed: {name}: its process ended while it trained; continue it with python train.py "
+                  f"{command_arg('resume', sweep / name)} if it saved a checkpoint", file=sys.stderr, flush=True)
         for why in refused:
             print(f"refused: {why}", file=sys.stderr, flush=True)
         if SweepStop.signum is not None:
             sys.exit(128 + SweepStop.signum)
-        if failed or refused:
+        if failed or refused or killed:
             sys.exit(1)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -64,13 +64,9 @@ def save_manifest(config) -> None:
 
 
 class FrostySweeper(BasicSweeper):
-    def sweep(self, arguments: list[str]) -> Any:
-        try:
-            return super().sweep(arguments)
-        except WORKER_STOPPED as err:
-            if not ended_by_the_stop(err):
-                raise
-            return []
+    def setup(self, **kwargs) -> None:
+        super().setup(**kwargs)
+        self.launcher = GoingOnPastAnEndedWorker(self.launcher)
 
     def is_done(self) -> bool:
         if not JOBS:  # (first called once the sweep's jobs are known)
@@ -99,6 +95,10 @@ class FrostySearch(OptunaSweeper):
     trial (optimization_results.yaml) is the study's: with a stored study (hydra.sweeper.storage), of every
     search that added to it."""
 
+    def setup(self, **kwargs) -> None:
+        super().setup(**kwargs)
+        self.sweeper.launcher = GoingOnPastAnEndedWorker(self.sweeper.launcher)
+
     def sweep(self, arguments: list[str]) -> None:
         import optuna
         from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
@@ -121,7 +121,8 @@ class FrostySearch(OptunaSweeper):
                         in zip(asked, search._configure_trials(asked, space, fixed), strict=True)
                         if composes(search, overrides)}
                 if jobs and SweepStop.signum is None:
-                    scores = dict(zip(jobs, map(best_val_loss, launch(search, list(jobs.values())))))
+                    returns = search.launcher.launch(list(jobs.values()), search.job_idx)  # none if a worker ended
+                    scores = dict(zip(jobs, map(best_val_loss, returns)))
                 search.job_idx += len(jobs)
             finally:  # every trial asked is told, whatever ended its batch: a stored study keeps none "running"
                 for trial in asked:
@@ -166,18 +167,24 @@ def refuse(why: str) -> NoReturn:
     sys.exit(1)
 
 
-def launch(search, jobs: list[Sequence[str]]) -> list[JobReturn]:
-    """The search's launcher's returns for jobs; none if a worker ended: by the sweep's stop, or killed (out of
-    memory?), which the search goes on from, its trials failed."""
-    try:
-        return search.launcher.launch(jobs, search.job_idx)
-    except WORKER_STOPPED as err:
-        if not ended_by_the_stop(err):
-            if not isinstance(err, BrokenProcessPool):
-                raise
-            print(f"error: a worker process ended while it ran {len(jobs)} trial(s) ({type(err).__name__}: killed, "
-                  "out of memory?): they are told to Optuna as failed", file=sys.stderr, flush=True)
-        return []
+class GoingOnPastAnEndedWorker:
+    """A sweep's launcher whose launch() returns no results for its batch, instead of raising, when a worker process
+    ended: by the sweep's stop, or killed (SIGKILL, out of memory), which the sweep goes on from, that batch's jobs
+    failed (their status.json: running, their process gone: the summary counts them as killed)."""
+
+    def __init__(self, launcher) -> None:
+        self.launcher = launcher
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        try:
+            return self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+        except WORKER_STOPPED as err:
+            if not ended_by_the_stop(err):
+                if not isinstance(err, BrokenProcessPool):
+                    raise
+                print(f"error: a worker process ended while it ran {len(job_overrides)} job(s) ({type(err).__name__}: "
+                      "killed, out of memory?): they failed, and the sweep goes on", file=sys.stderr, flush=True)
+            return []
 
 
 def best_val_loss(job: JobReturn) -> float | None:
