@@ -182,8 +182,9 @@ class GoingOnPastAnEndedWorker:
             if not ended_by_the_stop(err):
                 if not isinstance(err, BrokenProcessPool):
                     raise
-                print(f"error: a worker process ended while it ran {len(job_overrides)} job(s) ({type(err).__name__}: "
-                      "killed, out of memory?): they failed, and the sweep goes on", file=sys.stderr, flush=True)
+                print(f"error: a worker process ended ({type(err).__name__}: killed, out of memory?), and with it its "
+                      f"batch of {len(job_overrides)} job(s): the sweep goes on to its next batch or its summary",
+                      file=sys.stderr, flush=True)
             return []
 
 
