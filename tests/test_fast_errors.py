@@ -153,7 +153,7 @@ def test_a_sweep_job_that_starts_after_the_stop_finds_it_in_the_sweep_directory(
     from frosty_lm import cli
 
     monkeypatch.setattr(cli.SweepStop, "signum", None)
-    monkeypatch.setattr(cli.SweepStop, "main", False)
+    monkeypatch.setattr(cli.SweepStop, "main_pid", None)
     monkeypatch.setattr(cli, "child_processes", lambda: [])  # (this test's process is not a sweep's)
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
