@@ -150,6 +150,9 @@ class FrostySearch(OptunaSweeper):
         if not isinstance(search.n_jobs, int) or search.n_jobs < 1:
             refuse(f"hydra.sweeper.n_jobs={search.n_jobs} must be a positive integer, the trials launched together: "
                    "e.g. hydra.sweeper.n_jobs=2")
+        if not isinstance(search.n_trials, int) or search.n_trials < 1:
+            refuse(f"hydra.sweeper.n_trials={search.n_trials} must be a positive integer, the trials to run: "
+                   "e.g. hydra.sweeper.n_trials=20")
         if len(directions) != 1:
             refuse(f"hydra.sweeper.direction={search.direction} must be one direction, as train.py returns one value "
                    "(the best val loss): hydra.sweeper.direction=minimize")

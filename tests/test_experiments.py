@@ -126,6 +126,7 @@ def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
                                                                  "n_head=4": "finished"}
 
 
+@pytest.mark.slow
 def test_a_job_with_an_option_that_does_not_exist_is_refused_alone_and_the_others_run(text_file, tmp_path):
     sweep = tmp_path / "sweep"
     args = [a for a in SWEEP if not a.startswith("model=")]

@@ -275,13 +275,14 @@ def test_cpu_precision_from_the_cpu_flags_agrees_with_torch():
     assert any(flag in flags for flag in NATIVE_BF16) == torch_native_bf16()
 
 
-@pytest.mark.parametrize("n_jobs", ["0", "-1"])
-def test_a_search_that_launches_no_trial_at_a_time_is_one_line(n_jobs, tmp_path):
-    """hydra.sweeper.n_jobs below 1 made the search launch empty batches for ever (Optuna's plugin does too)."""
-    code, err, packages = train_importing("-m", "+search=optuna", f"hydra.sweeper.n_jobs={n_jobs}",
+@pytest.mark.parametrize("setting", ["n_jobs=0", "n_jobs=-1", "n_trials=0"])
+def test_a_search_of_no_trials_or_none_at_a_time_is_one_line(setting, tmp_path):
+    """hydra.sweeper.n_jobs below 1 made the search launch empty batches for ever (Optuna's plugin does too);
+    n_trials below 1 ran nothing and exited 0."""
+    code, err, packages = train_importing("-m", "+search=optuna", f"hydra.sweeper.{setting}",
                                           f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path)
     assert code == 1 and "Traceback" not in err, err
-    assert f"error: hydra.sweeper.n_jobs={n_jobs} must be a positive integer" in err
+    assert f"error: hydra.sweeper.{setting} must be a positive integer" in err
     assert not packages & set(HEAVY)
 
 

@@ -310,6 +310,7 @@ def test_early_stopping_is_off_by_default_and_its_patience_is_checked(invoke, te
     assert_one_line_error(code, err, "callbacks.early_stopping.patience=0 must be a positive integer")
 
 
+@pytest.mark.slow
 def test_ctrl_c_or_sigterm_to_the_report_is_one_line(trained_run, tmp_path):
     """It printed Python's KeyboardInterrupt traceback (Ctrl-C) or died without a word (SIGTERM)."""
     import subprocess
