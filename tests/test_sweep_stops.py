@@ -107,7 +107,10 @@ def test_a_search_goes_on_past_a_worker_killed_under_it(text_file, tmp_path):
             f"data.path={text_file}", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}"]
 
     def kill_a_worker(proc: subprocess.Popen) -> None:
-        wait_then_signal(proc, sweep, "*/status.json", 0, "main")  # (signal 0: nothing sent)
+        deadline = time.time() + 120
+        while len(list(sweep.glob("*/status.json"))) < 2:  # both trials of the first batch have begun
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.1)
         worker = json.loads(next(sweep.glob("*/status.json")).read_text())["pid"]
         os.kill(worker, signal.SIGKILL)
 
