@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from frosty_lm.cli import SweepStop, sweep_stopped
 from frosty_lm.config_checks import check_sampling
 from frosty_lm.errors import FrostyError
-from frosty_lm.interrupts import after_import, same_press
+from frosty_lm.interrupts import Interrupted, after_import, same_press, take_put_off
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
 
@@ -154,10 +154,11 @@ class StopOnInterrupt(L.Callback):
     on_train_start work), over Lightning's own: its SIGTERM handler, registered when fit starts, would end the run
     after the step without validating or saving anything. The previous handlers are put back when training ends
     (or fails), before Lightning restores the ones it found. A signal before that, during Lightning's setup (the
-    checkpoint restore, the peak measurement), raises in the entry point's handler (interrupts.py), which Lightning
-    turns into exit status 1: before_training keeps the signal, so that fit() can report it as an interruption.
-    SIGUSR1, Lightning's SLURM requeue signal, is left alone. In a multi-process run every process stops at
-    the same step, whichever of them received the signal."""
+    checkpoint restore, the peak measurement), raises Interrupted in the entry point's handler (interrupts.py) once
+    Frosty's code runs, or here when training starts if it is still put off; Lightning turns it into exit status 1,
+    and before_training keeps the signal, so that fit() can report it as an interruption. SIGUSR1, Lightning's
+    SLURM requeue signal, is left alone. In a multi-process run every process stops at the same step, whichever of
+    them received the signal."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -172,6 +173,9 @@ class StopOnInterrupt(L.Callback):
         self._started = False
 
     def on_train_start(self, trainer, pl_module) -> None:
+        put_off = take_put_off()  # a signal before training that waits for Lightning's code to return to Frosty's
+        if put_off is not None:
+            raise Interrupted(put_off)
         self._started = True
         if self.sweep_job and sweep_stopped() is not None:  # the sweep was stopped while this job set up: it stops
             self.received, self._received_at = signal.Signals(SweepStop.signum), SweepStop.at  # after one step

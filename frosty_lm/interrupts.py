@@ -5,7 +5,10 @@ library only, so that it is in place before the heavy imports. Also when a sweep
 A signal that comes while a module is being imported is acted on once the import is done (after_import): an
 exception raised inside an import can pass through a C extension's initialisation, which may swallow it (torch,
 interrupted while it imports numpy, goes on without numpy, and the run trained to its end), abort the process, or
-leave a module half-loaded."""
+leave a module half-loaded. Before training, an entry point's signal is also acted on only in Frosty's own code
+(in_own_code): raised in a library's, it can be swallowed (by a bare `except:`, or in a `__del__`, where Python only
+prints it) or masked (Hydra's config reader, interrupted inside `try: f = open(...)`, fails in its `finally:
+f.close()` with UnboundLocalError)."""
 from __future__ import annotations
 
 import logging
@@ -45,7 +48,7 @@ def interrupt_on_signals(when: str) -> None:
     _EntryPoint.when = when
 
     def handler(signum, frame) -> None:
-        if after_import(signum, frame):
+        if in_library(signum, frame):
             return
         if _EntryPoint.running:
             raise Interrupted(signum)
@@ -56,20 +59,85 @@ def interrupt_on_signals(when: str) -> None:
             signal.signal(signum, handler)
 
 
-AGAIN_AFTER_S = 0.05  # how soon a signal that came during an import comes again
+AGAIN_AFTER_S = 0.05  # how soon a signal that is put off comes again
+LIBRARY_PATIENCE_S = 2.0  # how long a signal waits for a library's code to return to Frosty's before it acts there
+
+
+class _PutOff:
+    signum: int | None = None  # the signal that this process will send itself again (None: none is on its way)
+    timer: threading.Timer | None = None
+    since = 0.0  # when the signal was first put off because the main thread was in a library's code
+
+
+def _again(signum: int) -> None:
+    _PutOff.signum = None
+    os.kill(os.getpid(), signum)
+
+
+def _put_off(signum: int) -> None:
+    """This process gets `signum` again AGAIN_AFTER_S from now (one signal on its way at a time)."""
+    if _PutOff.signum is None:
+        _PutOff.signum, _PutOff.timer = signum, threading.Timer(AGAIN_AFTER_S, _again, (signum,))
+        _PutOff.timer.daemon = True
+        _PutOff.timer.start()
+
+
+def take_put_off() -> int | None:
+    """The signal put off and on its way again, if one is (None if not): the caller acts on it, and it does not
+    come again (StopOnInterrupt, whose handlers would take it for a signal during training)."""
+    signum = _PutOff.signum
+    _acting()
+    return signum
+
+
+def _acting() -> None:
+    """The handler acts on a signal now: none put off comes again (it would interrupt the way out)."""
+    if _PutOff.timer is not None:
+        _PutOff.timer.cancel()
+    _PutOff.signum, _PutOff.timer, _PutOff.since = None, None, 0.0
 
 
 def after_import(signum: int, frame) -> bool:
     """Whether the main thread (at `frame`) is importing a module; if so, this process gets `signum` again
     AGAIN_AFTER_S later, until the import is done, and the handler that called this returns without acting."""
+    return _put_off_while(signum, frame, in_library=False)
+
+
+def in_library(signum: int, frame) -> bool:
+    """after_import, and also whether the main thread runs a library's code (not in_own_code), for at most
+    LIBRARY_PATIENCE_S since the signal first came there; past that (a library call that takes long: a download)
+    the handler acts where it is."""
+    return _put_off_while(signum, frame, in_library=True)
+
+
+def _put_off_while(signum: int, frame, in_library: bool) -> bool:
+    now = time.monotonic()
+    importing = any(f.f_code.co_filename.startswith("<frozen importlib") for f in _frames(frame))
+    waiting = (in_library and frame is not None and not in_own_code(frame)
+               and (not _PutOff.since or now - _PutOff.since < LIBRARY_PATIENCE_S))
+    if not (importing or waiting):
+        _acting()
+        return False
+    if waiting and not importing and not _PutOff.since:
+        _PutOff.since = now
+    _put_off(signum)
+    return True
+
+
+def _frames(frame):
     while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            timer = threading.Timer(AGAIN_AFTER_S, os.kill, (os.getpid(), signum))
-            timer.daemon = True
-            timer.start()
-            return True
+        yield frame
         frame = frame.f_back
-    return False
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OWN_DIRS = tuple(os.path.join(_ROOT, name) + os.sep for name in ("frosty_lm", "hydra_plugins"))
+
+
+def in_own_code(frame) -> bool:
+    """Whether `frame` runs Frosty's code: its package, its Hydra plugin or an entry point (train.py, generate.py)."""
+    filename = os.path.abspath(frame.f_code.co_filename)
+    return filename.startswith(_OWN_DIRS) or os.path.dirname(filename) == _ROOT
 
 
 def interrupted_while(when: str) -> None:

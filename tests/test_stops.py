@@ -178,7 +178,80 @@ def test_a_signal_before_training_starts_is_one_line_and_its_exit_status(tmp_pat
     assert "Traceback" not in output and not (run_dir / "checkpoints").exists()
 
 
-def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path, monkeypatch):
+@pytest.fixture
+def entry_point(monkeypatch):
+    """An entry point's handlers, as in its main(), with this file taken for Frosty's code (interrupts.in_own_code);
+    the handlers it found are put back after the test."""
+    from frosty_lm import interrupts
+
+    monkeypatch.setattr(interrupts, "_OWN_DIRS", (*interrupts._OWN_DIRS, str(Path(__file__).parent) + "/"))
+    monkeypatch.setattr(interrupts._EntryPoint, "running", True)
+    monkeypatch.setattr(interrupts._EntryPoint, "when", interrupts._EntryPoint.when)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.interrupt_on_signals("before training started")
+    yield interrupts
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def library(tmp_path: Path, monkeypatch, name: str, source: str):
+    """Import `source` as module `name` from tmp_path: a library's code, not Frosty's."""
+    import importlib
+    import sys
+
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return importlib.import_module(name)
+
+
+def test_a_signal_in_a_librarys_code_is_acted_on_back_in_frostys(tmp_path, monkeypatch, entry_point):
+    """Raised in a library's code, the interrupt can be lost: a bare `except:` or a `__del__` swallows it (a run then
+    trained to its end, exit status 0), or a `finally:` masks it (Hydra's config reader: UnboundLocalError)."""
+    import time
+
+    swallowing = library(tmp_path, monkeypatch, "swallowing", (
+        "import signal, time\n"
+        "swallowed = 0\n"
+        "def work():\n"
+        "    global swallowed\n"
+        "    deadline, signals = time.monotonic() + 0.5, [signal.SIGINT]  # it comes again meanwhile: still here\n"
+        "    while time.monotonic() < deadline:\n"
+        "        try:\n"
+        "            if signals:\n"
+        "                signal.raise_signal(signals.pop())\n"
+        "            time.sleep(0.01)\n"
+        "        except BaseException:\n"
+        "            swallowed += 1\n"))
+    started = time.monotonic()
+    with pytest.raises(entry_point.Interrupted) as raised:
+        swallowing.work()
+        time.sleep(5)  # Frosty's code: the signal comes again within 50 ms, and is acted on here
+    assert swallowing.swallowed == 0 and raised.value.signum == signal.SIGINT
+    assert time.monotonic() - started < 2
+
+
+def test_a_signal_in_a_long_library_call_is_acted_on_after_a_patience(tmp_path, monkeypatch, entry_point):
+    """A download, or any library call that takes long: the signal does not wait for it to end."""
+    import time
+
+    monkeypatch.setattr(entry_point, "LIBRARY_PATIENCE_S", 0.5)
+    slow = library(tmp_path, monkeypatch, "slow", (
+        "import signal, time\n"
+        "finished = False\n"
+        "def work():\n"
+        "    global finished\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "    time.sleep(10)\n"
+        "    finished = True\n"))
+    started = time.monotonic()
+    with pytest.raises(entry_point.Interrupted) as raised:
+        slow.work()
+    assert not slow.finished and raised.value.signum == signal.SIGTERM
+    assert 0.5 <= time.monotonic() - started < 3
+
+
+def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path, monkeypatch, entry_point):
     """An exception raised inside an import can be swallowed by a C extension's initialisation: torch, given
     SIGTERM while it imported numpy, went on without numpy, and the run trained to its end (exit status 0). The
     entry point's handler lets the import finish, then interrupts."""
@@ -186,9 +259,7 @@ def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path,
     import sys
     import time
 
-    from frosty_lm.interrupts import Interrupted, _EntryPoint, interrupt_on_signals
-
-    (tmp_path / "swallows_interrupts.py").write_text(  # as a C extension that swallows what its own imports raise
+    swallows = (  # as a C extension that swallows what its own imports raise
         "import signal, time\n"
         "try:\n"
         "    signal.raise_signal(signal.SIGTERM)\n"
@@ -196,19 +267,9 @@ def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path,
         "    finished = True\n"
         "except BaseException:\n"
         "    finished = False\n")
-    monkeypatch.syspath_prepend(tmp_path)
-    monkeypatch.setattr(_EntryPoint, "running", True)  # as in an entry point's main()
-    monkeypatch.setattr(_EntryPoint, "when", _EntryPoint.when)
-    monkeypatch.delitem(sys.modules, "swallows_interrupts", raising=False)
-    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        interrupt_on_signals("before training started")
-        with pytest.raises(Interrupted) as raised:
-            import swallows_interrupts  # noqa: F401
-            time.sleep(5)  # the signal comes again 50 ms after the import: Interrupted here
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+    with pytest.raises(entry_point.Interrupted) as raised:
+        library(tmp_path, monkeypatch, "swallows_interrupts", swallows)
+        time.sleep(5)  # the signal comes again 50 ms after the import: Interrupted here
     assert sys.modules["swallows_interrupts"].finished and raised.value.signum == signal.SIGTERM
     assert pickle.loads(pickle.dumps(raised.value)).signum == signal.SIGTERM  # (a sweep's worker passes it on)
 
