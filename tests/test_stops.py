@@ -251,6 +251,21 @@ def test_a_signal_in_a_long_library_call_is_acted_on_after_a_patience(tmp_path, 
     assert 0.5 <= time.monotonic() - started < 3
 
 
+def test_a_signal_still_put_off_when_training_starts_is_taken_there_as_before_training(entry_point):
+    """StopOnInterrupt's handlers would otherwise get it, and train a step and save checkpoints for it."""
+    import time
+
+    entry_point._put_off(signal.SIGINT)  # as the handler does while Lightning's code sets up
+    stop = StopOnInterrupt()
+    with pytest.raises(entry_point.Interrupted) as raised:
+        stop.on_train_start(None, None)
+    assert raised.value.signum == signal.SIGINT and not stop._started
+    try:
+        time.sleep(0.2)  # it does not come again: here it would raise Interrupted (this file is Frosty's code)
+    except entry_point.Interrupted:
+        pytest.fail("the signal taken when training started came again")
+
+
 def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path, monkeypatch, entry_point):
     """An exception raised inside an import can be swallowed by a C extension's initialisation: torch, given
     SIGTERM while it imported numpy, went on without numpy, and the run trained to its end (exit status 0). The
