@@ -14,9 +14,11 @@ may still be resumed, and the resumed run then records how it ended. status.json
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
 from google.protobuf import struct_pb2
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -83,11 +85,14 @@ def log_hparams(loggers: list[Logger], config: dict, metrics: dict) -> None:
 @rank_zero_only
 def write_hparams(logger: TensorBoardLogger, params: dict, metrics: list[str]) -> None:
     """The HPARAMS tab's experiment (the columns) and session start (this run's values), without a session end:
-    HparamsStatus writes that when the run ends."""
+    HparamsStatus writes that when the run ends. The same values go to the logger's hparams.yaml, which Lightning
+    had written empty at the first logged metric."""
     writer = logger.experiment._get_file_writer()
     writer.add_summary(plugin_summary(metadata.EXPERIMENT_TAG, experiment=experiment(params, metrics)))
     writer.add_summary(plugin_summary(metadata.SESSION_START_INFO_TAG, session_start_info=session_start(params)))
     logger.experiment.flush()
+    logger.hparams.update(params)
+    save_hparams_to_yaml(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE, logger.hparams)
 
 
 def experiment(params: dict, metrics: list[str]) -> api_pb2.Experiment:

@@ -50,6 +50,17 @@ def test_hparams_are_the_settings_a_user_varies_in_their_types(trained_run):
     assert [m.name.tag for m in experiment.metric_infos] == ["best/val_loss", "best/val_bpc", "sample/copied"]
 
 
+def test_hparams_yaml_holds_the_same_settings(trained_run):
+    """Lightning wrote it empty ({}): Frosty logs its hyperparameters itself, not through log_hyperparams."""
+    import yaml
+
+    stored = yaml.safe_load((trained_run / "hparams.yaml").read_text())
+    values = metadata.parse_session_start_info_plugin_data(
+        hparams_plugin(trained_run)[metadata.SESSION_START_INFO_TAG]).hparams
+    assert set(stored) == set(values) and stored["model.dropout"] == 0.0 and stored["data.name"] == "text"
+    assert stored["model.bias"] is True and stored["optim.betas"] == "[0.9, 0.99]"
+
+
 def test_a_finished_run_ends_with_success(trained_run):
     assert end_status(trained_run) == "STATUS_SUCCESS"
 
