@@ -195,11 +195,12 @@ def entry_point(monkeypatch):
 
 
 def library(tmp_path: Path, monkeypatch, name: str, source: str):
-    """Import `source` as module `name` from tmp_path: a library's code, not Frosty's."""
+    """Import `source` (indented as it is in a test) as module `name` from tmp_path: a library's code, not Frosty's."""
     import importlib
     import sys
+    import textwrap
 
-    (tmp_path / f"{name}.py").write_text(source)
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(tmp_path)
     monkeypatch.delitem(sys.modules, name, raising=False)
     return importlib.import_module(name)
@@ -210,19 +211,20 @@ def test_a_signal_in_a_librarys_code_is_acted_on_back_in_frostys(tmp_path, monke
     trained to its end, exit status 0), or a `finally:` masks it (Hydra's config reader: UnboundLocalError)."""
     import time
 
-    swallowing = library(tmp_path, monkeypatch, "swallowing", (
-        "import signal, time\n"
-        "swallowed = 0\n"
-        "def work():\n"
-        "    global swallowed\n"
-        "    deadline, signals = time.monotonic() + 0.5, [signal.SIGINT]  # it comes again meanwhile: still here\n"
-        "    while time.monotonic() < deadline:\n"
-        "        try:\n"
-        "            if signals:\n"
-        "                signal.raise_signal(signals.pop())\n"
-        "            time.sleep(0.01)\n"
-        "        except BaseException:\n"
-        "            swallowed += 1\n"))
+    swallowing = library(tmp_path, monkeypatch, "swallowing", """
+        import signal, time
+        swallowed = 0
+        def work():  # a bare except in a loop; the signal comes again meanwhile: still here
+            global swallowed
+            deadline, signals = time.monotonic() + 0.5, [signal.SIGINT]
+            while time.monotonic() < deadline:
+                try:
+                    if signals:
+                        signal.raise_signal(signals.pop())
+                    time.sleep(0.01)
+                except BaseException:
+                    swallowed += 1
+        """)
     started = time.monotonic()
     with pytest.raises(entry_point.Interrupted) as raised:
         swallowing.work()
@@ -236,14 +238,15 @@ def test_a_signal_in_a_long_library_call_is_acted_on_after_a_patience(tmp_path, 
     import time
 
     monkeypatch.setattr(entry_point, "LIBRARY_PATIENCE_S", 0.5)
-    slow = library(tmp_path, monkeypatch, "slow", (
-        "import signal, time\n"
-        "finished = False\n"
-        "def work():\n"
-        "    global finished\n"
-        "    signal.raise_signal(signal.SIGTERM)\n"
-        "    time.sleep(10)\n"
-        "    finished = True\n"))
+    slow = library(tmp_path, monkeypatch, "slow", """
+        import signal, time
+        finished = False
+        def work():
+            global finished
+            signal.raise_signal(signal.SIGTERM)
+            time.sleep(10)
+            finished = True
+        """)
     started = time.monotonic()
     with pytest.raises(entry_point.Interrupted) as raised:
         slow.work()
