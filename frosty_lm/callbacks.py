@@ -187,7 +187,7 @@ class StopOnInterrupt(L.Callback):
         if self.received is not None:
             if self.sweep_job and not SweepStop.in_main() and same_press(signum, self.received, self._received_at):
                 return  # (a worker can get one press twice: SweepStop.in_main)
-            if after_import(signum, frame):
+            if after_import(signum, frame, self._request_stop):
                 return
             self.aborted_by = signal.Signals(signum)
             raise KeyboardInterrupt

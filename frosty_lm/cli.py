@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from frosty_lm.errors import Aborted, FrostyError
-from frosty_lm.interrupts import Interrupted, after_import, interrupted_while, same_press
+from frosty_lm.interrupts import Interrupted, after_import, interrupted_while, same_press, take_put_off
 
 
 def in_sweep() -> bool:
@@ -101,7 +101,7 @@ def stop_sweep_on_signals(main_of: Path | None = None) -> None:
         if SweepStop.signum is not None:
             if main_of is None and same_press(signum, SweepStop.signum, SweepStop.at):
                 return
-            if after_import(signum, frame):
+            if after_import(signum, frame, handler):
                 return
             if main_of is not None:  # not "before training started": its jobs may have trained and saved
                 interrupted_while(SWEEP_ABORTED)
@@ -118,6 +118,9 @@ def stop_sweep_on_signals(main_of: Path | None = None) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handler)
+    put_off = take_put_off()  # a signal to the entry point's handler that waits (a library's code ran): the sweep's
+    if put_off is not None:
+        handler(put_off, None)
 
 
 def child_processes() -> list[int]:

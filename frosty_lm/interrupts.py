@@ -48,7 +48,7 @@ def interrupt_on_signals(when: str) -> None:
     _EntryPoint.when = when
 
     def handler(signum, frame) -> None:
-        if in_library(signum, frame):
+        if in_library(signum, frame, handler):
             return
         if _EntryPoint.running:
             raise Interrupted(signum)
@@ -64,27 +64,43 @@ LIBRARY_PATIENCE_S = 2.0  # how long a signal waits for a library's code to retu
 
 
 class _PutOff:
-    signum: int | None = None  # the signal that this process will send itself again (None: none is on its way)
+    signum: int | None = None  # the signal put off (None: none is)
+    handler = None  # the handler that put it off: the signal comes again only while that handler is installed
     timer: threading.Timer | None = None
     since = 0.0  # when the signal was first put off because the main thread was in a library's code
 
 
-def _again(signum: int) -> None:
-    _PutOff.signum = None
-    os.kill(os.getpid(), signum)
-
-
-def _put_off(signum: int) -> None:
-    """This process gets `signum` again AGAIN_AFTER_S from now (one signal on its way at a time)."""
+def _put_off(signum: int, handler) -> None:
+    """This process gets `signum` again AGAIN_AFTER_S from now, through `handler` (one signal put off at a time)."""
     if _PutOff.signum is None:
-        _PutOff.signum, _PutOff.timer = signum, threading.Timer(AGAIN_AFTER_S, _again, (signum,))
-        _PutOff.timer.daemon = True
-        _PutOff.timer.start()
+        _PutOff.signum, _PutOff.handler = signum, handler
+        _wait()
+
+
+def _wait() -> None:
+    _PutOff.timer = threading.Timer(AGAIN_AFTER_S, _again)
+    _PutOff.timer.daemon = True
+    _PutOff.timer.start()
+
+
+def _again() -> None:
+    """The put-off signal comes again if the handler that put it off is still installed. If another is (Lightning's
+    SIGTERM handler, which calls the one it replaced; StopOnInterrupt's; the sweep's), it waits: that one takes
+    it when it starts (take_put_off), and sent again it would go through that one's own work (Lightning's
+    notifier, a broadcast in a multi-process run)."""
+    signum = _PutOff.signum
+    if signum is None:
+        return
+    if signal.getsignal(signum) == _PutOff.handler:
+        _PutOff.signum = None
+        os.kill(os.getpid(), signum)
+    else:
+        _wait()
 
 
 def take_put_off() -> int | None:
-    """The signal put off and on its way again, if one is (None if not): the caller acts on it, and it does not
-    come again (StopOnInterrupt, whose handlers would take it for a signal during training)."""
+    """The signal put off, if one is (None if not): the caller, a handler that has just replaced the one that put it
+    off, acts on it, and it does not come again."""
     signum = _PutOff.signum
     _acting()
     return signum
@@ -94,23 +110,26 @@ def _acting() -> None:
     """The handler acts on a signal now: none put off comes again (it would interrupt the way out)."""
     if _PutOff.timer is not None:
         _PutOff.timer.cancel()
-    _PutOff.signum, _PutOff.timer, _PutOff.since = None, None, 0.0
+    _PutOff.signum, _PutOff.handler, _PutOff.timer, _PutOff.since = None, None, None, 0.0
 
 
-def after_import(signum: int, frame) -> bool:
+def after_import(signum: int, frame, handler) -> bool:
     """Whether the main thread (at `frame`) is importing a module; if so, this process gets `signum` again
-    AGAIN_AFTER_S later, until the import is done, and the handler that called this returns without acting."""
-    return _put_off_while(signum, frame, in_library=False)
+    AGAIN_AFTER_S later, through `handler` (the caller), until the import is done, and the caller returns without
+    acting."""
+    return _put_off_while(signum, frame, handler, in_library=False)
 
 
-def in_library(signum: int, frame) -> bool:
+def in_library(signum: int, frame, handler) -> bool:
     """after_import, and also whether the main thread runs a library's code (not in_own_code), for at most
     LIBRARY_PATIENCE_S since the signal first came there; past that (a library call that takes long: a download)
     the handler acts where it is."""
-    return _put_off_while(signum, frame, in_library=True)
+    return _put_off_while(signum, frame, handler, in_library=True)
 
 
-def _put_off_while(signum: int, frame, in_library: bool) -> bool:
+def _put_off_while(signum: int, frame, handler, in_library: bool) -> bool:
+    while frame is not None and frame.f_code.co_filename == __file__:  # a signal during a handler of this module's:
+        frame = frame.f_back  # where the handler itself interrupted
     now = time.monotonic()
     importing = any(f.f_code.co_filename.startswith("<frozen importlib") for f in _frames(frame))
     waiting = (in_library and frame is not None and not in_own_code(frame)
@@ -120,7 +139,7 @@ def _put_off_while(signum: int, frame, in_library: bool) -> bool:
         return False
     if waiting and not importing and not _PutOff.since:
         _PutOff.since = now
-    _put_off(signum)
+    _put_off(signum, handler)
     return True
 
 
@@ -135,9 +154,10 @@ _OWN_DIRS = tuple(os.path.join(_ROOT, name) + os.sep for name in ("frosty_lm", "
 
 
 def in_own_code(frame) -> bool:
-    """Whether `frame` runs Frosty's code: its package, its Hydra plugin or an entry point (train.py, generate.py)."""
-    filename = os.path.abspath(frame.f_code.co_filename)
-    return filename.startswith(_OWN_DIRS) or os.path.dirname(filename) == _ROOT
+    """Whether `frame` runs Frosty's code: its package, its Hydra plugin or an entry point (train.py, generate.py);
+    not the standard library's frozen modules, nor code made by exec ("<string>": a dataclass's __init__)."""
+    filename = frame.f_code.co_filename
+    return os.path.isabs(filename) and (filename.startswith(_OWN_DIRS) or os.path.dirname(filename) == _ROOT)
 
 
 def interrupted_while(when: str) -> None:

@@ -178,6 +178,28 @@ def test_a_sweep_job_that_starts_after_the_stop_finds_it_in_the_sweep_directory(
     assert cli.sweep_stopped() is None
 
 
+def test_a_signal_put_off_before_the_sweep_took_over_stops_the_sweep(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C to train.py -m that the entry point's handler put off (a library's code ran) is the sweep's first:
+    sent again, it would find the sweep's handler installed instead, and wait for ever."""
+    import signal
+
+    from frosty_lm import cli, interrupts
+
+    monkeypatch.setattr(cli.SweepStop, "signum", None)
+    monkeypatch.setattr(cli.SweepStop, "main_pid", None)
+    monkeypatch.setattr(cli, "child_processes", lambda: [])
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        interrupts._put_off(signal.SIGINT, handlers[signal.SIGINT])
+        cli.stop_sweep_on_signals(main_of=tmp_path)
+    finally:
+        interrupts.take_put_off()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    assert cli.SweepStop.signum == signal.SIGINT and (tmp_path / cli.STOP_FILE).read_text() == str(signal.SIGINT)
+    assert "SIGINT: stopping the sweep" in capsys.readouterr().err
+
+
 def test_a_sweep_starts_afresh_whatever_an_earlier_sweep_left(tmp_path, monkeypatch, capsys):
     import signal
 

@@ -258,8 +258,9 @@ def test_a_signal_still_put_off_when_training_starts_is_taken_there_as_before_tr
     """StopOnInterrupt's handlers would otherwise get it, and train a step and save checkpoints for it."""
     import time
 
-    entry_point._put_off(signal.SIGINT)  # as the handler does while Lightning's code sets up
     stop = StopOnInterrupt()
+    entry_point._put_off(signal.SIGINT, signal.getsignal(signal.SIGINT))  # as the entry point's handler does while
+    # Lightning's code sets up
     with pytest.raises(entry_point.Interrupted) as raised:
         stop.on_train_start(None, None)
     assert raised.value.signum == signal.SIGINT and not stop._started
@@ -267,6 +268,35 @@ def test_a_signal_still_put_off_when_training_starts_is_taken_there_as_before_tr
         time.sleep(0.2)  # it does not come again: here it would raise Interrupted (this file is Frosty's code)
     except entry_point.Interrupted:
         pytest.fail("the signal taken when training started came again")
+
+
+def test_a_put_off_signal_waits_while_another_handler_is_installed_for_it_to_take(entry_point):
+    """Lightning's SIGTERM handler, installed when fit starts, calls the one it replaced (the entry point's): sent
+    again, the signal would go through Lightning's notifier each time (a broadcast in a multi-process run)."""
+    import time
+
+    calls = []
+    entry_handler = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    entry_point._put_off(signal.SIGTERM, entry_handler)
+    time.sleep(0.3)
+    assert calls == [] and entry_point.take_put_off() == signal.SIGTERM and entry_point.take_put_off() is None
+
+
+def test_frozen_modules_and_generated_code_are_not_frostys_own(monkeypatch):
+    """Relative to the project's root (the directory users run train.py from), "<frozen posixpath>" or "<string>"
+    (a dataclass's __init__) looked like a file of the root's, as train.py is."""
+    from conftest import ROOT
+    from frosty_lm.interrupts import in_own_code
+
+    def frame_of(filename: str):  # a frame of code compiled as if from filename
+        frames = []
+        exec(compile("import sys\nframes.append(sys._getframe())", filename, "exec"), {"frames": frames})
+        return frames[0]
+
+    monkeypatch.chdir(ROOT)
+    assert not any(in_own_code(frame_of(name)) for name in ("<frozen posixpath>", "<string>", "train.py"))
+    assert in_own_code(frame_of(str(ROOT / "train.py"))) and in_own_code(frame_of(str(ROOT / "frosty_lm" / "x.py")))
+    assert not in_own_code(frame_of(str(ROOT / ".venv" / "lib" / "site-packages" / "hydra" / "x.py")))
 
 
 def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path, monkeypatch, entry_point):
