@@ -1,8 +1,8 @@
 """Train a character GPT: `python train.py model=small dataset=frost` (see conf/train.yaml)."""
-from frosty_lm.interrupts import exit_when_interrupted, interrupt_on_signals
+from frosty_lm.interrupts import LIBRARY_PATIENCE_S, exit_when_interrupted, interrupt_on_signals
 
 if __name__ == "__main__":  # first: Ctrl-C or SIGTERM while the rest loads is one line too (exit 130, 143)
-    interrupt_on_signals("before training started: nothing was saved")
+    interrupt_on_signals("before training started: nothing was saved", LIBRARY_PATIENCE_S)
 
 import os
 import sys

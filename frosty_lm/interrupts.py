@@ -33,6 +33,7 @@ class Interrupted(KeyboardInterrupt):
 class _EntryPoint:
     when = ""        # what the line says after "interrupted by SIGINT", e.g. "before training started"
     running = False  # main() has started: signals raise Interrupted, for the code on the way out to record it
+    library_patience_s = 0.0  # how long a signal is put off while a library's code runs (in_library)
 
 
 def exit_interrupted(signum: int) -> None:
@@ -41,11 +42,13 @@ def exit_interrupted(signum: int) -> None:
     sys.exit(128 + signum)
 
 
-def interrupt_on_signals(when: str) -> None:
+def interrupt_on_signals(when: str, library_patience_s: float = 0.0) -> None:
     """From now on Ctrl-C and SIGTERM end the process with one line, "interrupted by SIGINT <when>", and 128 + the
     signal's number (SIGTERM would otherwise end it without a word): at once while the entry point is still
-    importing (there is nothing to clean up), and through Interrupted once exit_when_interrupted runs its main()."""
-    _EntryPoint.when = when
+    importing (there is nothing to clean up), and through Interrupted once exit_when_interrupted runs its main().
+    library_patience_s: put off for that long while a library's code runs (train.py: LIBRARY_PATIENCE_S; the
+    report and generate.py, whose work is mostly a library's, act at once)."""
+    _EntryPoint.when, _EntryPoint.library_patience_s = when, library_patience_s
 
     def handler(signum, frame) -> None:
         if in_library(signum, frame, handler):
@@ -121,9 +124,9 @@ def after_import(signum: int, frame, handler) -> bool:
 
 
 def in_library(signum: int, frame, handler) -> bool:
-    """after_import, and also whether the main thread runs a library's code (not in_own_code), for at most
-    LIBRARY_PATIENCE_S since the signal first came there; past that (a library call that takes long: a download)
-    the handler acts where it is."""
+    """after_import, and also whether the main thread runs a library's code (not in_own_code), for at most the
+    entry point's library_patience_s since the signal first came there; past that (a library call that takes long:
+    a download) the handler acts where it is."""
     return _put_off_while(signum, frame, handler, in_library=True)
 
 
@@ -132,8 +135,9 @@ def _put_off_while(signum: int, frame, handler, in_library: bool) -> bool:
         frame = frame.f_back  # where the handler itself interrupted
     now = time.monotonic()
     importing = any(f.f_code.co_filename.startswith("<frozen importlib") for f in _frames(frame))
-    waiting = (in_library and frame is not None and not in_own_code(frame)
-               and (not _PutOff.since or now - _PutOff.since < LIBRARY_PATIENCE_S))
+    patience = _EntryPoint.library_patience_s
+    waiting = (in_library and patience > 0 and frame is not None and not in_own_code(frame)
+               and (not _PutOff.since or now - _PutOff.since < patience))
     if not (importing or waiting):
         _acting()
         return False
@@ -172,6 +176,12 @@ def exit_when_interrupted(main) -> None:
         main()
     except KeyboardInterrupt as err:
         exit_interrupted(getattr(err, "signum", signal.SIGINT))
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise
+    put_off = take_put_off()  # a signal put off while a library's code ran, and the work ended first: it came
+    if put_off is not None:
+        exit_interrupted(put_off)
 
 
 SAME_PRESS_S = 2.0  # a sweep job's second Ctrl-C this soon after its first is the same press (same_press)

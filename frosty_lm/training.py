@@ -22,7 +22,7 @@ from frosty_lm.cli import SweepStop, in_sweep, sweep_stopped
 from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import Aborted, FrostyError, NonFiniteLoss
-from frosty_lm.interrupts import Interrupted
+from frosty_lm.interrupts import Interrupted, interrupted_while
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import (
     check_gpu_present,
@@ -117,6 +117,8 @@ def run_training(cfg: DictConfig) -> float:
                              training_started=record.training_started)
             raise
         record.write(status="interrupted" if stop is not None else "finished")
+        if not in_sweep():  # what a signal put off until the end says (interrupts.exit_when_interrupted)
+            interrupted_while("after training: the run is complete")
     finally:
         lock.release()
     if stop is not None:

@@ -187,8 +187,9 @@ def entry_point(monkeypatch):
     monkeypatch.setattr(interrupts, "_OWN_DIRS", (*interrupts._OWN_DIRS, str(Path(__file__).parent) + "/"))
     monkeypatch.setattr(interrupts._EntryPoint, "running", True)
     monkeypatch.setattr(interrupts._EntryPoint, "when", interrupts._EntryPoint.when)
+    monkeypatch.setattr(interrupts._EntryPoint, "library_patience_s", interrupts._EntryPoint.library_patience_s)
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    interrupts.interrupt_on_signals("before training started")
+    interrupts.interrupt_on_signals("before training started", interrupts.LIBRARY_PATIENCE_S)  # as train.py
     yield interrupts
     for signum, handler in handlers.items():
         signal.signal(signum, handler)
@@ -237,7 +238,7 @@ def test_a_signal_in_a_long_library_call_is_acted_on_after_a_patience(tmp_path, 
     """A download, or any library call that takes long: the signal does not wait for it to end."""
     import time
 
-    monkeypatch.setattr(entry_point, "LIBRARY_PATIENCE_S", 0.5)
+    monkeypatch.setattr(entry_point._EntryPoint, "library_patience_s", 0.5)
     slow = library(tmp_path, monkeypatch, "slow", """
         import signal, time
         finished = False
@@ -280,6 +281,22 @@ def test_a_put_off_signal_waits_while_another_handler_is_installed_for_it_to_tak
     entry_point._put_off(signal.SIGTERM, entry_handler)
     time.sleep(0.3)
     assert calls == [] and entry_point.take_put_off() == signal.SIGTERM and entry_point.take_put_off() is None
+
+
+def test_a_signal_still_put_off_when_the_work_ends_is_acted_on_then(entry_point, capsys):
+    """The report, interrupted while it imported, ran to its end and exited 0: the signal was still put off."""
+    import logging
+
+    def work() -> None:  # it ends before the signal it put off comes again
+        entry_point._put_off(signal.SIGINT, signal.getsignal(signal.SIGINT))
+
+    try:
+        with pytest.raises(SystemExit) as done:
+            entry_point.exit_when_interrupted(work)
+    finally:
+        logging.disable(logging.NOTSET)  # (exit_interrupted silences logging for the rest of the process)
+    assert done.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted by SIGINT before training started"
 
 
 def test_frozen_modules_and_generated_code_are_not_frostys_own(monkeypatch):
