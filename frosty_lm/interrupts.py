@@ -5,10 +5,11 @@ library only, so that it is in place before the heavy imports. Also when a sweep
 A signal that comes while a module is being imported is acted on once the import is done (after_import): an
 exception raised inside an import can pass through a C extension's initialisation, which may swallow it (torch,
 interrupted while it imports numpy, goes on without numpy, and the run trained to its end), abort the process, or
-leave a module half-loaded. Before training, an entry point's signal is also acted on only in Frosty's own code
-(in_own_code): raised in a library's, it can be swallowed (by a bare `except:`, or in a `__del__`, where Python only
-prints it) or masked (Hydra's config reader, interrupted inside `try: f = open(...)`, fails in its `finally:
-f.close()` with UnboundLocalError)."""
+leave a module half-loaded. In train.py outside training (its library_patience_s), a signal is also acted on only in
+Frosty's own code (in_own_code): raised in a library's, it can be swallowed (by a bare `except:`, or in a `__del__`,
+where Python only prints it) or masked (Hydra's config reader, interrupted inside `try: f = open(...)`, fails in its
+`finally: f.close()` with UnboundLocalError). A signal still put off when the entry point's work ends is acted on
+then (exit_when_interrupted)."""
 from __future__ import annotations
 
 import logging
