@@ -183,6 +183,7 @@ def exit_when_interrupted(main) -> None:
     put_off = take_put_off()  # a signal put off while a library's code ran, and the work ended first: it came
     if put_off is not None:
         exit_interrupted(put_off)
+    _EntryPoint.running = False  # a signal in the last instants: its one line at once (nothing is raised into)
 
 
 SAME_PRESS_S = 2.0  # a sweep job's second Ctrl-C this soon after its first is the same press (same_press)

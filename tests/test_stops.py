@@ -299,6 +299,20 @@ def test_a_signal_still_put_off_when_the_work_ends_is_acted_on_then(entry_point,
     assert capsys.readouterr().err.strip() == "interrupted by SIGINT before training started"
 
 
+def test_a_signal_after_the_work_has_ended_is_its_one_line(entry_point, capsys):
+    """It raised Interrupted on the entry point's last line, outside everything that catches it: a traceback."""
+    import logging
+
+    entry_point.exit_when_interrupted(lambda: None)
+    try:
+        with pytest.raises((SystemExit, KeyboardInterrupt)) as done:
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert isinstance(done.value, SystemExit) and done.value.code == 143
+    assert capsys.readouterr().err.strip() == "interrupted by SIGTERM before training started"
+
+
 def test_frozen_modules_and_generated_code_are_not_frostys_own(monkeypatch):
     """Relative to the project's root (the directory users run train.py from), "<frozen posixpath>" or "<string>"
     (a dataclass's __init__) looked like a file of the root's, as train.py is."""
