@@ -1,5 +1,6 @@
 """How long train.py takes to say that something is wrong (a bad config, a missing corpus), against the baseline
-of importing torch and Lightning, which it waited for before it checked its input first.
+of importing torch and Lightning, which it waited for before it checked its input first; and how long generate.py
+takes to print 20 characters from a tiny checkpoint (it reads checkpoints with torch alone, without Lightning).
 
     python bench/startup.py               # 5 rounds
     python bench/startup.py --rounds 10
@@ -28,13 +29,33 @@ HEAVY = ("torch", "lightning", "pytorch_lightning", "lightning_fabric")
 def cases(tmp: Path) -> dict[str, tuple[list[str], int, str]]:
     """name -> (command, the exit status it must have, a fragment of its last line)."""
     train = [sys.executable, str(ROOT / "train.py")]
+    generate = [sys.executable, str(ROOT / "generate.py"), f"ckpt_path={tiny_checkpoint(tmp)}", "max_new_tokens=20"]
     return {
         "import torch, lightning": ([sys.executable, "-c", "import torch, lightning"], 0, ""),
         "bad config": ([*train, "model.n_layer=0", f"hydra.run.dir={tmp / 'config'}"], 1,
                        "error: model.n_layer=0 must be a positive integer"),
         "missing corpus": ([*train, "dataset=text", "data.path=/nonexistent", f"hydra.run.dir={tmp / 'corpus'}"], 1,
                            "error: corpus file /nonexistent does not exist"),
+        "generate.py, 20 chars": (generate, 0, ""),
     }
+
+
+def tiny_checkpoint(tmp: Path) -> Path:
+    """An untrained model=tiny, saved as train.py saves its weights, vocabulary and model settings."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from frosty_lm.model import GPT, GPTConfig
+
+    settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/_base.yaml"),
+                                                      OmegaConf.load(ROOT / "conf/model/tiny.yaml")))
+    settings.pop("defaults")
+    vocab = "".join(sorted(set("Whose woods these are I think I know.\n")))
+    model = GPT(GPTConfig(vocab_size=len(vocab), **settings))
+    path = tmp / "tiny.ckpt"
+    torch.save({"hyper_parameters": {"vocab": vocab, "model": settings},
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path
 
 
 def timed(command: list[str], code: int, last_line: str) -> float:
@@ -73,6 +94,8 @@ def main() -> None:
             print(f"{name:24} {statistics.median(seconds):8.2f} {statistics.median(seconds) / baseline:11.2f}")
         imported = heavy_imports(commands["bad config"][0])
         print(f"\nbad config imports torch or Lightning: {', '.join(imported) if imported else 'no'}")
+        imported = heavy_imports(commands["generate.py, 20 chars"][0])
+        print(f"generate.py imports: {', '.join(imported) if imported else 'neither'}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from frosty_lm.errors import FrostyError
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # classes that configs of earlier Frosty versions named, beside those that conf/ names today
 EARLIER_TARGETS = {"frosty_lm.callbacks.Throughput", "lightning.pytorch.callbacks.ModelCheckpoint",
-                   "frosty_lm.callbacks.StepProgressBar", "frosty_lm.callbacks.BestAndLastCheckpoint"}
+                   "frosty_lm.callbacks.StepProgressBar", "frosty_lm.callbacks.BestAndLastCheckpoint",
+                   "frosty_lm.checkpoint.BestAndLastCheckpoint"}
 # the only resolvers a stored value may call: Frosty's own, as conf/train.yaml uses them
 OWN_RESOLVERS = {"hydra:runtime.output_dir", "oc.env:FROSTY_DATA_DIR,data", "frosty_cpu_precision:"}
 WRITE_LOCATIONS = ("dirpath", "save_dir", "default_root_dir")  # keys whose value says where files are written
@@ -92,14 +93,15 @@ def stored_config(hparams: dict) -> dict | None:
 
 def upgraded(cfg: DictConfig) -> DictConfig:
     """A config stored by an earlier Frosty, in today's terms: its checkpoints were Lightning's ModelCheckpoint
-    (later BestAndLastCheckpoint in frosty_lm.callbacks), its throughput callback frosty_lm.callbacks.Throughput
-    (peak_flops), its progress bar in frosty_lm.callbacks, its optim node no name (it was AdamW's), and it lacked
-    the callbacks added since (progress lines, the HPARAMS end status, memorisation, attention maps, early
-    stopping): today's conf/callbacks/default.yaml gives them."""
+    (later BestAndLastCheckpoint in frosty_lm.callbacks, then in frosty_lm.checkpoint), its throughput callback
+    frosty_lm.callbacks.Throughput (peak_flops), its progress bar in frosty_lm.callbacks, its optim node no name
+    (it was AdamW's), and it lacked the callbacks added since (progress lines, the HPARAMS end status,
+    memorisation, attention maps, early stopping): today's conf/callbacks/default.yaml gives them."""
     checkpoint = OmegaConf.select(cfg, "callbacks.model_checkpoint")
     if checkpoint is not None and checkpoint.get("_target_") in ("lightning.pytorch.callbacks.ModelCheckpoint",
-                                                                 "frosty_lm.callbacks.BestAndLastCheckpoint"):
-        checkpoint._target_ = "frosty_lm.checkpoint.BestAndLastCheckpoint"  # last.ckpt always the last state
+                                                                 "frosty_lm.callbacks.BestAndLastCheckpoint",
+                                                                 "frosty_lm.checkpoint.BestAndLastCheckpoint"):
+        checkpoint._target_ = "frosty_lm.checkpoint_saving.BestAndLastCheckpoint"  # last.ckpt always the last state
     throughput = OmegaConf.select(cfg, "callbacks.throughput")
     if throughput is not None and throughput.get("_target_") == "frosty_lm.callbacks.Throughput":
         cfg.callbacks.throughput = {"_target_": "frosty_lm.callbacks.CharThroughput",

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.arguments import command_arg
 from frosty_lm.callbacks import StopOnInterrupt
-from frosty_lm.checkpoint import AtomicCheckpointIO, load_checkpoint
+from frosty_lm.checkpoint import load_checkpoint
+from frosty_lm.checkpoint_saving import AtomicCheckpointIO
 from frosty_lm.cli import SweepStop, in_sweep, sweep_stopped
 from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY, poem, run, snapshot, start_training, wait_for_checkpoint
-from frosty_lm.checkpoint import AtomicCheckpointIO
+from frosty_lm.checkpoint_saving import AtomicCheckpointIO
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:

@@ -95,11 +95,14 @@ def test_an_untouched_received_run_resumes_in_place(invoke, trained_run, tmp_pat
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 50
 
 
-def test_a_run_whose_config_names_the_checkpoint_callback_where_it_used_to_be_resumes(invoke, trained_run, tmp_path):
-    """Before 2026-11-26 BestAndLastCheckpoint lived in frosty_lm.callbacks, and stored configs name it there."""
+@pytest.mark.parametrize("earlier_module", ["frosty_lm.callbacks", "frosty_lm.checkpoint"])
+def test_a_run_whose_config_names_the_checkpoint_callback_where_it_used_to_be_resumes(
+        invoke, trained_run, tmp_path, earlier_module):
+    """BestAndLastCheckpoint lived in frosty_lm.callbacks, then in frosty_lm.checkpoint (now
+    frosty_lm.checkpoint_saving, so that reading a checkpoint needs no Lightning), and stored configs name it there."""
 
     def where_it_was(config):
-        config["callbacks"]["model_checkpoint"]["_target_"] = "frosty_lm.callbacks.BestAndLastCheckpoint"
+        config["callbacks"]["model_checkpoint"]["_target_"] = f"{earlier_module}.BestAndLastCheckpoint"
 
     run_dir = crafted_run(trained_run, tmp_path, where_it_was)
     code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
@@ -107,4 +110,4 @@ def test_a_run_whose_config_names_the_checkpoint_callback_where_it_used_to_be_re
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 40
     assert last["hyper_parameters"]["config"]["callbacks"]["model_checkpoint"]["_target_"] == (
-        "frosty_lm.checkpoint.BestAndLastCheckpoint")  # stored up to date
+        "frosty_lm.checkpoint_saving.BestAndLastCheckpoint")  # stored up to date
