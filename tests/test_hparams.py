@@ -10,13 +10,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
-from conftest import TINY
+from conftest import QUICK, TINY
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.hparams import HparamsStatus, select, write_hparams
-
-# seconds off a tiny run: no matmul peak to measure, a sample of one character
-QUICK = ["callbacks.throughput.available_flops=1e12", "callbacks.sample_text.max_new_tokens=1",
-         "summary_sample_chars=1"]
 
 
 def hparams_plugin(log_dir: Path) -> dict:
@@ -112,7 +108,7 @@ def test_the_end_status_is_written_once_by_rank_zero_and_only_to_tensorboard(tmp
 
 def test_a_new_run_is_named_by_its_dataset_and_model_and_resumes(invoke, text_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = invoke("train.py", *TINY, *QUICK, "trainer.max_steps=1", "dataset=text", f"data.path={text_file}")
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=1", "dataset=text", f"data.path={text_file}")
     assert code == 0, err
     (run_dir,) = (tmp_path / "outputs" / "runs").glob("*/*")
     assert re.fullmatch(r"\d\d-\d\d-\d\d-\d{6}_text_tiny", run_dir.name)
