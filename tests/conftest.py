@@ -81,12 +81,17 @@ def wait_for_checkpoint(path: Path, proc: subprocess.Popen, min_step: int, timeo
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """One tiny training run on a made-up corpus, shared by the tests that need a checkpoint."""
+    """One tiny training run on a made-up corpus, shared by the tests that need a checkpoint. It trains in this
+    process, through train.py's entry point (a fresh interpreter would add its imports: seconds)."""
     work = tmp_path_factory.mktemp("trained")
     corpus = work / "corpus.txt"
     corpus.write_text(poem(), encoding="utf-8")
     run_dir = work / "run"
-    run("train.py", *TINY, "dataset=text", f"data.path={corpus}", f"hydra.run.dir={run_dir}", cwd=work)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(work)
+        code = call_entry_point("train.py", [*TINY, "dataset=text", f"data.path={corpus}", f"hydra.run.dir={run_dir}"],
+                                monkeypatch)
+    assert code == 0 and (run_dir / "checkpoints" / "best.ckpt").is_file(), f"train.py exited {code}"
     return run_dir
 
 
@@ -97,6 +102,19 @@ def _entry_point(script: str):
     return module
 
 
+def call_entry_point(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run train.py's or generate.py's start() in this process, as from the command line: its exit status."""
+    module = _entry_point(script)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setenv("FROSTY_DEBUG", "0")
+    try:
+        module.start()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
 @pytest.fixture
 def invoke(capsys, monkeypatch):
     """Run train.py or generate.py in this process, as from the command line (its start(): the argument checks,
@@ -104,15 +122,7 @@ def invoke(capsys, monkeypatch):
     checks."""
 
     def call(script: str, *args: str) -> tuple[int, str, str]:
-        module = _entry_point(script)
-        monkeypatch.setattr(sys, "argv", [script, *args])
-        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-        monkeypatch.setenv("FROSTY_DEBUG", "0")
-        try:
-            module.start()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
+        code = call_entry_point(script, list(args), monkeypatch)
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -23,7 +23,7 @@ def frost_run(frost_dir, tmp_path_factory) -> tuple[Path, str]:
     work = tmp_path_factory.mktemp("frost")
     run_dir = work / "D"
     result = run("train.py", "model=tiny", "dataset=frost", "trainer.max_steps=30", "trainer.val_check_interval=10",
-                 "callbacks.progress_lines.every_n_steps=5", f"hydra.run.dir={run_dir}",
+                 "callbacks.progress_lines.every_n_steps=5", "callbacks.copied.chars=100", f"hydra.run.dir={run_dir}",
                  cwd=work, env={"FROSTY_DATA_DIR": str(frost_dir)})
     return run_dir, result.stdout + result.stderr
 

@@ -98,6 +98,7 @@ def readme_commands() -> list[tuple[str, list[str]]]:
     return found
 
 
+@pytest.mark.slow
 def test_every_command_in_the_readme_passes_the_argument_check():
     commands = readme_commands()
     assert len(commands) > 30 and ("train", ["+experiment=speedrun"]) in commands
@@ -250,6 +251,7 @@ def test_what_hydra_reads_passes_the_argument_check():
         read_overrides(["model.dropout=0.1,0.2"])  # without -m
 
 
+@pytest.mark.slow
 def test_generate_reads_its_arguments_as_train_does(tmp_path):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FROSTY_DEBUG": "0"}
     result = subprocess.run([sys.executable, str(ROOT / "generate.py"), "prompt=☃"], cwd=tmp_path, env=env,
@@ -311,6 +313,7 @@ def test_cpu_precision_from_the_cpu_flags_agrees_with_torch():
     assert any(flag in flags for flag in NATIVE_BF16) == torch_native_bf16()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["n_jobs=0", "n_jobs=-1", "n_trials=0"])
 def test_a_search_of_no_trials_or_none_at_a_time_is_one_line(setting, tmp_path):
     """hydra.sweeper.n_jobs below 1 made the search launch empty batches for ever (Optuna's plugin does too);
@@ -322,6 +325,7 @@ def test_a_search_of_no_trials_or_none_at_a_time_is_one_line(setting, tmp_path):
     assert not packages & set(HEAVY)
 
 
+@pytest.mark.slow
 def test_a_study_that_cannot_be_opened_is_one_line(tmp_path):
     storage = f"sqlite:///{tmp_path / 'no such directory' / 'study.db'}"
     code, err, _ = train_importing("-m", "+search=optuna", f"hydra.sweeper.storage='{storage}'",

@@ -84,6 +84,7 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(invoke, t
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
 
 
+@pytest.mark.slow
 def test_a_resume_with_nothing_left_to_train_is_refused(invoke, text_file, tmp_path):
     run_dir = tmp_path / "r"
     args = [*TINY, "trainer.max_steps=100000", "trainer.max_time=00:00:00:01", "trainer.val_check_interval=5",

@@ -142,6 +142,7 @@ def test_choice_errors_are_one_line(invoke, tmp_path, args, fragments):
     assert out == ""
 
 
+@pytest.mark.slow
 def test_no_run_at_all_is_one_line_through_the_entry_point(tmp_path):
     result = run("generate.py", "paths.outputs_dir=runs_here", "prompt=Snow", cwd=tmp_path, check=False)
     assert result.returncode == 1 and result.stdout == ""

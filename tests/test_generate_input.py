@@ -65,6 +65,7 @@ def test_a_closed_pipe_stops_generation_quietly(trained_run, tmp_path):
     assert b"Traceback" not in err and b"Error" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stdout, message", [
     ("closed", "error: standard output is closed: generate.py writes its samples there"),
     ("/dev/full", "error: cannot write the samples to standard output: No space left on device"),

@@ -136,6 +136,7 @@ def ckpt(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_a_resumed_muon_run_reaches_the_weights_of_an_uninterrupted_one(invoke, text_file, tmp_path):
     """optim=muon, stopped midway down a cosine and resumed (resume=): the weights, optimizer state and lrs of a
     run that was never stopped, bit for bit."""
@@ -156,6 +157,7 @@ def test_a_resumed_muon_run_reaches_the_weights_of_an_uninterrupted_one(invoke, 
     assert all(torch.equal(state_a[i][k], state_b[i][k]) for i in state_a for k in state_a[i])
 
 
+@pytest.mark.slow
 def test_muon_settings_given_on_resume_train(invoke, text_file, tmp_path):
     """The resuming command is composed with the default optim=adamw before the run's own config is read: Muon's own
     keys take a + (+optim.adamw_lr=...), the keys both options have do not (optim.lr=...)."""

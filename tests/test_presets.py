@@ -32,6 +32,7 @@ def test_seed_frosty_trains_the_seeds_model_with_adamw_3e_4(invoke, frost_dir, t
     assert "effective batch: 32 windows of 256 characters" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_speedrun_trains_its_recipe_for_its_time_budget(invoke, text_file, tmp_path):
     """+experiment=speedrun: Muon and AdamW with the search's lrs, 2 layers of 128, context 64, batch 32, RMSNorm,
     limited by time (here 3 s instead of its 20), the schedule laid over the time down to its floor."""

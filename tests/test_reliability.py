@@ -35,46 +35,59 @@ def earlier_run(trained_run, tmp_path) -> Path:
 
 # ---- train.py: configuration ---------------------------------------------------------------
 
+SLOW = pytest.mark.slow  # each family of checks keeps one or two cases in the default run; CI runs them all
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
         (["model.n_embd=30", "model.n_head=4"], "model.n_embd=30 is not divisible by model.n_head=4"),
-        (["model.n_layer=0"], "model.n_layer=0 must be a positive integer"),
-        (["model.block_size=-4"], "model.block_size=-4 must be a positive integer"),
-        (["model.dropout=1.0"], "model.dropout=1.0 must be a number in [0, 1)"),
-        (["model.dropout=-0.2"], "model.dropout=-0.2 must be a number in [0, 1)"),
+        pytest.param(["model.n_layer=0"], "model.n_layer=0 must be a positive integer", marks=SLOW),
+        pytest.param(["model.block_size=-4"], "model.block_size=-4 must be a positive integer", marks=SLOW),
+        pytest.param(["model.dropout=1.0"], "model.dropout=1.0 must be a number in [0, 1)", marks=SLOW),
+        pytest.param(["model.dropout=-0.2"], "model.dropout=-0.2 must be a number in [0, 1)", marks=SLOW),
         (["trainer.max_steps=0"], "trainer.max_steps=0 must be a positive integer"),
-        (["trainer.max_steps=-3"], "trainer.max_steps=-3 must be a positive integer"),
-        (["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be a positive integer"),
+        pytest.param(["trainer.max_steps=-3"], "trainer.max_steps=-3 must be a positive integer", marks=SLOW),
+        pytest.param(["trainer.val_check_interval=0"], "trainer.val_check_interval=0 must be a positive integer",
+                     marks=SLOW),
         (["data.batch_size=0"], "data.batch_size=0 must be a positive integer"),
-        (["data.batch_size=-2"], "data.batch_size=-2 must be a positive integer"),
-        (["data.val_fraction=0"], "data.val_fraction=0 must be between 0 and 1"),
-        (["data.val_fraction=1.5"], "data.val_fraction=1.5 must be between 0 and 1"),
+        pytest.param(["data.batch_size=-2"], "data.batch_size=-2 must be a positive integer", marks=SLOW),
+        pytest.param(["data.val_fraction=0"], "data.val_fraction=0 must be between 0 and 1", marks=SLOW),
+        pytest.param(["data.val_fraction=1.5"], "data.val_fraction=1.5 must be between 0 and 1", marks=SLOW),
         (["model.block_size=5000"], "the train split of"),
-        (["model.block_size=600", "data.val_fraction=0.05"], "the val split of"),
-        (["scheduler.decay_steps=0"], "scheduler.decay_steps=0 must be a positive integer"),
+        pytest.param(["model.block_size=600", "data.val_fraction=0.05"], "the val split of", marks=SLOW),
+        pytest.param(["scheduler.decay_steps=0"], "scheduler.decay_steps=0 must be a positive integer", marks=SLOW),
         (["scheduler.name=linear"], "scheduler.name='linear' must be constant or cosine"),
-        (["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be an integer >= 0"),
-        (["scheduler.warmup_steps=abc"], "scheduler.warmup_steps='abc' must be an integer >= 0"),
-        (["scheduler.min_lr_ratio=-1"], "scheduler.min_lr_ratio=-1 must be a number in [0, 1]"),  # a negative lr
-        (["scheduler.min_lr_ratio=abc"], "scheduler.min_lr_ratio='abc' must be a number in [0, 1]"),
+        pytest.param(["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be an integer >= 0", marks=SLOW),
+        pytest.param(["scheduler.warmup_steps=abc"], "scheduler.warmup_steps='abc' must be an integer >= 0",
+                     marks=SLOW),
+        pytest.param(["scheduler.min_lr_ratio=-1"], "scheduler.min_lr_ratio=-1 must be a number in [0, 1]",
+                     marks=SLOW),  # a negative lr
+        pytest.param(["scheduler.min_lr_ratio=abc"], "scheduler.min_lr_ratio='abc' must be a number in [0, 1]",
+                     marks=SLOW),
         (["trainer.max_time=5"], "trainer.max_time=5 must be a time budget DD:HH:MM:SS, e.g. trainer.max_time="),
-        (["trainer.max_time=abc"], "trainer.max_time='abc' must be a time budget DD:HH:MM:SS"),
-        (["trainer.max_time=00:00:00:00"], "trainer.max_time='00:00:00:00' must be longer than no time"),
-        (["trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps='abc' must be an integer >= -1"),
-        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc' must be an integer >= -1"),
-        (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 must be a positive integer"),
-        (["model.dropout=abc"], "model.dropout='abc' must be a number in [0, 1)"),
+        pytest.param(["trainer.max_time=abc"], "trainer.max_time='abc' must be a time budget DD:HH:MM:SS", marks=SLOW),
+        pytest.param(["trainer.max_time=00:00:00:00"], "trainer.max_time='00:00:00:00' must be longer than no time",
+                     marks=SLOW),
+        pytest.param(["trainer.num_sanity_val_steps=abc"],
+                     "trainer.num_sanity_val_steps='abc' must be an integer >= -1", marks=SLOW),
+        pytest.param(["trainer.max_epochs=abc"], "trainer.max_epochs='abc' must be an integer >= -1", marks=SLOW),
+        pytest.param(["+trainer.accumulate_grad_batches=0"],
+                     "trainer.accumulate_grad_batches=0 must be a positive integer", marks=SLOW),
+        pytest.param(["model.dropout=abc"], "model.dropout='abc' must be a number in [0, 1)", marks=SLOW),
         (["model.bias=no"], "model.bias='no' must be one of: false, true"),  # a string is true: bias on
-        (["model.compile=off"], "model.compile='off' must be one of: false, true"),
-        (["callbacks.progress_lines.every_seconds=abc"],
-         "callbacks.progress_lines.every_seconds='abc' must be a positive number of seconds, or null"),
+        pytest.param(["model.compile=off"], "model.compile='off' must be one of: false, true", marks=SLOW),
+        pytest.param(["callbacks.progress_lines.every_seconds=abc"],
+                     "callbacks.progress_lines.every_seconds='abc' must be a positive number of seconds, or null",
+                     marks=SLOW),
         (["callbacks.sample_text.temperature=-1"], "callbacks.sample_text.temperature=-1 must be a number >= 0"),
         (["optim.lr=1e39"], "optim.lr=1e+39 must be a positive number (at most 3.4e38"),
-        (["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan must be a number >= 0"),
-        (["trainer.devices=-5"], "lightning.pytorch.Trainer: `devices` selected with `CPUAccelerator` should be"),
+        pytest.param(["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan must be a number >= 0",
+                     marks=SLOW),
+        pytest.param(["trainer.devices=-5"],
+                     "lightning.pytorch.Trainer: `devices` selected with `CPUAccelerator` should be", marks=SLOW),
         (["trainer.accelerator=foo"], "You selected an invalid accelerator name: `accelerator='foo'`"),
-        (["trainer.precision=17"], "Precision 17 is invalid"),
+        pytest.param(["trainer.precision=17"], "Precision 17 is invalid", marks=SLOW),
     ],
 )
 def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_run, tmp_path, overrides, message):
@@ -418,6 +431,7 @@ def test_kill_9_then_resume_reaches_the_uninterrupted_weights(text_file, tmp_pat
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2  # curves continue in one run
 
 
+@pytest.mark.slow
 def test_resume_latest_picks_the_newest_run_and_keeps_its_config(invoke, text_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert invoke("train.py", *TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "dataset=text",
@@ -447,6 +461,7 @@ def counting_reads(monkeypatch) -> list[str]:
     return reads
 
 
+@pytest.mark.slow
 def test_resume_and_a_start_checkpoint_are_read_once(invoke, text_file, tmp_path, monkeypatch):
     args = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5", "dataset=text", f"data.path={text_file}"]
     assert invoke("train.py", *args, f"hydra.run.dir={tmp_path / 'r'}")[0] == 0

@@ -1,5 +1,6 @@
 """What a resumed run records is what it trains with: optimizer settings given on resume are applied to the
 restored optimizer, not only written into the checkpoint."""
+import pytest
 import torch
 
 from conftest import TINY
@@ -26,6 +27,7 @@ def test_optim_settings_given_on_resume_train(invoke, text_file, tmp_path):
     assert all(tuple(g["betas"]) == (0.8, 0.95) for g in groups)
 
 
+@pytest.mark.slow
 def test_a_resume_midway_down_a_cosine_trains_as_the_run_would_have(invoke, text_file, tmp_path):
     """The resumed optimizer starts at the schedule's lr for its step (not the base lr, not the start's): its
     weights after the rest of the schedule are those of a run that was never stopped."""

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import TINY, snapshot
@@ -17,6 +18,7 @@ def finished_run(invoke, text_file, tmp_path):
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_run_being_trained_is_refused_to_a_second_trainer(invoke, text_file, tmp_path):
     run_dir = finished_run(invoke, text_file, tmp_path)
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # stands for a live trainer
@@ -37,6 +39,7 @@ def test_a_run_being_trained_is_refused_to_a_second_trainer(invoke, text_file, t
     assert not (run_dir / ".lock").exists()  # released at the end
 
 
+@pytest.mark.slow
 def test_a_failed_resume_leaves_the_record_and_a_resume_continues_it(invoke, text_file, tmp_path):
     run_dir = finished_run(invoke, text_file, tmp_path)
     record = json.loads((run_dir / "status.json").read_text())

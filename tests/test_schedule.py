@@ -89,6 +89,7 @@ def last_logged_lrs(run_dir) -> list:
     return [(e.step, e.value) for e in events.Scalars("train/lr")]
 
 
+@pytest.mark.slow
 def test_a_run_limited_by_time_warms_up_by_steps_and_ends_at_the_schedules_floor(invoke, text_file, tmp_path):
     """trainer.max_time=4 s with trainer.max_steps=100000: a cosine laid out over the steps would barely have left
     its warm-up; laid out over the time budget, the lr ends at min_lr_ratio * optim.lr. The warm-up takes its 10
@@ -112,6 +113,7 @@ def test_a_run_limited_by_time_warms_up_by_steps_and_ends_at_the_schedules_floor
     assert all(a[1] >= b[1] for a, b in zip(logged[10:], logged[11:]))  # then down all along
 
 
+@pytest.mark.slow
 def test_a_resumed_time_budget_goes_on_from_the_time_spent(invoke, text_file, tmp_path):
     """Stopped when its 2 s budget was spent (the Timer counts the validation at the stop too: more than 2 s), then
     given 4 s more: the resumed run starts where the time spent left its cosine (the Timer's time is in the

@@ -50,6 +50,7 @@ def assert_last_and_best(run_dir: Path, last_step: int, losses: list[float]) -> 
         assert float(ckpt["state_dict"]["best_val_loss"]) == pytest.approx(lowest, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_run_whose_val_loss_gets_worse_ends_with_last_ckpt_at_its_last_step(invoke, rising_corpus, tmp_path):
     run_dir = tmp_path / "run"
     code, _, err = invoke("train.py", *RISING, "trainer.max_steps=30", f"data.path={rising_corpus}",
@@ -428,6 +429,7 @@ def test_ctrl_c_at_any_moment_while_train_py_loads_is_one_line_and_exit_130(tmp_
         assert "Traceback" not in output, output
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_after_patience_validations_and_keeps_the_best(invoke, rising_corpus, tmp_path):
     run_dir = tmp_path / "run"
     code, out, err = invoke("train.py", *RISING, "trainer.max_steps=100", "callbacks.early_stopping.patience=2",
