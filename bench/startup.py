@@ -94,8 +94,8 @@ def main() -> None:
             print(f"{name:24} {statistics.median(seconds):8.2f} {statistics.median(seconds) / baseline:11.2f}")
         imported = heavy_imports(commands["bad config"][0])
         print(f"\nbad config imports torch or Lightning: {', '.join(imported) if imported else 'no'}")
-        imported = heavy_imports(commands["generate.py, 20 chars"][0])
-        print(f"generate.py imports: {', '.join(imported) if imported else 'neither'}")
+        imported = [name for name in heavy_imports(commands["generate.py, 20 chars"][0]) if name != "torch"]
+        print(f"generate.py imports Lightning: {', '.join(imported) if imported else 'no'}")
 
 
 if __name__ == "__main__":

@@ -91,7 +91,9 @@ def trained_run(tmp_path_factory) -> Path:
         monkeypatch.chdir(work)
         code = call_entry_point("train.py", [*TINY, "dataset=text", f"data.path={corpus}", f"hydra.run.dir={run_dir}"],
                                 monkeypatch)
-    assert code == 0 and (run_dir / "checkpoints" / "best.ckpt").is_file(), f"train.py exited {code}"
+    log = run_dir / "train.log"
+    assert code == 0, f"train.py exited {code}:\n{log.read_text() if log.is_file() else '(no train.log)'}"
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file(), f"train.py exited 0 without a best.ckpt in {run_dir}"
     return run_dir
 
 
