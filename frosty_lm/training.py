@@ -194,15 +194,14 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         raise FrostyError(f"{err}; {nan_advice(trainer, cfg, err.step, overrides)}") from None
     except SystemExit:
         if interrupt.aborted_by is not None:  # a second Ctrl-C or SIGTERM: Lightning exits 1 at once
-            last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-            saved = (f"last.ckpt holds the last validation's state: continue with python train.py "
-                     f"{command_arg('resume', Path(cfg.paths.output_dir))}") if last.is_file() else "nothing was saved"
-            what = f"aborted by a second {interrupt.aborted_by.name} at step {trainer.global_step}"
-            raise Aborted(what, saved, interrupt.aborted_by) from None
+            raise aborted(interrupt.aborted_by, trainer, cfg, "the last validation's state") from None
         if interrupt.before_training is None:
             raise
         record.training_started = False  # Ctrl-C or SIGTERM in Lightning's setup, which exits 1: not one step ran
         raise Interrupted(interrupt.before_training) from None
+    if interrupt.aborted_by is not None:  # the second signal's KeyboardInterrupt was raised where Python drops it (a
+        # weakref's callback: "Exception ignored in"), and the run went on stopping: it still ends as aborted
+        raise aborted(interrupt.aborted_by, trainer, cfg, "the state at the stop")
     best = float(model.best_val_loss)
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
     try:
@@ -210,6 +209,14 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     except KeyboardInterrupt:  # the run itself is complete and saved: Ctrl-C only cuts its summary short
         log.info("summary skipped (Ctrl-C); the run is complete")
     return best, (trainer.global_step, interrupt.stopped_by) if interrupt.stopped_by is not None else None
+
+
+def aborted(signum: signal.Signals, trainer: L.Trainer, cfg: DictConfig, holds: str) -> Aborted:
+    """A run aborted by a second Ctrl-C or SIGTERM: what was saved (last.ckpt holds ...), and how to continue."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    saved = (f"last.ckpt holds {holds}: continue with python train.py "
+             f"{command_arg('resume', Path(cfg.paths.output_dir))}") if last.is_file() else "nothing was saved"
+    return Aborted(f"aborted by a second {signum.name} at step {trainer.global_step}", saved, signum)
 
 
 def nan_advice(trainer: L.Trainer, cfg: DictConfig, stop_step: int, overrides: list[str]) -> str:

@@ -4,13 +4,15 @@ preemption: exit status 143), and a stopped run resumes from where it stopped.""
 import json
 import re
 import signal
+import sys
+import weakref
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from conftest import poem, run, start, wait_for_checkpoint
+from conftest import TINY, poem, run, start, wait_for_checkpoint
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.report import read_curves
 
@@ -65,6 +67,37 @@ def test_a_run_whose_val_loss_gets_worse_ends_with_last_ckpt_at_its_last_step(in
     assert losses[-1] > losses[turn] + 0.5, losses
     assert_last_and_best(run_dir, 30, losses)
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
+def test_a_second_ctrl_c_whose_interrupt_python_drops_still_aborts_the_run(invoke, text_file, tmp_path, monkeypatch):
+    """The second Ctrl-C's KeyboardInterrupt can be raised inside a weakref's callback, where Python prints
+    "Exception ignored in" and drops it (seen in CI, in a sweep): the run went on stopping and ended as stopped by
+    the first. It ends as aborted by the second."""
+    on_batch_end = StopOnInterrupt.on_train_batch_end
+
+    def two_presses_the_second_dropped(self, trainer, *args):
+        if trainer.global_step == 3:
+            self._request_stop(signal.SIGINT, sys._getframe())  # the first: stop after this step
+            self._received_at -= 10  # not the same press, a later one
+
+            class Thing:
+                pass
+
+            thing = Thing()
+            ref = weakref.ref(thing, lambda _: self._request_stop(signal.SIGINT, sys._getframe()))
+            del thing  # the callback runs now, and Python drops the KeyboardInterrupt it raises: this line runs
+            assert ref() is None and self.aborted_by == signal.SIGINT
+        on_batch_end(self, trainer, *args)
+
+    monkeypatch.setattr(StopOnInterrupt, "on_train_batch_end", two_presses_the_second_dropped)
+    run_dir = tmp_path / "run"
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={run_dir}")
+    assert code == 1 and "Traceback" not in err, err  # an abort's exit status, as when the interrupt propagates
+    assert err.rstrip().splitlines()[-1] == ("error: aborted by a second SIGINT at step 3; last.ckpt holds the state "
+                                            f"at the stop: continue with python train.py resume={run_dir}")
+    record = json.loads((run_dir / "status.json").read_text())
+    assert (record["status"], record["error"]) == ("interrupted", "aborted by a second SIGINT at step 3")
 
 
 def test_sigterm_stops_like_ctrl_c_with_our_handler_in_effect_during_training(invoke, text_file, tmp_path,
