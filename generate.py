@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from frosty_lm.arguments import read_command_line
+from frosty_lm.arguments import read_command_line, skip_hydra_mode_probe
 from frosty_lm.cli import exit_on_user_error
 from frosty_lm.generation import run_generation
 
@@ -23,6 +23,7 @@ def main(cfg: DictConfig) -> None:
 
 def start() -> None:
     exit_on_user_error(read_command_line)(sys.argv[1:], "generate")  # a bad argument: one line, not Hydra's report
+    skip_hydra_mode_probe()  # the check above composed the config: Hydra composes it once more, not twice
     main()
 
 

@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
-from frosty_lm.arguments import read_command_line
+from frosty_lm.arguments import read_command_line, skip_hydra_mode_probe
 from frosty_lm.cli import exit_on_user_error, in_sweep, quiet_lightning, stop_sweep_on_signals
 from frosty_lm.config_checks import check_early
 
@@ -39,6 +39,7 @@ def main(cfg: DictConfig) -> float:
 def start() -> None:
     given = exit_on_user_error(read_command_line)(sys.argv[1:], "train")  # a bad argument: one line
     exit_on_user_error(run_dirs.make_given_run_dir)(given)  # hydra.run.dir=DIR: one line if it cannot be made
+    skip_hydra_mode_probe()  # the check above composed the config: Hydra composes it once more, not twice
     main()
 
 

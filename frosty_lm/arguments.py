@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -77,6 +78,32 @@ def read_command_line(argv: list[str], config_name: str) -> dict:
     return values
 
 
+def hydra_flags(argv: list[str]) -> bool:
+    """Whether the command line has flags of Hydra's other than -m (--cfg, --config-dir, --help, ...), which may
+    compose another config, or none."""
+    return any(a.startswith("-") and a not in SWEEP_FLAGS for a in argv)
+
+
+def skip_hydra_mode_probe() -> None:
+    """Spare each command one of its compositions of the config (a fraction of a second, the README's Tests):
+    before it runs, Hydra composes the whole config once only to read hydra.mode (Hydra.get_mode), which conf/
+    never sets (test_configs checks every preset). So the mode is the command line's, and Hydra's probe runs only
+    for a command line that names hydra.mode or has flags of Hydra's, which may point at other configs. Hydra is
+    pinned (pyproject.toml), so this private method is the one this was written against. Calling it again adds
+    nothing."""
+    from hydra._internal.hydra import Hydra
+
+    probe = getattr(Hydra.get_mode, "hydras_probe", Hydra.get_mode)
+
+    def get_mode(self, config_name, overrides):
+        if hydra_flags(sys.argv[1:]) or any(o.lstrip("+~").startswith("hydra.mode=") for o in overrides):
+            return probe(self, config_name, overrides)
+        return None  # as Hydra's probe finds it: then -m gives a sweep, and no -m one run
+
+    get_mode.hydras_probe = probe
+    Hydra.get_mode = get_mode
+
+
 def check_composes(argv: list[str], config_name: str) -> None:
     """Compose conf/<config_name>.yaml with the command line's arguments, and raise a one-line FrostyError for what
     does not compose: a setting that does not exist, an option that is not in its group, a group typed without its
@@ -87,7 +114,7 @@ def check_composes(argv: list[str], config_name: str) -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if any(a.startswith("-") and a not in SWEEP_FLAGS for a in argv):
+    if hydra_flags(argv):
         return
     parser = OverridesParser.create()
     arguments = parser.parse_overrides(given(argv))

@@ -126,6 +126,29 @@ def test_the_argument_check_leaves_alone_what_composes_or_is_hydras():
         read_command_line(["-m", "model.dropout=0.1,0.2", "model.colour=1,2"], "train")  # fails every job: at once
 
 
+def test_a_command_composes_the_config_twice_and_hydras_mode_probe_runs_only_for_hydra_mode(
+        invoke, tmp_path, monkeypatch):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.hydra import Hydra
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    composed = []
+    load = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", lambda self, *a, **k: composed.append(1) or load(
+        self, *a, **k))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke("train.py", "model.n_layer=0")  # refused by check_early, in Hydra's run
+    assert code == 1 and "n_layer" in err
+    assert len(composed) == 2  # Frosty's argument check, and Hydra's run: not Hydra's probe for hydra.mode
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        hydra = GlobalHydra.instance().hydra
+        monkeypatch.setattr(sys, "argv", ["train.py", "hydra.mode=MULTIRUN"])
+        assert Hydra.get_mode(hydra, "train", ["hydra.mode=MULTIRUN"]) == RunMode.MULTIRUN  # named: the probe runs
+        monkeypatch.setattr(sys, "argv", ["train.py", "--config-dir", str(tmp_path)])  # other configs: it runs
+        assert Hydra.get_mode(hydra, "train", ["model=tiny"]) is None and len(composed) == 4
+
+
 @pytest.mark.parametrize("key, value", [
     ("resume", "outputs/sweeps/2026-11-26/10-00-00-000000/dropout=0.2,n_layer=4"),  # a sweep job's directory
     ("resume", "/runs/a b/c"), ("ckpt_path", "outputs/runs/x_frost_small/checkpoints/best.ckpt"),
