@@ -1,16 +1,18 @@
-"""train.py and generate.py as a user runs them, in subprocesses."""
+"""train.py and generate.py as a user runs them: through their entry points, in this process or in subprocesses."""
+import io
 import json
 import math
 import os
 import re
 import shutil
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, run
+from conftest import TINY, call_entry_point
 
 
 def ckpt_weights(path: Path) -> dict:
@@ -19,13 +21,20 @@ def ckpt_weights(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def frost_run(frost_dir, tmp_path_factory) -> tuple[Path, str]:
-    """The command contract: a tiny run on frost leaves checkpoints and a TensorBoard event file."""
+    """The command contract: a tiny run on frost leaves checkpoints and a TensorBoard event file. It trains in this
+    process, through train.py's entry point, its stdout and stderr piped as a user's `python train.py | tee` pipes
+    them (not a terminal: progress lines, no bar); a fresh interpreter would add seconds of imports."""
     work = tmp_path_factory.mktemp("frost")
     run_dir = work / "D"
-    result = run("train.py", "model=tiny", "dataset=frost", "trainer.max_steps=30", "trainer.val_check_interval=10",
-                 "callbacks.progress_lines.every_n_steps=5", "callbacks.copied.chars=100", f"hydra.run.dir={run_dir}",
-                 cwd=work, env={"FROSTY_DATA_DIR": str(frost_dir)})
-    return run_dir, result.stdout + result.stderr
+    output = io.StringIO()
+    with pytest.MonkeyPatch.context() as monkeypatch, redirect_stdout(output), redirect_stderr(output):
+        monkeypatch.chdir(work)
+        monkeypatch.setenv("FROSTY_DATA_DIR", str(frost_dir))
+        args = ["model=tiny", "dataset=frost", "trainer.max_steps=30", "trainer.val_check_interval=10",
+                "callbacks.progress_lines.every_n_steps=5", "callbacks.copied.chars=100", f"hydra.run.dir={run_dir}"]
+        code = call_entry_point("train.py", args, monkeypatch)
+    assert code == 0, f"train.py exited {code}:\n{output.getvalue()}"
+    return run_dir, output.getvalue()
 
 
 def test_frost_run_leaves_checkpoints_events_and_a_summary(frost_run):
@@ -109,12 +118,11 @@ def test_checkpoint_is_plain_data_with_the_vocabulary(frost_run, frost_dir):
 def test_generate_prints_only_samples_starting_with_the_prompt(frost_run, tmp_path, invoke, monkeypatch):
     ckpt = frost_run[0] / "checkpoints" / "best.ckpt"
     args = [f"ckpt_path={ckpt}", "prompt=Whose woods", "max_new_tokens=100"]
-    first = run("generate.py", *args, "seed=1", cwd=tmp_path)  # as a user runs it: stdout of a process
-    monkeypatch.chdir(tmp_path)
-    again, other = invoke("generate.py", *args, "seed=1")[1], invoke("generate.py", *args, "seed=2")[1]
-    assert first.stdout.startswith("Whose woods")
-    assert len(first.stdout) == len("Whose woods") + 100 + 1  # the sample and its closing line break
-    assert first.stdout == again != other
+    monkeypatch.chdir(tmp_path)  # (test_generate_input: generate.py's stdout in a process of its own)
+    first, again, other = (invoke("generate.py", *args, f"seed={seed}")[1] for seed in (1, 1, 2))
+    assert first.startswith("Whose woods")
+    assert len(first) == len("Whose woods") + 100 + 1  # the sample and its closing line break
+    assert first == again != other
     assert not any(tmp_path.iterdir())  # generate.py writes no files
 
 

@@ -44,20 +44,6 @@ def test_a_bad_config_is_reported_before_torch_and_lightning_load(text_file, tmp
     assert not packages & set(HEAVY), f"train.py imported {sorted(packages & set(HEAVY))} before its error"
 
 
-def test_generate_samples_a_checkpoint_without_importing_lightning(trained_run, tmp_path):
-    """generate.py reads checkpoints with torch alone: Lightning's import is most of a start (README)."""
-    ckpt = trained_run / "checkpoints" / "best.ckpt"
-    result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "generate.py"), f"ckpt_path={ckpt}",
-                             "prompt=Snow", "max_new_tokens=20"], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
-    packages = {line.rsplit("|", 1)[1].strip().split(".")[0]
-                for line in result.stderr.splitlines() if line.startswith("import time:")}
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith("Snow") and len(result.stdout.strip()) >= 20  # it sampled
-    assert "torch" in packages  # the import lines were read
-    assert not packages & {"lightning", "pytorch_lightning", "lightning_fabric"}, sorted(packages)
-
-
 @pytest.mark.parametrize("data", [["dataset=text", "data.path=/nonexistent"],
                                   ["dataset=frost", "data.name=poems", "data.url=null", "data.data_dir=corpora"]],
                          ids=["path", "name-without-url"])
