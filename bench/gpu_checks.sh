@@ -12,10 +12,13 @@ runs=$(mktemp -d /tmp/frosty-gpu-runs.XXXXXX)  # train.py refuses to reuse a run
 step() { echo "== $(date +%T) $1"; }
 summary() { grep -E "estimate|validation at|best val|training speed|time:" "$1" | sed 's/^.*INFO\] - //'; }
 
+# The preset's Muon recipe at the seed's size; its lrs, batch and init as they were tuned for 2 layers of 128 on a
+# bf16 CPU (the preset's own, since 2026-11-27, are for 1 layer of 64 in 30 s on an fp32 CPU: README).
 step "speedrun preset, the seed's model size (6 layers, 6 heads, 384 wide, context 256), 1 and 2 minutes"
 for t in 01 02; do
   timeout 200 "$py" train.py +experiment=speedrun trainer=gpu dataset=shakespeare model.n_layer=6 model.n_head=6 \
-    model.n_embd=384 model.block_size=256 trainer.max_time=00:00:$t:00 hydra.run.dir=$runs/speedrun-large-$t \
+    model.n_embd=384 model.block_size=256 optim.lr=0.025 optim.adamw_lr=4e-3 data.batch_size=32 \
+    model.zero_init_proj=false trainer.max_time=00:00:$t:00 hydra.run.dir=$runs/speedrun-large-$t \
     > "$logs/speedrun_large_$t.log" 2>&1; echo "rc=$?"; summary "$logs/speedrun_large_$t.log"
 done
 

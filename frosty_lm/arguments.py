@@ -88,15 +88,16 @@ def skip_hydra_mode_probe() -> None:
     """Spare each command one of its compositions of the config (a fraction of a second, the README's Tests):
     before it runs, Hydra composes the whole config once only to read hydra.mode (Hydra.get_mode), which conf/
     never sets (test_configs checks every preset). So the mode is the command line's, and Hydra's probe runs only
-    for a command line that names hydra.mode or has flags of Hydra's, which may point at other configs. Hydra is
-    pinned (pyproject.toml), so this private method is the one this was written against. Calling it again adds
-    nothing."""
+    for a command line that names hydra.mode, or hydra.searchpath or flags of Hydra's, which may add other configs.
+    Hydra is pinned (pyproject.toml), so this private method is the one this was written against. Calling it again
+    adds nothing."""
     from hydra._internal.hydra import Hydra
 
     probe = getattr(Hydra.get_mode, "hydras_probe", Hydra.get_mode)
 
     def get_mode(self, config_name, overrides):
-        if hydra_flags(sys.argv[1:]) or any(o.lstrip("+~").startswith("hydra.mode=") for o in overrides):
+        named = ("hydra.mode", "hydra.searchpath")  # hydra.searchpath: configs outside conf/, which may set it
+        if hydra_flags(sys.argv[1:]) or any(o.lstrip("+~").startswith(named) for o in overrides):
             return probe(self, config_name, overrides)
         return None  # as Hydra's probe finds it: then -m gives a sweep, and no -m one run
 

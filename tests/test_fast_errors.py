@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import CONF, ROOT, TINY
 from frosty_lm import config_checks, corpus
-from frosty_lm.arguments import command_arg, read_command_line, read_overrides
+from frosty_lm.arguments import command_arg, read_command_line, read_overrides, skip_hydra_mode_probe
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.machine import NATIVE_BF16, cpu_flags, torch_native_bf16
@@ -127,12 +127,18 @@ def test_a_command_composes_the_config_twice_and_hydras_mode_probe_runs_only_for
     code, _, err = invoke("train.py", "model.n_layer=0")  # refused by check_early, in Hydra's run
     assert code == 1 and "n_layer" in err
     assert len(composed) == 2  # Frosty's argument check, and Hydra's run: not Hydra's probe for hydra.mode
+    skip_hydra_mode_probe()  # (invoke did too: again adds nothing)
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         hydra = GlobalHydra.instance().hydra
-        monkeypatch.setattr(sys, "argv", ["train.py", "hydra.mode=MULTIRUN"])
-        assert Hydra.get_mode(hydra, "train", ["hydra.mode=MULTIRUN"]) == RunMode.MULTIRUN  # named: the probe runs
-        monkeypatch.setattr(sys, "argv", ["train.py", "--config-dir", str(tmp_path)])  # other configs: it runs
-        assert Hydra.get_mode(hydra, "train", ["model=tiny"]) is None and len(composed) == 4
+        for argv, overrides, mode, compositions in [
+            (["-m"], ["model.dropout=0.1,0.2"], None, 2),  # a sweep: -m alone says so, as Hydra then reads it
+            ([], ["hydra.mode=MULTIRUN"], RunMode.MULTIRUN, 3),  # named: Hydra's probe reads it
+            ([], ["+hydra.mode=MULTIRUN"], RunMode.MULTIRUN, 4),
+            ([], ["hydra.searchpath=[file:///elsewhere]"], None, 5),  # configs outside conf/ might set it: probed
+            (["--config-dir", str(tmp_path)], ["model=tiny"], None, 6),  # other configs: probed
+        ]:
+            monkeypatch.setattr(sys, "argv", ["train.py", *argv, *overrides])
+            assert Hydra.get_mode(hydra, "train", overrides) == mode and len(composed) == compositions, argv + overrides
 
 
 @pytest.mark.parametrize("key, value", [

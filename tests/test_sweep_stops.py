@@ -23,11 +23,12 @@ def alive(pid: int) -> bool:
     return True
 
 
-def wait_then_signal(proc: subprocess.Popen, sweep: Path, first: str, signum: int, to: str) -> None:
-    """Once a file is there (first, a glob pattern in sweep: a job's first checkpoint, once it trains), signal the
-    sweep's main process or its group."""
+def wait_then_signal(proc: subprocess.Popen, sweep: Path, first: str, signum: int, to: str, count: int = 1) -> None:
+    """Once count files are there (first, a glob pattern in sweep: a job's first checkpoint, once it trains), signal
+    the sweep's main process or its group. Jobs side by side: count them all, or a job whose worker still imports
+    when another has trained its first steps would find the sweep stopped before it began ("not run")."""
     deadline = time.time() + 120
-    while not any(sweep.glob(first)):
+    while len(list(sweep.glob(first))) < count:
         if proc.poll() is not None or time.time() > deadline:
             pytest.fail(f"no job trained within 120 s (exit {proc.poll()})")
         time.sleep(0.2)
@@ -62,13 +63,13 @@ def test_a_signal_to_a_sweep_stops_it_cleanly(launcher, signum, to, text_file, t
     extra = ["hydra/launcher=basic"] if launcher == "basic" else []  # joblib, 2 jobs at a time, is the default
     args = [*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=10", "dataset=text",
             f"data.path={text_file}", "model.dropout=0.0,0.1,0.2", *extra, f"hydra.sweep.dir={sweep}"]
+    running_at_once = 2 if launcher == "joblib" else 1
     proc, err = signalled_sweep(args, tmp_path, lambda proc: wait_then_signal(
-        proc, sweep, "dropout=0.0/checkpoints/last.ckpt", signum, to))
+        proc, sweep, "*/checkpoints/last.ckpt", signum, to, count=running_at_once))
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
     states = sorted(r["status"] for r in records.values())
-    running_at_once = 2 if launcher == "joblib" else 1
     assert states == ["interrupted"] * running_at_once + ["not run"] * (3 - running_at_once), records
     assert "runs finished" in err and f"{running_at_once} interrupted" in err and "resume=" in err
     assert not any(alive(r["pid"]) for r in records.values() if "pid" in r)  # no worker left training
@@ -88,7 +89,7 @@ def test_ctrl_c_to_a_search_stops_it_with_its_summary(at_once, text_file, tmp_pa
             f"data.path={text_file}", "hydra.sweeper.n_trials=6", f"hydra.sweeper.n_jobs={at_once}",
             f"hydra.launcher.n_jobs={at_once}", f"hydra.sweep.dir={sweep}"]
     proc, err = signalled_sweep(args, tmp_path, lambda proc: wait_then_signal(
-        proc, sweep, "*/checkpoints/last.ckpt", signal.SIGINT, "group"))
+        proc, sweep, "*/checkpoints/last.ckpt", signal.SIGINT, "group", count=at_once))
     assert proc.returncode == 130 and "Traceback" not in err, err
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
     assert sorted(r["status"] for r in records.values()) == ["interrupted"] * at_once, records
