@@ -56,6 +56,15 @@ def run(script: str, *args: str, cwd: Path, env: dict | None = None, check: bool
     return result
 
 
+def split_import_times(stderr: str) -> tuple[str, set[str]]:
+    """The stderr of a `python -X importtime` process -> (its lines other than the import lines, the top-level
+    packages it imported)."""
+    lines = stderr.splitlines()
+    imports = [line for line in lines if line.startswith("import time:")]
+    rest = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return rest, {line.rsplit("|", 1)[1].strip().split(".")[0] for line in imports}
+
+
 def start(script: str, *args: str, cwd: Path) -> subprocess.Popen:
     """Start train.py or generate.py as a user would, in the background; its stdout and stderr together, as text."""
     return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, stdout=subprocess.PIPE,

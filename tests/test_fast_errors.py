@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import CONF, ROOT, TINY
+from conftest import CONF, ROOT, TINY, split_import_times
 from frosty_lm import config_checks, corpus
 from frosty_lm.arguments import command_arg, read_command_line, read_overrides, skip_hydra_mode_probe
 from frosty_lm.data import CharDataModule
@@ -30,9 +30,7 @@ def train_importing(*args: str, cwd: Path) -> tuple[int, str, set[str]]:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FROSTY_DEBUG": "0"}
     result = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "train.py"), *args], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=300)
-    imports = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
-    packages = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in imports}
-    rest = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("import time:"))
+    rest, packages = split_import_times(result.stderr)
     return result.returncode, rest, packages
 
 

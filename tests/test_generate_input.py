@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, split_import_times
 from test_reliability import assert_one_line_error
 
 
@@ -67,11 +67,9 @@ def test_generate_py_samples_without_lightning_and_stops_quietly_when_its_pipe_c
         proc.stdout.close()  # as `generate.py | head -c 10` does
         proc.wait(timeout=120)
         err = (tmp_path / "stderr").read_text()
-    imports = [line for line in err.splitlines() if line.startswith("import time:")]
-    rest = "\n".join(line for line in err.splitlines() if not line.startswith("import time:"))
+    rest, packages = split_import_times(err)
     assert proc.returncode == 0, rest[-2000:]
     assert "Traceback" not in rest and "Error" not in rest
-    packages = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in imports}
     assert "torch" in packages  # the import lines were read
     assert not packages & {"lightning", "pytorch_lightning", "lightning_fabric"}, sorted(packages)
 
