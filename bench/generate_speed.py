@@ -1,7 +1,8 @@
 """Generation speed: Frosty's key/value cache against re-running the context for every character, and a
 check that both give the same text for one seed.
 
-    python bench/generate_speed.py                       # small and large models, 500 characters
+    python bench/generate_speed.py                       # small and large models (as train.py builds them on this
+                                                         # machine), 500 characters
     python bench/generate_speed.py --models large --chars 1000 --rounds 5
 
 Cached and uncached runs alternate (C U C U ...), so that both see the same machine; the speed-up is the
@@ -41,7 +42,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="cached/uncached pairs per model")
     args = parser.parse_args()
     print(f"machine: {machine()}; {args.chars} characters per sample, random weights (speed does not depend on them)\n")
-    print(f"{'model':8} {'context':>7} {'cached chars/s':>15} {'uncached chars/s':>17} {'speed-up':>9}  same text")
+    print(f"{'model':8} {'layers':>6} {'context':>7} {'cached chars/s':>15} {'uncached chars/s':>17} "
+          f"{'speed-up':>9}  same text")
     for name in args.models:
         cfg = model_preset(name)
         torch.manual_seed(0)
@@ -54,7 +56,7 @@ def main() -> None:
                 texts.add(text)
                 times.append(seconds)
         ratio = statistics.median(u / c for u, c in zip(uncached, cached))
-        print(f"{name:8} {cfg['block_size']:7} {args.chars / statistics.median(cached):15,.0f} "
+        print(f"{name:8} {cfg['n_layer']:6} {cfg['block_size']:7} {args.chars / statistics.median(cached):15,.0f} "
               f"{args.chars / statistics.median(uncached):17,.0f} {ratio:8.1f}x  {'yes' if len(texts) == 1 else 'NO'}")
 
 

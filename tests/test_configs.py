@@ -91,6 +91,24 @@ def test_cpu_trainer_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf1
     assert compose_train("trainer.precision=32-true").trainer.precision == "32-true"
 
 
+@pytest.mark.parametrize("native_bf16, trainer, expected", [(True, "cpu", 4), (False, "cpu", 2), (False, "ddp_cpu", 2),
+                                                         (False, "default", 2), (False, "gpu", 4), (True, "gpu", 4)])
+def test_the_small_models_depth_follows_the_machine_not_the_precision_asked_for(monkeypatch, native_bf16, trainer,
+                                                                               expected):
+    for name in BELOW_BF16:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert compose_train(f"trainer={trainer}").model.n_layer == expected
+    assert compose_train(f"trainer={trainer}", "++trainer.precision=32-true").model.n_layer == expected
+    assert compose_train(f"trainer={trainer}", "model.n_layer=4").model.n_layer == 4
+    assert compose_train(f"trainer={trainer}", "model=medium").model.n_layer == compose_train("model=medium",
+                                                                                            "trainer=gpu").model.n_layer
+    if trainer == "cpu" and native_bf16:  # what the variables that approximate an AVX2-only CPU give
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+        assert compose_train().model.n_layer == 2
+
+
 def test_the_benchmarks_build_the_model_that_train_py_builds():
     from bench.common import model_preset
 

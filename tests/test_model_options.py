@@ -309,7 +309,7 @@ def test_a_bad_option_is_refused_naming_the_key_the_value_and_the_choices(overri
     assert message in str(err.value) and "\n" not in str(err.value)
     built = config_checks.class_from_source(config_checks.MODEL_PY, "GPTConfig")  # the check before torch loads
     with pytest.raises(ValueError) as err:
-        built(vocab_size=1, **OmegaConf.to_container(composed(*overrides).model))
+        built(vocab_size=1, **OmegaConf.to_container(composed(*overrides).model, resolve=True))
     assert message in str(err.value)
 
 
