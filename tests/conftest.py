@@ -11,6 +11,8 @@ import torch
 import frosty_lm.run_dirs  # noqa: F401  (registers the resolvers that conf/ uses)
 
 ROOT = Path(__file__).resolve().parents[1]
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # tests side by side (pytest -n): each worker's torch its share of the
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))  # cores
 CONF = ROOT / "conf"
 # Seconds off every tiny run (in-process, 2 cores of an AMD EPYC: 4.1 s to 2.2 s): the matmul peak given instead of
 # measured, and short samples at validations and in the summary. test_throughput and the frost runs measure the peak.
