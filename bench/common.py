@@ -26,15 +26,16 @@ def corpus_text() -> str:
     raise SystemExit("error: frost.txt not found: set FROSTY_DATA_DIR to its directory (or run train.py once)")
 
 
-def model_preset(name: str, **overrides) -> dict:
-    """The model node of `python train.py model=NAME` on this machine as a dict (model=small's depth follows the
-    machine), with overrides (e.g. block_size=128)."""
+def model_preset(name: str, trainer: str = "cpu", **overrides) -> dict:
+    """The model node of `python train.py model=NAME trainer=TRAINER` on this machine as a dict (model=small's depth
+    follows the machine: fewer layers on a CPU without native bf16), with overrides (e.g. block_size=128)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-            cfg = OmegaConf.to_container(compose("train", overrides=[f"model={name}"]).model, resolve=True)
+            cfg = OmegaConf.to_container(compose("train", overrides=[f"model={name}", f"trainer={trainer}"]).model,
+                                         resolve=True)
     except MissingConfigException:
         choices = sorted(p.stem for p in (ROOT / "conf" / "model").glob("[!_]*.yaml"))
         raise SystemExit(f"error: no model preset {name}: choose one of {choices}") from None

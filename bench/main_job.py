@@ -1,7 +1,8 @@
 """The README's main job, timed from launch to exit, in each precision: `python train.py` as a user runs it
 (the default config: model=small on frost, trainer.max_steps=2000), once with bf16 (where the CPU has native
-bf16) and once in fp32 (trainer.precision=32-true, the path of a CPU without it), one after the other on the
-same machine. Prints the wall time, the training time per step, the best val loss and the ratio fp32/bf16.
+bf16) and once in fp32 (trainer.precision=32-true, a CPU without it trains that way, though with model=small's 2
+layers where this run keeps the machine's 4), one after the other on the same machine. Prints the wall time, the
+training time per step, the best val loss and the ratio fp32/bf16.
 
     python bench/main_job.py                          # the whole main job, both precisions (~20 min on 2 cores)
     python bench/main_job.py trainer.max_steps=300    # any train.py overrides, for a quicker look

@@ -99,7 +99,8 @@ def main() -> None:
                          "run on a GPU machine, or drop --device")
     device = torch.device(args.device)
     precision = args.precision or (cpu_precision() if device.type == "cpu" else "bf16-mixed")
-    cfg = model_preset(args.model, block_size=args.block_size, dropout=args.dropout)
+    cfg = model_preset(args.model, "gpu" if device.type == "cuda" else "cpu", block_size=args.block_size,
+                       dropout=args.dropout)
     T, B = cfg["block_size"], args.batch_size
     optim = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/optim/adamw.yaml"))
 

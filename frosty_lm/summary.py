@@ -108,7 +108,7 @@ def depth_note(cfg: DictConfig) -> str:
         return ""
     native, fp32 = found.groups()
     return (f"; {cfg.model.n_layer} layers, for this machine ({native} on a GPU or a CPU with native bf16, {fp32} on a "
-            "CPU that trains in fp32; model.n_layer=N to choose)")
+            "CPU without it; model.n_layer=N to choose)")
 
 
 def speed_line(chars_per_sec: float, peak_fraction: float | None, precision: str) -> str:

@@ -31,6 +31,13 @@ def poem(lines: int = 200) -> str:
     )
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """pytest -n auto (the default run): every core, xdist's own count; but the slow tests (pytest -m slow) in one
+    process: their sweeps, DDP and signal tests use both cores themselves and time signals against runs' progress."""
+    marks = config.option.markexpr or ""
+    return 0 if "slow" in marks and "not slow" not in marks else None
+
+
 @pytest.fixture
 def text_file(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"

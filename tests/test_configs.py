@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
 from conftest import CONF
+from frosty_lm import machine
 from frosty_lm.machine import BELOW_BF16, cpu_precision
 from frosty_lm.model import GPTConfig
 
@@ -91,12 +92,16 @@ def test_cpu_trainer_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf1
     assert compose_train("trainer.precision=32-true").trainer.precision == "32-true"
 
 
-@pytest.mark.parametrize("native_bf16, trainer, expected", [(True, "cpu", 4), (False, "cpu", 2), (False, "ddp_cpu", 2),
-                                                         (False, "default", 2), (False, "gpu", 4), (True, "gpu", 4)])
-def test_the_small_models_depth_follows_the_machine_not_the_precision_asked_for(monkeypatch, native_bf16, trainer,
+@pytest.mark.parametrize("native_bf16, trainer, gpu, expected", [
+    (True, "cpu", False, 4), (False, "cpu", False, 2), (False, "cpu", True, 2), (False, "ddp_cpu", False, 2),
+    (False, "default", False, 2), (False, "default", True, 4), (False, "gpu", False, 4), (True, "gpu", True, 4)])
+def test_the_small_models_depth_follows_the_machine_not_the_precision_asked_for(monkeypatch, native_bf16, trainer, gpu,
                                                                                expected):
+    """model=small: 2 layers where it trains on a CPU without native bf16, else 4 (trainer=default: Lightning's
+    accelerator=auto, a GPU if there is one)."""
     for name in BELOW_BF16:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(machine, "accelerator_present", lambda: gpu)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert compose_train(f"trainer={trainer}").model.n_layer == expected

@@ -119,7 +119,7 @@ def test_a_depth_the_machine_chose_is_said_and_stays_with_the_run_on_resume(invo
     monkeypatch.setattr(machine, "cpu_precision", lambda: "32-true")  # the depth's view of the CPU only
     code, _, err = invoke("train.py", *small, "trainer.max_steps=2", "trainer.val_check_interval=1")
     assert code == 0, err
-    note = "2 layers, for this machine (4 on a GPU or a CPU with native bf16, 2 on a CPU that trains in fp32"
+    note = "2 layers, for this machine (4 on a GPU or a CPU with native bf16, 2 on a CPU without it"
     (run_dir,) = (tmp_path / "outputs" / "runs").glob("*/*")
     log = (run_dir / "train.log").read_text()
     assert re.search(rf"model: [\d,]+ parameters, vocabulary of \d+ characters; {re.escape(note)}", log), log
@@ -133,6 +133,11 @@ def test_a_depth_the_machine_chose_is_said_and_stays_with_the_run_on_resume(invo
     (given,) = set((tmp_path / "outputs" / "runs").glob("*/*")) - {run_dir}
     log = (given / "train.log").read_text()
     assert "parameters, vocabulary of" in log and "for this machine" not in log, log
+    last = run_dir / "checkpoints" / "last.ckpt"  # a new run from it, where the machine says 4: refused, saying why
+    code, _, err = invoke("train.py", *small, f"ckpt_path={last}", "trainer.max_steps=5")
+    assert code == 1 and ("has model.n_layer=2, this run model.n_layer=4 (model=small's depth follows the machine: 2 "
+                          "layers on a CPU without native bf16, 4 elsewhere): use the checkpoint's model settings "
+                          "(model.n_layer=2)") in err, err
 
 
 def test_a_new_run_is_named_by_its_dataset_and_model_and_resumes(invoke, text_file, tmp_path, monkeypatch):
