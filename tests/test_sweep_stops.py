@@ -130,8 +130,10 @@ def test_a_second_ctrl_c_aborts_a_sweep_whose_jobs_run_in_its_own_process(kind, 
     sweep = tmp_path / "sweep"
     varied = (["+search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.launcher.n_jobs=1"]
               if kind == "search" else ["model.dropout=0.0,0.1,0.2", "hydra/launcher=basic"])
+    # a validation long enough (5,000 sampled characters for sample/copied) that the stop, which validates, is still
+    # going when the second Ctrl-C comes: with the tiny model's 100 it could be over within the 0.3 s (seen in CI)
     args = [*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=10", "dataset=text",
-            f"data.path={text_file}", *varied, f"hydra.sweep.dir={sweep}"]
+            f"data.path={text_file}", *varied, f"hydra.sweep.dir={sweep}", "callbacks.copied.chars=5000"]
 
     def twice(proc: subprocess.Popen) -> None:
         wait_then_signal(proc, sweep, "*/checkpoints/last.ckpt", signal.SIGINT, "group")
