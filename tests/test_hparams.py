@@ -107,7 +107,7 @@ def test_the_end_status_is_written_once_by_rank_zero_and_only_to_tensorboard(tmp
 
 
 def test_a_depth_the_machine_chose_is_said_and_stays_with_the_run_on_resume(invoke, text_file, tmp_path, monkeypatch):
-    """model=small's depth follows the machine (2 layers on a CPU that trains in fp32, 4 with native bf16); a run
+    """model=small's depth follows the machine (2 layers on a CPU without native bf16, 4 with it); a run
     resumed on the other kind of machine keeps the depth it was started with (the checkpoint stores it resolved)."""
     import torch
 
