@@ -105,11 +105,12 @@ class FrostySearch(OptunaSweeper):
 
         search = self.sweeper
         study = self.open_study()
-        save_manifest(search.config)
         search._process_searchspace_config()
         space, fixed = create_params_from_overrides(search._parse_sweeper_params_config() + list(arguments))
         for name in fixed:
             space.pop(name, None)
+        check_space_matches_study(study, space, search.storage)
+        save_manifest(search.config)
         log.info(f"Study {study.study_name}: {search.n_trials} trials, {type(search.sampler).__name__}")
         JOBS.append(search.n_trials)
         left = search.n_trials
@@ -163,6 +164,36 @@ class FrostySearch(OptunaSweeper):
             why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             refuse(f"cannot open Optuna's study {search.study_name} in {search.storage or 'memory'}: {why}: choose "
                    "another hydra.sweeper.storage or hydra.sweeper.study_name")
+
+
+def check_space_matches_study(study, space: dict, storage: str | None) -> None:
+    """Refuse, in one line and before any trial, a search space that a stored study cannot take: a parameter its
+    earlier trials drew from another set of choices, or of another kind (Optuna raised its ValueError with a
+    traceback at the first trial). A numeric range may change: Optuna allows it, and so does this."""
+    from optuna.distributions import check_distribution_compatibility
+
+    for name, new in space.items():
+        old = next((t.distributions[name] for t in study.get_trials(deepcopy=False) if name in t.distributions), None)
+        if old is None:
+            continue
+        try:
+            check_distribution_compatibility(old, new)
+        except ValueError:
+            refuse(f"{name} is searched over {described(new)}, but the stored study {study.study_name} in {storage} "
+                   f"drew it from {described(old)}: a stored study keeps each parameter's choices and kind; give the "
+                   f"new search another hydra.sweeper.study_name")
+
+
+def described(distribution) -> str:
+    """An Optuna distribution in a search's words: choice(2, 4, 6), int or float interval(low, high), log-scaled."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return f"choice({', '.join(map(str, distribution.choices))})"
+    name = type(distribution).__name__  # (Optuna 2: IntUniformDistribution, LogUniformDistribution, ...)
+    kind = "int " if name.startswith("Int") else ""
+    log_scale = ", log scale" if "Log" in name or getattr(distribution, "log", False) else ""
+    return f"{kind}interval({distribution.low}, {distribution.high}){log_scale}"
 
 
 def refuse(why: str) -> NoReturn:

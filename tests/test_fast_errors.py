@@ -345,3 +345,64 @@ def test_a_study_that_cannot_be_opened_is_one_line(tmp_path):
                                    f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path)
     assert code == 1 and "Traceback" not in err, err
     assert f"error: cannot open Optuna's study frosty in {storage}: " in err and "unable to open database" in err
+
+
+def stored_study(path: Path, **params) -> str:
+    """A stored study named frosty (the search preset's) with one finished trial that drew params: name ->
+    distribution. -> its storage URL."""
+    import optuna
+
+    storage = f"sqlite:///{path}"
+    study = optuna.create_study(study_name="frosty", storage=storage, direction="minimize")
+    study.add_trial(optuna.trial.create_trial(params={name: d.choices[0] if hasattr(d, "choices") else d.low
+                                                      for name, d in params.items()},
+                                              distributions=params, value=2.0))
+    return storage
+
+
+@pytest.mark.slow
+def test_a_search_space_that_a_stored_study_cannot_take_is_one_line_before_any_trial(tmp_path):
+    """Optuna raised its ValueError with a traceback at the first trial (after a sweep directory and a failed trial
+    were written) when a continued study's parameter had other choices."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    storage = stored_study(tmp_path / "study.db", **{"model.n_layer": CategoricalDistribution((2, 4, 6))})
+    code, err, _ = train_importing("-m", "+search=optuna", f"hydra.sweeper.storage='{storage}'",
+                                   "model.n_layer=choice(1,2)", f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path)
+    assert code == 1 and "Traceback" not in err, err
+    assert (f"error: model.n_layer is searched over choice(1, 2), but the stored study frosty in {storage} drew it "
+            "from choice(2, 4, 6)") in err and "another hydra.sweeper.study_name" in err
+    assert len(optuna.load_study(study_name="frosty", storage=storage).trials) == 1  # no trial asked
+    assert not (tmp_path / "search" / "multirun.yaml").exists()
+
+
+def test_a_stored_study_takes_a_changed_range_but_not_other_choices_or_another_kind(tmp_path, capsys):
+    import optuna
+    from optuna.distributions import (
+        CategoricalDistribution,
+        IntUniformDistribution,
+        LogUniformDistribution,
+        UniformDistribution,
+    )
+
+    from hydra_plugins.frosty_sweeper import check_space_matches_study
+
+    storage = stored_study(tmp_path / "study.db", **{"model.n_layer": CategoricalDistribution((2, 4)),
+                                                     "optim.lr": LogUniformDistribution(1e-4, 3e-3)})
+    study = optuna.load_study(study_name="frosty", storage=storage)
+    check_space_matches_study(study, {"model.n_layer": CategoricalDistribution((2, 4)),  # the same
+                                      "optim.lr": LogUniformDistribution(1e-5, 1e-2),  # a wider range
+                                      "model.dropout": UniformDistribution(0.0, 0.4)}, storage)  # a new parameter
+    assert capsys.readouterr().err == ""
+    for space, said in [({"model.n_layer": CategoricalDistribution((2, 4, 6))},
+                         "model.n_layer is searched over choice(2, 4, 6), but the stored study frosty in "
+                         f"{storage} drew it from choice(2, 4)"),
+                        ({"optim.lr": IntUniformDistribution(1, 3)},
+                         "optim.lr is searched over int interval(1, 3), but the stored study frosty in "
+                         f"{storage} drew it from interval(0.0001, 0.003), log scale")]:
+        with pytest.raises(SystemExit) as stop:
+            check_space_matches_study(study, space, storage)
+        assert stop.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {said}: ") and err.count("\n") == 1, err
