@@ -24,6 +24,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, configure_log
 from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 
@@ -93,7 +94,8 @@ class FrostySearch(OptunaSweeper):
     whole search with a traceback at the first such trial (NaN from a failed job, or any error). Once Ctrl-C or
     SIGTERM has stopped the sweep, no more trials are asked for, and the sweep ends with its summary. The best
     trial (optimization_results.yaml) is the study's: with a stored study (hydra.sweeper.storage), of every
-    search that added to it."""
+    search that added to it. A search continuing a stored study draws new trials (its sampler's seed moves on by the
+    study's trials), and one whose search space the stored study cannot take is refused before any trial."""
 
     def setup(self, **kwargs) -> None:
         super().setup(**kwargs)
@@ -110,8 +112,15 @@ class FrostySearch(OptunaSweeper):
         for name in fixed:
             space.pop(name, None)
         check_space_matches_study(study, space, search.storage)
+        earlier, seed = len(study.get_trials(deepcopy=False)), search.config.hydra.sweeper.sampler.get("seed")
+        continued = ""
+        if earlier and seed is not None:  # a stored study continued: its sampler's seed moves on by its trials, so that
+            # the search draws new ones (with the seed it started with, its random first trials were the stored ones
+            # again), and the same stored study and seed still give the same draws
+            study.sampler = instantiate(search.config.hydra.sweeper.sampler, seed=seed + earlier)
+            continued = f", after the stored study's {earlier} (sampler seed {seed} + {earlier})"
         save_manifest(search.config)
-        log.info(f"Study {study.study_name}: {search.n_trials} trials, {type(search.sampler).__name__}")
+        log.info(f"Study {study.study_name}: {search.n_trials} trials{continued}, {type(study.sampler).__name__}")
         JOBS.append(search.n_trials)
         left = search.n_trials
         while left > 0 and SweepStop.signum is None:

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -74,6 +75,29 @@ def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
     assert results["best_value"] == pytest.approx(min(r["best_val_loss"] for r in records))
     assert f"Best value: {results['best_value']}" in result.stdout + result.stderr  # on the console,
     assert not any("Best value" in p.read_text() for p in sweep.glob("*/train.log"))  # not in the last job's log
+
+
+@pytest.mark.slow
+def test_a_search_that_continues_a_stored_study_draws_new_trials_and_the_same_ones_each_time(text_file, tmp_path):
+    """With the seed it started with, a search continuing a stored study drew the study's first trials again; its
+    sampler's seed now moves on by the stored trials, and the same stored study and seed give the same draw."""
+    import optuna
+
+    def search(db: Path, name: str) -> list[dict]:
+        result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
+                     "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra.launcher.n_jobs=1",
+                     f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / name}", cwd=tmp_path)
+        trials = optuna.load_study(study_name="frosty", storage=f"sqlite:///{db}").trials
+        said = f"Study frosty: 1 trials, after the stored study's {len(trials) - 1} (sampler seed"
+        assert (said in result.stdout + result.stderr) == (len(trials) > 1)
+        return [t.params for t in trials]
+
+    first = search(tmp_path / "study.db", "first")
+    shutil.copy(tmp_path / "study.db", tmp_path / "copy.db")
+    continued = search(tmp_path / "study.db", "continued")
+    assert len(first) == 1 and continued[0] == first[0]
+    assert continued[1] != first[0]  # a new draw (a continuous dropout: the old one only with the old seed)
+    assert search(tmp_path / "copy.db", "again") == continued  # reproducible
 
 
 @pytest.mark.slow
