@@ -194,15 +194,18 @@ def check_space_matches_study(study, space: dict, storage: str | None) -> None:
 
 
 def described(distribution) -> str:
-    """An Optuna distribution in a search's words: choice(2, 4, 6), int or float interval(low, high), log-scaled."""
+    """An Optuna distribution in words: choice(2, 4, 6), integers 2 to 6 in steps of 2, 0.0001 to 0.003 on a log
+    scale, ... (Optuna 2's classes: IntUniformDistribution, DiscreteUniformDistribution, LogUniformDistribution)."""
     from optuna.distributions import CategoricalDistribution
 
     if isinstance(distribution, CategoricalDistribution):
         return f"choice({', '.join(map(str, distribution.choices))})"
-    name = type(distribution).__name__  # (Optuna 2: IntUniformDistribution, LogUniformDistribution, ...)
-    kind = "int " if name.startswith("Int") else ""
-    log_scale = ", log scale" if "Log" in name or getattr(distribution, "log", False) else ""
-    return f"{kind}interval({distribution.low}, {distribution.high}){log_scale}"
+    name = type(distribution).__name__
+    words = f"{'integers ' if name.startswith('Int') else ''}{distribution.low} to {distribution.high}"
+    step = getattr(distribution, "step", None) or getattr(distribution, "q", None)
+    if step is not None and step != 1:
+        words += f" in steps of {step}"
+    return words + (" on a log scale" if "Log" in name or getattr(distribution, "log", False) else "")
 
 
 def refuse(why: str) -> NoReturn:

@@ -381,6 +381,7 @@ def test_a_stored_study_takes_a_changed_range_but_not_other_choices_or_another_k
     import optuna
     from optuna.distributions import (
         CategoricalDistribution,
+        DiscreteUniformDistribution,
         IntUniformDistribution,
         LogUniformDistribution,
         UniformDistribution,
@@ -391,6 +392,7 @@ def test_a_stored_study_takes_a_changed_range_but_not_other_choices_or_another_k
     storage = stored_study(tmp_path / "study.db", **{"model.n_layer": CategoricalDistribution((2, 4)),
                                                      "optim.lr": LogUniformDistribution(1e-4, 3e-3)})
     study = optuna.load_study(study_name="frosty", storage=storage)
+    capsys.readouterr()  # (Optuna's own log lines: a study created, loaded)
     check_space_matches_study(study, {"model.n_layer": CategoricalDistribution((2, 4)),  # the same
                                       "optim.lr": LogUniformDistribution(1e-5, 1e-2),  # a wider range
                                       "model.dropout": UniformDistribution(0.0, 0.4)}, storage)  # a new parameter
@@ -399,8 +401,11 @@ def test_a_stored_study_takes_a_changed_range_but_not_other_choices_or_another_k
                          "model.n_layer is searched over choice(2, 4, 6), but the stored study frosty in "
                          f"{storage} drew it from choice(2, 4)"),
                         ({"optim.lr": IntUniformDistribution(1, 3)},
-                         "optim.lr is searched over int interval(1, 3), but the stored study frosty in "
-                         f"{storage} drew it from interval(0.0001, 0.003), log scale")]:
+                         "optim.lr is searched over integers 1 to 3, but the stored study frosty in "
+                         f"{storage} drew it from 0.0001 to 0.003 on a log scale"),
+                        ({"optim.lr": DiscreteUniformDistribution(1e-4, 3e-3, 1e-4)},
+                         "optim.lr is searched over 0.0001 to 0.003 in steps of 0.0001, but the stored study "
+                         f"frosty in {storage} drew it from 0.0001 to 0.003 on a log scale")]:
         with pytest.raises(SystemExit) as stop:
             check_space_matches_study(study, space, storage)
         assert stop.value.code == 1
