@@ -25,6 +25,7 @@ def read_overrides(argv: list[str]) -> dict:
 
     parser = OverridesParser.create()
     sweeping = bool(SWEEP_FLAGS & set(argv))
+    searching = any(a.startswith("+search=") for a in argv)  # a search preset (conf/search/)
     values = {}
     for arg in given(argv):
         key = arg.split("=", 1)[0]
@@ -37,6 +38,10 @@ def read_overrides(argv: list[str]) -> dict:
         if sweeping and override.key_or_group == "resume" and override.value() not in (None, ""):
             raise FrostyError(f"{arg}: resume= continues one run in its own directory, and a sweep (-m) starts new "
                               "runs: leave out -m, and resume each run with its own command")
+        if override.key_or_group == "hydra/sweeper/sampler" and override.value() == "grid" and searching:
+            raise FrostyError(f"{arg}: Optuna's grid sampler takes no seed, which the search presets give their "
+                              "sampler; a grid is a plain sweep, -m with each setting's values: e.g. python train.py "
+                              "-m model.n_layer=2,4,6 model.dropout=0.0,0.2")
         if override.is_sweep_override():
             if not sweeping:
                 raise FrostyError(f"{arg} gives several values: add -m to run a job for each, or, for one text with "

@@ -67,6 +67,15 @@ def test_an_argument_hydra_cannot_read_is_one_line_before_torch_loads(tmp_path, 
     assert not packages & set(HEAVY) and not list(tmp_path.iterdir())  # no run directory either
 
 
+def test_the_grid_sampler_with_a_search_preset_is_one_line_that_names_the_plain_sweep():
+    """The presets seed their sampler, and Optuna's grid sampler config has no seed: Hydra's report of several lines."""
+    with pytest.raises(FrostyError, match=r"^hydra/sweeper/sampler=grid: Optuna's grid sampler takes no seed, .*: "
+                       r"e\.g\. python train\.py -m model\.n_layer=2,4,6 model\.dropout=0\.0,0\.2$"):
+        read_overrides(["-m", "+search=optuna", "hydra/sweeper/sampler=grid"])
+    read_overrides(["-m", "+search=optuna", "hydra/sweeper/sampler=random"])  # another sampler: Hydra's to compose
+    read_overrides(["-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid"])  # the plugin's own sweeper
+
+
 def test_an_option_that_does_not_exist_is_one_line_before_torch_loads(tmp_path):
     code, err, packages = train_importing("model=smal", cwd=tmp_path)
     assert_one_line_error(code, err, "model=smal is not an option: did you mean model=small?")
