@@ -181,8 +181,9 @@ def check_space_matches_study(study, space: dict, storage: str | None) -> None:
     traceback at the first trial). A numeric range may change: Optuna allows it, and so does this."""
     from optuna.distributions import check_distribution_compatibility
 
+    trials = study.get_trials(deepcopy=False)  # (read once: a stored study's trials come from its database)
     for name, new in space.items():
-        old = next((t.distributions[name] for t in study.get_trials(deepcopy=False) if name in t.distributions), None)
+        old = next((t.distributions[name] for t in trials if name in t.distributions), None)
         if old is None:
             continue
         try:
