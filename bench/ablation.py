@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every run (e.g. dataset=yoda)")
     args = parser.parse_args()
     budget = [f"trainer.max_time=00:00:{args.seconds // 60:02d}:{args.seconds % 60:02d}"]  # trainer.max_steps (2000)
-    # stays: the schedule follows whichever budget runs out first, and in 60 s no row reaches 2000 steps
+    # stays: the schedule follows whichever budget runs out first, which for a short --seconds is the time
     print(machine())
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in args.only}
     with tempfile.TemporaryDirectory() as tmp:

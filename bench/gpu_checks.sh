@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Two of the GPU measurements the README's "On a GPU" reports (the seed recipe, the throughput benchmark) and
-# the one still owed (issue 14: the speedrun preset with the seed's model size), in one go on a machine with
-# one CUDA GPU:
+# The GPU measurements for docs/performance.md (the speedrun preset with the seed's model size, the seed recipe,
+# the throughput benchmark), in one go on a machine with one CUDA GPU:
 #     bash bench/gpu_checks.sh [LOG_DIR]        (default /tmp/frosty-gpu; new run directories under /tmp)
 # Each step is bounded by `timeout`, so one that hangs costs its own time only; logs, not checkpoints, land
-# in LOG_DIR. About 7 minutes on an NVIDIA H200. PYTHON names the interpreter (default python3).
+# in LOG_DIR. PYTHON names the interpreter (default python3).
 logs=${1:-/tmp/frosty-gpu}; mkdir -p "$logs"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
@@ -12,8 +11,8 @@ runs=$(mktemp -d /tmp/frosty-gpu-runs.XXXXXX)  # train.py refuses to reuse a run
 step() { echo "== $(date +%T) $1"; }
 summary() { grep -E "estimate|validation at|best val|training speed|time:" "$1" | sed 's/^.*INFO\] - //'; }
 
-# The preset's Muon recipe at the seed's size; its lrs, batch and init as they were tuned for 2 layers of 128 on a
-# bf16 CPU (the preset's own, since 2026-11-27, are for 1 layer of 64 in 30 s on an fp32 CPU: README).
+# The preset's Muon recipe at the seed's size, with lrs, batch and init tuned for 2 layers of 128 on a bf16 CPU
+# (the preset's own are tuned for 1 layer of 64 in 30 s on an fp32 CPU: docs/performance.md).
 step "speedrun preset, the seed's model size (6 layers, 6 heads, 384 wide, context 256), 1 and 2 minutes"
 for t in 01 02; do
   timeout 200 "$py" train.py +experiment=speedrun trainer=gpu dataset=shakespeare model.n_layer=6 model.n_head=6 \

@@ -1,10 +1,10 @@
-"""The README's main job, timed from launch to exit, in each precision: `python train.py` as a user runs it
+"""The main job, timed from launch to exit, in each precision: `python train.py` as a user runs it
 (the default config: model=small on frost, trainer.max_steps=2000), once with bf16 (where the CPU has native
 bf16) and once in fp32 (trainer.precision=32-true, a CPU without it trains that way, though with model=small's 2
 layers where this run keeps the machine's 4), one after the other on the same machine. Prints the wall time, the
 training time per step, the best val loss and the ratio fp32/bf16.
 
-    python bench/main_job.py                          # the whole main job, both precisions (~20 min on 2 cores)
+    python bench/main_job.py                          # the whole main job, both precisions (long: docs/performance.md)
     python bench/main_job.py trainer.max_steps=300    # any train.py overrides, for a quicker look
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     overrides = sys.argv[1:]
     print(machine())
     native = cpu_precision() == "bf16-mixed"  # also fp32 only where ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA caps
-    # the CPU below native bf16: how an AVX2-only CPU is approximated on this one (README: Quick start)
+    # the CPU below native bf16: how an AVX2-only CPU is approximated on this one (docs/performance.md)
     results = {}
     for precision in (["bf16-mixed"] if native else []) + ["32-true"]:
         results[precision] = r = timed_run(precision, overrides)

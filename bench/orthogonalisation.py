@@ -2,7 +2,7 @@
 Frosty's newton_schulz_fp32, in the same run. On a CPU without native bf16, torch emulates bf16 matmuls; Frosty then
 uses the fp32 one (frosty_lm/optim.py).
 
-    python bench/orthogonalisation.py                      # 2 layers of 128 (the speedrun preset's until 2026-11-27)
+    python bench/orthogonalisation.py                      # 2 layers of 128
     python bench/orthogonalisation.py --layers 4 --width 128
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/orthogonalisation.py
 """

@@ -1,7 +1,7 @@
 """Quality per minute: the val loss that the default `python train.py`, the speedrun preset (+experiment=speedrun)
 and nanoGPT's CPU recipe (bench/time_to_quality.py's reference) reach in 1, 2 and 5 minutes on frost, one run at a
 time on all cores. The default and the preset get each budget as trainer.max_time (their schedule laid over the
-time, or over their steps if those run out first: the default's 2,000 take about 3.3 minutes on a bf16 CPU); the
+time, or over their steps if those run out first); the
 reference trains its 2,000 steps once, and its column is its val loss at its last validation by the time (from
 launch) of the other two's last one in each budget. The runs are kept, for the plot of val loss against wall time:
 

@@ -1,5 +1,5 @@
 """How long train.py takes to say that something is wrong (a bad config, a missing corpus), against the baseline
-of importing torch and Lightning, which it waited for before it checked its input first; and how long generate.py
+of importing torch and Lightning, which its checks come before; and how long generate.py
 takes to print 20 characters from a tiny checkpoint (it reads checkpoints with torch alone, without Lightning).
 
     python bench/startup.py               # 5 rounds

@@ -90,7 +90,7 @@ def hydra_flags(argv: list[str]) -> bool:
 
 
 def skip_hydra_mode_probe() -> None:
-    """Spare each command one of its compositions of the config (a fraction of a second, the README's Tests):
+    """Spare each command one of its compositions of the config (docs/testing.md):
     before it runs, Hydra composes the whole config once only to read hydra.mode (Hydra.get_mode), which conf/
     never sets (test_configs checks every preset). So the mode is the command line's, and Hydra's probe runs only
     for a command line that names hydra.mode, or hydra.searchpath or flags of Hydra's, which may add other configs.

@@ -70,7 +70,7 @@ def shown(ch: str) -> str:
 def draw(maps: torch.Tensor, prompt: str):
     """A matplotlib figure: one panel per layer (rows) and head (columns), queries down, keys across, the prompt's
     characters along the left and bottom edges of each row and column. The panels are one mosaic image in one
-    axes, so that drawing costs a fraction of a second (not a second per panel of ticks)."""
+    axes, so that drawing stays quick (ticks on every panel would cost far more)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +115,7 @@ def png_bytes(maps: torch.Tensor, prompt: str) -> bytes:
 
 def rgb_pixels(maps: torch.Tensor, prompt: str):
     """The drawing as rendered pixels (H, W, 3) uint8, as TensorBoard takes them: no PNG written and read back
-    (that round trip took about half of each validation's picture)."""
+    (that round trip would add much to each validation's picture)."""
     import matplotlib.pyplot as plt
     import numpy as np
 

@@ -20,12 +20,12 @@ from frosty_lm.cli import in_sweep
 from frosty_lm.errors import FrostyError
 
 MODEL_PY = Path(__file__).with_name("model.py")
-FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
+FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
 
 
 def check_early(cfg: DictConfig) -> None:
     """train.py's checks before it loads torch and Lightning (seconds): the config, and that the corpus file is
-    there (not read: training checks the rest, as before). Skipped for a resumed run (its config is the one in its
+    there (not read: training checks the rest). Skipped for a resumed run (its config is the one in its
     checkpoint, checked once read) and for a sweep's job (run_training checks it, and records a failure in the
     job's status.json). With ckpt_path, training reads the checkpoint before it looks for the corpus: so does
     the error it reports first, here too."""

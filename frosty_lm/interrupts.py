@@ -4,7 +4,7 @@ library only, so that it is in place before the heavy imports. Also when a sweep
 
 A signal that comes while a module is being imported is acted on once the import is done (after_import): an
 exception raised inside an import can pass through a C extension's initialisation, which may swallow it (torch,
-interrupted while it imports numpy, goes on without numpy, and the run trained to its end), abort the process, or
+interrupted while it imports numpy, goes on without numpy, and the run trains to its end), abort the process, or
 leave a module half-loaded. In train.py outside training (its library_patience_s), a signal is also acted on only in
 Frosty's own code (in_own_code): raised in a library's, it can be swallowed (by a bare `except:`, or in a `__del__`,
 where Python only prints it) or masked (Hydra's config reader, interrupted inside `try: f = open(...)`, fails in its

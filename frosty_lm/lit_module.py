@@ -138,7 +138,7 @@ class FrostyLM(L.LightningModule):
 def logs_written_at(trainer: L.Trainer, step: int) -> bool:
     """Whether Lightning writes the logs of training step `step` (counted from 1): every
     trainer.log_every_n_steps, and the last. self.log is costly per call relative to a small model's step
-    (README: Performance), so training_step logs only on these steps."""
+    (docs/performance.md), so training_step logs only on these steps."""
     every = trainer.log_every_n_steps
     return bool(every and step % every == 0) or step == trainer.max_steps
 

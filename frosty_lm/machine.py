@@ -27,7 +27,7 @@ NATIVE_BF16 = ("avx512_bf16", "amx_tile")  # what torch.cpu's _is_avx512_bf16_su
 
 def cpu_precision() -> str:
     """trainer=cpu's precision: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX), which
-    trains the small model faster to the same loss (README: Performance); fp32 elsewhere. Resolved whenever
+    trains the small model faster to the same loss (docs/performance.md); fp32 elsewhere. Resolved whenever
     the config is, so it does not import torch: torch's check if torch is loaded already, else Linux's
     /proc/cpuinfo (the same CPU flags), else torch's check after all."""
     if isa_cap() is not None:
@@ -39,8 +39,8 @@ def cpu_precision() -> str:
 
 def machine_depth(accelerator: str, native: int, fp32: int) -> int:
     """model=small's layers on this machine: `fp32` where it trains on a CPU without native bf16 (cpu_precision's
-    fp32), `native` elsewhere (a CPU with native bf16, a GPU). An fp32 step costs about twice a bf16 one, and the
-    shallower model reaches nanoGPT's quality in about the same time there (README: Quality per minute). It
+    fp32), `native` elsewhere (a CPU with native bf16, a GPU). An fp32 step costs much more than a bf16 one, and
+    the shallower model reaches nanoGPT's quality in about the same time there (docs/performance.md). It
     follows the machine, not trainer.precision: a run asked to train in fp32 on a bf16 CPU keeps `native`."""
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not accelerator_present())
     return fp32 if on_cpu and cpu_precision() == "32-true" else native

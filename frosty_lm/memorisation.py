@@ -5,8 +5,8 @@ with the same config) is checked against the training split: `sample/copied` is 
 The training split's windows are indexed once per run: a 64-bit polynomial hash of every window, sorted, with
 the window's position. A sample window whose hash is found is compared character by character with the
 training text at that position, so the share is exact (a hash collision costs a comparison, never a false
-hit). Building the index is a few vectorised passes and a sort: about 30 bytes per training character at peak
-(bench/memorisation.py).
+hit). Building the index is a few vectorised passes and a sort (its time and peak memory: bench/memorisation.py,
+docs/performance.md).
 """
 from __future__ import annotations
 

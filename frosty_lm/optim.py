@@ -42,7 +42,7 @@ def group_settings(optim: dict) -> list[dict]:
 
 def make_optimizer(model: nn.Module, optim: dict) -> torch.optim.Optimizer:
     """The optimizer of a GPT's parameters (model: the GPT) as `optim` sets it."""
-    if optim_name(optim) == "adamw":  # exactly the optimizer of Frosty before optim=muon: runs are unchanged
+    if optim_name(optim) == "adamw":  # as stored AdamW runs trained: their checkpoints resume, results reproduce
         decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # matrices and embeddings
         no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]  # biases and norm gains
         return torch.optim.AdamW(

@@ -213,7 +213,7 @@ def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, s
 
 
 def short_value(value: str) -> str:
-    """0.10480987000623268 -> 0.1048 (Optuna's samples), anything else unchanged."""
+    """Optuna's samples to 4 significant digits (0.10480987000623268: 0.1048); anything else unchanged."""
     try:
         return value if len(value) <= 8 or "." not in value else f"{float(value):.4g}"
     except ValueError:

@@ -126,8 +126,8 @@ class RunLock:
 
     def _create(self, content: str) -> bool:
         """Create the lock with its content, whole or not at all: written beside it, then linked into place (a
-        signal between creating .lock and writing it left a lock that named no process, which no later run could
-        take over). False if there is a lock already."""
+        signal between creating .lock and writing it would leave a lock that names no process, which no later run
+        could take over). False if there is a lock already."""
         beside = self.path.with_name(f"{self.path.name}.{os.getpid()}")
         try:
             beside.write_text(content)  # (a full disk fails here, before any lock is made)

@@ -95,7 +95,7 @@ def upgraded(cfg: DictConfig) -> DictConfig:
     """A config stored by an earlier Frosty, in today's terms: its checkpoints were Lightning's ModelCheckpoint
     (later BestAndLastCheckpoint in frosty_lm.callbacks, then in frosty_lm.checkpoint), its throughput callback
     frosty_lm.callbacks.Throughput (peak_flops), its progress bar in frosty_lm.callbacks, its optim node no name
-    (it was AdamW's), and it lacked the callbacks added since (progress lines, the HPARAMS end status,
+    (it was AdamW's), and it may lack callbacks (progress lines, the HPARAMS end status,
     memorisation, attention maps, early stopping): today's conf/callbacks/default.yaml gives them."""
     checkpoint = OmegaConf.select(cfg, "callbacks.model_checkpoint")
     if checkpoint is not None and checkpoint.get("_target_") in ("lightning.pytorch.callbacks.ModelCheckpoint",

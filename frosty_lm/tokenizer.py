@@ -36,7 +36,7 @@ class CharTokenizer:
 
     def encode_tensor(self, text: str) -> torch.Tensor:
         """The whole text as one compact tensor: uint8 when the vocabulary fits a byte (through str.translate, a
-        byte a character, rather than a Python list of ints, ~36 bytes a character), else int32."""
+        byte a character, rather than a Python list of ints, many times larger), else int32."""
         if len(self) > 256:
             return torch.tensor(self.encode(text), dtype=torch.int32)
         missing = set(text) - self.stoi.keys()

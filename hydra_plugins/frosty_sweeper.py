@@ -115,8 +115,8 @@ class FrostySearch(OptunaSweeper):
         earlier, seed = len(study.get_trials(deepcopy=False)), search.config.hydra.sweeper.sampler.get("seed")
         continued = ""
         if earlier and seed is not None:  # a stored study continued: its sampler's seed moves on by its trials, so that
-            # the search draws new ones (with the seed it started with, its random first trials were the stored ones
-            # again), and the same stored study and seed still give the same draws
+            # the search draws new ones (with the seed it started with, its random first trials would be the stored
+            # ones again), and the same stored study and seed still give the same draws
             study.sampler = instantiate(search.config.hydra.sweeper.sampler, seed=seed + earlier)
             continued = f", after the stored study's {earlier} (sampler seed {seed} + {earlier})"
         save_manifest(search.config)
@@ -177,8 +177,8 @@ class FrostySearch(OptunaSweeper):
 
 def check_space_matches_study(study, space: dict, storage: str | None) -> None:
     """Refuse, in one line and before any trial, a search space that a stored study cannot take: a parameter its
-    earlier trials drew from another set of choices, or of another kind (Optuna raised its ValueError with a
-    traceback at the first trial). A numeric range may change: Optuna allows it, and so does this."""
+    earlier trials drew from another set of choices, or of another kind (Optuna would raise its ValueError
+    with a traceback at the first trial). A numeric range may change: Optuna allows it, and so does this."""
     from optuna.distributions import check_distribution_compatibility
 
     trials = study.get_trials(deepcopy=False)  # (read once: a stored study's trials come from its database)

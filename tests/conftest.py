@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # tests side by side (pytest -n): each worker's torch its share of the
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))  # cores
 CONF = ROOT / "conf"
-# Seconds off every tiny run (in-process, 2 cores of an AMD EPYC: 4.1 s to 2.2 s): the matmul peak given instead of
+# Seconds off every tiny run (docs/testing.md): the matmul peak given instead of
 # measured, and short samples at validations and in the summary. test_throughput and the frost runs measure the peak.
 QUICK = ["callbacks.throughput.available_flops=1e12", "callbacks.sample_text.max_new_tokens=20",
          "callbacks.copied.chars=100", "summary_sample_chars=20"]

@@ -79,8 +79,9 @@ def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
 
 @pytest.mark.slow
 def test_a_search_that_continues_a_stored_study_draws_new_trials_and_the_same_ones_each_time(text_file, tmp_path):
-    """With the seed it started with, a search continuing a stored study drew the study's first trials again; its
-    sampler's seed now moves on by the stored trials, and the same stored study and seed give the same draw."""
+    """A search continuing a stored study draws new trials: its sampler's seed moves on by the stored trials (with
+    the seed it started with, it would draw the study's first trials again), and the same stored study and seed
+    give the same draw."""
     import optuna
 
     def search(db: Path, name: str) -> list[dict]:
@@ -102,8 +103,8 @@ def test_a_search_that_continues_a_stored_study_draws_new_trials_and_the_same_on
 
 @pytest.mark.slow
 def test_a_failing_trial_does_not_stop_the_search(text_file, tmp_path):
-    """Optuna's sweeper plugin ended the whole search with a traceback at the first trial without a score; Frosty's
-    loop tells Optuna it failed and goes on, and the best value is the best finished trial's."""
+    """Optuna's sweeper plugin alone would end the whole search with a traceback at the first trial without a
+    score; Frosty's loop tells Optuna it failed and goes on, and the best value is the best finished trial's."""
     sweep = tmp_path / "search"
     result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
                  "model.n_head=choice(3,2)", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
@@ -121,7 +122,7 @@ def test_a_failing_trial_does_not_stop_the_search(text_file, tmp_path):
 
 @pytest.mark.slow
 def test_a_search_refuses_a_trial_whose_config_does_not_compose_and_goes_on(text_file, tmp_path):
-    """Such a trial ended the search with Hydra's report; it is refused in one line, told to Optuna as failed, and
+    """Such a trial would end the search with Hydra's report; it is refused in one line, told to Optuna as failed, and
     counted in the summary, as a grid's job is. The search's directory has its multirun.yaml, as a grid's."""
     sweep = tmp_path / "search"
     result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",

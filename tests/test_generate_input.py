@@ -56,8 +56,8 @@ def test_a_checkpoint_that_disagrees_with_itself_is_refused(invoke, trained_run,
 
 def test_generate_py_samples_without_lightning_and_stops_quietly_when_its_pipe_closes(trained_run, tmp_path):
     """generate.py, a process of its own as a user runs it, reads checkpoints with torch alone (Lightning's import is
-    most of a start: README), and `generate.py | head -c 10` ends it without a traceback (exit status 0). The imports
-    are checked up to that end; the other tests of generate.py run it in the pytest process."""
+    most of a start: docs/performance.md), and `generate.py | head -c 10` ends it without a traceback (exit
+    status 0). The imports are checked up to that end; the other tests of generate.py run it in the pytest process."""
     command = [sys.executable, "-X", "importtime", str(ROOT / "generate.py"),
                f"ckpt_path={trained_run}/checkpoints/best.ckpt", "prompt=Snow", "max_new_tokens=100000"]
     with open(tmp_path / "stderr", "w+") as stderr:  # a file: the import lines would fill a pipe nobody reads yet

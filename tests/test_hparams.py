@@ -35,7 +35,7 @@ def test_hparams_are_the_settings_a_user_varies_in_their_types(trained_run):
     values = metadata.parse_session_start_info_plugin_data(plugin[metadata.SESSION_START_INFO_TAG]).hparams
     experiment = metadata.parse_experiment_plugin_data(plugin[metadata.EXPERIMENT_TAG])
     columns = {info.name: info.type for info in experiment.hparam_infos}
-    assert set(columns) == set(values) and len(values) <= 40  # 72 before the selection
+    assert set(columns) == set(values) and len(values) <= 40  # a selection of the config's keys
     assert {"model.dropout", "model.n_layer", "data.name", "seed", "optim.lr", "trainer.max_steps"} <= set(values)
     assert not any("_target_" in key or key.startswith(("callbacks.", "logger.", "paths.")) for key in values)
     assert "data.block_size" not in values and "data.data_dir" not in values  # redundant, plumbing
@@ -47,7 +47,7 @@ def test_hparams_are_the_settings_a_user_varies_in_their_types(trained_run):
 
 
 def test_hparams_yaml_holds_the_same_settings(trained_run):
-    """Lightning wrote it empty ({}): Frosty logs its hyperparameters itself, not through log_hyperparams."""
+    """Lightning writes it empty ({}): Frosty logs its hyperparameters itself, not through log_hyperparams."""
     import yaml
 
     stored = yaml.safe_load((trained_run / "hparams.yaml").read_text())

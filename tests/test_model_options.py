@@ -38,10 +38,10 @@ def shaken(model: GPT, std: float = 0.1) -> GPT:
 
 # ---- the defaults are the seed's architecture, bit for bit -----------------------------------------------------
 
-# Recorded from the code before the options existed (HEAD 2026-11-25, frosty_lm/model.py without them), with
+# Recorded from frosty_lm/model.py without the options (the seed's architecture alone), with
 # torch.manual_seed(0) and GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0) plus
 # the overrides; idx = (arange(32).view(2, 16) * 7) % 11; 5 AdamW steps (lr 1e-2, torch.manual_seed(1) first) on
-# idx -> idx. There, the weights, logits and trained weights hashed the same (sha256) before and after the change.
+# idx -> idx. With the options at their defaults, the weights, logits and trained weights hash the same (sha256).
 RECORDED = {
     "defaults": dict(
         overrides=dict(),
@@ -100,7 +100,7 @@ def test_an_old_checkpoint_loads_with_the_default_options_and_computes_what_it_d
     idx = (torch.arange(32).view(2, 16) * 7) % len(vocab)
     with torch.no_grad():
         logits, loss = model(idx, idx)
-    # recorded from the code before the options existed
+    # recorded from model.py without the options
     assert sums([logits]) == pytest.approx((-2.7641838861454744, 58.73932195341331), abs=1e-4)
     assert loss.item() == pytest.approx(3.364602565765381, abs=1e-6)
 

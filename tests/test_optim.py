@@ -1,5 +1,6 @@
-"""The optimizer group: optim=adamw (today's AdamW, unchanged) and optim=muon (torch.optim.Muon for the blocks' weight
-matrices, AdamW for the rest, as one optimizer that Lightning, the schedule and checkpoints see as one)."""
+"""The optimizer group: optim=adamw (AdamW, as stored runs trained) and optim=muon (torch.optim.Muon for the
+blocks' weight matrices, AdamW for the rest, as one optimizer that Lightning, the schedule and checkpoints see as
+one)."""
 import copy
 
 import pytest

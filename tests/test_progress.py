@@ -44,7 +44,7 @@ def test_eta_is_the_remaining_steps_at_the_mean_step_time_plus_the_remaining_val
 
 
 def test_eta_leaves_out_the_first_steps_warm_up():
-    # on the GPU the first step took 2 s and the next ones 20 ms: an estimate over all of them was 10x too long
+    # on a GPU the first step takes far longer than the next ones: an estimate over all of them would be far too long
     assert lines_after(20, 5.0 + 19 * 0.5, first_step=5.0).eta(fake_trainer(20), 0.0) == pytest.approx(80 * 0.5)
     assert lines_after(1, 5.0, first_step=5.0).eta(fake_trainer(1), 0.0) == pytest.approx(99 * 5.0)  # all there is
 
@@ -135,7 +135,7 @@ def test_an_instruction_set_capped_below_bf16_trains_in_fp32_and_says_so(monkeyp
         monkeypatch.delenv(other, raising=False)
     monkeypatch.setenv(name, value)
     auto = OmegaConf.create({"trainer": {"precision": "${frosty_cpu_precision:}"}})
-    if capped:  # how an AVX2-only CPU is measured on one with AMX (README: Performance)
+    if capped:  # how an AVX2-only CPU is measured on one with AMX (docs/performance.md)
         assert cpu_precision() == "32-true"
         assert precision_line(auto, "32-true") == (f"fp32 (32-true): {name}={value} caps torch's CPU kernels below "
                                                    "native bf16")
@@ -158,7 +158,7 @@ def test_lightning_warnings_that_do_not_apply_are_silenced_and_others_are_not():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet_lightning()
-        # both seen on an H200: Frosty measures the peak itself, and a batch is one gather (no loader workers)
+        # both from a GPU run: Frosty measures the peak itself, and a batch is one gather (no loader workers)
         warnings.warn("FLOPs not found for 'NVIDIA H200', chip is 'nvidia h200'", stacklevel=1)
         warnings.warn("The 'train_dataloader' does not have many workers which may be a bottleneck.", stacklevel=1)
         warnings.warn("a warning Frosty knows nothing about", stacklevel=1)

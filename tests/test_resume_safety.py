@@ -98,8 +98,9 @@ def test_an_untouched_received_run_resumes_in_place(invoke, trained_run, tmp_pat
 @pytest.mark.parametrize("earlier_module", ["frosty_lm.callbacks", "frosty_lm.checkpoint"])
 def test_a_run_whose_config_names_the_checkpoint_callback_where_it_used_to_be_resumes(
         invoke, trained_run, tmp_path, earlier_module):
-    """BestAndLastCheckpoint lived in frosty_lm.callbacks, then in frosty_lm.checkpoint (now
-    frosty_lm.checkpoint_saving, so that reading a checkpoint needs no Lightning), and stored configs name it there."""
+    """A stored config may name BestAndLastCheckpoint in frosty_lm.callbacks or frosty_lm.checkpoint, where earlier
+    versions kept it (it is in frosty_lm.checkpoint_saving, so that reading a checkpoint needs no Lightning): the
+    run resumes, and its new checkpoints name it there."""
 
     def where_it_was(config):
         config["callbacks"]["model_checkpoint"]["_target_"] = f"{earlier_module}.BestAndLastCheckpoint"

@@ -62,8 +62,8 @@ def test_a_failed_resume_leaves_the_record_and_a_resume_continues_it(invoke, tex
 
 
 def test_a_lock_interrupted_as_it_is_taken_is_whole_or_absent(tmp_path, monkeypatch):
-    """A signal between creating .lock and writing it left a lock that named no process, which no later run could
-    take over: the lock is now written beside, then linked into place."""
+    """A signal between creating .lock and writing it must not leave a lock that names no process, which no later
+    run could take over: the lock is written beside, then linked into place."""
     import errno
     import os
     from pathlib import Path
@@ -109,6 +109,6 @@ def test_a_lock_interrupted_as_it_is_taken_is_whole_or_absent(tmp_path, monkeypa
         RunLock(tmp_path).acquire()
     assert list(tmp_path.iterdir()) == []  # no lock, empty or not
     monkeypatch.undo()
-    (tmp_path / ".lock").write_text("")  # an empty lock, as the old way could leave
+    (tmp_path / ".lock").write_text("")  # an empty lock, as creating .lock and then writing it could leave
     with pytest.raises(FrostyError, match=r"\.lock names no process \(a damaged lock\): if no process trains"):
         RunLock(tmp_path).acquire()

@@ -62,7 +62,7 @@ def test_a_run_whose_val_loss_gets_worse_ends_with_last_ckpt_at_its_last_step(in
     assert len(losses) == 30 // INTERVAL
     turn = losses.index(min(losses))
     # the curve really turns up: every validation after the best was worse than the one before it, so none of
-    # them saved a best checkpoint (Lightning's ModelCheckpoint then left last.ckpt at the best's step)
+    # them saved a best checkpoint (Lightning's ModelCheckpoint alone would leave last.ckpt at the best's step)
     assert turn <= 2 and all(later > earlier for earlier, later in zip(losses[turn:], losses[turn + 1:]))
     assert losses[-1] > losses[turn] + 0.5, losses
     assert_last_and_best(run_dir, 30, losses)
@@ -72,8 +72,8 @@ def test_a_run_whose_val_loss_gets_worse_ends_with_last_ckpt_at_its_last_step(in
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped interrupt
 def test_a_second_ctrl_c_whose_interrupt_python_drops_still_aborts_the_run(invoke, text_file, tmp_path, monkeypatch):
     """The second Ctrl-C's KeyboardInterrupt can be raised inside a weakref's callback, where Python prints
-    "Exception ignored in" and drops it (seen in CI, in a sweep): the run went on stopping and ended as stopped by
-    the first. It ends as aborted by the second."""
+    "Exception ignored in" and drops it (as in a sweep): the run then goes on stopping, and must still end as aborted
+    by the second, not as stopped by the first."""
     on_batch_end = StopOnInterrupt.on_train_batch_end
 
     def two_presses_the_second_dropped(self, trainer, *args):
@@ -168,7 +168,7 @@ def stop_mid_run(run_dir: Path, corpus: Path, signum: signal.Signals) -> tuple[i
 def assert_stopped_at(run_dir: Path, step: int) -> None:
     losses = val_losses(run_dir)
     assert len(losses) == -(-step // INTERVAL)  # every INTERVAL steps, and once more at the stop if between two
-    # the stop's validation was not the best (Lightning's ModelCheckpoint then wrote no last.ckpt at the stop)
+    # the stop's validation was not the best (Lightning's ModelCheckpoint alone would write no last.ckpt at the stop)
     assert losses[-1] > min(losses), losses
     assert_last_and_best(run_dir, step, losses)
     record = json.loads((run_dir / "status.json").read_text())
@@ -241,8 +241,8 @@ def library(tmp_path: Path, monkeypatch, name: str, source: str):
 
 
 def test_a_signal_in_a_librarys_code_is_acted_on_back_in_frostys(tmp_path, monkeypatch, entry_point):
-    """Raised in a library's code, the interrupt can be lost: a bare `except:` or a `__del__` swallows it (a run then
-    trained to its end, exit status 0), or a `finally:` masks it (Hydra's config reader: UnboundLocalError)."""
+    """Raised in a library's code, the interrupt can be lost: a bare `except:` or a `__del__` swallows it (a run would
+    then train to its end, exit status 0), or a `finally:` masks it (Hydra's config reader: UnboundLocalError)."""
     import time
 
     swallowing = library(tmp_path, monkeypatch, "swallowing", """
@@ -317,7 +317,7 @@ def test_a_put_off_signal_waits_while_another_handler_is_installed_for_it_to_tak
 
 
 def test_a_signal_still_put_off_when_the_work_ends_is_acted_on_then(entry_point, capsys):
-    """The report, interrupted while it imported, ran to its end and exited 0: the signal was still put off."""
+    """The report, interrupted while it imports, must not run to its end and exit 0 with the signal still put off."""
     import logging
 
     def work() -> None:  # it ends before the signal it put off comes again
@@ -333,7 +333,7 @@ def test_a_signal_still_put_off_when_the_work_ends_is_acted_on_then(entry_point,
 
 
 def test_a_signal_after_the_work_has_ended_is_its_one_line(entry_point, capsys):
-    """It raised Interrupted on the entry point's last line, outside everything that catches it: a traceback."""
+    """Not Interrupted raised on the entry point's last line, outside everything that catches it (a traceback)."""
     import logging
 
     entry_point.exit_when_interrupted(lambda: None)
@@ -348,7 +348,7 @@ def test_a_signal_after_the_work_has_ended_is_its_one_line(entry_point, capsys):
 
 def test_frozen_modules_and_generated_code_are_not_frostys_own(monkeypatch):
     """Relative to the project's root (the directory users run train.py from), "<frozen posixpath>" or "<string>"
-    (a dataclass's __init__) looked like a file of the root's, as train.py is."""
+    (a dataclass's __init__) would look like a file of the root's, as train.py is: they are not Frosty's."""
     from conftest import ROOT
     from frosty_lm.interrupts import in_own_code
 
@@ -365,7 +365,7 @@ def test_frozen_modules_and_generated_code_are_not_frostys_own(monkeypatch):
 
 def test_a_signal_during_an_import_is_acted_on_once_the_import_is_done(tmp_path, monkeypatch, entry_point):
     """An exception raised inside an import can be swallowed by a C extension's initialisation: torch, given
-    SIGTERM while it imported numpy, went on without numpy, and the run trained to its end (exit status 0). The
+    SIGTERM while it imports numpy, goes on without numpy, and the run trains to its end (exit status 0). The
     entry point's handler lets the import finish, then interrupts."""
     import pickle
     import sys
@@ -428,7 +428,7 @@ class SignalTwiceAt(L.Callback):
 
 @pytest.mark.slow
 def test_a_second_signal_aborts_with_one_line_and_the_run_recorded_as_interrupted(tmp_path):
-    """It ended with exit status 1 and no word, and status.json said failed, error "1"."""
+    """Not exit status 1 without a word and status.json failed with error "1": one line, recorded as interrupted."""
     (tmp_path / "corpus.txt").write_text(poem())
     run_dir = tmp_path / "r"
     step = 2 * INTERVAL + 2
@@ -486,7 +486,7 @@ def test_early_stopping_is_off_by_default_and_its_patience_is_checked(invoke, te
 
 @pytest.mark.slow
 def test_ctrl_c_or_sigterm_to_the_report_is_one_line(trained_run, tmp_path):
-    """It printed Python's KeyboardInterrupt traceback (Ctrl-C) or died without a word (SIGTERM)."""
+    """Not Python's KeyboardInterrupt traceback (Ctrl-C), nor an end without a word (SIGTERM)."""
     import subprocess
     import sys
     import time
@@ -496,7 +496,7 @@ def test_ctrl_c_or_sigterm_to_the_report_is_one_line(trained_run, tmp_path):
     for signum in (signal.SIGINT, signal.SIGTERM):
         proc = subprocess.Popen([sys.executable, "-m", "frosty_lm.report", str(trained_run), "--out", str(tmp_path)],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        time.sleep(0.3)  # loading (matplotlib, TensorBoard's reader: over a second)
+        time.sleep(0.3)  # loading (matplotlib, TensorBoard's reader: longer than this)
         proc.send_signal(signum)
         output = proc.communicate(timeout=60)[0]
         assert proc.returncode == 128 + signum and output.strip() == f"interrupted by {signum.name}", output

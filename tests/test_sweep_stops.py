@@ -82,8 +82,8 @@ def test_a_signal_to_a_sweep_stops_it_cleanly(launcher, signum, to, text_file, t
 @pytest.mark.parametrize("at_once", [2, 1])  # 1: joblib runs each job in the sweep's own process (+search=speedrun)
 def test_ctrl_c_to_a_search_stops_it_with_its_summary(at_once, text_file, tmp_path):
     """A search (+search=optuna, Frosty's loop around Optuna's sweeper) stops as a grid does: the trials training
-    save and stop, no more trials are asked for, and the summary comes; before, the trials that could not finish
-    ended it with Optuna's traceback and exit 1. A stopped trial's val loss is not taken as a result."""
+    save and stop, no more trials are asked for, and the summary comes (in Optuna's own loop the trials that could
+    not finish would end it with its traceback and exit 1). A stopped trial's val loss is not taken as a result."""
     sweep = tmp_path / "search"
     args = ["+search=optuna", *TINY, "trainer.max_steps=100000", "trainer.val_check_interval=10", "dataset=text",
             f"data.path={text_file}", "hydra.sweeper.n_trials=6", f"hydra.sweeper.n_jobs={at_once}",
@@ -94,7 +94,7 @@ def test_ctrl_c_to_a_search_stops_it_with_its_summary(at_once, text_file, tmp_pa
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
     assert sorted(r["status"] for r in records.values()) == ["interrupted"] * at_once, records
     assert f"0 of 6 runs finished, {at_once} interrupted, {6 - at_once} not run" in err  # (the count of trials
-    # not run was lost when jobs ran in the sweep's process: Hydra had loaded the plugin's module afresh)
+    # not run survives jobs run in the sweep's process, where Hydra loads the plugin's module afresh)
     assert not (sweep / "optimization_results.yaml").exists()  # no trial finished: no best
     assert not any(alive(r["pid"]) for r in records.values() if "pid" in r)
 
@@ -102,7 +102,7 @@ def test_ctrl_c_to_a_search_stops_it_with_its_summary(at_once, text_file, tmp_pa
 @pytest.mark.slow
 def test_a_search_goes_on_past_a_worker_killed_under_it(text_file, tmp_path):
     """kill -9 (or the kernel's out-of-memory killer) to a worker while it trains a trial: joblib's pool breaks, which
-    ended the search with a traceback. Its batch's trials fail, the search goes on, and the summary names them."""
+    would end the search with a traceback. Its batch's trials fail, the search goes on, and the summary names them."""
     sweep = tmp_path / "search"
     args = ["+search=optuna", *TINY, "trainer.max_steps=300", "trainer.val_check_interval=100", "dataset=text",
             f"data.path={text_file}", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}"]
@@ -126,12 +126,12 @@ def test_a_search_goes_on_past_a_worker_killed_under_it(text_file, tmp_path):
 @pytest.mark.parametrize("kind", ["grid", "search"])
 def test_a_second_ctrl_c_aborts_a_sweep_whose_jobs_run_in_its_own_process(kind, text_file, tmp_path):
     """hydra/launcher=basic, or a search one trial at a time (+search=speedrun): the second Ctrl-C, while the first
-    job saves and stops, aborted that job alone, and the sweep went on to train the others and exited 0."""
+    job saves and stops, aborts the sweep, not only that job: no other job trains, and the exit status is 130."""
     sweep = tmp_path / "sweep"
     varied = (["+search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1", "hydra.launcher.n_jobs=1"]
               if kind == "search" else ["model.dropout=0.0,0.1,0.2", "hydra/launcher=basic"])
     # a validation long enough (5,000 sampled characters for sample/copied) that the stop, which validates, is still
-    # going when the second Ctrl-C comes: with the tiny model's 100 it could be over within the 0.3 s (seen in CI)
+    # going when the second Ctrl-C comes: with the tiny model's 100 it could be over within the 0.3 s
     args = [*TINY, "trainer.max_steps=100000", "trainer.val_check_interval=10", "dataset=text",
             f"data.path={text_file}", *varied, f"hydra.sweep.dir={sweep}", "callbacks.copied.chars=5000"]
 
@@ -167,9 +167,9 @@ def test_a_stop_while_a_job_in_the_sweeps_process_sets_up_stops_it_after_one_ste
 @pytest.mark.slow
 @pytest.mark.parametrize("to", ["group", "main"])
 def test_sigterm_while_a_sweep_starts_ends_it_with_its_summary(to, text_file, tmp_path):
-    """SIGTERM as the sweep launches its workers, while they load (before their jobs' handlers): it ended them,
-    and the sweep with joblib's traceback, or the main process took it before they existed and they trained to
-    the end. Now no job trains, and the sweep ends with its summary and 143."""
+    """SIGTERM as the sweep launches its workers, while they load (before their jobs' handlers), could end
+    them and the sweep with joblib's traceback, or reach the main process before they exist and leave them to
+    train to the end: no job trains, and the sweep ends with its summary and 143."""
     sweep = tmp_path / "sweep"
 
     def as_the_workers_start(proc: subprocess.Popen) -> None:

@@ -69,13 +69,13 @@ def test_the_summary_never_prints_a_fraction_above_the_peak(fraction, shown):
     assert "110.5%" not in line
     if fraction == 0.253:
         assert line == "12,346 characters/s, 25.3% of this machine's matmul peak (bf16-mixed)"
-    if fraction == 0.00044:  # a tiny model on an H200: two digits, not "0.0%"
+    if fraction == 0.00044:  # a tiny model on a large GPU: two digits, not "0.0%"
         assert line == "12,346 characters/s, 0.044% of this machine's matmul peak (bf16-mixed)"
 
 
 def test_the_training_benchmark_times_the_steps_it_names_when_the_corpus_is_shorter_than_the_run():
-    # On the GPU, bench/train_speed.py's large batches made a pass over frost.txt shorter than the run: its timer
-    # restarted with the batch index of the second pass and reported a Lightning 5x faster than a plain loop.
+    # With large batches (bench/train_speed.py on a GPU) a pass over frost.txt is shorter than the run: a timer
+    # that restarts with the batch index of the second pass would report Lightning far faster than a plain loop.
     from bench.train_speed import StepTimer
 
     text = poem(30)[:300]
