@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
-import time
 
 import lightning as L
 import torch
@@ -15,10 +15,8 @@ from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dt
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
-from frosty_lm.cli import SweepStop, sweep_stopped
 from frosty_lm.config_checks import check_sampling
-from frosty_lm.errors import FrostyError
-from frosty_lm.interrupts import Interrupted, after_import, same_press, take_put_off
+from frosty_lm.errors import FrostyError, Stopped
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
 
@@ -146,73 +144,40 @@ class EarlyStop(EarlyStopping):
 
 
 class StopOnInterrupt(L.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM (`kill`, a scheduler before preemption) during training: finish the current
-    step, validate, save the checkpoints, stop. stopped_by is then the signal (train.py exits with 128 + its
-    number: 130, 143); a second signal aborts at once.
+    """Ctrl-C during fit stops training at the end of the current step, as Lightning stops on SIGTERM: it raises
+    Stopped there (in a multi-process run every process at the same step), and last.ckpt is saved on the way out.
+    A second Ctrl-C exits at once (exit status 130; last.ckpt stays the last one written, intact). The handler is
+    installed when training starts (after Lightning has recorded the handlers it restores when fit ends) and put
+    back when it ends; before that, Ctrl-C is Python's KeyboardInterrupt, and nothing of the run is saved."""
 
-    The handlers are installed when training starts (this callback's first, before the other callbacks' own
-    on_train_start work), over Lightning's own: its SIGTERM handler, registered when fit starts, would end the run
-    after the step without validating or saving anything. The previous handlers are put back when training ends
-    (or fails), before Lightning restores the ones it found. A signal before that, during Lightning's setup (the
-    checkpoint restore, the peak measurement), raises Interrupted in the entry point's handler (interrupts.py) once
-    Frosty's code runs, or here when training starts if it is still put off; Lightning turns it into exit status 1,
-    and before_training keeps the signal, so that fit() can report it as an interruption. SIGUSR1, Lightning's
-    SLURM requeue signal, is left alone. In a multi-process run every process stops at the same step, whichever of
-    them received the signal."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, sweep_job: bool = False) -> None:
-        self.sweep_job = sweep_job  # a sweep's job: a Ctrl-C that comes twice at once is one (interrupts.same_press)
-        self.received: signal.Signals | None = None  # the signal this process received
-        self._received_at = 0.0
-        self.stopped_by: signal.Signals | None = None  # the signal that stopped the run (in any process)
-        self.aborted_by: signal.Signals | None = None  # a second signal, which aborts the run at once
-        self.before_training: int | None = None  # a signal during Lightning's setup, before these handlers
-        self._previous: dict = {}
-        self._started = False
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        put_off = take_put_off()  # a signal before training that waits for Lightning's code to return to Frosty's
-        if put_off is not None:
-            raise Interrupted(put_off)
-        self._started = True
-        if self.sweep_job and sweep_stopped() is not None:  # the sweep was stopped while this job set up: it stops
-            self.received, self._received_at = signal.Signals(SweepStop.signum), SweepStop.at  # after one step
         if threading.current_thread() is threading.main_thread():  # Python sets handlers from the main thread only
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._request_stop)
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
-    def _request_stop(self, signum, frame) -> None:
-        if self.received is not None:
-            if self.sweep_job and not SweepStop.in_main() and same_press(signum, self.received, self._received_at):
-                return  # (a worker can get one press twice: SweepStop.in_main)
-            if after_import(signum, frame, self._request_stop):
-                return
-            self.aborted_by = signal.Signals(signum)
-            raise KeyboardInterrupt
-        self.received, self._received_at = signal.Signals(signum), time.monotonic()
-        if self.sweep_job and SweepStop.in_main():  # the sweep stops with its job: a signal once this job is done is
-            SweepStop.signum, SweepStop.at = self.received, self._received_at  # the sweep's second, which aborts it
-        what = "interrupted" if signum == signal.SIGINT else f"{self.received.name} received"
-        print(f"\n{what}: stopping after this step and saving checkpoints (Ctrl-C again to abort now)",
+    def _on_sigint(self, signum, frame) -> None:
+        if self.received:
+            print("\ninterrupted again: exiting now; last.ckpt is the last one written", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.received = True
+        print("\ninterrupted: stopping after this step and saving last.ckpt (Ctrl-C again to exit now)",
               file=sys.stderr, flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        signum = int(self.received or 0)
+        received = int(self.received)
         if trainer.world_size > 1:  # one collective per step, as Lightning's own SIGTERM check
-            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=trainer.strategy.root_device),
-                                                 reduce_op="max"))
-        if signum:
-            self.stopped_by = signal.Signals(signum)
-            trainer.should_stop = True  # Lightning validates; BestAndLastCheckpoint saves last (and best if better)
+            received = int(trainer.strategy.reduce(torch.tensor(received, device=trainer.strategy.root_device),
+                                                   reduce_op="max"))
+        if received:
+            raise Stopped(signal.SIGINT)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
+    def teardown(self, trainer, pl_module, stage) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        if isinstance(exception, KeyboardInterrupt) and not self._started:  # interrupts.Interrupted, from the entry
-            self.before_training = getattr(exception, "signum", signal.SIGINT)  # point's handler: Lightning exits 1
-        self.on_train_end(trainer, pl_module)
+        self.teardown(trainer, pl_module, "fit")

@@ -10,9 +10,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from frosty_lm.checkpoint import read_safely, same_file
-from frosty_lm.errors import NonFiniteLoss
+from frosty_lm.errors import NonFiniteLoss, Stopped
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # (reading the umask means setting it: set back at once)
@@ -99,7 +100,9 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self._save_last_if_behind(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if (isinstance(exception, NonFiniteLoss) and trainer.world_size == 1
+        if isinstance(exception, (Stopped, SIGTERMException)):  # at a step boundary (or in a validation)
+            self._save_last_if_behind(trainer)
+        elif (isinstance(exception, NonFiniteLoss) and trainer.world_size == 1
                 and all(torch.isfinite(p).all() for p in pl_module.parameters())):
             self._save_last_if_behind(trainer)
 

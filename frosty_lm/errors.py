@@ -1,3 +1,6 @@
+import signal
+
+
 class FrostyError(Exception):
     """A problem with the user's input (config, corpus, checkpoint, prompt). Its message names the fix.
 
@@ -14,11 +17,10 @@ class NonFiniteLoss(FrostyError):
         self.step = step
 
 
-class Aborted(FrostyError):
-    """A run aborted by a second Ctrl-C or SIGTERM (signum): one line, exit status 1, status.json "interrupted" with
-    `what` (what happened; the line adds what was saved)."""
+class Stopped(Exception):
+    """Training stopped at a step boundary on Ctrl-C (signum): Lightning's exception path (as for its SIGTERMException)
+    runs every callback's on_exception, where BestAndLastCheckpoint saves last.ckpt, and then re-raises it."""
 
-    def __init__(self, what: str, saved: str, signum: int) -> None:
-        super().__init__(f"{what}; {saved}")
-        self.what = what
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
         self.signum = signum

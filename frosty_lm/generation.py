@@ -8,13 +8,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from frosty_lm.arguments import options
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.config_checks import check_sampling, is_int, is_number, must
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import BEST, LAST, best_run, newest_run, run_corpus, run_record
 from frosty_lm.sampling import default_prompt, stream_text
 from frosty_lm.tokenizer import CharTokenizer
+
+DATASETS = Path(__file__).resolve().parent.parent / "conf" / "dataset"  # the named corpora
 
 
 def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
@@ -61,7 +62,7 @@ def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]
     if newest is None:
         runs = {last.parents[1] for last in Path(outputs_dir).rglob(str(LAST))}
         on = sorted({found.split(":")[0] for found in map(run_corpus, runs) if found})  # text:FILE -> text
-        what = (f"train one (`python train.py dataset={corpus}`)" if corpus in options("dataset")
+        what = (f"train one (`python train.py dataset={corpus}`)" if (DATASETS / f"{corpus}.yaml").is_file()
                 else f"its runs are on {', '.join(on)}" if on else "give a corpus it has runs on")
         raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: {what}, or leave out corpus= for the "
                           "newest run's corpus")

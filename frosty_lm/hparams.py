@@ -25,8 +25,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 
-from frosty_lm.callbacks import StopOnInterrupt
-from frosty_lm.errors import NonFiniteLoss
+from frosty_lm.errors import NonFiniteLoss, Stopped
 
 # The keys shown in HPARAMS: a key is shown if it is one of these or under one of them (data.block_size is
 # model.block_size; the rest of data, trainer and the callbacks is plumbing). Hydra's keys (_target_) never are.
@@ -87,7 +86,7 @@ def write_hparams(logger: TensorBoardLogger, params: dict, metrics: list[str]) -
     """The HPARAMS tab's experiment (the columns) and session start (this run's values), without a session end:
     HparamsStatus writes that when the run ends. The same values go to the logger's hparams.yaml, which Lightning
     had written empty at the first logged metric."""
-    writer = logger.experiment._get_file_writer()
+    writer = logger.experiment.file_writer
     writer.add_summary(plugin_summary(metadata.EXPERIMENT_TAG, experiment=experiment(params, metrics)))
     writer.add_summary(plugin_summary(metadata.SESSION_START_INFO_TAG, session_start_info=session_start(params)))
     logger.experiment.flush()
@@ -130,25 +129,19 @@ class HparamsStatus(L.Callback):
     """Records how the run ended in TensorBoard's HPARAMS tab (its session end status), once, from global rank 0,
     if the run logs to TensorBoard: STATUS_SUCCESS when fit ends normally (trainer.max_steps or trainer.max_time
     reached), after every on_train_end hook (so a checkpoint that then fails to save makes it a failure);
-    STATUS_FAILURE when training raises an error. A run stopped by Ctrl-C or SIGTERM (StopOnInterrupt's
-    stopped_by), or aborted by a second one (KeyboardInterrupt), records nothing: TensorBoard shows STATUS_UNKNOWN
+    STATUS_FAILURE when training raises an error. A run stopped by Ctrl-C or SIGTERM (callbacks.Stopped,
+    Lightning's SIGTERMException), or aborted by a second Ctrl-C, records nothing: TensorBoard shows STATUS_UNKNOWN
     until a resume of the run records how it ended. See the module's docstring for why nothing is written at the
     start."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not stopped_by_signal(trainer):
-            write_status(trainer, "STATUS_SUCCESS")
+        write_status(trainer, "STATUS_SUCCESS")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # not KeyboardInterrupt (the user's abort) nor a NaN stop (its error may say to resume it with a lower lr):
-        # the run stays resumable, and its resume records how it ends
-        if isinstance(exception, Exception) and not isinstance(exception, NonFiniteLoss):
+        # not a stop (Stopped, SIGTERMException: a SystemExit) nor a NaN stop (its error may say to resume it with a
+        # lower lr): the run stays resumable, and its resume records how it ends
+        if isinstance(exception, Exception) and not isinstance(exception, (NonFiniteLoss, Stopped)):
             write_status(trainer, "STATUS_FAILURE")
-
-
-def stopped_by_signal(trainer: L.Trainer) -> bool:
-    """Whether the run's StopOnInterrupt stopped it on Ctrl-C or SIGTERM."""
-    return any(isinstance(c, StopOnInterrupt) and c.stopped_by is not None for c in trainer.callbacks)
 
 
 def write_status(trainer: L.Trainer, status: str) -> None:
@@ -158,6 +151,6 @@ def write_status(trainer: L.Trainer, status: str) -> None:
     if logger is None or not trainer.is_global_zero:
         return
     end = SessionEndInfo(status=api_pb2.Status.Value(status), end_time_secs=time.time())
-    logger.experiment._get_file_writer().add_summary(plugin_summary(metadata.SESSION_END_INFO_TAG,
+    logger.experiment.file_writer.add_summary(plugin_summary(metadata.SESSION_END_INFO_TAG,
                                                                     session_end_info=end))
     logger.experiment.flush()

@@ -6,12 +6,8 @@ runs on one plot), in --out (default: PATH when there is one, else the current d
 Metrics are read from each run's own logs: TensorBoard event files (TensorBoard's EventAccumulator),
 or the csv logger's metrics.csv.
 """
+
 from __future__ import annotations
-
-from frosty_lm.interrupts import exit_when_interrupted, interrupt_on_signals
-
-if __name__ == "__main__":  # first: Ctrl-C or SIGTERM while the rest loads is one line too (exit 130, 143)
-    interrupt_on_signals("")
 
 import argparse
 import csv
@@ -281,4 +277,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_when_interrupted(lambda: sys.exit(main()))
+    from frosty_lm.cli import run_entry_point
+
+    run_entry_point(lambda: sys.exit(main()))

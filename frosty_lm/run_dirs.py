@@ -15,9 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
-from frosty_lm.arguments import command_arg
+from frosty_lm.cli import command_arg
 from frosty_lm.errors import FrostyError
 from frosty_lm.machine import cpu_precision, machine_depth
 
@@ -133,29 +135,33 @@ def _user_error_exits(resolver):
 
 @_user_error_exits
 def run_dir(resume: str | None, outputs_dir: str, new_dir: str) -> str:
-    """hydra.run.dir: the run to resume (searched for under outputs_dir), or a new directory, created here so that a
-    directory that cannot be made (unwritable, a full disk, a file in the way) is one line, not Hydra's report."""
-    if resume:
-        return str(run_to_resume(resume, outputs_dir))
-    make_dir(new_dir, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
-    return new_dir
+    """hydra.run.dir: the run to resume (searched for under outputs_dir), or a new directory."""
+    return str(run_to_resume(resume, outputs_dir)) if resume else new_dir
 
 
-def make_given_run_dir(given: dict) -> None:
-    """train.py's command line (given: arguments.read_command_line of it), before Hydra acts on it: hydra.run.dir=DIR
-    is created by Hydra before any of train.py's code runs, and a directory that cannot be made would end in Hydra's
-    traceback: make it here first. With resume=, which continues a run in its own directory, hydra.run.dir= is
-    refused."""
-    run_dir_given, resume = given.get("hydra.run.dir"), given.get("resume") or None  # ('' or null: no resume)
-    if run_dir_given is None or "${" in str(run_dir_given):
-        return
-    run_dir_given = str(run_dir_given)
-    if resume and resume != "latest":  # (Lightning's DDP processes are given their run's own directory: fine)
-        if Path(run_dir_given).resolve() != Path(str(resume)).resolve():
-            raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
-                              f"hydra.run.dir={run_dir_given}")
-    elif not resume:
-        make_dir(run_dir_given, "hydra.run.dir=DIR")
+class RunDirectory(Callback):
+    """Hydra callback: the run's (or the sweep's) directory is made here, before Hydra makes it, so that one that
+    cannot be made (unwritable, a full disk, a file in the way) is one line, not Hydra's report; and resume=RUN_DIR
+    with another hydra.run.dir is refused (a run continues in its own directory)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
+        run, resume = str(config.hydra.run.dir), config.get("resume")
+        try:
+            if resume and resume != "latest" and Path(run).resolve() != Path(str(resume)).resolve():
+                raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
+                                  f"hydra.run.dir={run}")
+            make_dir(run, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
+        except FrostyError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            make_dir(str(config.hydra.sweep.dir), "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
+        except FrostyError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
 
 def make_dir(path: str, key: str) -> None:
@@ -187,7 +193,7 @@ def output_subdir(output_dir: str, resume: str | None) -> str:
     return ".hydra"
 
 
-GRID_SWEEPERS = ("BasicSweeper", "FrostySweeper")  # Hydra's grid, and Frosty's (hydra_plugins/frosty_sweeper.py)
+GRID_SWEEPERS = ("BasicSweeper",)  # Hydra's grid: a job's values name it alone
 
 
 def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, sweeper: str = "") -> str:

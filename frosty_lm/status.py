@@ -13,10 +13,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from frosty_lm.arguments import command_arg
-from frosty_lm.cli import STOP_FILE, SweepStop, stop_sweep_on_signals
+from frosty_lm.cli import command_arg
 from frosty_lm.errors import FrostyError
-from frosty_lm.run_dirs import make_dir, run_record
+from frosty_lm.run_dirs import run_record
 
 
 def alive(pid) -> bool:
@@ -162,64 +161,34 @@ class RunLock:
             self.held = False
 
 
-# What the sweep's sweeper (hydra_plugins/frosty_sweeper.py) tells the summary. Kept here, not in the plugin's module:
-# Hydra loads its plugins' modules afresh when a launcher runs a job in the sweep's own process (joblib with one job
-# at a time, as +search=speedrun does), and a list there would be a new, empty one by the sweep's end.
-REFUSED: list[str] = []  # why each refused job was
-JOBS: list[int] = []  # how many jobs the sweep has, refused ones included (the summary's count of jobs not run)
-
-
 class SweepSummary(Callback):
-    """Hydra callback: at the start of a sweep, refuse a sweep directory in use; at the end, one line for the
-    sweep and one per failed, killed or refused job; exit status 1 if any job failed, was killed (its record says
-    running, its process is gone) or was refused (the others have all run)."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """A sweep directory that already holds a sweep is refused before anything is written to it."""
-        JOBS.clear()  # an earlier sweep's, in this process
-        REFUSED.clear()
-        SweepStop.start()
-        sweep = Path(config.hydra.sweep.dir)
-        if (sweep / "multirun.yaml").exists() or any(sweep.glob("*/status.json")):
-            print(f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (continue one of its runs "
-                  f"with python train.py {command_arg('resume', f'{sweep}/JOB', quoted=True)})", file=sys.stderr,
-                  flush=True)
-            sys.exit(1)
-        try:
-            make_dir(str(sweep), "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
-        except FrostyError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(1)
-        (sweep / STOP_FILE).unlink(missing_ok=True)  # an aborted sweep's, whose directory held nothing else
-        stop_sweep_on_signals(main_of=sweep)
+    """Hydra callback: at the end of a sweep, one line for the sweep and one per job that failed, was interrupted
+    or was killed (its record says running, its process is gone); exit status 1 if any failed or was killed, else
+    130 (143 for SIGTERM) if any was interrupted."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        refused = REFUSED  # jobs that could not be composed: no directory
         sweep = Path(config.hydra.sweep.dir)
-        (sweep / STOP_FILE).unlink(missing_ok=True)
-        records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/status.json"))}  # damaged: {}
+        records = {p.parent.parent.name: run_record(p.parent.parent) for p in sorted(sweep.glob("*/.hydra"))}
+        for record in records.values():  # a job that failed before it wrote status.json: its train.log says why
+            if not record:
+                record.update(status="failed", error="before training: see its train.log")
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
         killed = [name for name, r in records.items() if r.get("status") == "running" and not alive(r.get("pid"))]
-        counts = {state: sum(r.get("status") == state for r in records.values())
-                  for state in ("finished", "interrupted", "not run")}
-        counts["refused"], counts["killed"] = len(refused), len(killed)
-        jobs = max([len(records) + len(refused), *JOBS])  # (JOBS: Frosty's sweepers; another sweeper's: unknown)
-        counts["not run"] += jobs - len(records) - len(refused)  # not launched, or a worker ended as it started
-        stopped = "".join(f", {n} {state}" for state, n in counts.items() if n and state != "finished")
-        print(f"sweep {sweep}: {counts['finished']} of {jobs} runs finished{stopped}; "
+        interrupted = [name for name, r in records.items() if r.get("status") == "interrupted"]
+        finished = sum(r.get("status") == "finished" for r in records.values())
+        counts = {"failed": len(failed), "interrupted": len(interrupted), "killed": len(killed)}
+        others = "".join(f", {n} {state}" for state, n in counts.items() if n)
+        print(f"sweep {sweep}: {finished} of {len(records)} runs finished{others}; "
               f"compare them with: python -m frosty_lm.report {sweep}", file=sys.stderr, flush=True)
-        for name, record in records.items():
-            if record.get("status") == "interrupted":
-                print(f"interrupted: {name}: continue it with python train.py {command_arg('resume', sweep / name)}",
-                      file=sys.stderr, flush=True)
+        for name in interrupted:
+            print(f"interrupted: {name}: continue it with python train.py {command_arg('resume', sweep / name)}",
+                  file=sys.stderr, flush=True)
         for name, record in failed.items():
             print(f"failed: {name}: {record.get('error')}", file=sys.stderr, flush=True)
         for name in killed:  # (its process ended without a word: SIGKILL, out of memory)
             print(f"killed: {name}: its process ended while it trained; continue it with python train.py "
                   f"{command_arg('resume', sweep / name)} if it saved a checkpoint", file=sys.stderr, flush=True)
-        for why in refused:
-            print(f"refused: {why}", file=sys.stderr, flush=True)
-        if SweepStop.signum is not None:
-            sys.exit(128 + SweepStop.signum)
-        if failed or refused or killed:
+        if failed or killed:
             sys.exit(1)
+        if interrupted:  # Ctrl-C to a terminal reaches every job: each saved and stopped
+            sys.exit(143 if any(records[n].get("error") == "stopped by SIGTERM" for n in interrupted) else 130)

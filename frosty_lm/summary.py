@@ -12,9 +12,9 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from frosty_lm.arguments import command_arg
 from frosty_lm.callbacks import CharThroughput
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
+from frosty_lm.cli import command_arg
 from frosty_lm.machine import isa_cap
 from frosty_lm.progress import ProgressLines, duration, job_log_only
 from frosty_lm.sampling import default_prompt, sample_text

@@ -13,17 +13,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from frosty_lm.arguments import command_arg
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.checkpoint_saving import AtomicCheckpointIO
-from frosty_lm.cli import SweepStop, in_sweep, sweep_stopped
+from frosty_lm.cli import command_arg, in_sweep
 from frosty_lm.config_checks import check_config, is_int
 from frosty_lm.data import CharDataModule
-from frosty_lm.errors import Aborted, FrostyError, NonFiniteLoss
-from frosty_lm.interrupts import Interrupted, interrupted_while
+from frosty_lm.errors import FrostyError, NonFiniteLoss, Stopped
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import (
     check_gpu_present,
@@ -84,15 +83,12 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
     return datamodule, model
 
 
-def run_training(cfg: DictConfig) -> float:
+def run_training(cfg: DictConfig) -> float | None:
     """Train, checkpoint, summarise; returns the best val loss (the value sweeps minimise).
     The run's status.json follows it: running, then finished, interrupted or failed. A run stopped by Ctrl-C
-    or SIGTERM exits with 128 + the signal's number (130, 143), after printing the command that continues it;
-    a sweep's job returns instead, and the sweep's other jobs do not start (cli.SweepStop)."""
+    or SIGTERM saves last.ckpt, prints the command that continues it and exits with 128 + the signal's number
+    (130, 143); a sweep's job returns instead (None: no result), and the sweep goes on."""
     keep_off_console(f"[{Path(cfg.paths.output_dir).name}] " if parallel_jobs() > 1 else "")
-    if in_sweep() and sweep_stopped() is not None:  # the sweep was stopped before this job began
-        RunRecord(cfg.paths.output_dir).write(status="not run", error="the sweep was stopped")
-        return float("nan")
     resumed = bool(cfg.get("resume"))
     try:
         cfg, start = resume_if_asked(cfg)
@@ -106,39 +102,35 @@ def run_training(cfg: DictConfig) -> float:
         record = RunRecord(cfg.paths.output_dir, resumed=resumed)
         record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
         try:
-            best, stop = fit(cfg, record, start)
+            best = fit(cfg, record, start)
+        except (Stopped, SIGTERMException) as stop:
+            signum = stop.signum if isinstance(stop, Stopped) else signal.SIGTERM
+            record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}")
+            how = "" if signum == signal.SIGINT else " by SIGTERM"
+            log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how,
+                     record.data.get("steps", 0), command_arg("resume", Path(cfg.paths.output_dir)))
+            if in_sweep():
+                return None
+            sys.exit(128 + signum)
         except BaseException as err:
             if record.previous is not None and not record.training_started:
                 record.restore()  # a refused resume leaves the run's record as it was
                 forget_refused_resume()
-            elif isinstance(err, Aborted):
-                record.write(status="interrupted", error=err.what)
-            elif isinstance(err, KeyboardInterrupt) and not record.training_started:
-                record.write(status="interrupted", error="stopped before training started", training_started=False)
+            elif isinstance(err, KeyboardInterrupt):
+                record.write(status="interrupted", error="stopped before training started",
+                             training_started=record.training_started)
             else:
                 record.write(status="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__,
                              training_started=record.training_started)
             raise
-        record.write(status="interrupted" if stop is not None else "finished")
-        if not in_sweep():  # what a signal put off until the end says (interrupts.exit_when_interrupted)
-            interrupted_while("after training: the run is complete")
+        record.write(status="finished")
     finally:
         lock.release()
-    if stop is not None:
-        step, signum = stop
-        how = "" if signum == signal.SIGINT else f" by {signum.name}"
-        log.info("interrupted%s at step %d; continue with: python train.py %s",
-                 how, step, command_arg("resume", Path(cfg.paths.output_dir)))
-        if in_sweep():  # the sweep goes on to its summary; its jobs not yet started do not start
-            SweepStop.signum = signum
-            return best
-        sys.exit(128 + signum)
     return best
 
 
-def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
-        ) -> tuple[float, tuple[int, signal.Signals] | None]:
-    """The run itself; returns the best val loss, and the step and the signal if Ctrl-C or SIGTERM stopped it.
+def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
+    """The run itself; returns the best val loss. Ctrl-C or SIGTERM raise Stopped or SIGTERMException out of it.
     start: cfg.ckpt_path's contents, if already read (resume=); the file is read once, and Lightning is handed
     what was read."""
     check_config(cfg)  # before threads and seed reach torch
@@ -161,9 +153,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
     elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
         check_training_fits(model.model, cfg.data.batch_size, gpu=True)
     spawn_ranks_inside_sweep(cfg)
-    interrupt = StopOnInterrupt(sweep_job=in_sweep())
-    # first, so that its handlers are in place before the other callbacks' on_train_start (CopiedShare's index)
-    callbacks = [interrupt] + [make(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    # the stop is checked after the other callbacks' work of a step (Lightning puts the checkpoints last)
+    callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [StopOnInterrupt()]
     # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's other
     # jobs (bars would garble each other); progress lines take its place on the console
     bars = parallel_jobs() == 1 and sys.stdout.isatty()
@@ -194,31 +185,20 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None
         record.write(steps=trainer.global_step)  # the steps done, as last.ckpt holds them
         overrides = record.data.get("overrides", [])
         raise FrostyError(f"{err}; {nan_advice(trainer, cfg, err.step, overrides)}") from None
-    except SystemExit:
-        if interrupt.aborted_by is not None:  # a second Ctrl-C or SIGTERM: Lightning exits 1 at once
-            raise aborted(interrupt.aborted_by, trainer, cfg, "the last validation's state") from None
-        if interrupt.before_training is None:
-            raise
-        record.training_started = False  # Ctrl-C or SIGTERM in Lightning's setup, which exits 1: not one step ran
-        raise Interrupted(interrupt.before_training) from None
-    if interrupt.aborted_by is not None:  # the second signal's KeyboardInterrupt was raised where Python drops it (a
-        # weakref's callback: "Exception ignored in"), and the run went on stopping: it still ends as aborted
-        raise aborted(interrupt.aborted_by, trainer, cfg, "the state at the stop")
+    except (Stopped, SIGTERMException):
+        record.write(steps=trainer.global_step)  # as last.ckpt holds them
+        raise
+    except SystemExit as err:  # Lightning's answer to a Ctrl-C before StopOnInterrupt's handler: exit status 1
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
     best = float(model.best_val_loss)
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
     try:
         summarise(trainer, cfg, best, datamodule.tokenizer.decode(datamodule.val_data[:2000].tolist()))
     except KeyboardInterrupt:  # the run itself is complete and saved: Ctrl-C only cuts its summary short
         log.info("summary skipped (Ctrl-C); the run is complete")
-    return best, (trainer.global_step, interrupt.stopped_by) if interrupt.stopped_by is not None else None
-
-
-def aborted(signum: signal.Signals, trainer: L.Trainer, cfg: DictConfig, holds: str) -> Aborted:
-    """A run aborted by a second Ctrl-C or SIGTERM: what was saved (last.ckpt holds ...), and how to continue."""
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    saved = (f"last.ckpt holds {holds}: continue with python train.py "
-             f"{command_arg('resume', Path(cfg.paths.output_dir))}") if last.is_file() else "nothing was saved"
-    return Aborted(f"aborted by a second {signum.name} at step {trainer.global_step}", saved, signum)
+    return best
 
 
 def nan_advice(trainer: L.Trainer, cfg: DictConfig, stop_step: int, overrides: list[str]) -> str:

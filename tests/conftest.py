@@ -123,13 +123,13 @@ def _entry_point(script: str):
 
 
 def call_entry_point(script: str, args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """Run train.py's or generate.py's start() in this process, as from the command line: its exit status."""
+    """Run train.py's or generate.py's main() in this process, as from the command line: its exit status."""
     module = _entry_point(script)
     monkeypatch.setattr(sys, "argv", [script, *args])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     monkeypatch.setenv("FROSTY_DEBUG", "0")
     try:
-        module.start()
+        module.run_entry_point(module.main)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     return 0
@@ -137,9 +137,8 @@ def call_entry_point(script: str, args: list[str], monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture
 def invoke(capsys, monkeypatch):
-    """Run train.py or generate.py in this process, as from the command line (its start(): the argument checks,
-    then Hydra's main); returns (exit status, stdout, stderr). Faster than a subprocess, for the many bad-input
-    checks."""
+    """Run train.py or generate.py in this process, as from the command line (Hydra's main); returns (exit status,
+    stdout, stderr). Faster than a subprocess, for the many bad-input checks."""
 
     def call(script: str, *args: str) -> tuple[int, str, str]:
         code = call_entry_point(script, list(args), monkeypatch)

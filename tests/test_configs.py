@@ -2,7 +2,6 @@
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
@@ -52,18 +51,6 @@ def test_dropout_group_sets_model_dropout_and_a_key_still_overrides_it():
     assert compose_train("model.dropout=0.15").model.dropout == 0.15
 
 
-GLOBAL = [(g, o) for g, o in OPTIONS if "@package _global_" in (CONF / g / f"{o}.yaml").read_text()]
-
-
-def test_no_config_sets_hydra_mode_so_the_command_line_alone_gives_it():
-    """skip_hydra_mode_probe leaves out Hydra's composition for hydra.mode: true while no config sets it. Only the
-    configs and the options packaged _global_ (presets, dropout) can reach the hydra node."""
-    assert {g for g, _ in GLOBAL} >= {"experiment", "search", "sweep", "dropout"}
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        for name, overrides in [("generate", []), ("train", []),
-                                *(("train", [f"{'+' if g in ADDED else ''}{g}={o}"]) for g, o in GLOBAL)]:
-            assert compose(name, overrides=overrides, return_hydra_config=True).hydra.mode is None, overrides
-        assert compose("train", ["hydra.mode=MULTIRUN"], return_hydra_config=True).hydra.mode == RunMode.MULTIRUN
 
 
 def test_decay_follows_max_steps_and_data_dir_follows_the_environment(monkeypatch):

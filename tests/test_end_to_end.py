@@ -234,3 +234,16 @@ def test_step_logs_follow_log_every_n_steps_and_include_the_last_step(invoke, te
     if points:  # each point is that step's own loss, not the last logged one written again
         assert len({e.value for e in events.Scalars("train/loss")}) == points
     assert count["val/loss"] == 1
+
+
+@pytest.mark.slow
+def test_a_piped_run_prints_each_line_once(text_file, tmp_path):
+    """Lightning's own console handler is not beside Hydra's: each of its lines reaches the console once (and
+    train.log), not twice."""
+    from conftest import TINY, run
+
+    result = run("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}",
+                 cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert output.count("`Trainer.fit` stopped: `max_steps=") == 1, output
+    assert "`Trainer.fit` stopped: `max_steps=" in (tmp_path / "r" / "train.log").read_text()

@@ -73,38 +73,26 @@ def test_optuna_search_minimises_the_best_val_loss(text_file, tmp_path):
     assert len(records) == 3 and all(r["status"] == "finished" for r in records)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(min(r["best_val_loss"] for r in records))
-    assert f"Best value: {results['best_value']}" in result.stdout + result.stderr  # on the console,
-    assert not any("Best value" in p.read_text() for p in sweep.glob("*/train.log"))  # not in the last job's log
+    assert f"Best value: {results['best_value']}" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
-def test_a_search_that_continues_a_stored_study_draws_new_trials_and_the_same_ones_each_time(text_file, tmp_path):
-    """A search continuing a stored study draws new trials: its sampler's seed moves on by the stored trials (with
-    the seed it started with, it would draw the study's first trials again), and the same stored study and seed
-    give the same draw."""
+def test_a_search_keeps_its_study_in_a_stored_database_and_continues_it(text_file, tmp_path):
     import optuna
 
-    def search(db: Path, name: str) -> list[dict]:
-        result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
-                     "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra.launcher.n_jobs=1",
-                     f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / name}", cwd=tmp_path)
-        trials = optuna.load_study(study_name="frosty", storage=f"sqlite:///{db}").trials
-        said = f"Study frosty: 1 trials, after the stored study's {len(trials) - 1} (sampler seed"
-        assert (said in result.stdout + result.stderr) == (len(trials) > 1)
-        return [t.params for t in trials]
-
-    first = search(tmp_path / "study.db", "first")
-    shutil.copy(tmp_path / "study.db", tmp_path / "copy.db")
-    continued = search(tmp_path / "study.db", "continued")
-    assert len(first) == 1 and continued[0] == first[0]
-    assert continued[1] != first[0]  # a new draw (a continuous dropout: the old one only with the old seed)
-    assert search(tmp_path / "copy.db", "again") == continued  # reproducible
+    db = tmp_path / "study.db"
+    for name in ("first", "continued"):
+        run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
+            "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra.launcher.n_jobs=1",
+            f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweep.dir={tmp_path / name}", cwd=tmp_path)
+    trials = optuna.load_study(study_name="frosty", storage=f"sqlite:///{db}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
 
 
 @pytest.mark.slow
 def test_a_failing_trial_does_not_stop_the_search(text_file, tmp_path):
-    """Optuna's sweeper plugin alone would end the whole search with a traceback at the first trial without a
-    score; Frosty's loop tells Optuna it failed and goes on, and the best value is the best finished trial's."""
+    """A failed trial's job returns no value: Optuna's sweeper counts it as failed (max_failure_rate: 1.0 in the
+    search presets) and goes on, and the best value is the best finished trial's."""
     sweep = tmp_path / "search"
     result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
                  "model.n_head=choice(3,2)", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
@@ -121,24 +109,6 @@ def test_a_failing_trial_does_not_stop_the_search(text_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_search_refuses_a_trial_whose_config_does_not_compose_and_goes_on(text_file, tmp_path):
-    """Such a trial would end the search with Hydra's report; it is refused in one line, told to Optuna as failed, and
-    counted in the summary, as a grid's job is. The search's directory has its multirun.yaml, as a grid's."""
-    sweep = tmp_path / "search"
-    result = run("train.py", "-m", "+search=optuna", *SWEEP, "dataset=text", f"data.path={text_file}",
-                 "dropout=choice(none,nosuch)", "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-                 check=False)
-    why = "dropout=nosuch is not an option: choose one of heavy, none, seed (conf/dropout/)"
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    refused = result.stderr.count(f"error: a job refused: {why}")
-    records = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
-    assert refused and records and all(r["status"] == "finished" for r in records), result.stderr  # (seeded: both)
-    assert f"{len(records)} of 4 runs finished, {refused} refused" in result.stderr
-    assert (sweep / "multirun.yaml").is_file()  # which names the group a job's directory is named by, too:
-    assert all(",dropout=none#" in p.parent.name for p in sweep.glob("*/status.json"))  # model.dropout=0.1048,...
-
-
-@pytest.mark.slow
 def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     result = run("train.py", "-m", *SWEEP, "dataset=text", f"data.path={text_file}", "model.n_head=3,2,4",
@@ -152,18 +122,13 @@ def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_a_job_with_an_option_that_does_not_exist_is_refused_alone_and_the_others_run(text_file, tmp_path):
+def test_a_sweep_with_an_option_that_does_not_exist_is_hydras_own_message_before_any_job(text_file, tmp_path):
     sweep = tmp_path / "sweep"
     args = [a for a in SWEEP if not a.startswith("model=")]
     result = run("train.py", "-m", *args, "dataset=text", f"data.path={text_file}", "model=tiny,nosuch",
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
-    why = "model=nosuch is not an option: choose one of bigram, large, medium, small, tiny (conf/model/)"
-    assert result.returncode == 1, result.stderr  # the sweep ran, and says that a job was refused
-    assert f"error: a job refused: {why}" in result.stderr
-    assert "1 of 2 runs finished, 1 refused" in result.stderr and f"refused: {why}" in result.stderr
-    assert "Traceback" not in result.stderr and "Available options" not in result.stderr
-    (record,) = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
-    assert record["status"] == "finished" and "model=tiny" in record["overrides"]
+    assert result.returncode == 1 and "Could not find 'model/nosuch'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not list(sweep.glob("*/status.json"))
 
 
 def test_report_tells_a_killed_run_from_a_running_one(tmp_path, capsys):
@@ -194,7 +159,6 @@ def test_report_leaves_out_single_runs_that_never_trained_but_keeps_a_sweeps_fai
 
 def test_report_shows_the_best_step_overfitting_samples_side_by_side_and_plots_against_time(
         trained_run, tmp_path, capsys):
-    import shutil
 
     for name in ("a", "b"):
         shutil.copytree(trained_run, tmp_path / "runs" / name)
@@ -240,9 +204,7 @@ def test_report_of_a_path_without_runs(tmp_path, capsys):
 def test_sweep_jobs_are_named_by_what_varies(tmp_path):
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(
         {"hydra": {"overrides": {"task": ["model=tiny", "model.dropout=0.0,0.2", "data.seed=1,2", "seed=3,4"]}}}))
-    grid = "hydra_plugins.frosty_sweeper.FrostySweeper"  # the default sweeper: a grid, as Hydra's BasicSweeper
-    assert sweep_subdir(str(tmp_path), 0, ["model.dropout=0.2"], None, "hydra._internal.core_plugins.basic_sweeper."
-                        "BasicSweeper") == sweep_subdir(str(tmp_path), 0, ["model.dropout=0.2"], None, grid)
+    grid = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's default sweeper, as its config names it
     name = sweep_subdir(str(tmp_path), 0, ["model=tiny", "model.dropout=0.2", "data.seed=1", "seed=4"], None, grid)
     assert name == "dropout=0.2,data.seed=1,seed=4"  # full keys where the short ones would clash
     assert sweep_subdir(str(tmp_path), 5, ["model=tiny"], None, grid) == "job5"

@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from conftest import TINY, run
+from conftest import TINY
 from test_reliability import assert_one_line_error
 
 
@@ -114,18 +114,6 @@ def test_ctrl_c_during_the_summary_keeps_the_run_finished(invoke, text_file, tmp
                           f"hydra.run.dir={run_dir}")
     assert code == 0, err
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
-
-
-def test_a_sweep_directory_in_use_is_refused_before_anything_is_written(text_file, tmp_path):
-    sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    (sweep / "multirun.yaml").write_text("earlier: sweep\n")
-    result = run("train.py", "-m", *TINY, "trainer.max_steps=2", "dataset=text", f"data.path={text_file}",
-                 "model.dropout=0.0,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
-    assert result.returncode == 1
-    assert f"error: {sweep} already holds a sweep" in result.stderr and "Traceback" not in result.stderr
-    assert [p.name for p in sweep.iterdir()] == ["multirun.yaml"]
-    assert (sweep / "multirun.yaml").read_text() == "earlier: sweep\n"
 
 
 @pytest.mark.parametrize("sweep", [False, True])

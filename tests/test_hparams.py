@@ -7,11 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 from conftest import QUICK, TINY
-from frosty_lm.callbacks import StopOnInterrupt
+from frosty_lm.errors import Stopped
 from frosty_lm.hparams import HparamsStatus, select, write_hparams
 
 
@@ -69,29 +70,27 @@ def test_select_takes_the_listed_prefixes_without_hydra_keys():
                               "data.name": "frost", "trainer.max_time": "null", "seed": 3}
 
 
-def fake_trainer(log_dir: Path, stopped_by=None, global_zero: bool = True, logger=None) -> SimpleNamespace:
-    """What HparamsStatus reads of a trainer: its loggers, callbacks (StopOnInterrupt) and rank."""
-    interrupt = StopOnInterrupt()
-    interrupt.stopped_by = stopped_by
+def fake_trainer(log_dir: Path, global_zero: bool = True, logger=None) -> SimpleNamespace:
+    """What HparamsStatus reads of a trainer: its loggers and rank."""
     logger = logger or TensorBoardLogger(save_dir=str(log_dir), name="", version="")
     write_hparams(logger, {"model.bias": True}, ["best/val_loss"])
-    return SimpleNamespace(loggers=[logger], callbacks=[interrupt], is_global_zero=global_zero)
+    return SimpleNamespace(loggers=[logger], callbacks=[], is_global_zero=global_zero)
 
 
-@pytest.mark.parametrize(("stopped_by", "hook", "expected"), [
-    (None, "fit_end", "STATUS_SUCCESS"),
-    (signal.SIGINT, "fit_end", "STATUS_UNKNOWN"),  # Ctrl-C: resumable, no verdict yet
-    (signal.SIGTERM, "fit_end", "STATUS_UNKNOWN"),
-    (None, "error", "STATUS_FAILURE"),
-    (None, "abort", "STATUS_UNKNOWN"),  # a second Ctrl-C aborts: KeyboardInterrupt
+@pytest.mark.parametrize(("exception", "expected"), [
+    (None, "STATUS_SUCCESS"),  # fit ended
+    (Stopped(signal.SIGINT), "STATUS_UNKNOWN"),  # Ctrl-C: resumable, no verdict yet
+    (SIGTERMException(), "STATUS_UNKNOWN"),
+    (RuntimeError("boom"), "STATUS_FAILURE"),
+    (KeyboardInterrupt(), "STATUS_UNKNOWN"),  # before training started
 ])
-def test_how_a_run_ended_is_its_end_status(tmp_path, stopped_by, hook, expected):
-    trainer = fake_trainer(tmp_path, stopped_by)
+def test_how_a_run_ended_is_its_end_status(tmp_path, exception, expected):
+    trainer = fake_trainer(tmp_path)
     status = HparamsStatus()
-    if hook == "fit_end":
+    if exception is None:
         status.on_fit_end(trainer, None)
     else:
-        status.on_exception(trainer, None, RuntimeError("boom") if hook == "error" else KeyboardInterrupt())
+        status.on_exception(trainer, None, exception)
     trainer.loggers[0].experiment.flush()
     assert metadata.SESSION_START_INFO_TAG in hparams_plugin(tmp_path)
     assert end_status(tmp_path) == expected

@@ -57,7 +57,8 @@ def test_the_speedrun_search_is_optuna_over_the_recipe_one_trial_at_a_time():
 
     with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).parents[1] / "conf")):
         cfg = compose("train", overrides=["+search=speedrun"], return_hydra_config=True)
-    assert cfg.hydra.sweeper._target_.endswith("FrostySearch") and cfg.hydra.sweeper.direction == "minimize"
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "minimize"
+    assert cfg.hydra.sweeper.max_failure_rate == 1.0  # a failed trial does not end the search
     assert cfg.hydra.sweeper.n_jobs == 1 and cfg.hydra.launcher.n_jobs == 1  # timed trials: never two at once
     assert cfg.optim.name == "muon" and cfg.trainer.max_time == "00:00:00:30"
     assert {"optim.lr", "optim.adamw_lr", "model.n_layer", "data.batch_size"} <= set(cfg.hydra.sweeper.params)

@@ -102,45 +102,30 @@ def test_bad_config_is_one_line_and_touches_nothing(invoke, text_file, earlier_r
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [(["model=huge"], "model=huge is not an option: choose one of bigram, large, medium, small, tiny (conf/model/)"),
-     (["model=smal"], "model=smal is not an option: did you mean model=small? (conf/model/: bigram, large, "),
-     (["model=_base"], "model=_base is not an option: choose one of bigram,"),  # a base, not an option
-     (["trainer=tpu9000"], "trainer=tpu9000 is not an option: choose one of cpu, ddp, ddp_cpu, default, gpu"),
-     (["+experiment=nope"], "experiment=nope is not an option: choose one of seed_frosty, speedrun, yoda_dropout"),
-     (["experiment=speedrun"], "experiment is not chosen by default: add it with +experiment=speedrun"),
-     (["+experimnt=speedrun"], "there is no group experimnt (it would add a setting that nothing reads): did you "
-                               "mean +experiment=speedrun?"),
-     (["trainer.max_step=3"], "trainer.max_step is not a setting of trainer: did you mean trainer.max_steps?"),
-     (["model.colour=3"], "model.colour is not a setting of model (activation, bias, block_size, "),
-     (["trainer.foo.bar=1"], "trainer.foo is not a setting of trainer (accelerator, "),
-     (["seeed=3"], "seeed is not a setting of train.py: did you mean seed?"),
-     (["-m", "model.dropout=0.1,0.2", "model.colour=1"], "model.colour is not a setting of model"),  # before any job
-     (["-m", "model.colour=1,2"], "model.colour is not a setting of model"),
+    [(["model=huge"], "Could not find 'model/huge'"),  # Hydra lists the group's options after it
+     (["+experiment=nope"], "Could not find 'experiment/nope'"),
+     (["experiment=speedrun"], "use +experiment=speedrun"),
+     (["trainer.max_step=3"], "Could not override 'trainer.max_step'"),
+     (["seeed=3"], "Could not override 'seeed'"),
+     (["-m", "model.dropout=0.1,0.2", "model.colour=1"], "Could not override 'model.colour'"),  # before any job
      ],
 )
-def test_an_option_or_setting_that_does_not_exist_is_one_line_naming_the_fix(invoke, text_file, tmp_path, overrides,
-                                                                             message):
-    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", *overrides,
-                          f"hydra.run.dir={tmp_path / 'r'}", f"hydra.sweep.dir={tmp_path / 's'}")
-    assert_one_line_error(code, err, message)
-    assert "Available options" not in err and "To append" not in err
-    assert not list(tmp_path.glob("[rs]"))  # refused before Hydra made a run or sweep directory
+def test_an_option_or_setting_that_does_not_exist_is_hydras_own_message(invoke, text_file, tmp_path, overrides,
+                                                                        message):
+    flags = [o for o in overrides if o.startswith("-")]  # before the overrides, as Hydra's command line takes them
+    code, _, err = invoke("train.py", *flags, *TINY, "dataset=text", f"data.path={text_file}",
+                          *[o for o in overrides if o not in flags], f"hydra.run.dir={tmp_path / 'r'}",
+                          f"hydra.sweep.dir={tmp_path / 's'}")
+    assert code == 1 and message in err and "Traceback" not in err, err
+    assert not list(tmp_path.glob("[rs]"))  # no run or sweep directory
 
 
-def test_a_new_argument_for_what_a_setting_builds_takes_a_plus_and_generate_lists_its_settings(invoke, text_file,
-                                                                                             tmp_path):
-    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", "trainer.profiler=simple",
-                          f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "trainer.profiler is not a setting of trainer (", "; to pass it to what it "
-                          "builds: +trainer.profiler=...")
+def test_a_setting_the_model_does_not_take_is_one_line_and_generate_takes_only_its_own(invoke, text_file, tmp_path):
     code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", "+model.colour=3",
-                          f"hydra.run.dir={tmp_path / 'r2'}")  # the model takes no more than its own
-    assert_one_line_error(code, err, "model.colour is not a setting of model (activation, bias, block_size, ")
+                          f"hydra.run.dir={tmp_path / 'r'}")  # the model takes no more than its own settings
+    assert_one_line_error(code, err, "colour")
     code, _, err = invoke("generate.py", "promt=Whose woods")
-    assert_one_line_error(code, err, "promt is not a setting of generate.py: did you mean prompt?")
-    code, _, err = invoke("generate.py", "model=small")
-    assert_one_line_error(code, err, "model is not a setting of generate.py (ckpt_path, corpus, device, ")
-    assert "+model" not in err  # generate.py reads nothing it does not list
+    assert code == 1 and "Could not override 'promt'" in err and "Traceback" not in err, err
 
 
 def test_a_run_directory_in_use_is_refused_and_left_alone(invoke, earlier_run, text_file):

@@ -127,25 +127,13 @@ def test_a_run_directory_that_cannot_be_made_or_a_second_one_for_resume_is_one_l
                      cwd=tmp_path, check=False)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines() == [f"error: cannot create {where}: {fragment}: choose a writable "
-                                                      "directory with hydra.run.dir=DIR"]
+                                                      "directory with paths.outputs_dir=DIR (or hydra.run.dir=DIR)"]
     result = run("train.py", f"resume={trained_run}", f"hydra.run.dir={tmp_path / 'elsewhere'}", cwd=tmp_path,
                  check=False)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [
         f"error: resume={trained_run} continues that run in its own directory: leave out "
         f"hydra.run.dir={tmp_path / 'elsewhere'}"]
     assert not (tmp_path / "elsewhere").exists()
-
-
-def test_the_run_directory_lightning_gives_its_ddp_processes_is_read_as_hydra_reads_it(tmp_path, monkeypatch):
-    from frosty_lm.arguments import read_overrides
-    from frosty_lm.run_dirs import make_given_run_dir
-
-    monkeypatch.chdir(tmp_path)
-    run_dir = tmp_path / "a run"
-    ddp_process = ["model=tiny", f'hydra.run.dir="{run_dir}"', "hydra.job.name=train_ddp_process_1"]
-    make_given_run_dir(read_overrides(ddp_process))
-    assert [p.name for p in tmp_path.iterdir()] == ["a run"]  # made, unquoted: no directory named '"'
-    make_given_run_dir(read_overrides([f"resume={run_dir}", f'hydra.run.dir="{run_dir}"']))  # a resumed DDP process
 
 
 def test_a_run_without_last_ckpt_but_with_best_ckpt_says_to_start_from_best(invoke, trained_run, tmp_path):
