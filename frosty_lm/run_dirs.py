@@ -11,7 +11,6 @@ import json
 import math
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -122,35 +121,37 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
     return run
 
 
-def _user_error_exits(resolver):
-    """Hydra would wrap an exception raised here in a long report: print the one line and exit 1 instead."""
-    def wrapped(*args):
-        try:
-            return resolver(*args)
-        except FrostyError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(1)
-    return wrapped
-
-
-@_user_error_exits
 def run_dir(resume: str | None, outputs_dir: str, new_dir: str) -> str:
-    """hydra.run.dir: the run to resume (searched for under outputs_dir), or a new directory."""
+    """hydra.run.dir: the run to resume (searched for under outputs_dir), or a new directory. (RunDirectory has
+    checked resume= before Hydra resolves this, and refused what cannot be resumed in one line.)"""
     return str(run_to_resume(resume, outputs_dir)) if resume else new_dir
 
 
+def output_subdir(resume: str | None, stamp: str) -> str:
+    """hydra.output_subdir, where Hydra saves the run's config: .hydra, or for a resume .hydra/resumed-STAMP beside
+    the config the run was started with."""
+    return f".hydra/resumed-{stamp}" if resume else ".hydra"
+
+
 class RunDirectory(Callback):
-    """Hydra callback: the run's (or the sweep's) directory is made here, before Hydra makes it, so that one that
-    cannot be made (unwritable, a full disk, a file in the way) is one line, not Hydra's report; and resume=RUN_DIR
-    with another hydra.run.dir is refused (a run continues in its own directory)."""
+    """Hydra callback, before Hydra writes anything: refuses in one line what would end in Hydra's report or touch
+    another run (a resume= of something that cannot be resumed, resume=RUN_DIR with another hydra.run.dir, a new run
+    in a directory that holds one), and makes the run's (or the sweep's) directory, so that one that cannot be made
+    (unwritable, a full disk, a file in the way) is one line too."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
-        run, resume = str(config.hydra.run.dir), config.get("resume")
+        resume = config.get("resume")
         try:
+            if resume:
+                run_to_resume(resume, config.paths.outputs_dir)  # a run that cannot be resumed: one line
+            run = str(config.hydra.run.dir)
             if resume and resume != "latest" and Path(run).resolve() != Path(str(resume)).resolve():
                 raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
                                   f"hydra.run.dir={run}")
+            if not resume and any((Path(run) / "checkpoints").glob("*.ckpt")):  # (killed before one: reusable)
+                raise FrostyError(f"{run} already holds a run: choose another hydra.run.dir, or continue that run "
+                                  f"with {command_arg('resume', run)}")
             make_dir(run, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
         except FrostyError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
@@ -174,23 +175,6 @@ def make_dir(path: str, key: str) -> None:
         raise FrostyError(f"cannot create {path}: {why}: choose a writable directory with {key}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise FrostyError(f"cannot write to {path}: choose a writable directory with {key}")
-
-
-_RESUMED_SUBDIRS: dict[tuple, str] = {}
-
-
-@_user_error_exits
-def output_subdir(output_dir: str, resume: str | None) -> str:
-    """hydra.output_subdir, where Hydra saves the run's config. A new run refuses a directory that already
-    holds a run (nothing of it is touched); a resumed run keeps its original config and saves the resuming
-    command's beside it."""
-    if resume:  # the same name each time Hydra resolves it in this job (resume.forget_refused_resume looks it up)
-        return _RESUMED_SUBDIRS.setdefault((output_dir, tuple(sys.argv)),
-                                           f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}")
-    if any((Path(output_dir) / "checkpoints").glob("*.ckpt")):  # a run killed before its first checkpoint: reusable
-        raise FrostyError(f"{output_dir} already holds a run: choose another hydra.run.dir, "
-                          f"or continue that run with {command_arg('resume', output_dir)}")
-    return ".hydra"
 
 
 GRID_SWEEPERS = ("BasicSweeper",)  # Hydra's grid: a job's values name it alone
@@ -227,7 +211,7 @@ def short_value(value: str) -> str:
 
 
 def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("frosty_run_dir", run_dir, replace=True)
+    OmegaConf.register_new_resolver("frosty_run_dir", run_dir, replace=True)  # (pure functions of their arguments)
     OmegaConf.register_new_resolver("frosty_output_subdir", output_subdir, replace=True)
     OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
     OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)

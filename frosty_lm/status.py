@@ -168,7 +168,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep = Path(config.hydra.sweep.dir)
-        records = {p.parent.parent.name: run_record(p.parent.parent) for p in sorted(sweep.glob("*/.hydra"))}
+        records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/.hydra"))}
         for record in records.values():  # a job that failed before it wrote status.json: its train.log says why
             if not record:
                 record.update(status="failed", error="before training: see its train.log")
