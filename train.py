@@ -5,14 +5,15 @@ import hydra
 from omegaconf import DictConfig
 
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
-from frosty_lm.cli import exit_on_user_error, quiet_lightning, run_entry_point
+from frosty_lm.cli import exit_on_user_error, in_sweep, quiet_lightning, run_entry_point
 from frosty_lm.config_checks import check_early
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    check_early(cfg)  # a bad config or a missing corpus: one line at once, before torch and Lightning load
+    if not in_sweep():  # a sweep's job: run_training checks the config, and records a failure in its status.json
+        check_early(cfg)  # a bad config or a missing corpus: one line at once, before torch and Lightning load
     from frosty_lm.training import run_training  # seconds: torch and Lightning
 
     quiet_lightning()

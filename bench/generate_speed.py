@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from bench.common import machine, model_preset  # noqa: E402
-from frosty_lm.model import GPT, GPTConfig  # noqa: E402
+from frosty_lm.config import GPTConfig  # noqa: E402
+from frosty_lm.model import GPT  # noqa: E402
 from frosty_lm.sampling import stream_text  # noqa: E402
 
 VOCAB = "".join(sorted(set("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))

@@ -45,7 +45,8 @@ def tiny_checkpoint(tmp: Path) -> Path:
     import torch
     from omegaconf import OmegaConf
 
-    from frosty_lm.model import GPT, GPTConfig
+    from frosty_lm.config import GPTConfig
+    from frosty_lm.model import GPT
 
     settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/_base.yaml"),
                                                       OmegaConf.load(ROOT / "conf/model/tiny.yaml")))

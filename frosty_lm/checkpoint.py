@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
+from frosty_lm.config import GPTConfig
 from frosty_lm.errors import FrostyError
-from frosty_lm.model import GPT, Bigram, GPTConfig, build
+from frosty_lm.model import GPT, Bigram, build
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -1,6 +1,6 @@
 """What the entry points share: a user error becomes one `error:` line and exit status 1 (in a sweep, the job's
 failure goes back to the sweep, and the other jobs run); Ctrl-C before training is one line and exit status 130;
-printing a key=value argument so that it pastes back; quieting Lightning's noise."""
+printing a key=value argument so that it pastes back; quieting Lightning's noise; whether this is a sweep's job."""
 from __future__ import annotations
 
 import errno
@@ -23,6 +23,14 @@ from frosty_lm.errors import FrostyError
 def in_sweep() -> bool:
     """Whether this is a job of a Hydra multirun (a sweep or a search)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at once on this machine (the joblib launcher's n_jobs), else 1."""
+    if not in_sweep():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
 
 
 ELSEWHERE = "free some space, or put runs on another disk with paths.outputs_dir=DIR"

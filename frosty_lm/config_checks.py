@@ -1,35 +1,30 @@
 """Checks of a composed run config that need no corpus: fail in seconds, with the key and the fix, before
-anything is read or written. None of them needs torch: train.py runs them before torch and Lightning load."""
+anything is read or written. None of them needs torch: train.py runs them before torch and Lightning load.
+Resolving a run config calls the resolvers that importing run_dirs registers (train.py imports it)."""
 from __future__ import annotations
 
-import ast
-import contextlib
 import dataclasses
-import math
 import re
-import sys
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# importing run_dirs registers the resolvers that resolving a run config calls: here for check_config, and for a
-# sweep's worker process, which imports this module when it unpickles train.py's main (check_early)
-from frosty_lm import corpus, run_dirs  # noqa: F401
-from frosty_lm.cli import in_sweep
+from frosty_lm import corpus
+from frosty_lm.config import GPTConfig
 from frosty_lm.errors import FrostyError
+from frosty_lm.schedule import check_scheduler
+from frosty_lm.value_checks import check_data, is_int, is_number, must
 
-MODEL_PY = Path(__file__).with_name("model.py")
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
 
 
 def check_early(cfg: DictConfig) -> None:
     """train.py's checks before it loads torch and Lightning (seconds): the config, and that the corpus file is
     there (not read: training checks the rest). Skipped for a resumed run (its config is the one in its
-    checkpoint, checked once read) and for a sweep's job (run_training checks it, and records a failure in the
-    job's status.json). With ckpt_path, training reads the checkpoint before it looks for the corpus: so does
-    the error it reports first, here too."""
-    if cfg.get("resume") or in_sweep():
+    checkpoint, checked once read); train.py does not call it in a sweep's job (run_training checks it, and
+    records a failure in the job's status.json). With ckpt_path, training reads the checkpoint before it looks
+    for the corpus: so does the error it reports first, here too."""
+    if cfg.get("resume"):
         return
     check_config(cfg)
     if not cfg.get("ckpt_path"):
@@ -49,13 +44,13 @@ def check_config(cfg: DictConfig) -> None:
             key = missing.group(1) if "." in missing.group(1) else err.full_key
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
-    config_class, model = model_config_class(), OmegaConf.to_container(cfg.model, resolve=True)
-    settings = [f.name for f in dataclasses.fields(config_class) if f.name != "vocab_size"]  # vocab: the corpus's
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    settings = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]  # vocab: the corpus's
     for key in model:
         if key not in settings:  # added with +model.KEY=...
             raise FrostyError(f"model.{key} is not a setting of model ({', '.join(sorted(settings))})")
     try:
-        config_class(vocab_size=1, **model)
+        GPTConfig(vocab_size=1, **model)
     except (TypeError, ValueError) as err:
         raise FrostyError(str(err)) from None
     for key in ("max_steps", "val_check_interval"):
@@ -127,31 +122,6 @@ def max_time_seconds(max_time) -> float | None:
     return float(total)
 
 
-def check_scheduler(scheduler: DictConfig) -> None:
-    """scheduler.* (conf/scheduler/): a known schedule, a warm-up of >= 0 steps, a cosine's decay_steps (default:
-    trainer.max_steps) positive and its min_lr_ratio a share of the lr in [0, 1] (below 0 the lr would turn
-    negative, above 1 the schedule would not decay)."""
-    name = scheduler.get("name")
-    must(name in ("constant", "cosine"), "scheduler.name", name, "constant or cosine (scheduler=constant | cosine)")
-    warmup = scheduler.get("warmup_steps", 0)
-    must(is_int(warmup) and warmup >= 0, "scheduler.warmup_steps", warmup, "an integer >= 0, e.g. 100")
-    if name == "cosine":
-        decay, ratio = scheduler.get("decay_steps"), scheduler.get("min_lr_ratio", 0.1)
-        must(is_int(decay) and decay > 0, "scheduler.decay_steps", decay,
-             "a positive integer (it defaults to trainer.max_steps)")
-        must(is_number(ratio) and 0 <= ratio <= 1, "scheduler.min_lr_ratio", ratio,
-             "a number in [0, 1]: the share of the lr that the decay ends at, e.g. 0.1")
-
-
-def check_data(batch_size, val_fraction, decode_errors) -> None:
-    """data.* settings that need no corpus (CharDataModule checks them too, when other code builds one)."""
-    must(is_int(batch_size) and batch_size > 0, "data.batch_size", batch_size, "a positive integer, e.g. "
-         "data.batch_size=32")
-    must(is_number(val_fraction) and 0 < val_fraction < 1, "data.val_fraction", val_fraction,
-         "between 0 and 1, e.g. data.val_fraction=0.1")
-    must(decode_errors in ("strict", "replace"), "data.decode_errors", decode_errors, "strict or replace")
-
-
 def check_sampling(settings, prefix: str = "") -> None:
     """Sampling settings, where they are given (generate.py's, and the validation sample's, prefix
     callbacks.sample_text.): max_new_tokens and seed integers, max_new_tokens >= 0; temperature a number >= 0;
@@ -194,47 +164,3 @@ def check_optim(optim: DictConfig) -> None:
         momentum, adjust = optim.get("momentum"), optim.get("adjust_lr_fn")
         must(is_number(momentum) and 0 <= momentum < 1, "optim.momentum", momentum, "a number in [0, 1), e.g. 0.95")
         must(adjust in ("original", "match_rms_adamw"), "optim.adjust_lr_fn", adjust, "original or match_rms_adamw")
-
-
-def model_config_class() -> type:
-    """model.GPTConfig, whose checks are the rule for the model.* keys. model.py imports torch, which takes
-    seconds: until something else has loaded torch, the class is built from model.py's source instead (the
-    same class statement), so that a bad model.* key is reported at once. If that fails, model.py is imported."""
-    if "torch" not in sys.modules:
-        with contextlib.suppress(Exception):
-            return class_from_source(MODEL_PY, "GPTConfig")
-    from frosty_lm.model import GPTConfig
-
-    return GPTConfig
-
-
-def class_from_source(file: Path, name: str) -> type:
-    """Class `name` of the module in `file`, built without running the rest of the module: its standard-library
-    imports, then the class statement alone."""
-    tree = ast.parse(file.read_text(encoding="utf-8"), str(file))
-    imports = [node for node in tree.body if imports_stdlib_only(node)]
-    [cls] = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == name]
-    namespace = {"__name__": __name__}  # a loaded module's name: dataclasses looks the module up
-    exec(compile(ast.Module([*imports, cls], type_ignores=[]), str(file), "exec"), namespace)  # noqa: S102
-    return namespace[name]
-
-
-def imports_stdlib_only(node: ast.stmt) -> bool:
-    """Whether a statement is an import of standard-library modules (or of __future__) only."""
-    stdlib = {"__future__", *sys.stdlib_module_names}
-    if isinstance(node, ast.Import):
-        return all(alias.name.split(".")[0] in stdlib for alias in node.names)
-    return isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] in stdlib
-
-
-def must(fine: bool, key: str, value, what: str) -> None:
-    if not fine:
-        raise FrostyError(f"{key}={'null' if value is None else repr(value)} must be {what}")  # as Hydra spells it
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

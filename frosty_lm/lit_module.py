@@ -10,9 +10,10 @@ import torch
 from lightning.pytorch.callbacks import Timer
 from torch.nn import functional as F
 
+from frosty_lm.config import GPTConfig
 from frosty_lm.errors import NonFiniteLoss
 from frosty_lm.hparams import log_hparams
-from frosty_lm.model import GPTConfig, build
+from frosty_lm.model import build
 from frosty_lm.optim import group_settings, make_optimizer
 from frosty_lm.schedule import lr_lambda, timed
 

@@ -1,26 +1,19 @@
-"""The machine a run trains on: its CPU precision, its matmul peak, torch's threads, the jobs beside this one,
-and how DDP starts its ranks inside a sweep."""
+"""The machine a run trains on: its CPU precision, its matmul peak, its memory and whether training fits in it.
+Neither Hydra nor torch at import: the model's code imports it, and resolving a config calls it before torch
+loads."""
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import os
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-from frosty_lm.cli import in_sweep
 from frosty_lm.errors import FrostyError
 
-if TYPE_CHECKING:  # torch and Lightning take seconds to import: the functions that use them import them
+if TYPE_CHECKING:  # torch takes seconds to import: the functions that use it import it
     import torch
 
     from frosty_lm.model import GPT
-
-log = logging.getLogger("frosty")
 
 NATIVE_BF16 = ("avx512_bf16", "amx_tile")  # what torch.cpu's _is_avx512_bf16_supported, _is_amx_tile_supported read
 
@@ -174,39 +167,3 @@ def check_fits(needed: int, what: str, fix: str, gpu: bool = False) -> None:
         where = "the GPU has" if gpu else "this machine has"
         raise FrostyError(f"{what} needs about {needed / 2**30:,.1f} GiB of memory, and {where} "
                           f"{available / 2**30:,.1f} GiB available: {fix}")
-
-
-def parallel_jobs() -> int:
-    """How many jobs of this sweep run at once on this machine (the joblib launcher's n_jobs), else 1."""
-    if not in_sweep():
-        return 1
-    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
-    return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
-
-
-def set_threads(cfg: DictConfig) -> int:
-    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep, this job's share of the cores. Returns
-    how many torch uses."""
-    import torch
-
-    threads = cfg.get("threads")
-    if threads is None and parallel_jobs() > 1:
-        threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
-    if threads:
-        torch.set_num_threads(int(threads))
-    return torch.get_num_threads()
-
-
-def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
-    """Plain ddp starts the other ranks by re-running the command line: inside a sweep, each would re-run the
-    whole sweep. There, unless SLURM or torchrun already started one process per rank, use ddp_spawn, which
-    starts them from this job."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
-    externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
-    if not in_sweep() or cfg.trainer.get("strategy") != "ddp" or externally_started:
-        return
-    log.info("inside a sweep: trainer.strategy=ddp_spawn instead of ddp")
-    cfg.trainer.strategy = "ddp_spawn"
-    if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
-        multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing

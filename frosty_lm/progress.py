@@ -11,8 +11,8 @@ from datetime import timedelta
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
 
+from frosty_lm.cli import parallel_jobs
 from frosty_lm.config_checks import check_progress_lines
-from frosty_lm.machine import parallel_jobs
 
 log = logging.getLogger("frosty")
 

@@ -82,7 +82,7 @@ def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, opt
     existed) is GPTConfig's default, which is what that checkpoint was trained with."""
     import dataclasses
 
-    from frosty_lm.model import GPTConfig
+    from frosty_lm.config import GPTConfig
     from frosty_lm.optim import optim_name
 
     if hparams["vocab"] != vocab:

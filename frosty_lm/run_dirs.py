@@ -218,6 +218,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("frosty_machine_depth", machine_depth, replace=True)
 
 
-# At import, not only in train.py: sweep launchers that run jobs in worker processes (joblib, submitit)
-# resolve the hydra node there, after unpickling the task function, which imports this module.
+# At import, not only in train.py: sweep launchers that run jobs in worker processes resolve the hydra node there;
+# joblib's workers import train.py, submitit's import this module with the Hydra callbacks they unpickle.
 register_resolvers()

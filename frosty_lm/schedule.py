@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from frosty_lm.config_checks import check_scheduler
+from frosty_lm.value_checks import is_int, is_number, must
 
 
 def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | None = None,
@@ -31,6 +31,22 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
         return min(warm, min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     return factor
+
+
+def check_scheduler(scheduler: Mapping) -> None:
+    """scheduler.* (conf/scheduler/): a known schedule, a warm-up of >= 0 steps, a cosine's decay_steps (default:
+    trainer.max_steps) positive and its min_lr_ratio a share of the lr in [0, 1] (below 0 the lr would turn
+    negative, above 1 the schedule would not decay)."""
+    name = scheduler.get("name")
+    must(name in ("constant", "cosine"), "scheduler.name", name, "constant or cosine (scheduler=constant | cosine)")
+    warmup = scheduler.get("warmup_steps", 0)
+    must(is_int(warmup) and warmup >= 0, "scheduler.warmup_steps", warmup, "an integer >= 0, e.g. 100")
+    if name == "cosine":
+        decay, ratio = scheduler.get("decay_steps"), scheduler.get("min_lr_ratio", 0.1)
+        must(is_int(decay) and decay > 0, "scheduler.decay_steps", decay,
+             "a positive integer (it defaults to trainer.max_steps)")
+        must(is_number(ratio) and 0 <= ratio <= 1, "scheduler.min_lr_ratio", ratio,
+             "a number in [0, 1]: the share of the lr that the decay ends at, e.g. 0.1")
 
 
 def budget_step(step: int, max_steps: int, elapsed: float, max_time: float) -> float:

@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import shlex
 import signal
 import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -19,18 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.checkpoint_saving import AtomicCheckpointIO
-from frosty_lm.cli import command_arg, in_sweep
-from frosty_lm.config_checks import check_config, is_int
+from frosty_lm.cli import command_arg, in_sweep, parallel_jobs
+from frosty_lm.config_checks import check_config
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError, NonFiniteLoss, Stopped
 from frosty_lm.lit_module import FrostyLM
-from frosty_lm.machine import (
-    check_gpu_present,
-    check_training_fits,
-    parallel_jobs,
-    set_threads,
-    spawn_ranks_inside_sweep,
-)
+from frosty_lm.machine import check_gpu_present, check_training_fits
 from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
 from frosty_lm.resume import (
     check_compatible,
@@ -41,6 +39,7 @@ from frosty_lm.resume import (
 )
 from frosty_lm.status import RunLock, RunRecord
 from frosty_lm.summary import depth_note, precision_line, summarise
+from frosty_lm.value_checks import is_int
 
 log = logging.getLogger("frosty")
 
@@ -199,6 +198,30 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     except KeyboardInterrupt:  # the run itself is complete and saved: Ctrl-C only cuts its summary short
         log.info("summary skipped (Ctrl-C); the run is complete")
     return best
+
+
+def set_threads(cfg: DictConfig) -> int:
+    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep, this job's share of the cores. Returns
+    how many torch uses."""
+    threads = cfg.get("threads")
+    if threads is None and parallel_jobs() > 1:
+        threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch.get_num_threads()
+
+
+def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
+    """Plain ddp starts the other ranks by re-running the command line: inside a sweep, each would re-run the
+    whole sweep. There, unless SLURM or torchrun already started one process per rank, use ddp_spawn, which
+    starts them from this job."""
+    externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if not in_sweep() or cfg.trainer.get("strategy") != "ddp" or externally_started:
+        return
+    log.info("inside a sweep: trainer.strategy=ddp_spawn instead of ddp")
+    cfg.trainer.strategy = "ddp_spawn"
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
+        multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing
 
 
 def nan_advice(trainer: L.Trainer, cfg: DictConfig, stop_step: int, overrides: list[str]) -> str:

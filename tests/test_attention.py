@@ -6,7 +6,8 @@ from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from frosty_lm.attention import attention_maps, main
-from frosty_lm.model import GPT, GPTConfig
+from frosty_lm.config import GPTConfig
+from frosty_lm.model import GPT
 
 VOCAB = "\n ,.Tabcdefghijklmnopqrstuvwxyz"
 

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from conftest import CONF
 from frosty_lm import machine
+from frosty_lm.config import GPTConfig
 from frosty_lm.machine import BELOW_BF16, cpu_precision
-from frosty_lm.model import GPTConfig
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(group, f.stem) for group in GROUPS for f in sorted((CONF / group).glob("[!_]*.yaml"))]  # _base: not one

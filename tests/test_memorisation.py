@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from frosty_lm import memorisation
+from frosty_lm.config import GPTConfig
 from frosty_lm.memorisation import CopiedShare, WindowIndex
-from frosty_lm.model import GPT, GPTConfig
+from frosty_lm.model import GPT
 
 
 def brute_force(text: np.ndarray, query: np.ndarray, window: int) -> np.ndarray:

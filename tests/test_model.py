@@ -2,7 +2,8 @@ import pytest
 import torch
 
 import frosty_lm.model as model_module
-from frosty_lm.model import GPT, GPTConfig
+from frosty_lm.config import GPTConfig
+from frosty_lm.model import GPT
 from frosty_lm.model import attend as real_attend
 from frosty_lm.sampling import generate, sample_next
 

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 import frosty_lm.optim
 from conftest import TINY
-from frosty_lm.model import GPT, GPTConfig
+from frosty_lm.config import GPTConfig
+from frosty_lm.model import GPT
 from frosty_lm.optim import MuonWithAdamW, group_settings, make_optimizer, newton_schulz_fp32
 from frosty_lm.stored_config import upgraded
 from test_reliability import assert_one_line_error
