@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import shlex
-import signal
 import sys
 import traceback
 import warnings
@@ -92,8 +91,6 @@ def exit_on_user_error(func):
 def run_entry_point(main) -> None:
     """Run an entry point's main(); Ctrl-C that reaches it (before training, or a sweep's main process) is one line
     and exit status 130. (During training a run stops at a step boundary itself: callbacks.StopOnInterrupt.)"""
-    if any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):  # a sweep's main process: SIGTERM ends it as an
-        signal.signal(signal.SIGTERM, _exit_143)  # exception, so that joblib shuts its workers down on the way out
     try:
         main()
     except KeyboardInterrupt:
@@ -102,11 +99,6 @@ def run_entry_point(main) -> None:
                                    "resume=RUN_DIR continues one)" if sweep else "nothing more was saved"),
               file=sys.stderr, flush=True)
         sys.exit(130)
-
-
-def _exit_143(signum, frame) -> None:
-    print("\nSIGTERM: the sweep stopped; each run keeps the checkpoints it wrote", file=sys.stderr, flush=True)
-    sys.exit(128 + signum)
 
 
 def command_arg(key: str, value, quoted: bool = False) -> str:

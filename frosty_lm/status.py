@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -11,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.cli import command_arg
 from frosty_lm.errors import FrostyError
@@ -161,12 +162,26 @@ class RunLock:
             self.held = False
 
 
+def _end_sweep(signum, frame) -> None:
+    print("\nSIGTERM: the sweep stopped; each run keeps the checkpoints it wrote", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
 class SweepSummary(Callback):
     """Hydra callback: at the end of a sweep, one line for the sweep and one per job that failed, was interrupted
     or was killed (its record says running, its process is gone); exit status 1 if any failed or was killed, else
     130 (143 for SIGTERM) if any was interrupted."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """SIGTERM to the main process of a sweep whose jobs run in worker processes (joblib's) ends it as an
+        exception, so that joblib shuts its workers down on the way out (Python's default would leave them
+        training). Jobs run in this process (the basic launcher) are stopped by Lightning's own handler."""
+        if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
+            self._previous = signal.signal(signal.SIGTERM, _end_sweep)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if getattr(self, "_previous", None) is not None:
+            signal.signal(signal.SIGTERM, self._previous)
         sweep = Path(config.hydra.sweep.dir)
         records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/.hydra"))}
         for record in records.values():  # a job that failed before it wrote status.json: its train.log says why
