@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
         model, vocab = model_from_checkpoint(load_checkpoint(args["ckpt_path"]), args["ckpt_path"])
+        if not all(torch.isfinite(p).all() for p in model.parameters()):  # the maps would be NaN: a blank image
+            raise FrostyError(f"{args['ckpt_path']}'s weights hold NaN or inf: use another checkpoint, e.g. the "
+                              "run's best.ckpt")
         unknown = CharTokenizer(vocab).unknown(args["prompt"])
         if unknown:
             raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "

@@ -77,6 +77,8 @@ def check_config(cfg: DictConfig) -> None:
     callbacks = cfg.get("callbacks") or {}  # (their constructors check the same, for code that builds them)
     if callbacks.get("sample_text") is not None:
         check_sampling(callbacks.sample_text, prefix="callbacks.sample_text.")
+    if callbacks.get("attention_image") is not None:
+        check_text(callbacks.attention_image.get("prompt"), "callbacks.attention_image.prompt")
     if callbacks.get("progress_lines") is not None:
         check_progress_lines(callbacks.progress_lines)
 
@@ -125,7 +127,9 @@ def max_time_seconds(max_time) -> float | None:
 def check_sampling(settings, prefix: str = "") -> None:
     """Sampling settings, where they are given (generate.py's, and the validation sample's, prefix
     callbacks.sample_text.): max_new_tokens and seed integers, max_new_tokens >= 0; temperature a number >= 0;
-    top_k a positive integer and top_p in (0, 1], each or null for no cut."""
+    top_k a positive integer and top_p in (0, 1], each or null for no cut; prompt text."""
+    if "prompt" in settings:
+        check_text(settings["prompt"], prefix + "prompt")
     for key in ("max_new_tokens", "seed"):
         if key in settings:
             must(is_int(settings[key]), prefix + key, settings[key], "an integer")
@@ -142,6 +146,29 @@ def check_sampling(settings, prefix: str = "") -> None:
         value = settings["top_p"]
         must(value is None or is_number(value) and 0 < value <= 1, prefix + "top_p", value,
              "a number in (0, 1], e.g. top_p=0.9, or null for no nucleus cut")
+
+
+def check_text(value, key: str) -> None:
+    """A setting that is text (a prompt), or null: Hydra reads prompt=1e5, prompt=42 and prompt=true as a number or
+    a boolean, whose text ("100000.0", "True") is not what was typed."""
+    if value is None or isinstance(value, str):
+        return
+    what = "a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float)) else "a list"
+    typed = typed_value(key) or str(value)
+    raise FrostyError(f"{key}={typed} was read as {what}, not text: quote it, '{key}=\"{typed}\"'")
+
+
+def typed_value(key: str) -> str | None:
+    """The value of key=VALUE as typed on the command line (Hydra's overrides), if it was given there."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    for override in HydraConfig.get().overrides.task:
+        name, sep, value = override.lstrip("+~").partition("=")
+        if sep and name == key:
+            return value
+    return None
 
 
 def check_optim(optim: DictConfig) -> None:

@@ -124,6 +124,7 @@ def run_generation(cfg: DictConfig) -> None:
     if sys.stdout is None:  # started with its standard output closed (generate.py >&-)
         raise FrostyError("standard output is closed: generate.py writes its samples there; send it to a file "
                           "(> samples.txt) or a pipe")
+    check_sampling(cfg)  # before a checkpoint is loaded (check_request checks them again, for its other callers)
     path, chosen = choose_checkpoint(cfg)
     ckpt = load_checkpoint(path)
     if chosen:

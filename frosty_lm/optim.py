@@ -49,8 +49,12 @@ def make_optimizer(model: nn.Module, optim: dict) -> torch.optim.Optimizer:
             [{"params": decay, "weight_decay": optim["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
             lr=optim["lr"], betas=tuple(optim["betas"]), foreach=True,
         )
-    blocks = model.blocks.parameters() if hasattr(model, "blocks") else []  # model=bigram has none: AdamW alone
+    blocks = model.blocks.parameters() if hasattr(model, "blocks") else []  # model=bigram has none
     hidden = [p for p in blocks if p.requires_grad and p.dim() == 2]  # qkv, proj, fc, fc2
+    if not hidden:  # Muon would train nothing: the run would be AdamW's under optim=muon's name
+        kind = getattr(getattr(model, "cfg", None), "kind", "this model")
+        raise FrostyError(f"optim=muon has nothing to train in model={kind} (no weight matrices in blocks): "
+                          "use optim=adamw")
     taken = {id(p) for p in hidden}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]  # embeddings, head, 1-D
     groups = [hidden, [p for p in rest if p.dim() >= 2], [p for p in rest if p.dim() < 2]]

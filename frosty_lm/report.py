@@ -107,13 +107,49 @@ def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[s
     else:
         curves = {}
         for metrics in sorted(run_dir.glob("**/metrics.csv")):
-            with open(metrics, newline="") as f:
-                for row in csv.DictReader(f):
-                    for tag, value in row.items():
-                        if tag not in ("step", "epoch") and value not in ("", None):
-                            curves.setdefault(tag, []).append((int(row["step"]), float(value)))
+            try:
+                with open(metrics, newline="", encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))
+            except (OSError, UnicodeDecodeError, csv.Error):  # unreadable: the run's row shows no curves
+                continue
+            for row in rows:  # what is not a step and a number (a damaged or foreign file) is left out
+                step = number(row.get("step"))
+                if step is None or step != int(step):
+                    continue
+                for tag, value in row.items():
+                    if isinstance(tag, str) and tag not in ("step", "epoch") and number(value) is not None:
+                        curves.setdefault(tag, []).append((int(step), number(value)))
     # a resumed run logs some steps twice: keep the last value logged for each step
     return {tag: sorted(dict(points).items()) for tag, points in curves.items()}, times
+
+
+def number(text) -> float | None:
+    """A metrics.csv cell as a finite number, else None."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return is_int(value) or isinstance(value, float) and math.isfinite(value)
+
+
+FIELDS = {"status": lambda v: isinstance(v, str), "host": lambda v: isinstance(v, str), "pid": is_int,
+          "steps": is_int, "num_params": is_int, "best_val_loss": is_number, "wall_time_s": is_number,
+          "training_started": lambda v: isinstance(v, bool),
+          "overrides": lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v)}
+
+
+def usable(record: dict) -> dict:
+    """The fields of a status.json the report reads, those of the type train.py writes (a damaged or foreign record's
+    others are left out: shown blank, its status unknown)."""
+    return {key: value for key, value in record.items() if key in FIELDS and FIELDS[key](value)}
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
@@ -126,7 +162,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
             run_dir = status_file.parent
             if run_dir.resolve() not in seen:
                 seen.add(run_dir.resolve())
-                runs.append(Run(run_dir, run_record(run_dir), *read_logs(run_dir)))  # damaged status.json: {}
+                runs.append(Run(run_dir, usable(run_record(run_dir)), *read_logs(run_dir)))  # damaged: {}
     return runs
 
 

@@ -30,6 +30,16 @@ def alive(pid) -> bool:
         return False
 
 
+def process_start(pid) -> int | None:
+    """When the process with this pid started, in clock ticks since boot (field 22 of Linux's /proc/PID/stat): a pid
+    reused by a later process has another. None where there is no /proc, or no such process."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])  # after the name (which may hold spaces): fields 3, 4, ...
+    except (OSError, ValueError, TypeError, IndexError):
+        return None
+
+
 def rank() -> int:
     """This process's rank in a multi-process run (0 alone). Lightning is imported here, not with this module:
     Hydra loads this module (SweepSummary) before train.py checks its config, which must not wait for it."""
@@ -94,8 +104,9 @@ class RunRecord:
 
 
 class RunLock:
-    """A run is trained by one process at a time: .lock in its directory names the process (pid, host). A lock
-    whose process is gone (killed) is taken over; a live one refuses the second trainer in one line."""
+    """A run is trained by one process at a time: .lock in its directory names the process (pid, host, and on Linux
+    its start time). A lock whose process is gone (killed), or whose pid now belongs to a process that started at
+    another time, is taken over; a live one refuses the second trainer in one line."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / ".lock"
@@ -104,7 +115,7 @@ class RunLock:
     def acquire(self) -> None:
         if rank() != 0:  # the other processes of a multi-process run train under rank 0's lock
             return
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid())}
         for _ in range(2):
             if self._create(json.dumps(me)):
                 self.held = True
@@ -114,8 +125,10 @@ class RunLock:
             except (OSError, ValueError):
                 holder = {}
             ours = holder.get("pid") == me["pid"]  # left by an earlier run in this interpreter (tests)
-            if holder.get("host") == me["host"] and (ours or not alive(holder.get("pid"))):
-                self.path.unlink(missing_ok=True)  # stale: its process was killed
+            started = holder.get("started")  # (none in a lock written without /proc, or before it was recorded)
+            reused = started is not None and process_start(holder.get("pid")) not in (None, started)
+            if holder.get("host") == me["host"] and (ours or reused or not alive(holder.get("pid"))):
+                self.path.unlink(missing_ok=True)  # stale: its process was killed (its pid maybe reused since)
                 continue
             if "pid" not in holder:
                 raise FrostyError(f"{self.path} names no process (a damaged lock): if no process trains "

@@ -78,3 +78,18 @@ def test_every_validation_puts_the_maps_in_tensorboards_images(trained_run):
     events.Reload()
     assert [e.step for e in events.Images("attention")] == [15, 30]  # TINY: validations at 15 and 30
     assert all(e.width > 300 and e.height > 300 for e in events.Images("attention"))
+
+
+def test_a_checkpoint_with_nan_weights_is_one_line(tmp_path, capsys):
+    import dataclasses
+
+    model = tiny_model()
+    settings = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k != "vocab_size"}
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state["model.blocks.0.qkv.weight"][0, 0] = float("nan")  # every map after it is NaN: a blank image
+    path, out = tmp_path / "nan.ckpt", tmp_path / "attention.png"
+    torch.save({"hyper_parameters": {"vocab": VOCAB, "model": settings}, "state_dict": state}, path)
+    assert main([f"ckpt_path={path}", "prompt=deep woods", f"out={out}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "hold NaN or inf" in err
+    assert not out.exists()

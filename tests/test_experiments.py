@@ -212,3 +212,20 @@ def test_sweep_jobs_are_named_by_what_varies(tmp_path):
     (tmp_path / "multirun.yaml").unlink()
     name = sweep_subdir(str(tmp_path), 1, ["optim.lr=0.00017155187458635287"], {"optim.lr": "x"}, optuna)
     assert name == "lr=0.0001716#1"
+
+
+def test_report_of_records_and_metrics_of_the_wrong_shape_shows_what_it_can(tmp_path, capsys):
+    """Valid JSON or csv, but not what train.py writes: no traceback; the unknown fields blank, the status unknown."""
+    records = {"list": [1, 2], "text": "finished", "types": {"status": 3, "best_val_loss": "abc", "steps": [1],
+               "num_params": "many", "wall_time_s": None, "overrides": "seed=1", "pid": "x", "host": 5}}
+    metrics = {"list": "val/loss,epoch\n2.5,0\n",  # no step column
+               "text": "step,val/loss\n10,abc\nten,2.0\n20,2.5,9\n",  # not numbers, and a row too long
+               "types": "step,val/loss\n10,2.5\n"}
+    for name, record in records.items():
+        (tmp_path / name / "csv").mkdir(parents=True)
+        (tmp_path / name / "status.json").write_text(json.dumps(record))
+        (tmp_path / name / "csv" / "metrics.csv").write_text(metrics[name])
+    rows = report_rows(capsys, tmp_path)
+    assert {name: row[-1] for name, row in rows.items()} == {"list": "unknown", "text": "unknown", "types": "unknown"}
+    assert rows["types"][6] == "2.5000" and rows["types"][3] == "10"  # the best val loss and steps from metrics.csv
+    assert rows["text"][6] == "2.5000"

@@ -110,3 +110,18 @@ def test_a_temperature_too_small_to_divide_by_decodes_greedily(invoke, trained_r
     assert (logits / 1e-40).softmax(-1).isnan().all()  # what dividing would give: no probabilities at all
     from frosty_lm.sampling import sample_next
     assert sample_next(logits, temperature=1e-40).tolist() == [1]
+
+
+@pytest.mark.parametrize("typed, what", [("1e5", "a number"), ("42", "a number"), ("true", "a boolean")])
+def test_a_prompt_read_as_a_number_or_boolean_is_refused_before_a_checkpoint_loads(invoke, tmp_path, typed, what):
+    """Hydra reads prompt=1e5 as 100000.0 and prompt=true as True: sampling from their text is not what was asked."""
+    code, out, err = invoke("generate.py", f"prompt={typed}", f"ckpt_path={tmp_path / 'none.ckpt'}")
+    assert_one_line_error(code, err, f"prompt={typed} was read as {what}, not text: quote it, 'prompt=\"{typed}\"'")
+    assert out == ""
+
+
+@pytest.mark.parametrize("key", ["callbacks.sample_text.prompt", "callbacks.attention_image.prompt"])
+def test_a_callbacks_prompt_read_as_a_number_is_refused_before_training(invoke, tmp_path, key):
+    code, _, err = invoke("train.py", f"{key}=1e5", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, f"{key}=1e5 was read as a number, not text")
+    assert not (tmp_path / "r" / "checkpoints").exists()

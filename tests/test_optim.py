@@ -199,3 +199,16 @@ def test_an_adamw_checkpoint_is_not_started_from_with_muon(invoke, trained_run, 
                           f"ckpt_path={trained_run / 'checkpoints/last.ckpt'}", "trainer.max_steps=40",
                           f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "was trained with optim=adamw, this run asks for optim=muon")
+
+
+def test_muon_with_the_bigram_is_refused_in_one_line(invoke, text_file, tmp_path):
+    """The bigram has no weight matrices in blocks: optim=muon would train it with AdamW alone, under muon's name."""
+    from frosty_lm.errors import FrostyError
+    from frosty_lm.model import Bigram
+
+    with pytest.raises(FrostyError, match="optim=muon has nothing to train in model=bigram"):
+        make_optimizer(Bigram(GPTConfig(vocab_size=11, block_size=8, kind="bigram")), MUON)
+    code, _, err = invoke("train.py", *TINY, "model=bigram", "optim=muon", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "optim=muon has nothing to train in model=bigram", "use optim=adamw")
+    assert not (tmp_path / "r" / "checkpoints").exists()

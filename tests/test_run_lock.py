@@ -1,5 +1,6 @@
 """One process trains a run at a time, and a refused or failed resume leaves the run's record as it was."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -112,3 +113,25 @@ def test_a_lock_interrupted_as_it_is_taken_is_whole_or_absent(tmp_path, monkeypa
     (tmp_path / ".lock").write_text("")  # an empty lock, as creating .lock and then writing it could leave
     with pytest.raises(FrostyError, match=r"\.lock names no process \(a damaged lock\): if no process trains"):
         RunLock(tmp_path).acquire()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="start times from Linux's /proc")
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path):
+    """A killed trainer's pid, reused by an unrelated process: the start time the lock records tells them apart."""
+    from frosty_lm.errors import FrostyError
+    from frosty_lm.status import RunLock, process_start
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # live, not the lock's trainer
+    try:
+        lock = {"pid": other.pid, "host": socket.gethostname(), "started": process_start(other.pid)}
+        (tmp_path / ".lock").write_text(json.dumps(lock))
+        with pytest.raises(FrostyError, match=f"is being trained by process {other.pid}"):
+            RunLock(tmp_path).acquire()  # the same process: live
+        (tmp_path / ".lock").write_text(json.dumps({**lock, "started": lock["started"] - 1}))
+        taken = RunLock(tmp_path)
+        taken.acquire()  # another process under that pid: stale, taken over
+        assert taken.held and json.loads((tmp_path / ".lock").read_text())["started"] == process_start(os.getpid())
+        taken.release()
+    finally:
+        other.kill()
+        other.wait()
