@@ -20,8 +20,8 @@ DATASETS = Path(__file__).resolve().parent.parent / "conf" / "dataset"  # the na
 
 
 def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
-    """The prompt to use and the top_k to use (clamped to the vocabulary), or a FrostyError."""
-    check_sampling(cfg)
+    """The prompt to use and the top_k to use (clamped to the vocabulary), or a FrostyError. (The sampling settings
+    themselves are checked before the checkpoint is loaded: run_generation.)"""
     must(is_int(cfg.num_samples) and cfg.num_samples >= 1, "num_samples", cfg.num_samples, "an integer >= 1")
     top_k = None if cfg.top_k is None else min(cfg.top_k, len(vocab))
     prompt = str(cfg.prompt) if cfg.prompt is not None else ""
@@ -124,7 +124,7 @@ def run_generation(cfg: DictConfig) -> None:
     if sys.stdout is None:  # started with its standard output closed (generate.py >&-)
         raise FrostyError("standard output is closed: generate.py writes its samples there; send it to a file "
                           "(> samples.txt) or a pipe")
-    check_sampling(cfg)  # before a checkpoint is loaded (check_request checks them again, for its other callers)
+    check_sampling(cfg)  # before a checkpoint is loaded
     path, chosen = choose_checkpoint(cfg)
     ckpt = load_checkpoint(path)
     if chosen:

@@ -185,6 +185,8 @@ class SweepSummary(Callback):
     or was killed (its record says running, its process is gone); exit status 1 if any failed or was killed, else
     130 (143 for SIGTERM) if any was interrupted."""
 
+    _previous = None  # the SIGTERM handler before a joblib sweep's, put back at its end
+
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """SIGTERM to the main process of a sweep whose jobs run in worker processes (joblib's) ends it as an
         exception, so that joblib shuts its workers down on the way out (Python's default would leave them
@@ -193,7 +195,7 @@ class SweepSummary(Callback):
             self._previous = signal.signal(signal.SIGTERM, _end_sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if getattr(self, "_previous", None) is not None:
+        if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
         sweep = Path(config.hydra.sweep.dir)
         records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/.hydra"))}
