@@ -27,8 +27,8 @@ def corpus_text() -> str:
 
 
 def model_preset(name: str, trainer: str = "cpu", **overrides) -> dict:
-    """The model node of `python train.py model=NAME trainer=TRAINER` on this machine as a dict (model=small's depth
-    follows the machine: fewer layers on a CPU without native bf16), with overrides (e.g. block_size=128)."""
+    """The model node of `python train.py model=NAME trainer=TRAINER` as a dict, with overrides (e.g.
+    block_size=128)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 

@@ -26,9 +26,9 @@ class FrostyLM(L.LightningModule):
     vocab: the characters, in id order. model: GPTConfig fields but vocab_size. optim: name (adamw | muon; none
     before optim became a group: adamw), lr, weight_decay, betas, and Muon's keys (conf/optim/muon.yaml).
     scheduler: name (constant | cosine), warmup_steps, decay_steps, min_lr_ratio. config: the whole run's config
-    as composed, before interpolation (its model node as built: model=small's depth follows the machine), kept in
-    the checkpoint: `resume=` recomposes it with the new overrides (so derived keys such as scheduler.decay_steps
-    follow them). logged_config: the same config resolved, for TensorBoard's HPARAMS tab; not kept in the checkpoint.
+    as composed, before interpolation, kept in the checkpoint: `resume=` recomposes it with the new overrides
+    (so derived keys such as scheduler.decay_steps follow them). logged_config: the same config resolved, for
+    TensorBoard's HPARAMS tab; not kept in the checkpoint.
     """
 
     def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, config: dict | None = None,

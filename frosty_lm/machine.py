@@ -30,22 +30,6 @@ def cpu_precision() -> str:
     return "bf16-mixed" if native_bf16 else "32-true"
 
 
-def machine_depth(accelerator: str, native: int, fp32: int) -> int:
-    """model=small's layers on this machine: `fp32` where it trains on a CPU without native bf16 (cpu_precision's
-    fp32), `native` elsewhere (a CPU with native bf16, a GPU). An fp32 step costs much more than a bf16 one, and
-    the shallower model reaches nanoGPT's quality in about the same time there (docs/performance.md). It
-    follows the machine, not trainer.precision: a run asked to train in fp32 on a bf16 CPU keeps `native`."""
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not accelerator_present())
-    return fp32 if on_cpu and cpu_precision() == "32-true" else native
-
-
-def accelerator_present() -> bool:
-    """Whether Lightning's accelerator=auto would pick a GPU (CUDA or Apple's MPS) here."""
-    import torch
-
-    return torch.cuda.is_available() or torch.backends.mps.is_available()
-
-
 BELOW_BF16 = {  # instruction sets below native bf16, as torch's ATEN_CPU_CAPABILITY and oneDNN's ONEDNN_MAX_CPU_ISA
     "ATEN_CPU_CAPABILITY": {"default", "avx2"},    # name them
     "ONEDNN_MAX_CPU_ISA": {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"},

@@ -93,10 +93,8 @@ def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, opt
     for key in ("kind", "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "norm", "qk_norm",
                 "activation", "logit_softcap", "tie_weights"):
         if stored.get(key) != wanted.get(key):
-            why = (" (model=small's depth follows the machine: 2 layers on a CPU without native bf16, 4 elsewhere)"
-                   if key == "n_layer" else "")
-            raise FrostyError(f"{ckpt_path} has model.{key}={stored.get(key)}, this run model.{key}={wanted.get(key)}"
-                              f"{why}: use the checkpoint's model settings (model.{key}={stored.get(key)})")
+            raise FrostyError(f"{ckpt_path} has model.{key}={stored.get(key)}, this run model.{key}={wanted.get(key)}: "
+                              f"use the checkpoint's model settings (model.{key}={stored.get(key)})")
     trained, asked = optim_name(hparams.get("optim") or {}), optim_name(optim)
     if trained != asked:
         raise FrostyError(f"{ckpt_path} was trained with optim={trained}, this run asks for optim={asked}: start from "

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.cli import command_arg
 from frosty_lm.errors import FrostyError
-from frosty_lm.machine import cpu_precision, machine_depth
+from frosty_lm.machine import cpu_precision
 
 LAST = Path("checkpoints") / "last.ckpt"
 BEST = Path("checkpoints") / "best.ckpt"
@@ -215,7 +215,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("frosty_output_subdir", output_subdir, replace=True)
     OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
     OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
-    OmegaConf.register_new_resolver("frosty_machine_depth", machine_depth, replace=True)
 
 
 # At import, not only in train.py: sweep launchers that run jobs in worker processes resolve the hydra node there;

@@ -1,11 +1,10 @@
-"""What a run tells its user about itself: the precision it trains in and the depth the machine chose, and why (at the
-start), and its summary at the end: the best checkpoint, val loss, training speed, a sample, and the generate.py
-command that continues it."""
+"""What a run tells its user about itself: the precision it trains in, and why (at the start), and its summary
+at the end: the best checkpoint, val loss, training speed, a sample, and the generate.py command that continues
+it."""
 from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 
 import lightning as L
@@ -97,18 +96,6 @@ def precision_line(cfg: DictConfig, precision: str) -> str:
         return (f"fp32 ({precision}): this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 would be slower; "
                 "expect several times the time per step of such a CPU")
     return f"{precision}: as trainer.precision sets it"
-
-
-def depth_note(cfg: DictConfig) -> str:
-    """'; 2 layers, for this machine (...)' when the machine chose the model's depth (model=small's
-    ${frosty_machine_depth:ACCELERATOR,NATIVE,FP32}), else ''."""
-    chosen = OmegaConf.to_container(cfg.model, resolve=False).get("n_layer")
-    found = re.search(r"frosty_machine_depth:[^,]*,\s*(\d+),\s*(\d+)", chosen) if isinstance(chosen, str) else None
-    if found is None:
-        return ""
-    native, fp32 = found.groups()
-    return (f"; {cfg.model.n_layer} layers, for this machine ({native} on a GPU or a CPU with native bf16, {fp32} on a "
-            "CPU without it; model.n_layer=N to choose)")
 
 
 def speed_line(chars_per_sec: float, peak_fraction: float | None, precision: str) -> str:

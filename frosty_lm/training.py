@@ -38,7 +38,7 @@ from frosty_lm.resume import (
     resume_if_asked,
 )
 from frosty_lm.status import RunLock, RunRecord
-from frosty_lm.summary import depth_note, precision_line, summarise
+from frosty_lm.summary import precision_line, summarise
 from frosty_lm.value_checks import is_int
 
 log = logging.getLogger("frosty")
@@ -69,8 +69,7 @@ def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
-    stored = OmegaConf.to_container(cfg, resolve=False)  # kept in the checkpoint, for resume=; its model as built,
-    stored["model"] = run_config["model"]  # so a depth the machine chose (model=small) stays on another machine
+    stored = OmegaConf.to_container(cfg, resolve=False)  # kept in the checkpoint, for resume=
     model = FrostyLM(
         vocab=datamodule.tokenizer.chars,
         model=run_config["model"],
@@ -169,8 +168,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     if resumed_run:
         log.info("resuming %s from step %d", Path(cfg.paths.output_dir), start["global_step"])
     log.info("torch threads: %d", threads)
-    log.info("model: %s parameters, vocabulary of %d characters%s", f"{model.model.num_params():,}",
-             len(model.hparams.vocab), depth_note(cfg))
+    log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
+             len(model.hparams.vocab))
     record.write(num_params=model.model.num_params())
     log.info("precision: %s", precision_line(cfg, str(trainer.precision)))
     per_step = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches

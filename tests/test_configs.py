@@ -8,7 +8,6 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
 from conftest import CONF
-from frosty_lm import machine
 from frosty_lm.config import GPTConfig
 from frosty_lm.machine import BELOW_BF16, cpu_precision
 
@@ -79,26 +78,23 @@ def test_cpu_trainer_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf1
     assert compose_train("trainer.precision=32-true").trainer.precision == "32-true"
 
 
-@pytest.mark.parametrize("native_bf16, trainer, gpu, expected", [
-    (True, "cpu", False, 4), (False, "cpu", False, 2), (False, "cpu", True, 2), (False, "ddp_cpu", False, 2),
-    (False, "default", False, 2), (False, "default", True, 4), (False, "gpu", False, 4), (True, "gpu", True, 4)])
-def test_the_small_models_depth_follows_the_machine_not_the_precision_asked_for(monkeypatch, native_bf16, trainer, gpu,
-                                                                               expected):
-    """model=small: 2 layers where it trains on a CPU without native bf16, else 4 (trainer=default: Lightning's
-    accelerator=auto, a GPU if there is one)."""
+@pytest.mark.parametrize("native_bf16, trainer, gpu", [(True, "cpu", False), (False, "cpu", False),
+                                                      (False, "default", True), (True, "gpu", True)])
+def test_a_model_preset_is_the_same_model_on_every_machine(monkeypatch, native_bf16, trainer, gpu):
+    """model=small (and every preset) builds one architecture whatever the CPU or accelerator; only the
+    precision may follow the machine."""
     for name in BELOW_BF16:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(machine, "accelerator_present", lambda: gpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert compose_train(f"trainer={trainer}").model.n_layer == expected
-    assert compose_train(f"trainer={trainer}", "++trainer.precision=32-true").model.n_layer == expected
-    assert compose_train(f"trainer={trainer}", "model.n_layer=4").model.n_layer == 4
-    assert compose_train(f"trainer={trainer}", "model=medium").model.n_layer == compose_train("model=medium",
-                                                                                            "trainer=gpu").model.n_layer
-    if trainer == "cpu" and native_bf16:  # what the variables that approximate an AVX2-only CPU give
-        monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
-        assert compose_train().model.n_layer == 2
+    for preset in ("tiny", "small", "medium", "large"):
+        model = OmegaConf.to_container(compose_train(f"model={preset}", f"trainer={trainer}").model, resolve=True)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: not native_bf16)
+        other = OmegaConf.to_container(compose_train(f"model={preset}", "trainer=cpu").model, resolve=True)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+        assert model == other, preset
+    assert compose_train(f"trainer={trainer}").model.n_layer == 2
 
 
 def test_the_benchmarks_build_the_model_that_train_py_builds():

@@ -105,40 +105,6 @@ def test_the_end_status_is_written_once_by_rank_zero_and_only_to_tensorboard(tmp
     assert not list(tmp_path.joinpath("csv").rglob("events.out.tfevents.*"))
 
 
-def test_a_depth_the_machine_chose_is_said_and_stays_with_the_run_on_resume(invoke, text_file, tmp_path, monkeypatch):
-    """model=small's depth follows the machine (2 layers on a CPU without native bf16, 4 with it); a run
-    resumed on the other kind of machine keeps the depth it was started with (the checkpoint stores it resolved)."""
-    import torch
-
-    from frosty_lm import machine
-
-    monkeypatch.chdir(tmp_path)
-    small = ["model=small", "model.block_size=16", "model.n_embd=16", "data.batch_size=2", "dataset=text",
-             f"data.path={text_file}", *QUICK]
-    monkeypatch.setattr(machine, "cpu_precision", lambda: "32-true")  # the depth's view of the CPU only
-    code, _, err = invoke("train.py", *small, "trainer.max_steps=2", "trainer.val_check_interval=1")
-    assert code == 0, err
-    note = "2 layers, for this machine (4 on a GPU or a CPU with native bf16, 2 on a CPU without it"
-    (run_dir,) = (tmp_path / "outputs" / "runs").glob("*/*")
-    log = (run_dir / "train.log").read_text()
-    assert re.search(rf"model: [\d,]+ parameters, vocabulary of \d+ characters; {re.escape(note)}", log), log
-    monkeypatch.setattr(machine, "cpu_precision", lambda: "bf16-mixed")  # now the machine says 4
-    code, _, err = invoke("train.py", "resume=latest", *QUICK, "trainer.max_steps=3")
-    assert code == 0, err
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 3 and ckpt["hyper_parameters"]["model"]["n_layer"] == 2
-    code, _, err = invoke("train.py", *small, "trainer.max_steps=1", "model.n_layer=2")
-    assert code == 0, err
-    (given,) = set((tmp_path / "outputs" / "runs").glob("*/*")) - {run_dir}
-    log = (given / "train.log").read_text()
-    assert "parameters, vocabulary of" in log and "for this machine" not in log, log
-    last = run_dir / "checkpoints" / "last.ckpt"  # a new run from it, where the machine says 4: refused, saying why
-    code, _, err = invoke("train.py", *small, f"ckpt_path={last}", "trainer.max_steps=5")
-    assert code == 1 and ("has model.n_layer=2, this run model.n_layer=4 (model=small's depth follows the machine: 2 "
-                          "layers on a CPU without native bf16, 4 elsewhere): use the checkpoint's model settings "
-                          "(model.n_layer=2)") in err, err
-
-
 def test_a_new_run_is_named_by_its_dataset_and_model_and_resumes(invoke, text_file, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = invoke("train.py", *TINY, "trainer.max_steps=1", "dataset=text", f"data.path={text_file}")
