@@ -4,6 +4,7 @@ directory, by run_dirs.run_to_resume, before this code runs.)"""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -13,49 +14,115 @@ from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.config_checks import max_time_seconds
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import LAST
-from frosty_lm.stored_config import check_stored_config, stored_config, upgraded
 
 log = logging.getLogger("frosty")
-
-
-def resumed_config(stored: dict, overrides: list[str], groups: set[str]) -> DictConfig:
-    """The config a run was started with (kept in its checkpoint), with the resuming command's key=value
-    overrides applied (e.g. trainer.max_steps=5000 to train longer). Changing a config group is refused."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    cfg = upgraded(OmegaConf.create(stored))
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group
-        if key == "resume" or key.startswith("hydra"):
-            continue
-        if key in groups:
-            raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
-                              f"(leave {key}= out); override single keys instead (e.g. trainer.max_steps=5000)")
-        OmegaConf.update(cfg, key, override.value(), force_add=True)
-    return cfg
+CONF = Path(__file__).resolve().parents[1] / "conf"
+WRITE_KEYS = ("dirpath", "save_dir", "default_root_dir", "name", "version", "sub_dir", "filename")
+FOLLOWS_CONF = ("callbacks", "logger")  # what a resumed run takes from today's conf/: they watch training only
+ABSENT = object()
 
 
 def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
-    """resume=latest|RUN_DIR: Hydra has already put this job in that run's directory; continue it with
-    the config it was started with (plus this command's key=value overrides) from its last checkpoint.
-    Returns the config to run and the checkpoint read (None without resume=), which training hands on
-    rather than reading the file again."""
+    """resume=latest|RUN_DIR: Hydra has already put this job in that run's directory. Compose conf/ again with
+    the overrides the run recorded (.hydra/overrides.yaml, and those of its earlier resumes) and this command's
+    (e.g. trainer.max_steps=5000 to train longer), to go on from its last.ckpt. Refused in one line: a recorded
+    override that could run code or write outside the run, a config group changed on resume, and a composed
+    config that differs from what the checkpoint recorded (conf/ changed since). Nothing in the checkpoint is
+    composed or instantiated. Returns the config and the checkpoint read (None without resume=)."""
     if not cfg.get("resume"):
         return cfg, None
     if cfg.get("ckpt_path"):
         raise FrostyError(f"resume={cfg.resume} and ckpt_path={cfg.ckpt_path} conflict: resume= continues a run in its "
                           "own directory, ckpt_path= starts a new run from a checkpoint; give one")
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
     hydra = HydraConfig.get()
-    last = Path(hydra.runtime.output_dir) / LAST
+    run = Path(hydra.runtime.output_dir)
+    last = run / LAST
     ckpt = load_checkpoint(last)
-    stored = stored_config(ckpt["hyper_parameters"])
-    if not stored:
-        raise FrostyError(f"{last} holds no run config to resume with: use ckpt_path={last} and the run's overrides")
-    check_stored_config(stored, last)
-    cfg = resumed_config(stored, list(hydra.overrides.task), set(hydra.runtime.choices))
+    stored = ckpt["hyper_parameters"].get("config")
+    if not isinstance(stored, dict):
+        raise FrostyError(f"{last} records no run config (an older Frosty's checkpoint): start a new run from it with "
+                          f"ckpt_path={last} and the run's overrides")
+    parser = OverridesParser.create()
+    recorded = [o for o in recorded_overrides(run, hydra.output_subdir) if not o.startswith("resume=")]
+    check_recorded(parser.parse_overrides(recorded), run)
+    new = [o for o in parser.parse_overrides(list(hydra.overrides.task)) if o.key_or_group != "resume"]
+    for override in new:
+        if override.key_or_group in hydra.runtime.choices:
+            raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
+                              f"(leave {override.key_or_group}= out); override single keys instead (e.g. "
+                              "trainer.max_steps=5000)")
+    try:
+        cfg = compose(hydra.job.config_name, [*recorded, *(o.input_line for o in new), f"resume={cfg.resume}"])
+    except HydraException as err:
+        why = " ".join(str(err).split())
+        raise FrostyError(f"{run}'s recorded overrides do not compose with conf/: {why}") from None
+    changed = [key for key in differences(stored, OmegaConf.to_container(cfg, resolve=False))
+               if not key.startswith(FOLLOWS_CONF) and key not in ("resume", "ckpt_path")
+               and not any(key == o.key_or_group or key.startswith(o.key_or_group + ".") for o in new)]
+    if changed:
+        key = changed[0]
+        was, now = OmegaConf.select(OmegaConf.create(stored), key), OmegaConf.select(cfg, key)
+        more = f" (and {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" if changed[1:] else ""
+        raise FrostyError(f"cannot resume {run}: conf/ now gives {key}={now} where the run recorded {key}={was}{more}; "
+                          f"add {key}={was} to the command to go on as it trained")
     cfg.ckpt_path = str(last)
-    check_more_to_train(ckpt, cfg, last.parents[1])
+    check_more_to_train(ckpt, cfg, run)
     return cfg, ckpt  # (training.fit checks the config, as for a new run)
+
+
+def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
+    """The overrides a run was started with (.hydra/overrides.yaml), then those of each of its resumes
+    (.hydra/resumed-STAMP/overrides.yaml, oldest first) but this one's."""
+    first = run / ".hydra" / "overrides.yaml"
+    if not first.is_file():
+        raise FrostyError(f"cannot resume {run}: it has no .hydra/overrides.yaml (not a run of train.py): start a new "
+                          f"run from it with ckpt_path={run / LAST} and the run's overrides")
+    files = [first, *sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))]
+    overrides = []
+    for file in files:
+        if this_subdir and file.parent == run / this_subdir:
+            continue
+        listed = OmegaConf.to_container(OmegaConf.load(file))
+        if not (isinstance(listed, list) and all(isinstance(o, str) for o in listed)):
+            raise FrostyError(f"{file} is not a list of overrides (damaged or edited): resume only runs of train.py")
+        overrides += listed
+    return overrides
+
+
+def check_recorded(overrides: list, run: Path) -> None:
+    """A run directory may come from someone else: its recorded overrides may not set Hydra's keys or a
+    `_target_` (code to run), call a resolver (the environment, files), download from a URL that conf/ does not
+    name, or point a log, checkpoint or output path outside the run."""
+    urls = set(re.findall(r"^url:\s*(\S+)", "\n".join(f.read_text() for f in (CONF / "dataset").glob("*.yaml")),
+                          flags=re.MULTILINE))
+    for override in overrides:
+        key, value = override.key_or_group, override.value()
+        why = None
+        if key.startswith("hydra") or any(part.startswith("_") for part in re.split(r"[./]", key)):
+            why = f"sets {key}"
+        elif re.search(r"\$\{[^}]*:", override.input_line):
+            why = "calls a resolver"
+        elif key == "paths.output_dir" or (key.startswith(("callbacks.", "logger.", "trainer.", "paths."))
+                                           and key.endswith(WRITE_KEYS) and isinstance(value, str)
+                                           and (value.startswith("/") or ".." in Path(value).parts)):
+            why = "writes outside the run's directory"
+        elif key == "data.url" and value not in urls:
+            why = "downloads from a URL that conf/ does not name"
+        if why:
+            raise FrostyError(f"cannot resume {run}: its recorded override {override.input_line} {why}; resume only "
+                              f"runs you trust (or start a new run from its weights with ckpt_path={run / LAST})")
+
+
+def differences(old, new, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two plain configs (a key on one side only differs)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [found for key in sorted(set(old) | set(new), key=str)
+                for found in differences(old.get(key, ABSENT), new.get(key, ABSENT), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.removesuffix(".")]
 
 
 def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:

@@ -74,12 +74,12 @@ def run_corpus(run: Path) -> str | None:
     """The corpus a run of train.py trained on: data.name in the .hydra/config.yaml Hydra wrote for it, with
     data.path if it names a file (nothing else of the file is resolved); None if the file is missing, damaged or
     foreign."""
-    try:
-        data = OmegaConf.load(run / ".hydra" / "config.yaml").data
-        name, path = data.name, data.get("path")
+    try:  # as written, nothing resolved: the file may come from someone else
+        data = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=False)["data"]
+        name, path = data["name"], data.get("path")
     except Exception:  # unreadable, not YAML, not a mapping, no data.name: whatever the error, the corpus is unknown
         return None
-    if not isinstance(name, str):
+    if not isinstance(name, str) or "${" in name:
         return None
     # dataset=text runs are on whatever file data.path names: "text:FILE", so that two files do not compare
     return f"{name}:{path}" if isinstance(path, str) and path and "${" not in path else name
@@ -111,6 +111,11 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
         run_of = f" (here {command_arg('resume', run.parents[1])})" if in_run else ""
         raise FrostyError(f"resume={resume} is a file: resume= takes a run's directory, the one holding {LAST}"
                           f"{run_of}; to start a new run from a checkpoint file, give ckpt_path={resume}")
+    for below, dirs, files in os.walk(run):  # a received run directory: a link in it could send writes elsewhere
+        link = next((Path(below) / name for name in [*dirs, *files] if (Path(below) / name).is_symlink()), None)
+        if link is not None:
+            raise FrostyError(f"cannot resume {run}: {link} is a symbolic link, which could make the run write "
+                              "outside its directory; replace it with the file itself")
     if not (run / LAST).is_file():
         if (run / BEST).is_file():  # last.ckpt deleted: the run cannot go on, but a new one can start from its best
             raise FrostyError(f"cannot resume {run}: it has no {LAST}, only {BEST}: start a new run from that, "

@@ -1,7 +1,6 @@
 """Run status: each run's status.json, the lock of a run being trained, and the summary that ends a sweep."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -28,16 +27,6 @@ def alive(pid) -> bool:
         return True
     except (OSError, TypeError, ValueError):
         return False
-
-
-def process_start(pid) -> int | None:
-    """When the process with this pid started, in clock ticks since boot (field 22 of Linux's /proc/PID/stat): a pid
-    reused by a later process has another. None where there is no /proc, or no such process."""
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])  # after the name (which may hold spaces): fields 3, 4, ...
-    except (OSError, ValueError, TypeError, IndexError):
-        return None
 
 
 def rank() -> int:
@@ -104,75 +93,27 @@ class RunRecord:
 
 
 class RunLock:
-    """A run is trained by one process at a time: .lock in its directory names the process (pid, host, and on Linux
-    its start time). A lock whose process is gone (killed), or whose pid now belongs to a process that started at
-    another time, is taken over; a live one refuses the second trainer in one line."""
+    """A run is trained by one process at a time: the operating system's lock on .lock in its directory (the
+    filelock package), which it releases when the process ends, however it ends. A second trainer is refused."""
 
     def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir) / ".lock"
-        self.held = False
+        from filelock import FileLock
+
+        self.lock = FileLock(Path(run_dir) / ".lock", timeout=0)
 
     def acquire(self) -> None:
+        from filelock import Timeout
+
         if rank() != 0:  # the other processes of a multi-process run train under rank 0's lock
             return
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": process_start(os.getpid())}
-        for _ in range(2):
-            if self._create(json.dumps(me)):
-                self.held = True
-                return
-            try:
-                holder = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                holder = {}
-            ours = holder.get("pid") == me["pid"]  # left by an earlier run in this interpreter (tests)
-            started = holder.get("started")  # (none in a lock written without /proc, or before it was recorded)
-            reused = started is not None and process_start(holder.get("pid")) not in (None, started)
-            if holder.get("host") == me["host"] and (ours or reused or not alive(holder.get("pid"))):
-                self.path.unlink(missing_ok=True)  # stale: its process was killed (its pid maybe reused since)
-                continue
-            if "pid" not in holder:
-                raise FrostyError(f"{self.path} names no process (a damaged lock): if no process trains "
-                                  f"{self.path.parent}, remove {self.path}")
-            raise FrostyError(
-                f"{self.path.parent} is being trained by process {holder.get('pid')} on {holder.get('host')}: "
-                f"wait for it to end or stop it (if that machine is gone, remove {self.path})")
-
-    def _create(self, content: str) -> bool:
-        """Create the lock with its content, whole or not at all: written beside it, then linked into place (a
-        signal between creating .lock and writing it would leave a lock that names no process, which no later run
-        could take over). False if there is a lock already."""
-        beside = self.path.with_name(f"{self.path.name}.{os.getpid()}")
         try:
-            beside.write_text(content)  # (a full disk fails here, before any lock is made)
-            try:
-                os.link(beside, self.path)
-            except FileExistsError:
-                return False
-            except OSError as err:
-                if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise
-                return self._create_in_place(content)  # a file system without hard links (FAT)
-        finally:
-            beside.unlink(missing_ok=True)
-        return True
-
-    def _create_in_place(self, content: str) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(content)
-        except BaseException:
-            self.path.unlink(missing_ok=True)
-            raise
-        return True
+            self.lock.acquire()
+        except Timeout:
+            raise FrostyError(f"{Path(self.lock.lock_file).parent} is being trained by another process: wait for it "
+                              "to end or stop it") from None
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        self.lock.release()
 
 
 def _end_sweep(signum, frame) -> None:

@@ -5,14 +5,12 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import frosty_lm.optim
 from conftest import TINY
 from frosty_lm.config import GPTConfig
 from frosty_lm.model import GPT
 from frosty_lm.optim import MuonWithAdamW, group_settings, make_optimizer, newton_schulz_fp32
-from frosty_lm.stored_config import upgraded
 from test_reliability import assert_one_line_error
 
 MUON = {"name": "muon", "lr": 0.02, "momentum": 0.95, "weight_decay": 0.01, "adjust_lr_fn": "original",
@@ -127,11 +125,6 @@ def test_a_state_dict_round_trip_continues_bit_for_bit():
     assert restored.muon.param_groups[0] is restored.param_groups[0]
     train_steps(stopped, restored, 3, seed=2)
     assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), stopped.parameters()))
-
-
-def test_an_old_config_without_optim_name_is_adamw():
-    cfg = upgraded(OmegaConf.create({"optim": {"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.99]}}))
-    assert cfg.optim.name == "adamw"
 
 
 def ckpt(run_dir):

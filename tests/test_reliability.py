@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import TINY, poem, run, snapshot, start_training, wait_for_checkpoint
+from conftest import QUICK, TINY, poem, run, snapshot, start_training, wait_for_checkpoint
 from frosty_lm.checkpoint_saving import AtomicCheckpointIO
 
 
@@ -463,25 +463,25 @@ def test_resume_and_a_start_checkpoint_are_read_once(invoke, text_file, tmp_path
     assert reads == ["last.ckpt", "best.ckpt"]
 
 
-def test_a_checkpoint_written_before_the_relayout_resumes(invoke, tmp_path):
-    """tests/fixtures/old_layout.ckpt keeps the run config twice (run_config, composed_config): resume reads the
-    composed one, and the checkpoints it writes keep it once (config)."""
+def test_a_checkpoint_of_an_older_frosty_starts_a_new_run_and_is_not_resumed(invoke, tmp_path):
+    """tests/fixtures/old_layout.ckpt (weights under older names; its run config as run_config and composed_config,
+    no config) is refused by resume= in one line that names ckpt_path=, with which a new run starts from it."""
     run_dir = tmp_path / "old"
     (run_dir / "checkpoints").mkdir(parents=True)
-    old = torch.load(Path(__file__).parent / "fixtures/old_layout.ckpt", weights_only=True)
-    for key, state in old["callbacks"].items():  # as if written here, not in the fixture's run directory
-        if key.startswith("ModelCheckpoint"):
-            state.update(dirpath=str(run_dir / "checkpoints"), last_model_path=str(run_dir / "checkpoints/last.ckpt"))
-    torch.save(old, run_dir / "checkpoints/last.ckpt")
+    shutil.copy(Path(__file__).parent / "fixtures/old_layout.ckpt", run_dir / "checkpoints/last.ckpt")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(poem(), encoding="utf-8")  # the fixture's corpus, at a new path
     code, _, err = invoke("train.py", f"resume={run_dir}", f"data.path={corpus}", "trainer.max_steps=6")
+    assert_one_line_error(code, err, "records no run config (an older Frosty's checkpoint)",
+                          f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}")
+    new = tmp_path / "new"
+    code, _, err = invoke("train.py", "dataset=text", f"data.path={corpus}", "model.block_size=16", "model.n_layer=1",
+                          "model.n_head=2", "model.n_embd=16", "data.batch_size=4", "trainer.max_steps=6", *QUICK,
+                          f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}", f"hydra.run.dir={new}")
     assert code == 0, err
-    ckpt = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    ckpt = torch.load(new / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
     assert set(ckpt["hyper_parameters"]) == {"vocab", "model", "optim", "scheduler", "config"}
-    assert ckpt["hyper_parameters"]["scheduler"]["decay_steps"] == 6  # recomposed with the new max_steps
-    assert ckpt["hyper_parameters"]["config"]["data"]["path"] == str(corpus)
 
 
 def test_a_checkpoint_of_another_corpus_or_shape_is_refused(invoke, trained_run, tmp_path):

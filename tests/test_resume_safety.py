@@ -1,24 +1,24 @@
-"""A run directory received from someone else is safe to resume: the config stored in its checkpoint is data,
-and one that would run code, read the environment or write outside the run is refused before anything runs."""
+"""A run directory received from someone else is safe to resume: resume= composes conf/ with the overrides the
+run recorded, and an override that would run code, read the environment or write outside the run, or a link in
+the run's directory, is refused before anything is written."""
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import snapshot
 from test_reliability import assert_one_line_error, malicious_checkpoint
 
 
-def crafted_run(trained_run: Path, tmp_path: Path, edit) -> Path:
-    """A copy of a finished run whose last.ckpt's stored config was edited by edit(config)."""
+def received(trained_run: Path, tmp_path: Path, *planted: str) -> Path:
+    """A copy of a finished run, with overrides planted in its .hydra/overrides.yaml."""
     run_dir = tmp_path / "received"
     shutil.copytree(trained_run, run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, weights_only=True)
-    edit(ckpt["hyper_parameters"]["config"])
-    torch.save(ckpt, last)
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump([*yaml.safe_load(overrides.read_text()), *planted]))
     return run_dir
 
 
@@ -26,66 +26,57 @@ def resume_is_refused(invoke, run_dir: Path, tmp_path: Path, *fragments: str) ->
     before = snapshot(run_dir)
     outside = {p for p in tmp_path.rglob("*") if not p.is_relative_to(run_dir)}
     code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
-    assert_one_line_error(code, err, "was refused", *fragments)
+    assert_one_line_error(code, err, *fragments)
     after = snapshot(run_dir)
     hydra_records = {p for p in after if ".hydra" in p.parts or p.name == "train.log"}  # Hydra's, before Frosty runs
     assert {p: v for p, v in after.items() if p not in hydra_records} == {p: v for p, v in before.items()
                                                                           if p not in hydra_records}
+    assert not [p for p in after if "resumed-" in str(p)]  # the refused resume's config went too
     assert {p for p in tmp_path.rglob("*") if not p.is_relative_to(run_dir)} == outside  # nothing written elsewhere
 
 
-def test_a_stored_callback_that_would_unpickle_a_file_is_refused(invoke, trained_run, tmp_path):
+def test_a_recorded_override_that_would_unpickle_a_file_is_refused(invoke, trained_run, tmp_path):
     marker, evil = tmp_path / "code-ran", tmp_path / "evil.pt"
     malicious_checkpoint(evil, marker)
-
-    def add_loader(config):
-        config["callbacks"]["loader"] = {"_target_": "torch.load", "f": str(evil), "weights_only": False}
-
-    resume_is_refused(invoke, crafted_run(trained_run, tmp_path, add_loader), tmp_path, "'torch.load'",
-                      "callbacks.loader._target_")
+    run_dir = received(trained_run, tmp_path, "+callbacks.loader._target_=torch.load", f"+callbacks.loader.f={evil}",
+                       "+callbacks.loader.weights_only=false")
+    resume_is_refused(invoke, run_dir, tmp_path, "+callbacks.loader._target_=torch.load", "sets")
     assert not marker.exists()
 
 
-def test_a_stored_file_copy_is_refused(invoke, trained_run, tmp_path):
-    victim, source = tmp_path / "victim.txt", tmp_path / "source.txt"
-    victim.write_text("mine")
-    source.write_text("theirs")
-
-    def add_copy(config):
-        config["callbacks"]["copy"] = {"_target_": "shutil.copyfile", "src": str(source), "dst": str(victim)}
-
-    resume_is_refused(invoke, crafted_run(trained_run, tmp_path, add_copy), tmp_path, "'shutil.copyfile'")
-    assert victim.read_text() == "mine"
-
-
-def test_a_stored_environment_interpolation_is_refused(invoke, trained_run, tmp_path, monkeypatch):
-    elsewhere = tmp_path / "elsewhere"
-    monkeypatch.setenv("ELSEWHERE", str(elsewhere))
-
-    def redirect(config):
-        config["callbacks"]["model_checkpoint"]["dirpath"] = "${oc.env:ELSEWHERE}"
-
-    resume_is_refused(invoke, crafted_run(trained_run, tmp_path, redirect), tmp_path, "${oc.env:ELSEWHERE}")
-    assert not elsewhere.exists()
-
-
-@pytest.mark.parametrize("key, value, message", [
-    ("logger.tensorboard.name", "../../escaped", "outside the run's directory"),
-    ("paths.output_dir", "/tmp/elsewhere", "moves the run's directory"),
-    ("data.url", "https://example.com/evil.txt", "not one of Frosty's corpora"),
-    ("callbacks.sample_text._args_", ["x"], "sets Hydra's _args_"),
+@pytest.mark.parametrize("planted, message", [
+    ("+callbacks.copy._target_=shutil.copyfile", "sets callbacks.copy._target_"),
+    ("callbacks.model_checkpoint.dirpath=${oc.env:ELSEWHERE}", "calls a resolver"),
+    ("logger.tensorboard.name=../../escaped", "writes outside the run's directory"),
+    ("callbacks.model_checkpoint.dirpath=/tmp/elsewhere", "writes outside the run's directory"),
+    ("paths.output_dir=/tmp/elsewhere", "writes outside the run's directory"),
+    ("data.url=https://example.com/evil.txt", "downloads from a URL that conf/ does not name"),
+    ("hydra.run.dir=/tmp/elsewhere", "sets hydra.run.dir"),
 ])
-def test_other_stored_escapes_are_refused(invoke, trained_run, tmp_path, key, value, message):
-    def edit(config):
-        *parents, leaf = key.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
+def test_other_recorded_escapes_are_refused(invoke, trained_run, tmp_path, monkeypatch, planted, message):
+    monkeypatch.setenv("ELSEWHERE", str(tmp_path / "elsewhere"))
+    resume_is_refused(invoke, received(trained_run, tmp_path, planted), tmp_path, planted, message)
+    assert not (tmp_path / "elsewhere").exists()
 
-    resume_is_refused(invoke, crafted_run(trained_run, tmp_path, edit), tmp_path, message)
+
+@pytest.mark.parametrize("link", ["hparams.yaml", "checkpoints", ".hydra"])
+def test_a_link_in_a_received_run_is_refused(invoke, trained_run, tmp_path, link):
+    """A symbolic link in the run's directory could send a resume's writes anywhere: refused before Hydra or
+    Frosty write anything, and the file it points to is left alone."""
+    run_dir = received(trained_run, tmp_path)
+    target = tmp_path / f"victim-{link}"
+    shutil.move(run_dir / link, target)
+    os.symlink(target, run_dir / link)
+    victim = snapshot(target) if target.is_dir() else {target: target.read_bytes()}
+    before = snapshot(run_dir)
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
+    assert_one_line_error(code, err, f"{run_dir / link} is a symbolic link")
+    assert (snapshot(target) if target.is_dir() else {target: target.read_bytes()}) == victim
+    assert snapshot(run_dir) == before
+
+
 def test_an_untouched_received_run_resumes_in_place(invoke, trained_run, tmp_path):
-    run_dir = crafted_run(trained_run, tmp_path, lambda config: None)
+    run_dir = received(trained_run, tmp_path)
     code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
     assert code == 0, err
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 40
@@ -95,20 +86,31 @@ def test_an_untouched_received_run_resumes_in_place(invoke, trained_run, tmp_pat
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 50
 
 
-@pytest.mark.parametrize("earlier_module", ["frosty_lm.callbacks", "frosty_lm.checkpoint"])
-def test_a_run_whose_config_names_the_checkpoint_callback_where_it_used_to_be_resumes(
-        invoke, trained_run, tmp_path, earlier_module):
-    """A stored config may name BestAndLastCheckpoint in frosty_lm.callbacks or frosty_lm.checkpoint, where earlier
-    versions kept it (it is in frosty_lm.checkpoint_saving, so that reading a checkpoint needs no Lightning): the
-    run resumes, and its new checkpoints name it there."""
-
-    def where_it_was(config):
-        config["callbacks"]["model_checkpoint"]["_target_"] = f"{earlier_module}.BestAndLastCheckpoint"
-
-    run_dir = crafted_run(trained_run, tmp_path, where_it_was)
-    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
+def test_a_run_whose_settings_conf_no_longer_gives_is_refused_naming_them(invoke, trained_run, tmp_path):
+    """The checkpoint records the settings it trained with; if conf/ and the recorded overrides now compose to
+    others, the resume is refused naming the key and the override that keeps it; with it, the run goes on.
+    Nothing in the checkpoint is composed: its record is only compared."""
+    run_dir = received(trained_run, tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["hyper_parameters"]["config"]["data"]["val_fraction"] = 0.2  # as if conf/ had said 0.2 when it trained
+    torch.save(ckpt, last)
+    resume_is_refused(invoke, run_dir, tmp_path, "conf/ now gives data.val_fraction=0.1 where the run recorded "
+                      "data.val_fraction=0.2", "add data.val_fraction=0.2 to the command")
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40", "data.val_fraction=0.2")
     assert code == 0, err
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 40
-    assert last["hyper_parameters"]["config"]["callbacks"]["model_checkpoint"]["_target_"] == (
-        "frosty_lm.checkpoint_saving.BestAndLastCheckpoint")  # stored up to date
+    assert torch.load(last, weights_only=True)["hyper_parameters"]["config"]["data"]["val_fraction"] == 0.2
+
+
+def test_the_best_run_search_reads_a_planted_config_without_resolving_it(trained_run, tmp_path, monkeypatch):
+    """generate.py's choice of run reads each run's .hydra/config.yaml as written: a planted resolver is not
+    called (here it would read the environment and make the run look like one on the corpus asked for)."""
+    from frosty_lm.run_dirs import on_corpus, run_corpus
+
+    run_dir = received(trained_run, tmp_path)
+    config = run_dir / ".hydra" / "config.yaml"
+    planted = yaml.safe_load(config.read_text())
+    planted["data"]["name"] = "${oc.env:CORPUS}"
+    config.write_text(yaml.safe_dump(planted))
+    monkeypatch.setenv("CORPUS", "frost")
+    assert run_corpus(run_dir) is None and not on_corpus(run_dir, "frost")
