@@ -56,7 +56,9 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
                               f"(leave {override.key_or_group}= out); override single keys instead (e.g. "
                               "trainer.max_steps=5000)")
     try:
-        cfg = compose(hydra.job.config_name, [*recorded, *(o.input_line for o in new), f"resume={cfg.resume}"])
+        given = [f"+{o.input_line}" if o.input_line.startswith("+") and not o.input_line.startswith("++")
+                 else o.input_line for o in new]  # +key=: a key of the run's own groups (Muon's), set or added
+        cfg = compose(hydra.job.config_name, [*recorded, *given, f"resume={cfg.resume}"])
     except HydraException as err:
         why = " ".join(str(err).split())
         raise FrostyError(f"{run}'s recorded overrides do not compose with conf/: {why}") from None
