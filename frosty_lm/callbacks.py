@@ -90,9 +90,11 @@ class EveryNValidations(L.Callback):
     """What a validation adds to its val loss and checkpoints (a text sample, the attention maps, sample/copied),
     done at a cadence of its own: at every `every_n_validations`-th validation of the run and at its last one
     (at trainer.max_steps, or where training stops early: trainer.max_time, early stopping), so that a short run
-    gets one of each and a long one a series, at the steps of the validations they follow. Subclasses do their
-    work in at_validation. The count of validations is kept in the run's checkpoints: a resumed run keeps the
-    cadence of an uninterrupted one."""
+    gets one of each and a long one a series, at the steps of the validations they follow. The val loss and the
+    checkpoints stay at every validation: the samples are generated character by character, and at every
+    validation they would take a large share of a short run's time. Subclasses do their work in at_validation.
+    The count of validations is kept in the run's checkpoints: a resumed run keeps the cadence of an
+    uninterrupted one."""
 
     name = ""  # the callback's node in conf/callbacks/default.yaml, for its errors
 

@@ -96,7 +96,8 @@ def upgraded(cfg: DictConfig) -> DictConfig:
     (later BestAndLastCheckpoint in frosty_lm.callbacks, then in frosty_lm.checkpoint), its throughput callback
     frosty_lm.callbacks.Throughput (peak_flops), its progress bar in frosty_lm.callbacks, its optim node no name
     (it was AdamW's), and it may lack callbacks (progress lines, the HPARAMS end status,
-    memorisation, attention maps, early stopping): today's conf/callbacks/default.yaml gives them."""
+    memorisation, attention maps, early stopping): today's conf/callbacks/default.yaml gives them. A callback's node
+    that lacks a key of today's (the extras' every_n_validations) gets its constructor's default."""
     checkpoint = OmegaConf.select(cfg, "callbacks.model_checkpoint")
     if checkpoint is not None and checkpoint.get("_target_") in ("lightning.pytorch.callbacks.ModelCheckpoint",
                                                                  "frosty_lm.callbacks.BestAndLastCheckpoint",

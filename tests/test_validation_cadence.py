@@ -1,5 +1,6 @@
 """A validation's extras (the text sample, the attention maps, sample/copied) come every N validations and at the
 run's last; its val loss and checkpoints at every one."""
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -132,3 +133,28 @@ def test_a_stop_by_max_time_is_the_last_validation(invoke, text_file, tmp_path):
     assert code == 0, err
     val, samples = extras_steps(run_dir)
     assert len(val) == 1 and samples == val  # the one validation, at the stop: its sample too
+
+
+def test_a_run_checkpointed_without_the_cadence_resumes_at_the_default_one(invoke, trained_run, tmp_path):
+    """A checkpoint whose stored callbacks have no every_n_validations and that holds no count of validations (as
+    runs trained before the cadence): the run resumes, with the constructors' default (every 4th and the last),
+    counted from the resume."""
+    run_dir = tmp_path / "received"
+    shutil.copytree(trained_run, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    for name in EXTRAS:
+        del ckpt["hyper_parameters"]["config"]["callbacks"][name]["every_n_validations"]
+    for state in ("SampleText", "AttentionImage", "CopiedShare"):
+        del ckpt["callbacks"][state]
+    torch.save(ckpt, last)
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=120")  # validations every 15 steps
+    assert code == 0, err
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == 120
+    assert "every_n_validations" not in resumed["hyper_parameters"]["config"]["callbacks"]["sample_text"]
+    assert all(resumed["callbacks"][state] == {"validations": 6} for state in ("SampleText", "AttentionImage",
+                                                                               "CopiedShare"))
+    val, samples = extras_steps(run_dir)
+    assert val == [15, 30, 45, 60, 75, 90, 105, 120]
+    assert samples == [30, 90, 120]  # the first run's last; then the 4th validation from the resume, and the last
