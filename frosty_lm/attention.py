@@ -6,8 +6,8 @@ layer and head with the prompt's characters on both axes.
 
 The weights are those the model computes: model.attend is watched while the model runs once over the prompt,
 and each call's q and k (after everything the model does to them) give softmax(q k^T / sqrt(head size)) under
-the causal mask. AttentionImage puts the same picture, for a fixed prompt, in TensorBoard's IMAGES tab at every
-validation.
+the causal mask. AttentionImage puts the same picture, for a fixed prompt, in TensorBoard's IMAGES tab every few
+validations and at the last.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import math
 import sys
 from collections.abc import Iterator
 
-import lightning as L
 import torch
 
 from frosty_lm import model as model_module
+from frosty_lm.callbacks import EveryNValidations
 from frosty_lm.errors import FrostyError
 from frosty_lm.tokenizer import CharTokenizer
 
@@ -126,15 +126,18 @@ def rgb_pixels(maps: torch.Tensor, prompt: str):
     return pixels
 
 
-class AttentionImage(L.Callback):
-    """After each validation, the attention maps over a fixed prompt (its characters outside the vocabulary
-    dropped, at most MAX_PROMPT) as an image in TensorBoard's IMAGES tab, tag "attention"."""
+class AttentionImage(EveryNValidations):
+    """Every few validations (EveryNValidations), the attention maps over a fixed prompt (its characters outside
+    the vocabulary dropped, at most MAX_PROMPT) as an image in TensorBoard's IMAGES tab, tag "attention"."""
 
-    def __init__(self, prompt: str = "Whose woods these are I think I know.") -> None:
+    name = "attention_image"
+
+    def __init__(self, prompt: str = "Whose woods these are I think I know.", every_n_validations: int = 4) -> None:
+        super().__init__(every_n_validations)
         self.prompt = prompt
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+    def at_validation(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.logger is None:
             return
         experiment = getattr(trainer.logger, "experiment", None)
         if not hasattr(experiment, "add_image"):

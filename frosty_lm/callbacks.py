@@ -1,5 +1,5 @@
-"""Lightning callbacks: early stopping, training throughput, a text sample at every validation, Ctrl-C and SIGTERM.
-(Best and last checkpoints: checkpoint.py; progress: progress.py.)"""
+"""Lightning callbacks: early stopping, training throughput, the cadence of a validation's extras and its text
+sample, Ctrl-C and SIGTERM. (Best and last checkpoints: checkpoint_saving.py; progress: progress.py.)"""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dt
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_only
 
-from frosty_lm.config_checks import check_sampling
+from frosty_lm.config_checks import check_every_n_validations, check_sampling
 from frosty_lm.errors import FrostyError, Stopped
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
@@ -86,19 +86,58 @@ class CharThroughput(ThroughputMonitor):
         return metrics["device/items_per_sec"], metrics.get("device/mfu")
 
 
-class SampleText(L.Callback):
-    """After each validation, samples from a fixed prompt and seed and logs the text to TensorBoard
-    (as a code block, so its line breaks survive Markdown), so samples compare across steps and runs."""
+class EveryNValidations(L.Callback):
+    """What a validation adds to its val loss and checkpoints (a text sample, the attention maps, sample/copied),
+    done at a cadence of its own: at every `every_n_validations`-th validation of the run and at its last one
+    (at trainer.max_steps, or where training stops early: trainer.max_time, early stopping), so that a short run
+    gets one of each and a long one a series, at the steps of the validations they follow. The val loss and the
+    checkpoints stay at every validation: the samples are generated character by character, and at every
+    validation they would take a large share of a short run's time. Subclasses do their work in at_validation.
+    The count of validations is kept in the run's checkpoints: a resumed run keeps the cadence of an
+    uninterrupted one."""
+
+    name = ""  # the callback's node in conf/callbacks/default.yaml, for its errors
+
+    def __init__(self, every_n_validations: int = 4) -> None:
+        check_every_n_validations(every_n_validations, self.name)
+        self.every_n_validations = every_n_validations
+        self.validations = 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.validations += 1
+        last = trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step
+        if last or self.validations % self.every_n_validations == 0:
+            self.at_validation(trainer, pl_module)
+
+    def at_validation(self, trainer, pl_module) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"validations": self.validations}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.validations = state_dict.get("validations", 0)
+
+
+class SampleText(EveryNValidations):
+    """Every few validations (EveryNValidations), samples from a fixed prompt and seed and logs the text to
+    TensorBoard (as a code block, so its line breaks survive Markdown), so samples compare across steps and runs."""
+
+    name = "sample_text"
 
     def __init__(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
-                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> None:
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 every_n_validations: int = 4) -> None:
         check_sampling(dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed), prefix="callbacks.sample_text.")
+        super().__init__(every_n_validations)
         self.prompt, self.max_new_tokens, self.seed = prompt, max_new_tokens, seed
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+    def at_validation(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or trainer.logger is None:
             return
         experiment = getattr(trainer.logger, "experiment", None)
         if not hasattr(experiment, "add_text"):

@@ -16,6 +16,8 @@ from frosty_lm.schedule import check_scheduler
 from frosty_lm.value_checks import check_data, is_int, is_number, must
 
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
+# the callbacks whose work a validation does at a cadence of their own (callbacks.EveryNValidations)
+EVERY_N_VALIDATIONS = ("sample_text", "attention_image", "copied")
 
 
 def check_early(cfg: DictConfig) -> None:
@@ -81,6 +83,9 @@ def check_config(cfg: DictConfig) -> None:
         check_text(callbacks.attention_image.get("prompt"), "callbacks.attention_image.prompt")
     if callbacks.get("progress_lines") is not None:
         check_progress_lines(callbacks.progress_lines)
+    for name in EVERY_N_VALIDATIONS:
+        if callbacks.get(name) is not None and "every_n_validations" in callbacks[name]:
+            check_every_n_validations(callbacks[name].every_n_validations, name)
 
 
 def check_progress_lines(settings) -> None:
@@ -94,6 +99,13 @@ def check_progress_lines(settings) -> None:
     must(every_n_steps is None or is_int(every_n_steps) and every_n_steps > 0, key + "every_n_steps",
          every_n_steps, "a positive integer, or null")
     must(is_int(estimate_after) and estimate_after > 0, key + "estimate_after", estimate_after, "a positive integer")
+
+
+def check_every_n_validations(value, name: str) -> None:
+    """callbacks.NAME.every_n_validations, of the callbacks that a validation adds to its val loss and checkpoints
+    every few validations (EVERY_N_VALIDATIONS)."""
+    must(is_int(value) and value >= 1, f"callbacks.{name}.every_n_validations", value,
+         "a positive integer N: at every Nth validation and at the last (1: at every validation)")
 
 
 def check_trainer_counts(trainer: DictConfig) -> None:

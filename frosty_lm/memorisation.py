@@ -1,6 +1,6 @@
-"""Is the model copying its training text? At each validation, a fixed sample (seeded: the same for every run
-with the same config) is checked against the training split: `sample/copied` is the share of its windows of
-`window` characters that occur verbatim in the training split.
+"""Is the model copying its training text? Every few validations and at the last, a fixed sample (seeded: the
+same for every run with the same config) is checked against the training split: `sample/copied` is the share of
+its windows of `window` characters that occur verbatim in the training split.
 
 The training split's windows are indexed once per run: a 64-bit polynomial hash of every window, sorted, with
 the window's position. A sample window whose hash is found is compared character by character with the
@@ -10,9 +10,9 @@ docs/performance.md).
 """
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 
+from frosty_lm.callbacks import EveryNValidations
 from frosty_lm.errors import FrostyError
 from frosty_lm.sampling import default_prompt, sample_text
 from frosty_lm.tokenizer import CharTokenizer
@@ -72,15 +72,19 @@ class WindowIndex:
         return float(found.mean()) if len(found) else None
 
 
-class CopiedShare(L.Callback):
-    """After each validation, samples `chars` characters (from `prompt`, with `seed` and `temperature`) and logs
-    sample/copied: the share of the sample's windows of `window` characters (the prompt left out) that occur
-    verbatim in the training split. The index of the training split is built when training starts."""
+class CopiedShare(EveryNValidations):
+    """Every few validations (EveryNValidations), samples `chars` characters (from `prompt`, with `seed` and
+    `temperature`) and logs sample/copied: the share of the sample's windows of `window` characters (the prompt
+    left out) that occur verbatim in the training split. The index of the training split is built when training
+    starts."""
+
+    name = "copied"
 
     def __init__(self, window: int = 32, chars: int = 1000, prompt: str = "\n", temperature: float = 0.8,
-                 seed: int = 0) -> None:
+                 seed: int = 0, every_n_validations: int = 4) -> None:
         if not isinstance(window, int) or window < 1 or not isinstance(chars, int) or chars < 1:
             raise FrostyError(f"callbacks.copied: window={window!r} and chars={chars!r} must be positive integers")
+        super().__init__(every_n_validations)
         self.window, self.chars, self.prompt, self.temperature, self.seed = window, chars, prompt, temperature, seed
         self.index: WindowIndex | None = None
 
@@ -89,8 +93,8 @@ class CopiedShare(L.Callback):
         if trainer.is_global_zero and datamodule is not None and hasattr(datamodule, "train_data"):
             self.index = WindowIndex(datamodule.train_data.numpy(), self.window)
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or self.index is None or not trainer.loggers:
+    def at_validation(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self.index is None or not trainer.loggers:
             return
         share = self.measure(pl_module.model, pl_module.hparams.vocab)
         if share is not None:

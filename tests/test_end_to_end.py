@@ -75,13 +75,15 @@ def test_a_validation_has_one_step_number_in_console_scalars_samples_and_report(
 
     run_dir, output = frost_run
     console = [int(s) for s in re.findall(r"validation at step (\d+)", output)]
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     events.Reload()
     scalars = [e.step for e in events.Scalars("val/loss")]
     samples = [e.step for e in events.Tensors("sample/text_summary")]
     report = [step for step, _ in find_runs([run_dir])[0].curves["val/loss"]]
-    copied = [e.step for e in events.Scalars("sample/copied")]  # memorisation.CopiedShare, at every validation
-    assert console == scalars == samples == report == copied == [10, 20, 30]
+    copied = [e.step for e in events.Scalars("sample/copied")]  # memorisation.CopiedShare
+    images = [e.step for e in events.Images("attention")]
+    assert console == scalars == report == [10, 20, 30]
+    assert samples == copied == images == [30]  # every 4th validation and the last: a short run gets one of each
     assert all(0 <= e.value <= 1 for e in events.Scalars("sample/copied"))
     assert [e.step for e in events.Scalars("train/loss")][-1] == 30  # the last step's loss, at step 30
 

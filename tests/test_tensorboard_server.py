@@ -91,7 +91,8 @@ def test_text_holds_the_samples_and_images_the_attention_maps(served_sweep):
     for name in ("dropout=0.0", "dropout=0.2"):
         query = urllib.parse.urlencode({"run": name, "tag": "sample/text_summary"})
         texts = api(f"/data/plugin/text/text?{query}")
-        assert [t["step"] for t in texts] == [10, 20] and all(len(t["text"]) > 50 for t in texts)
+        # validations at steps 10 and 20: the samples and maps at every 4th (by default) and at the last
+        assert [t["step"] for t in texts] == [20] and all(len(t["text"]) > 50 for t in texts)
         query = urllib.parse.urlencode({"run": name, "tag": "attention", "sample": 0})
         images = api(f"/data/plugin/images/images?{query}")
-        assert [i["step"] for i in images] == [10, 20]
+        assert [i["step"] for i in images] == [20]
