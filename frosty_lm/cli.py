@@ -90,7 +90,10 @@ def exit_on_user_error(func):
 
 def run_entry_point(main) -> None:
     """Run an entry point's main(); Ctrl-C that reaches it (before training, or a sweep's main process) is one line
-    and exit status 130. (During training a run stops at a step boundary itself: callbacks.StopOnInterrupt.)"""
+    and exit status 130. (During training a run stops at a step boundary itself: callbacks.StopOnInterrupt.)
+    A console that cannot be written (> /dev/full, | head that has exited) loses its log lines, not the run:
+    train.log keeps them, and logging prints no report of each failed line."""
+    logging.raiseExceptions = False
     try:
         main()
     except KeyboardInterrupt:

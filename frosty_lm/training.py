@@ -155,7 +155,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [StopOnInterrupt()]
     # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's other
     # jobs (bars would garble each other); progress lines take its place on the console
-    bars = parallel_jobs() == 1 and sys.stdout.isatty()
+    bars = parallel_jobs() == 1 and sys.stdout is not None and sys.stdout.isatty()  # None: started with it closed
     callbacks = [c for c in callbacks if bars or not isinstance(c, ProgressBar)]
     for lines in (c for c in callbacks if isinstance(c, ProgressLines)):
         lines.on_console, lines.record = not bars, record

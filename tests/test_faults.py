@@ -174,3 +174,35 @@ def test_the_memory_estimate_is_of_the_right_size():
     small = training_memory(816_896, 32, 128, 4, 4, 128, 65)  # the small model at its default batch
     assert 100 * 2**20 < small < 1 * 2**30  # the measured figure: docs/performance.md
     assert training_memory(816_896, 64, 128, 4, 4, 128, 65) > 1.9 * small - 16 * 816_896
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stdout", ["full", "pipe closed early", "closed"])
+def test_a_console_that_cannot_be_written_loses_lines_not_the_run(text_file, tmp_path, stdout):
+    """train.py > /dev/full, train.py | head -1 (the reader gone), train.py >&-: the run trains and finishes,
+    exit 0, with no traceback or logging report; train.log has the lines."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = [sys.executable, str(ROOT / "train.py"), *TINY, "dataset=text", f"data.path={text_file}",
+            f"hydra.run.dir={tmp_path / 'r'}"]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(args, cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+        code, err = result.returncode, result.stderr
+    elif stdout == "pipe closed early":
+        proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.readline()
+        proc.stdout.close()  # as head -1 exits
+        err = proc.stderr.read()
+        code = proc.wait(timeout=300)
+    else:
+        result = subprocess.run(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                timeout=300, preexec_fn=lambda: os.close(1))
+        code, err = result.returncode, result.stderr
+    assert code == 0, err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "finished"
+    assert "continue from it with" in (tmp_path / "r" / "train.log").read_text()
