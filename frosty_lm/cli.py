@@ -45,14 +45,18 @@ FILE_ERRORS = {
 
 
 def file_error(err: BaseException) -> str | None:
-    """One line for an error that comes down to the file system (a full disk, a directory that cannot be written),
-    however deep in the chain of exceptions its OSError sits; None for any other error."""
+    """One line for an error that comes down to the file system (a full disk, a directory that cannot be written) or
+    to memory, however deep in the chain of exceptions it sits; None for any other error."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in FILE_ERRORS:
             what, fix = FILE_ERRORS[err.errno]
             return f"{what}{f': {err.filename}' if err.filename else ''}: {fix}"
+        if isinstance(err, MemoryError) or "can't allocate memory" in str(err) or type(err).__name__ == (
+                "OutOfMemoryError"):  # torch's, on the CPU and on a GPU
+            return ("out of memory (more than the start's estimate, or a limit such as ulimit -v or a container's): "
+                    "lower data.batch_size or model.block_size; last.ckpt keeps the last validation's state")
         err = err.__cause__ or err.__context__
     return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from frosty_lm.errors import FrostyError
@@ -92,15 +93,37 @@ def matmul_peak(dtype: torch.dtype | None = None, device: str | torch.device = "
 
 
 def available_memory() -> int | None:
-    """Bytes of memory this machine can give a new allocation now (Linux's MemAvailable), or None if unknown."""
+    """Bytes this process can allocate now, or None if unknown: the least of Linux's MemAvailable, the room left
+    under its cgroup's memory limit (a container, a batch job) and under its address-space limit (ulimit -v)."""
+    import resource
+
+    found = [meminfo("/proc/meminfo", "MemAvailable:")]
+    limit, used = read_number("/sys/fs/cgroup/memory.max"), read_number("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        found.append(limit - used)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    size = meminfo("/proc/self/status", "VmSize:")
+    if soft != resource.RLIM_INFINITY and size is not None:
+        found.append(soft - size)
+    known = [room for room in found if room is not None]
+    return max(0, min(known)) if known else None
+
+
+def meminfo(path: str, field: str) -> int | None:
+    """A `Field: N kB` line of a /proc file, in bytes."""
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+        with open(path) as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith(field)), None)
     except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return None
+
+
+def read_number(path: str) -> int | None:
+    """A file holding one integer (a cgroup's memory.max holds `max` where there is no limit)."""
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def training_memory(n_params: int, batch_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from frosty_lm.errors import FrostyError
 from test_reliability import assert_one_line_error
 
 
@@ -206,3 +207,33 @@ def test_a_console_that_cannot_be_written_loses_lines_not_the_run(text_file, tmp
     assert "Traceback" not in err and "Logging error" not in err, err
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "finished"
     assert "continue from it with" in (tmp_path / "r" / "train.log").read_text()
+
+
+def test_the_memory_check_counts_a_process_limit(monkeypatch):
+    """ulimit -v (and a container's cgroup limit) leave a process less than the machine has: the up-front check
+    counts the least of them."""
+    import resource
+
+    from frosty_lm import machine
+
+    size = machine.meminfo("/proc/self/status", "VmSize:")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (size + 2**30, resource.RLIM_INFINITY))
+    assert 0 < machine.available_memory() <= 2**30
+    with pytest.raises(FrostyError, match=r"needs about 2\.0 GiB of memory, and this machine has 1\.0 GiB"):
+        machine.check_fits(2 * 2**30, "training", "lower data.batch_size")
+
+
+def test_running_out_of_memory_during_training_is_one_line(invoke, text_file, tmp_path, monkeypatch):
+    """Memory that runs out after the estimate (an allocation torch cannot make): one line with the fix, exit 1,
+    and status.json says failed."""
+    from frosty_lm.lit_module import FrostyLM
+
+    def no_memory(self, batch, batch_idx):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 536870912 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(FrostyLM, "training_step", no_memory)
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "out of memory", "lower data.batch_size or model.block_size")
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "failed"
