@@ -22,6 +22,7 @@ from pathlib import Path
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import make_dir, run_record
 from frosty_lm.status import alive
+from frosty_lm.value_checks import is_int, is_number
 
 LN2 = math.log(2)
 FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)
@@ -130,14 +131,6 @@ def number(text) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    return is_int(value) or isinstance(value, float) and math.isfinite(value)
 
 
 FIELDS = {"status": lambda v: isinstance(v, str), "host": lambda v: isinstance(v, str), "pid": is_int,
@@ -305,8 +298,12 @@ def main(argv: list[str] | None = None) -> int:
             + "\n\n" + table(runs, labels) + "\n")
     if args.samples > 0:
         text += "\n" + samples(runs, args.samples, args.prompt, args.seed)
-    (out / "report.md").write_text(text)
-    plot(runs, labels, out / "val_loss.png", title, args.x)
+    # each written beside and renamed into place: a link planted at either name (a directory received from
+    # someone else) is replaced, not written through
+    (out / ".report.md.tmp").write_text(text)
+    os.replace(out / ".report.md.tmp", out / "report.md")
+    plot(runs, labels, out / ".val_loss.tmp.png", title, args.x)
+    os.replace(out / ".val_loss.tmp.png", out / "val_loss.png")
     print(text)
     print(f"wrote {out / 'report.md'} and {out / 'val_loss.png'}", file=sys.stderr)
     return 0

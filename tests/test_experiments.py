@@ -140,6 +140,23 @@ def test_report_tells_a_killed_run_from_a_running_one(tmp_path, capsys):
     assert rows["gone"][-1] == "killed" and rows["alive"][-1] == "running"
 
 
+def test_the_report_replaces_links_planted_where_it_writes(tmp_path, capsys):
+    """A directory received from someone else may hold report.md or val_loss.png as links to other files: the
+    report replaces the links and leaves the files they point to alone."""
+    sweep = tmp_path / "received"
+    (sweep / "job").mkdir(parents=True)
+    (sweep / "job" / "status.json").write_text(json.dumps({"status": "finished", "best_val_loss": 2.5, "steps": 3}))
+    victims = {name: tmp_path / f"victim-{name}" for name in ("report.md", "val_loss.png")}
+    for name, victim in victims.items():
+        victim.write_text("mine")
+        (sweep / name).symlink_to(victim)
+    assert report_main([str(sweep), "--samples", "0"]) == 0
+    capsys.readouterr()
+    assert all(victim.read_text() == "mine" for victim in victims.values())
+    assert not (sweep / "report.md").is_symlink() and "best val loss" in (sweep / "report.md").read_text()
+    assert not (sweep / "val_loss.png").is_symlink() and (sweep / "val_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_report_leaves_out_single_runs_that_never_trained_but_keeps_a_sweeps_failed_job(tmp_path, capsys):
     def record(run_dir: Path, **status) -> None:
         run_dir.mkdir(parents=True)
