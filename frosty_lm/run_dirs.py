@@ -188,7 +188,8 @@ GRID_SWEEPERS = ("BasicSweeper",)  # Hydra's grid: a job's values name it alone
 def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, sweeper: str = "") -> str:
     """hydra.sweep.subdir: a job is named by the values of what its sweep varies, e.g. `dropout=0.2,n_layer=4`
     (the keys of hydra.sweeper.params, and the command line's a=x,y sweeps, read from multirun.yaml).
-    A search (any sweeper but the basic grid) may try the same values twice: its names end in #job."""
+    A search (any sweeper but the basic grid) may try the same values twice, and its values are shortened to
+    4 significant digits: its names end in #job."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -200,11 +201,13 @@ def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, s
     job = [o for o in parser.parse_overrides(list(task_overrides)) if o.key_or_group in swept]
     short = [o.key_or_group.split(".")[-1] for o in job]
     names = [s if short.count(s) == 1 else o.key_or_group for s, o in zip(short, job, strict=True)]  # full if ambiguous
-    values = [short_value(o.get_value_element_as_str()) for o in job]
-    name = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True)).replace("/", "_")
+    grid = sweeper.endswith(GRID_SWEEPERS)
+    values = [o.get_value_element_as_str() if grid else short_value(o.get_value_element_as_str()) for o in job]
+    # as typed in a grid, so that two values never print alike; a / would make a subdirectory: %2F, as in a URL
+    name = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True)).replace("%", "%25").replace("/", "%2F")
     if not name:
         return f"job{job_num}"
-    return name if sweeper.endswith(GRID_SWEEPERS) else f"{name}#{job_num}"
+    return name if grid else f"{name}#{job_num}"
 
 
 def short_value(value: str) -> str:

@@ -225,6 +225,12 @@ def test_sweep_jobs_are_named_by_what_varies(tmp_path):
     name = sweep_subdir(str(tmp_path), 0, ["model=tiny", "model.dropout=0.2", "data.seed=1", "seed=4"], None, grid)
     assert name == "dropout=0.2,data.seed=1,seed=4"  # full keys where the short ones would clash
     assert sweep_subdir(str(tmp_path), 5, ["model=tiny"], None, grid) == "job5"
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(
+        {"hydra": {"overrides": {"task": ["optim.lr=0.123456789,0.123456788", "data.path=a/b,a_b,a%2Fb"]}}}))
+    jobs = [["optim.lr=0.123456789", "data.path=a/b"], ["optim.lr=0.123456788", "data.path=a_b"],
+            ["optim.lr=0.123456788", "data.path=a%2Fb"]]
+    names = [sweep_subdir(str(tmp_path), i, job, None, grid) for i, job in enumerate(jobs)]
+    assert names == ["lr=0.123456789,path=a%2Fb", "lr=0.123456788,path=a_b", "lr=0.123456788,path=a%252Fb"]
     optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     (tmp_path / "multirun.yaml").unlink()
     name = sweep_subdir(str(tmp_path), 1, ["optim.lr=0.00017155187458635287"], {"optim.lr": "x"}, optuna)
