@@ -47,6 +47,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
+        except Exception as err:  # the line names the checkpoint, whatever layer met the full or read-only disk
+            cause = err
+            while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror, str(target)) from err
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)

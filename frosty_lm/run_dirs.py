@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -180,6 +181,10 @@ def make_dir(path: str, key: str) -> None:
         raise FrostyError(f"cannot create {path}: {why}: choose a writable directory with {key}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise FrostyError(f"cannot write to {path}: choose a writable directory with {key}")
+    free = shutil.disk_usage(path).free
+    if free < 2**20:  # Hydra writes the config next, before any of Frosty's code could say so in one line
+        raise FrostyError(f"no space left on the device: {path} has {free // 1024} KiB free: free some space, or "
+                          f"choose another disk with {key}")
 
 
 GRID_SWEEPERS = ("BasicSweeper",)  # Hydra's grid: a job's values name it alone

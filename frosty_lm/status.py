@@ -84,6 +84,22 @@ class RunRecord:
         self.write(status="running", pid=os.getpid(), host=socket.gethostname(), overrides=earlier + added,
                    started=self.data.get("started") or now)
 
+    def checkpointed(self) -> dict:
+        """steps and best_val_loss as the run's checkpoints hold them (last.ckpt's step and best score): a failure
+        between a validation's record and its checkpoint writes (a full disk) leaves status.json saying what
+        survived."""
+        from frosty_lm.checkpoint import read_safely
+
+        last = self.path.parent / "checkpoints" / "last.ckpt"
+        try:
+            ckpt = read_safely(last)
+        except Exception:  # none (failed before its first), or unreadable: nothing survived to say
+            return {"steps": 0, "best_val_loss": None}
+        states = ckpt.get("callbacks", {})
+        score = next((state.get("best_model_score") for key, state in states.items()
+                      if key.startswith("ModelCheckpoint") and isinstance(state, dict)), None)
+        return {"steps": ckpt.get("global_step", 0), "best_val_loss": None if score is None else float(score)}
+
     def restore(self) -> None:
         """The record as it was before this process started (a resume that failed before training): its bytes and
         its modification time."""

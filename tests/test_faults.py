@@ -55,9 +55,27 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoints(invoke, text_
     monkeypatch.setattr(torch, "save", fills_the_disk)
     code, _, err = invoke("train.py", *args, f"hydra.run.dir={run_dir}")
     assert_one_line_error(code, err, "no space left on the device", "paths.outputs_dir=DIR")
+    assert f"{run_dir / 'checkpoints'}/" in err and ".ckpt:" in err  # the file it could not write
     monkeypatch.setattr(torch, "save", saved)
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10
     assert not list((run_dir / "checkpoints").glob("*.tmp"))
+    record = json.loads((run_dir / "status.json").read_text())  # what the checkpoints hold, not the failed write's
+    best = next(s["best_model_score"] for k, s in last["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert record["status"] == "failed" and record["steps"] == 10 and record["best_val_loss"] == float(best)
+    assert record["error"] == err.strip().removeprefix("error: ")
+
+
+def test_a_full_disk_at_the_start_is_one_line(invoke, text_file, tmp_path, monkeypatch):
+    """Hydra writes the run's config before any of Frosty's code runs: a disk without room is refused first."""
+    import shutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9 - 4096, free=4096))
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "no space left on the device", "has 4 KiB free", "hydra.run.dir=DIR")
+    assert not (tmp_path / "r" / ".hydra").exists()
 
 
 def test_a_killed_writes_leftover_is_cleaned_and_checkpoints_are_as_readable_as_other_outputs(
