@@ -7,83 +7,82 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections import deque
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ThroughputMonitor
-from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
-from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import EarlyStopping
 
 from frosty_lm.config_checks import check_every_n_validations, check_sampling
-from frosty_lm.errors import FrostyError, Stopped
+from frosty_lm.errors import Stopped
+from frosty_lm.lit_module import logs_written_at
 from frosty_lm.machine import matmul_peak
 from frosty_lm.sampling import default_prompt, sample_text
+from frosty_lm.value_checks import is_int, must
 
 log = logging.getLogger("frosty")
 
 
-def _windows(batch) -> int:
-    return batch[0].size(0)
+class CharThroughput(L.Callback):
+    """Training speed over the last window_size steps (default: trainer.log_every_n_steps; validations left out,
+    from their start to training's next batch), logged at trainer.global_step on the steps whose logs Lightning
+    writes (every trainer.log_every_n_steps, and the last): train/device/items_per_sec (this process's characters
+    per second), train/device/flops_per_sec (the module's flops_per_batch, nanoGPT's estimate, per second) and
+    train/device/mfu (that over available_flops: unless given, Lightning's figure for a known GPU, else this
+    machine's matmul peak in the training's compute dtype, measured in setup)."""
 
-
-def _characters(batch) -> int:
-    return batch[0].numel()
-
-
-class CharThroughput(ThroughputMonitor):
-    """Lightning's ThroughputMonitor over batches of character windows. On the steps whose logs Lightning writes
-    (every trainer.log_every_n_steps, and the last), it logs train/device/items_per_sec (characters trained per
-    second), train/device/flops_per_sec (the module's flops_per_batch, nanoGPT's estimate, per second) and
-    train/device/mfu (that over available_flops), each over the last window_size steps (default: the logging
-    interval); validation time is left out of training's, and not logged. Lightning knows the peak of some
-    GPUs, not of CPUs: available_flops, unless given, is then this machine's matmul peak in the training's
-    compute dtype, measured in setup."""
-
-    def __init__(self, available_flops: float | None = None, window_size: int | None = None, **kwargs) -> None:
-        super().__init__(batch_size_fn=_windows, length_fn=_characters, **kwargs)  # functions: ddp_spawn pickles
-        self.given_flops, self.window_size, self.peak = available_flops, window_size, None
+    def __init__(self, available_flops: float | None = None, window_size: int | None = None) -> None:
+        must(window_size is None or is_int(window_size) and window_size > 0, "callbacks.throughput.window_size",
+             window_size, "a positive integer, or null")
+        self.available_flops, self.window_size, self.points, self.since = available_flops, window_size, deque(), None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        every = trainer.log_every_n_steps or 10  # 0: nothing is logged; training_speed() then covers 10 steps
-        every = min(every, trainer.max_steps) if trainer.max_steps > 0 else every
-        self.kwargs["window_size"] = self.window_size or max(2, every)
-        super().setup(trainer, pl_module, stage)  # available_flops: Lightning's peak for the device and dtype, or None
-        if self.peak is None:  # measured by the process that logs only: others measuring at once would slow it
-            measure = trainer.is_global_zero and not self.given_flops and not self.available_flops
-            self.peak = self.given_flops or self.available_flops or (self.measure_peak(trainer) if measure else None)
-        self.available_flops = self.peak
-        for throughput in self._throughputs.values():
-            throughput.available_flops = self.peak
+        if not self.available_flops and trainer.is_global_zero:  # measured by one process: others would slow it
+            dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(trainer.precision.split("-")[0], torch.float32)
+            self.available_flops = get_available_flops(trainer.strategy.root_device, dtype)
+            if not self.available_flops:  # Lightning knows some GPUs' peaks, no CPU's
+                self.available_flops = matmul_peak(dtype, trainer.strategy.root_device)
+                log.info("matmul peak of this machine: %.0f GFLOP/s in %s", self.available_flops / 1e9,
+                         str(dtype).removeprefix("torch."))
 
-    @staticmethod
-    def measure_peak(trainer) -> float:
-        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
-        peak = matmul_peak(dtype, trainer.strategy.root_device)
-        log.info("matmul peak of this machine: %.0f GFLOP/s in %s", peak / 1e9, str(dtype).removeprefix("torch."))
-        return peak
+    def on_train_start(self, trainer, pl_module) -> None:
+        window = self.window_size or trainer.log_every_n_steps or 10  # 10: no step logs, for training_speed()
+        self.points = deque(maxlen=window + 1)  # (training seconds, characters, flops) so far, at steps' ends
+        self.seconds, self.since, self.chars, self.flops, self.step = 0.0, None, 0, 0, trainer.global_step
 
-    @rank_zero_only
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.sanity_checking:  # timed, so that on_validation_end leaves it out of training's time
-            self._update(trainer, pl_module, batch, batch_idx)
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and self.since is not None:  # training's clock stops until its next batch
+            self.seconds, self.since = self.seconds + time.perf_counter() - self.since, None
 
-    def _compute(self, trainer, iter_num: int | None = None) -> None:
-        """Training's values are logged at the number of steps done (trainer.global_step), the one step numbering
-        of console, scalars and samples (Lightning would log step n's at n - 1)."""
-        super()._compute(trainer, trainer.global_step if trainer.state.stage == RunningStage.TRAINING else iter_num)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.since = self.since or time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.chars, self.flops = self.chars + batch[0].numel(), self.flops + pl_module.flops_per_batch
+        if trainer.global_step == self.step:  # gradients still accumulating: the step is not done
+            return
+        self.step = trainer.global_step
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()  # the step's kernels have run: its time is theirs
+        self.points.append((self.seconds + time.perf_counter() - self.since, self.chars, self.flops))
+        if logs_written_at(trainer, trainer.global_step) and (rates := self.rates()):
+            for logger in trainer.loggers:
+                logger.log_metrics({f"train/device/{k}": v for k, v in rates.items()}, step=trainer.global_step)
+
+    def rates(self) -> dict[str, float] | None:
+        """items_per_sec, flops_per_sec and (given available_flops) mfu, between the window's first and last step."""
+        if len(self.points) < 2:
+            return None
+        seconds, chars, flops = (last - first for first, last in zip(self.points[0], self.points[-1]))
+        rates = {"items_per_sec": chars / seconds, "flops_per_sec": flops / seconds}
+        return {**rates, "mfu": flops / seconds / self.available_flops} if self.available_flops else rates
 
     def training_speed(self) -> tuple[float, float | None] | None:
-        """Characters per second and the fraction of available_flops over the last window of training steps,
-        or None if too few steps ran."""
-        throughput = self._throughputs.get(RunningStage.TRAINING)
-        try:
-            metrics = throughput.compute() if throughput is not None else {}
-        except IndexError:  # no step timed
-            return None
-        if "device/items_per_sec" not in metrics:
-            return None
-        return metrics["device/items_per_sec"], metrics.get("device/mfu")
+        """Characters per second and the fraction of available_flops over the window, or None before two steps."""
+        rates = self.rates()
+        return (rates["items_per_sec"], rates.get("mfu")) if rates else None
 
 
 class EveryNValidations(L.Callback):
@@ -158,10 +157,10 @@ class EarlyStop(EarlyStopping):
     keeps the best; last.ckpt is written at the stop, as at any end; the run counts as finished."""
 
     def __init__(self, patience: int | None = None, min_delta: float = 0.0) -> None:
-        if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
-            raise FrostyError(f"callbacks.early_stopping.patience={patience!r} must be a positive integer "
-                              "(validations without improvement), or null for no early stopping")
-        super().__init__(monitor="val/loss", mode="min", patience=patience or 1, min_delta=min_delta, verbose=False)
+        must(patience is None or is_int(patience) and patience > 0, "callbacks.early_stopping.patience", patience,
+             "a positive integer (validations without improvement), or null for no early stopping")
+        super().__init__(monitor="val/loss", mode="min", patience=patience or 1, min_delta=min_delta, verbose=False,
+                         check_on_train_epoch_end=False)  # checked after every validation
         self.enabled = patience is not None
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -172,11 +171,11 @@ class EarlyStop(EarlyStopping):
         if self.patience != patience:
             self.patience, self.wait_count = patience, 0
 
-    def _run_early_stopping_check(self, trainer) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
         if not self.enabled:
             return
         stopping = trainer.should_stop
-        super()._run_early_stopping_check(trainer)
+        super().on_validation_end(trainer, pl_module)
         if trainer.should_stop and not stopping and trainer.is_global_zero:
             log.info("early stop at step %d: val loss has not improved for %d validations (best %.4f)",
                      trainer.global_step, self.patience, float(self.best_score))

@@ -67,16 +67,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class BestAndLastCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint (the top-k by the monitored metric: best.ckpt), with last.ckpt always the last
     state: written after every validation and when training ends (finished, stopped by a signal or by max_time),
-    whatever the monitored metric did. (Lightning 2.6 writes last.ckpt at a validation only if it saved a top-k
-    checkpoint then, i.e. if the metric improved.) At a NaN stop last.ckpt is the state at the stop, before the
-    step whose loss was not finite, if its weights are finite and training runs in one process; otherwise (the
-    step before made them NaN, or other processes would wait on this one) it keeps the last validation's state.
-    Nothing is written when training fails otherwise. The state is kept in checkpoints under ModelCheckpoint's
-    key, so runs checkpointed by ModelCheckpoint resume with their best score."""
+    whatever the monitored metric did. (Lightning's save_last writes last.ckpt at a validation only when a top-k
+    checkpoint was saved then, i.e. when the metric improved: this class writes it instead, with
+    trainer.save_checkpoint.) At a NaN stop last.ckpt is the state at the stop, before the step whose loss was not
+    finite, if its weights are finite and training runs in one process; otherwise (the step before made them NaN,
+    or other processes would wait on this one) it keeps the last validation's state. Nothing is written when
+    training fails otherwise. The state is kept in checkpoints under ModelCheckpoint's key, so runs checkpointed
+    by ModelCheckpoint resume with their best score."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._last_written_at: int | None = None  # the global step of the last last.ckpt this process wrote
+    def __init__(self, save_last: bool | None = None, **kwargs) -> None:
+        super().__init__(save_last=False, **kwargs)
+        self.keep_last = bool(save_last)
+        self.last_step: int | None = None  # the global step of the last last.ckpt this process wrote
 
     @property
     def state_key(self) -> str:
@@ -100,26 +102,23 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         super().load_state_dict(state_dict)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)  # best.ckpt (and last.ckpt) if the metric improved
-        self._save_last_if_behind(trainer)
+        super().on_validation_end(trainer, pl_module)  # best.ckpt, if the metric improved
+        self.write_last(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._save_last_if_behind(trainer)
+        self.write_last(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, (Stopped, SIGTERMException)):  # at a step boundary (or in a validation)
-            self._save_last_if_behind(trainer)
-        elif (isinstance(exception, NonFiniteLoss) and trainer.world_size == 1
-                and all(torch.isfinite(p).all() for p in pl_module.parameters())):
-            self._save_last_if_behind(trainer)
+        stopped = isinstance(exception, (Stopped, SIGTERMException))  # at a step boundary (or in a validation)
+        if stopped or (isinstance(exception, NonFiniteLoss) and trainer.world_size == 1
+                       and all(torch.isfinite(p).all() for p in pl_module.parameters())):
+            self.write_last(trainer)
 
-    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
-            self._last_written_at = trainer.global_step
-
-    def _save_last_if_behind(self, trainer) -> None:
-        if (not self.save_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == 0
-                or trainer.state.fn != TrainerFn.FITTING or self._last_written_at == trainer.global_step):
+    def write_last(self, trainer) -> None:
+        """last.ckpt, unless this step's is written already (or no step was trained)."""
+        if (not self.keep_last or trainer.fast_dev_run or trainer.sanity_checking or trainer.global_step == 0
+                or trainer.state.fn != TrainerFn.FITTING or self.last_step == trainer.global_step):
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self.last_model_path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)  # set first: saved in it
+        trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+        self.last_step = trainer.global_step

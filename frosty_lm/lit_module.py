@@ -55,7 +55,7 @@ class FrostyLM(L.LightningModule):
 
     @property
     def flops_per_batch(self) -> int:
-        """Training FLOPs of a batch (batch x block_size x GPT.flops_per_char), for Lightning's ThroughputMonitor."""
+        """Training FLOPs of a batch (batch x block_size x GPT.flops_per_char), for callbacks.CharThroughput."""
         return self.chars_per_batch * self.flops_per_char
 
     def training_step(self, batch, batch_idx):
@@ -73,7 +73,7 @@ class FrostyLM(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.trainer.max_steps > 0 and self.trainer.global_step + 1 >= self.trainer.max_steps:
             # the last step: Lightning then validates once more, so the last step is evaluated. Set here, before
-            # the callbacks' on_train_batch_end, so that they (ThroughputMonitor) also see the step's logs written
+            # the step's logs are written, so that Lightning writes the last step's (as logs_written_at says)
             self.trainer.should_stop = True
 
     def on_validation_epoch_start(self) -> None:
@@ -128,11 +128,14 @@ class FrostyLM(L.LightningModule):
         share of the time budget spent too, as Lightning's Timer counts it (kept in checkpoints: a resumed run goes
         on from the time it had spent). The time is rank 0's, so that every process of a run steps with one lr."""
         factor = lr_lambda(**self.hparams.scheduler)
-        trainer = self._trainer
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer) and c._duration), None) if trainer else None
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (a plain training loop's)
+            return factor
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer) and c.time_remaining() is not None), None)
         if timer is None:
             return factor
-        return timed(factor, trainer.max_steps, timer._duration,
+        return timed(factor, trainer.max_steps, timer.time_elapsed() + timer.time_remaining(),  # max_time's seconds
                      lambda: trainer.strategy.broadcast(timer.time_elapsed("train")))
 
 
@@ -140,6 +143,6 @@ def logs_written_at(trainer: L.Trainer, step: int) -> bool:
     """Whether Lightning writes the logs of training step `step` (counted from 1): every
     trainer.log_every_n_steps, and the last. self.log is costly per call relative to a small model's step
     (docs/performance.md), so training_step logs only on these steps."""
-    every = trainer.log_every_n_steps
-    return bool(every and step % every == 0) or step == trainer.max_steps
+    every = trainer.log_every_n_steps  # 0: none
+    return bool(every) and (step % every == 0 or step == trainer.max_steps)
 

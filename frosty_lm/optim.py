@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.optim._muon as torch_muon  # torch.optim.Muon's module: its orthogonalisation, replaced where needed
 from torch import nn
 
 from frosty_lm.errors import FrostyError
@@ -81,10 +80,13 @@ def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, 
 @contextmanager
 def orthogonalising_in_fp32(enabled: bool) -> Iterator[None]:
     """While enabled, torch.optim.Muon's steps orthogonalise with newton_schulz_fp32 (torch's module looks its
-    function up at every call); restored after."""
+    function up at every call); restored after. That function is private to torch, which has no option for this:
+    tests/test_optim.py fails if torch renames it, changes its arguments or stops looking it up at every call."""
     if not enabled:
         yield
         return
+    import torch.optim._muon as torch_muon  # torch.optim.Muon's module
+
     torch_ns = torch_muon._zeropower_via_newtonschulz
     torch_muon._zeropower_via_newtonschulz = newton_schulz_fp32
     try:

@@ -27,12 +27,14 @@ class StepProgressBar(RichProgressBar):
     def total_train_batches(self):
         return self.trainer.max_steps if self.trainer.max_steps > 0 else super().total_train_batches
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        return "Training"
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.progress is not None:  # the run's bar, "Training" (Lightning adds one per epoch, named by it)
+            name = f"[{self.theme.description}]Training" if self.theme.description else "Training"
+            self.train_progress_bar_id = self.progress.add_task(name, total=self.total_train_batches)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self.train_progress_bar_id is None:  # one bar for the run, not reset every epoch
-            super().on_train_epoch_start(trainer, pl_module)
+        pass  # the bar is the run's: not reset every epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)

@@ -63,7 +63,7 @@ def average_speed(trainer: L.Trainer) -> tuple[float, float | None] | None:
     if speed is None:
         return None
     throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
-    peak = throughput.peak if throughput is not None else None
+    peak = throughput.available_flops if throughput is not None else None
     flops_per_char = trainer.lightning_module.flops_per_char  # the peak is one device's: so is the fraction
     return speed, speed / trainer.world_size * flops_per_char / peak if peak else None
 

@@ -206,6 +206,24 @@ def test_early_stopping_stops_after_patience_validations_and_keeps_the_best(invo
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
+def test_early_stopping_can_be_set_or_turned_off_when_a_run_is_resumed(invoke, rising_corpus, tmp_path):
+    """A resume that sets patience counts it from the resume; a resume that sets it to null trains on."""
+    run_dir = tmp_path / "run"
+    code, _, err = invoke("train.py", *RISING, f"trainer.max_steps={3 * INTERVAL}", f"data.path={rising_corpus}",
+                          f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    code, out, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=100",
+                            "callbacks.early_stopping.patience=2")
+    assert code == 0, err
+    stop = 6 * INTERVAL  # the first validation after the resume is its best; the val loss rises from there on
+    assert f"early stop at step {stop}: val loss has not improved for 2 validations" in out
+    code, out, err = invoke("train.py", f"resume={run_dir}", f"trainer.max_steps={stop + 2 * INTERVAL}",
+                            "callbacks.early_stopping.patience=null")
+    assert code == 0 and "early stop" not in out, err
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == stop + 2 * INTERVAL
+
+
 def test_early_stopping_is_off_by_default_and_its_patience_is_checked(invoke, text_file, tmp_path):
     from test_reliability import assert_one_line_error
 

@@ -1,4 +1,4 @@
-"""The throughput estimate in the training log: the machine's matmul peak, Lightning's ThroughputMonitor with it,
+"""The throughput estimate in the training log: the machine's matmul peak, CharThroughput's speed and MFU with it,
 and the summary line that never claims more than 100% of the peak."""
 import lightning as L
 import pytest
@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from conftest import poem
 from frosty_lm import callbacks
 from frosty_lm.callbacks import CharThroughput
-from frosty_lm.data import RandomWindows
+from frosty_lm.data import RandomWindows, fixed_windows
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import matmul_peak
 from frosty_lm.summary import speed_line
@@ -54,6 +54,33 @@ def test_on_a_cpu_the_peak_is_measured_in_the_training_precision(monkeypatch):
     throughput = CharThroughput()
     fit_tiny(throughput)
     assert asked == [(torch.float32, "cpu")] and throughput.available_flops == 5e11  # Lightning has no CPU table
+
+
+def test_validation_is_left_out_of_the_training_time():
+    """A validation (here with its checkpoint or sample, a second) between the window's steps adds nothing to
+    training's time: the speed is that of the steps alone."""
+    import time
+
+    class SlowValidation(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            time.sleep(1.0)
+
+    text = poem(50)
+    tokenizer = CharTokenizer.from_text(text)
+    module = FrostyLM(tokenizer.chars, TINY_MODEL, {"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.99]},
+                      {"name": "constant"})
+    data = tokenizer.encode_tensor(text)
+    throughput = CharThroughput(available_flops=1e12, window_size=6)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=6, val_check_interval=3,
+                        limit_val_batches=1, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[throughput, SlowValidation()])
+    trainer.fit(module, train_dataloaders=DataLoader(RandomWindows(data, 16, 4, seed=0), batch_size=None),
+                val_dataloaders=DataLoader(fixed_windows(data, 16), batch_size=4))
+    (start, *_), (end, chars, _) = throughput.points[0], throughput.points[-1]
+    assert len(throughput.points) == 6 and chars == 6 * 4 * 16
+    assert end - start < 1.0  # steps 2 to 6, with the validation at step 3 between them
+    chars_per_sec, mfu = throughput.training_speed()
+    assert chars_per_sec == pytest.approx(5 * 4 * 16 / (end - start))
 
 
 def test_too_few_steps_give_no_speed():
