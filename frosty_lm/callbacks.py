@@ -17,8 +17,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from frosty_lm.config_checks import check_every_n_validations, check_sampling
 from frosty_lm.errors import FrostyError, Stopped
+from frosty_lm.generation import default_prompt, sample_text
 from frosty_lm.machine import matmul_peak
-from frosty_lm.sampling import default_prompt, sample_text
 
 log = logging.getLogger("frosty")
 
