@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from bench.common import machine, model_preset  # noqa: E402
 from frosty_lm.config import GPTConfig  # noqa: E402
+from frosty_lm.generation import stream_text  # noqa: E402
 from frosty_lm.model import GPT  # noqa: E402
-from frosty_lm.sampling import stream_text  # noqa: E402
 
 VOCAB = "".join(sorted(set("\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")))
 

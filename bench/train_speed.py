@@ -100,7 +100,7 @@ def main() -> None:
     device = torch.device(args.device)
     precision = args.precision or (cpu_precision() if device.type == "cpu" else "bf16-mixed")
     cfg = model_preset(args.model, "gpu" if device.type == "cuda" else "cpu", block_size=args.block_size,
-                       dropout=args.dropout)
+                       dropout=args.dropout, compile=args.compile or None)  # model.compile=true, as train.py takes it
     T, B = cfg["block_size"], args.batch_size
     optim = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/optim/adamw.yaml"))
 
@@ -113,9 +113,7 @@ def main() -> None:
     reference_dropout = cfg["dropout"] if args.reference_dropout is None else args.reference_dropout
     seed = SeedGPT(vocab_size=len(tok), **{**cfg, "dropout": reference_dropout}).to(device)
     plain_model.to(device)
-    if args.compile:
-        module.model = torch.compile(module.model)
-        plain_model.model = torch.compile(plain_model.model)
+    plain_model.configure_model()  # as Lightning does for A: with model.compile, the compiled forward
     plain_opt = plain_model.configure_optimizers()["optimizer"]
     seed_opt = torch.optim.AdamW(seed.parameters(), lr=optim["lr"])
     flops = module.model.flops_per_char() * B * T  # per step: nanoGPT's estimate, as the training log's
@@ -162,7 +160,7 @@ def main() -> None:
 
     engines = {
         "A Frosty (Lightning)": lambda r: run_lightning(r),
-        "B same model, plain loop": lambda r: run_loop(plain_model.model, plain_opt, True, r),
+        "B same model, plain loop": lambda r: run_loop(plain_model, plain_opt, True, r),
         "C seed-style reference": lambda r: run_loop(seed, seed_opt, False, r),
     }
     times = {name: [] for name in engines}

@@ -4,63 +4,49 @@ layer and head with the prompt's characters on both axes.
     python -m frosty_lm.attention ckpt_path=outputs/runs/.../checkpoints/best.ckpt prompt="Whose woods these are"
     python -m frosty_lm.attention ckpt_path=... prompt="..." out=attention.png
 
-The weights are those the model computes: model.attend is watched while the model runs once over the prompt,
-and each call's q and k (after everything the model does to them) give softmax(q k^T / sqrt(head size)) under
-the causal mask. AttentionImage puts the same picture, for a fixed prompt, in TensorBoard's IMAGES tab every few
-validations and at the last.
+The weights are those the model computes: while the model runs once over the prompt, a forward pre-hook on each
+CausalSelfAttention asks it for its attention weights over the input it is given (softmax(q k^T / sqrt(head
+size)) under the causal mask, from the q and k its forward uses). AttentionImage puts the same picture, for a
+fixed prompt, in TensorBoard's IMAGES tab every few validations and at the last.
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import math
 import sys
-from collections.abc import Iterator
 
 import torch
 
-from frosty_lm import model as model_module
 from frosty_lm.callbacks import EveryNValidations
 from frosty_lm.errors import FrostyError
+from frosty_lm.model import GPT, CausalSelfAttention
 from frosty_lm.tokenizer import CharTokenizer
 
 MAX_PROMPT = 64  # characters: beyond this the panels are unreadable
 
 
-@contextlib.contextmanager
-def watching_attention() -> Iterator[list[torch.Tensor]]:
-    """Within the block, every call of model.attend also appends its attention weights (B, nh, T, t) in fp32."""
-    weights: list[torch.Tensor] = []
-    attend = model_module.attend
-
-    def watched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        T, t = q.size(2), k.size(2)
-        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
-        allowed = torch.ones(T, t, dtype=torch.bool, device=q.device).tril(diagonal=t - T)
-        weights.append(scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1))
-        return attend(q, k, v)
-
-    model_module.attend = watched
-    try:
-        yield weights
-    finally:
-        model_module.attend = attend
-
-
-def attention_maps(model: model_module.GPT, vocab: str, prompt: str) -> torch.Tensor:
+def attention_maps(model: GPT, vocab: str, prompt: str) -> torch.Tensor:
     """The attention weights over prompt (its last block_size characters): (n_layer, n_head, T, T)."""
+    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+    if not layers:
+        raise FrostyError("this model has no attention (model.kind=bigram): nothing to draw")
     idx = torch.tensor([CharTokenizer(vocab).encode(prompt)[-model.cfg.block_size:]],
                        device=next(model.parameters()).device)
+    maps = []
+
+    def keep(attention: CausalSelfAttention, args: tuple) -> None:  # args: forward's (x, rope, ...)
+        maps.append(attention.attention_weights(*args[:2])[0])
+
+    hooks = [layer.register_forward_pre_hook(keep) for layer in layers]
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), watching_attention() as weights:
+        with torch.inference_mode():
             model(idx)
     finally:
         model.train(was_training)
-    if not weights:
-        raise FrostyError("this model has no attention (model.kind=bigram): nothing to draw")
-    return torch.stack([w[0] for w in weights])
+        for hook in hooks:
+            hook.remove()
+    return torch.stack(maps)
 
 
 def shown(ch: str) -> str:
@@ -144,7 +130,7 @@ class AttentionImage(EveryNValidations):
             return  # only TensorBoard shows images
         vocab = pl_module.hparams.vocab
         prompt = "".join(ch for ch in self.prompt if ch in vocab)[-MAX_PROMPT:]
-        if len(prompt) < 2 or not isinstance(pl_module.model, model_module.GPT):  # the bigram has no attention
+        if len(prompt) < 2 or not isinstance(pl_module.model, GPT):  # the bigram has no attention
             return
         image = rgb_pixels(attention_maps(pl_module.model, vocab, prompt), prompt)
         experiment.add_image("attention", image, global_step=trainer.global_step, dataformats="HWC")

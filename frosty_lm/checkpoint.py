@@ -1,5 +1,6 @@
-"""Reading Frosty checkpoints: safely (weights_only: loading never runs code from the file), and the model one
-describes. Torch only, so generate.py starts without Lightning; checkpoint_saving.py writes them in training."""
+"""Reading Frosty checkpoints: safely (weights_only: loading never runs code from the file), with the weight names
+of older versions brought up to date, and the model one describes. Torch only, so generate.py starts without
+Lightning; checkpoint_saving.py writes them in training."""
 from __future__ import annotations
 
 import pickle
@@ -13,6 +14,9 @@ from frosty_lm.config import GPTConfig
 from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, Bigram, build
 
+# Older checkpoints name some weights by the modules that held them then: their names today
+OLD_NAMES = {".attn.qkv.": ".qkv.", ".attn.proj.": ".proj.", ".ffwd.net.0.": ".fc.", ".ffwd.net.2.": ".fc2."}
+
 
 def load_checkpoint(path: str | Path) -> dict:
     """A Frosty checkpoint's contents as plain data, or a FrostyError that says what is wrong with the file."""
@@ -21,7 +25,19 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(hparams, dict) or not {"vocab", "model"} <= hparams.keys() or "state_dict" not in ckpt:
         raise FrostyError(f"{path} is not a Frosty checkpoint (no vocabulary or model config in it): "
                           "give a .ckpt file written by train.py")
+    if isinstance(ckpt["state_dict"], dict):  # (Lightning restores this dict too: ckpt_path=, resume=)
+        ckpt["state_dict"] = current_names(ckpt["state_dict"])
     return ckpt
+
+
+def current_names(state_dict: dict) -> dict:
+    """state_dict with the weight names of older checkpoints (OLD_NAMES) replaced by today's, in the same order."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for old, new in OLD_NAMES.items():
+            key = key.replace(old, new)
+        renamed[key] = value
+    return renamed
 
 
 def read_safely(path: str | Path):
@@ -68,7 +84,8 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tu
                           "stores; use a checkpoint written by train.py")
     try:
         model = build(GPTConfig(vocab_size=len(vocab), **hparams["model"]))
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        state = {k.removeprefix("model."): v for k, v in current_names(ckpt["state_dict"]).items()
+                 if k.startswith("model.")}
         model.load_state_dict(state)  # strict: the names and shapes the options give (no pos_emb with rope, ...)
         if isinstance(model, GPT) and model.cfg.tie_weights and not torch.equal(state["head.weight"],
                                                                                 state["tok_emb.weight"]):

@@ -1,164 +1,113 @@
-"""generate.py's work: choose and load a checkpoint, check the request, stream samples to stdout."""
+"""Decoding: picking a character from logits (greedy, temperature, top-k, top-p), the generation loop with its
+key/value cache, and text from a prompt, whole or a character at a time. Torch only: generate.py, the samples in
+training and the report all sample through here."""
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
-from omegaconf import DictConfig
 
-from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-from frosty_lm.config_checks import check_sampling
-from frosty_lm.errors import FrostyError
-from frosty_lm.run_dirs import BEST, LAST, best_run, newest_run, run_corpus, run_record
-from frosty_lm.sampling import default_prompt, stream_text
+from frosty_lm.model import GPT, Bigram
 from frosty_lm.tokenizer import CharTokenizer
-from frosty_lm.value_checks import is_int, is_number, must
 
-DATASETS = Path(__file__).resolve().parent.parent / "conf" / "dataset"  # the named corpora
-
-
-def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
-    """The prompt to use and the top_k to use (clamped to the vocabulary), or a FrostyError. (The sampling settings
-    themselves are checked before the checkpoint is loaded: run_generation.)"""
-    must(is_int(cfg.num_samples) and cfg.num_samples >= 1, "num_samples", cfg.num_samples, "an integer >= 1")
-    top_k = None if cfg.top_k is None else min(cfg.top_k, len(vocab))
-    prompt = str(cfg.prompt) if cfg.prompt is not None else ""
-    if not prompt:  # documented: an empty prompt starts from a line break (or the first character)
-        prompt = default_prompt(vocab)
-    unknown = CharTokenizer(vocab).unknown(prompt)
-    if unknown:
-        raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "
-                          "remove or replace them")
-    return prompt, top_k
+Model = GPT | Bigram  # what the loop samples from: anything with their forward and new_cache
+GREEDY_BELOW = 1e-6  # a temperature this small picks the most likely character anyway
 
 
-CHOOSE = "choose with run=latest|DIR or ckpt_path=FILE"
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one id per row of logits (B, V): greedy at temperature 0 (and below GREEDY_BELOW, where dividing by it
+    would overflow to inf and leave no probabilities), else top-k / top-p sampling."""
+    if temperature < GREEDY_BELOW:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):  # keep the k most likely
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:  # keep the smallest set whose probability reaches top_p
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this one already reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    # torch.multinomial's own method for one sample (argmax of p / Exp(1) noise; same draws for the same
+    # generator), without its input checks, which cost two host syncs per character
+    return (probs / torch.empty_like(probs).exponential_(generator=generator)).argmax(dim=-1)
 
 
-def choose_checkpoint(cfg: DictConfig) -> tuple[str | Path, str | None]:
-    """The checkpoint to sample from, and the start of the stderr line that names it (None for ckpt_path=, the
-    user's own choice): ckpt_path=FILE; run=latest (the run resume=latest continues) or run=DIR, its best.ckpt;
-    by default the best finished run on corpus (default: the newest run's corpus)."""
-    given = [f"{key}={cfg[key]}" for key in ("ckpt_path", "run", "corpus") if cfg.get(key) not in (None, "")]
-    if len(given) > 1:
-        raise FrostyError(f"{' and '.join(given)} conflict: ckpt_path=FILE, run=latest|DIR and corpus=NAME each "
-                          "choose the checkpoint; give one of them")
-    if cfg.ckpt_path:
-        return cfg.ckpt_path, None
-    outputs = cfg.paths.outputs_dir
-    if cfg.get("run") not in (None, ""):
-        run = chosen_run(str(cfg.run), outputs)
-        return run / BEST, f"using {run / BEST}: run={cfg.run} ({about(run)})"
-    return default_checkpoint(outputs, None if cfg.get("corpus") in (None, "") else str(cfg.corpus))
-
-
-def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]:
-    """The best.ckpt of the best finished run on corpus (None: the newest run's corpus); if there is none, of the
-    newest run on it, said so. With the start of the line that names it."""
-    newest = newest_run(outputs_dir, corpus)
-    if newest is None and (corpus is None or newest_run(outputs_dir) is None):
-        raise no_runs(outputs_dir)
-    if newest is None:
-        runs = {last.parents[1] for last in Path(outputs_dir).rglob(str(LAST))}
-        on = sorted({found.split(":")[0] for found in map(run_corpus, runs) if found})  # text:FILE -> text
-        what = (f"train one (`python train.py dataset={corpus}`)" if (DATASETS / f"{corpus}.yaml").is_file()
-                else f"its runs are on {', '.join(on)}" if on else "give a corpus it has runs on")
-        raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: {what}, or leave out corpus= for the "
-                          "newest run's corpus")
-    corpus = corpus or run_corpus(newest)
-    best = best_run(outputs_dir, corpus) if corpus is not None else None
-    if best is not None:
-        runs = f"{best.among} finished run{'s' if best.among > 1 else ''}"
-        return best.run / BEST, f"using {best.run / BEST}: best of {runs} on {corpus}"
-    path = has_best(newest, f"the newest run under {outputs_dir}/, {newest},")
-    why = f"no finished run on {corpus}" if corpus else f"the newest run's corpus is unknown ({newest}/.hydra)"
-    return path, f"{why}; using the newest run's {path} ({about(newest)})"
-
-
-def chosen_run(run: str, outputs_dir: str) -> Path:
-    """run=latest (run_dirs.newest_run, as resume=latest) or run=DIR: the run directory, which has a best.ckpt."""
-    if run != "latest":
-        has_best(Path(run), f"run={run}")
-        return Path(run)
-    newest = newest_run(outputs_dir)
-    if newest is None:
-        raise no_runs(outputs_dir)
-    has_best(newest, f"run=latest, {newest},")
-    return newest
-
-
-def no_runs(outputs_dir: str) -> FrostyError:
-    where = f"{outputs_dir}/" if Path(outputs_dir).is_dir() else f"{outputs_dir} (no such directory)"
-    return FrostyError(f"no {BEST.name} found under {where}: train a model first with `python train.py`, "
-                       "or give ckpt_path=PATH")
-
-
-def has_best(run: Path, name: str) -> Path:
-    """run's checkpoints/best.ckpt, or a FrostyError that starts with name."""
-    if not (run / BEST).is_file():
-        what = "does not exist" if not run.exists() else f"has no {BEST}"
-        raise FrostyError(f"{name} {what} (not a run directory of train.py, or a run stopped before its first "
-                          "validation): give a run directory that has one, or ckpt_path=FILE")
-    return run / BEST
-
-
-def about(run: Path) -> str:
-    """'status finished, corpus frost': what the run's status.json and config say (unknown if unreadable)."""
-    status = run_record(run).get("status")
-    return f"status {status if isinstance(status, str) else 'unknown'}, corpus {run_corpus(run) or 'unknown'}"
-
-
-def score(ckpt: dict) -> str:
-    """'val loss 1.8123 at step 2000': the checkpoint's own numbers (a best.ckpt keeps the val loss it was saved
-    for in the model's best_val_loss buffer)."""
-    loss = ckpt["state_dict"].get("best_val_loss")
-    loss = float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
-    step = ckpt.get("global_step")
-    return (f"val loss {loss:.4f}" if is_number(loss) else "val loss unknown") + (
-        f" at step {step}" if is_int(step) else "")
-
-
-def run_generation(cfg: DictConfig) -> None:
-    if sys.stdout is None:  # started with its standard output closed (generate.py >&-)
-        raise FrostyError("standard output is closed: generate.py writes its samples there; send it to a file "
-                          "(> samples.txt) or a pipe")
-    check_sampling(cfg)  # before a checkpoint is loaded
-    path, chosen = choose_checkpoint(cfg)
-    ckpt = load_checkpoint(path)
-    if chosen:
-        print(f"{chosen}, {score(ckpt)} ({CHOOSE})", file=sys.stderr, flush=True)
-    model, vocab = model_from_checkpoint(ckpt, path)
-    prompt, top_k = check_request(cfg, vocab)
-    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+@contextmanager
+def without_onednn() -> Iterator[None]:
+    """Run tensor ops on the CPU without oneDNN, whose set-up per call costs more than a generation step's
+    small ops themselves. No effect on a GPU. The flag is process-wide: restored on exit."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
     try:
-        if torch.device(device).type == "meta":  # tensors without data: nothing to sample from
-            raise ValueError("a meta device holds no data")
-        model.to(device)
-    except (RuntimeError, ValueError, AssertionError) as err:
-        raise FrostyError(f"device={device!r} cannot be used here ({' '.join(str(err).split())[:120]}): "
-                          "use device=cpu, or device=cuda on a machine with a GPU") from None
-    with torch.inference_mode():
-        idx = torch.tensor([CharTokenizer(vocab).encode(prompt)[-model.cfg.block_size:]], device=device)
-        if not torch.isfinite(model(idx)[0]).all():
-            raise FrostyError(f"{path} gives non-finite predictions (its weights hold NaN or inf): use another "
-                              "checkpoint, e.g. the run's best.ckpt")
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+@torch.inference_mode()
+def generate(model: Model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, generator: torch.Generator | None = None,
+             use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens next characters (each (B,)) after the context idx (B, T).
+
+    The model sees at most block_size characters. When the context fills the block, it is cropped to its last
+    block_size // 2 characters and the cache is refilled from them (from position 0), so each new character costs
+    one position most of the time. use_cache=False re-runs the whole context for every character (the same output,
+    slower: the reference for tests and benchmarks).
+    """
+    block_size = model.cfg.block_size
+    context = idx[:, -block_size:]
+    cache = model.new_cache() if use_cache else None
+    cached = 0  # the positions of context that the cache holds: 0 .. cached - 1
+    for _ in range(max_new_tokens):
+        with without_onednn():
+            logits = model(context[:, cached:], cache=cache, input_pos=cached)[0][:, -1]
+        if cache is not None:
+            cached = context.size(1)
+        next_id = sample_next(logits.float(), temperature, top_k, top_p, generator)
+        yield next_id
+        context = torch.cat((context, next_id[:, None]), dim=1)
+        if context.size(1) > block_size:  # crop, and refill the cache from the kept half
+            context = context[:, -max(1, block_size // 2):]
+            cached = 0
+
+
+def default_prompt(vocab: str) -> str:
+    """Where a sample starts without a prompt: a line break, or the vocabulary's first character."""
+    return "\n" if "\n" in vocab else vocab[0]
+
+
+def sampled_ids(model: Model, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield the ids (1,) of the characters that follow prompt, on the model's device, as they are sampled."""
+    device = next(model.parameters()).device
+    idx = torch.tensor([CharTokenizer(vocab).encode(prompt)], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
     try:
-        for i in range(cfg.num_samples):
-            if i:
-                print(f"--- sample {i + 1} ---", file=sys.stderr, flush=True)
-            sys.stdout.write(prompt)
-            chars = stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p,
-                                cfg.seed + i)
-            for ch in chars:
-                sys.stdout.write(ch)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away (generate.py | head): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-    except OSError as err:  # e.g. a full disk behind generate.py > FILE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise FrostyError(f"cannot write the samples to standard output: {err.strerror or err}: send them to "
-                          "another file or disk") from None
+        yield from generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+    finally:
+        model.train(was_training)
+
+
+def stream_text(model: Model, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                use_cache: bool = True) -> Iterator[str]:
+    """Yield the characters that follow prompt, one at a time, as they are sampled."""
+    for next_id in sampled_ids(model, vocab, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache):
+        yield vocab[next_id.item()]
+
+
+def sample_text(model: Model, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
+    """prompt followed by max_new_tokens sampled characters: stream_text's, read back once at the end (on a GPU
+    the sampling then runs ahead of Python instead of waiting for each character)."""
+    ids = list(sampled_ids(model, vocab, prompt, max_new_tokens, temperature, top_k, top_p, seed))
+    return prompt + (CharTokenizer(vocab).decode(torch.cat(ids).tolist()) if ids else "")

@@ -41,17 +41,19 @@ class FrostyLM(L.LightningModule):
         self.flops_per_char = self.model.flops_per_char()
         self.chars_per_batch = 0  # of the last training batch
         self.register_buffer("best_val_loss", torch.tensor(float("inf")))  # saved in checkpoints, so resume keeps it
+        self.compiled = None  # with model.compile: the model's forward, compiled (configure_model)
         self._hparams_logged = False
 
-    @property
-    def net(self):
-        """The model that training and validation run: torch.compile'd when model.compile is set. Kept out of
-        the module tree (self.__dict__), so checkpoints hold the plain model's weights once."""
-        if not self.model.cfg.compile:
-            return self.model
-        if "_compiled" not in self.__dict__:
-            self.__dict__["_compiled"] = torch.compile(self.model)
-        return self.__dict__["_compiled"]
+    def configure_model(self) -> None:
+        """With model.compile, torch.compile the model's forward, which training and validation then run. The
+        compiled forward is a function, not a module: checkpoints keep the model's weights once, under their own
+        names, and sampling and the attention maps run the plain model."""
+        if self.model.cfg.compile and self.compiled is None:  # (Lightning calls this hook at every fit)
+            self.compiled = torch.compile(self.model.forward)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """The model's forward, compiled with model.compile: logits, loss (GPT.forward)."""
+        return (self.model if self.compiled is None else self.compiled)(idx, targets)
 
     @property
     def flops_per_batch(self) -> int:
@@ -61,7 +63,7 @@ class FrostyLM(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         self.chars_per_batch = x.numel()
-        _, loss = self.net(x, y)
+        _, loss = self(x, y)
         if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
             raise NonFiniteLoss(loss.item(), self.global_step + 1)
         if logs_written_at(self.trainer, self.global_step + 1):
@@ -81,7 +83,7 @@ class FrostyLM(L.LightningModule):
 
     def validation_step(self, batch, batch_idx) -> None:
         x, y = batch
-        logits, _ = self.net(x)
+        logits, _ = self(x)
         loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1, reduction="sum")
         self._val_totals += torch.stack((loss_sum.double(), (y != -1).sum().double()))
 

@@ -1,18 +1,14 @@
-"""The GPT: a character-level transformer in the style of nanoGPT, with a key/value cache.
+"""The GPT: a character-level transformer in the style of nanoGPT, with a key/value cache for generation.
 
-Read top to bottom: the key/value cache, the math (norms, rotary position embeddings, attention, feed-forward, a
-block: functions of their weights), then the model, whose modules hold the weights and whose forward runs the math.
-Its settings are a GPTConfig (frosty_lm/config.py, no torch).
+Read top to bottom: the key/value cache and the rotary position embeddings, then the modules, each with its
+forward: CausalSelfAttention, MLP, Block, GPT, and the Bigram baseline. One forward serves training and cached
+generation. The settings are a GPTConfig (frosty_lm/config.py, no torch).
 Shapes: B batch, T time (characters), C channels (n_embd), nh heads, hs head size, V vocabulary.
-
-The math takes its weights as arguments, so that one code path serves both training and generation:
-forward looks the weights up in the modules; generation looks them up once per sample (GPT.weights())
-and passes them to forward for every character: at one position, the lookups would cost as much as the math.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+import re
 
 import torch
 import torch.nn as nn
@@ -22,78 +18,27 @@ from frosty_lm.config import GPTConfig
 
 
 class KVCache:
-    """The keys and values of the positions seen so far, for every layer, in buffers of block_size positions
-    filled in place. Each layer stores its new positions with extend(); the model then advance()s the cache
-    past them once; reset() empties it for a new context."""
+    """One layer's keys and values of one context, in buffers of block_size positions. The caller says which
+    positions it feeds (input_pos); the cache stores what it is given there and keeps no position of its own."""
 
-    def __init__(self, n_layer: int, block_size: int) -> None:
+    def __init__(self, block_size: int) -> None:
         self.block_size = block_size
-        self.k: list[torch.Tensor | None] = [None] * n_layer  # per layer (B, nh, block_size, hs), allocated on use
-        self.v: list[torch.Tensor | None] = [None] * n_layer
-        self._length = 0
+        self.k: torch.Tensor | None = None  # (B, nh, block_size, hs), allocated at a context's position 0
+        self.v: torch.Tensor | None = None
 
-    @property
-    def length(self) -> int:
-        """Positions held."""
-        return self._length
-
-    def reset(self) -> None:
-        self._length = 0
-
-    def advance(self, T: int) -> None:
-        if self._length + T > self.block_size:
-            raise ValueError(f"sequence of {self._length + T} characters is longer than block_size={self.block_size}")
-        self._length += T
-
-    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) of the positions after the held ones -> this layer's keys and values so far
-        (B, nh, length + T, hs)."""
-        if self._length == 0:  # a new context: (re)allocate for its batch, dtype and device
+    def store(self, input_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at positions input_pos .. input_pos + T - 1 -> the keys and values of
+        positions 0 .. input_pos + T - 1."""
+        if input_pos == 0:  # a new context: (re)allocate for its batch, dtype and device
             B, nh, _, hs = k.shape
-            self.k[layer] = k.new_empty(B, nh, self.block_size, hs)
-            self.v[layer] = v.new_empty(B, nh, self.block_size, hs)
-        T = k.size(2)
-        self.k[layer].narrow(2, self._length, T).copy_(k)
-        self.v[layer].narrow(2, self._length, T).copy_(v)
-        return self.k[layer].narrow(2, 0, self._length + T), self.v[layer].narrow(2, 0, self._length + T)
-
-
-# ---- the math ---------------------------------------------------------------------------------------------
-
-
-class BlockWeights(NamedTuple):
-    """One block's tensors; each linear or norm layer as the (weight, bias) pair that F.linear/F.layer_norm take
-    (bias None without model.bias, and always for RMSNorm)."""
-
-    ln1: tuple
-    qkv: tuple  # q, k and v of all heads in one matrix (3C, C)
-    proj: tuple
-    ln2: tuple
-    fc: tuple  # (4C, C)
-    fc2: tuple  # (C, 4C)
-    q_norm: tuple | None = None  # (hs,) with qk_norm: one norm for the queries of every head
-    k_norm: tuple | None = None
-
-
-class Weights(NamedTuple):
-    tok_emb: torch.Tensor  # (V, C)
-    pos_emb: torch.Tensor | None  # (block_size, C); None with rotary position embeddings
-    blocks: list[BlockWeights]
-    ln_f: tuple
-    head: torch.Tensor  # (V, C); tok_emb itself with tie_weights
-    rope: tuple | None = None  # (cos, sin) of every position, each (block_size, hs / 2), with position=rope
-
-
-def norm(x: torch.Tensor, weights: tuple, kind: str) -> torch.Tensor:
-    """x normalised over its last dimension: kind layernorm or rmsnorm; weights (weight, bias or None)."""
-    if kind == "rmsnorm":
-        # (autocast leaves rms_norm's dtypes as they are: bf16 q and k meet the fp32 weight, which must follow them)
-        return F.rms_norm(x, x.shape[-1:], weights[0].to(x.dtype), eps=1e-5)
-    return F.layer_norm(x, x.shape[-1:], *weights, eps=1e-5)
-
-
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    return F.dropout(x, p) if p else x  # p is 0 in eval mode
+            self.k = k.new_empty(B, nh, self.block_size, hs)
+            self.v = v.new_empty(B, nh, self.block_size, hs)
+        elif self.k is None:
+            raise ValueError(f"input_pos={input_pos}, but the cache holds no context: start one at input_pos=0")
+        end = input_pos + k.size(2)
+        self.k.narrow(2, input_pos, k.size(2)).copy_(k)
+        self.v.narrow(2, input_pos, v.size(2)).copy_(v)
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
 
 def rope_tables(block_size: int, head_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,17 +55,19 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
-def queries_and_keys(w: BlockWeights, q: torch.Tensor, k: torch.Tensor, cfg: GPTConfig, rope: tuple | None):
-    """q, k (B, nh, T, hs) as attention takes them: normalised per head (qk_norm), then turned to their positions
-    (rope), in their own dtype (a norm under autocast, or the fp32 angles, would give fp32)."""
-    if not cfg.qk_norm and rope is None:  # the seed's architecture: as they are
-        return q, k
-    dtype = q.dtype
-    if cfg.qk_norm:
-        q, k = norm(q, w.q_norm, cfg.norm), norm(k, w.k_norm, cfg.norm)
-    if rope is not None:
-        q, k = rotate(q, *rope), rotate(k, *rope)
-    return q.to(dtype), k.to(dtype)
+class RMSNorm(nn.RMSNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # autocast leaves rms_norm's dtypes as they are: bf16 q and k meet the fp32 weight, which must follow them
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
+def make_norm(cfg: GPTConfig, size: int) -> nn.Module:
+    """LayerNorm (with a bias if model.bias) or RMSNorm (a weight only), as model.norm says."""
+    return RMSNorm(size, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(size, bias=cfg.bias)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return F.dropout(x, p) if training and p else x  # no call where nothing is dropped: generation makes many
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -134,81 +81,102 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def attention(w: BlockWeights, x: torch.Tensor, cfg: GPTConfig, p: float, cache: KVCache | None, layer: int,
-              rope: tuple | None):
-    """Causal self-attention of x (B, T, C), after the cache's positions if there is a cache; rope: the (cos, sin)
-    of x's positions (T, hs / 2), with rotary position embeddings."""
-    B, T, C = x.shape
-    qkv = F.linear(x, *w.qkv).view(B, T, 3, cfg.n_head, C // cfg.n_head)
-    q, k, v = qkv.transpose(1, 3).unbind(2)  # each (B, nh, T, hs)
-    q, k = queries_and_keys(w, q, k, cfg, rope)
-    if cache is not None:  # earlier positions' keys and values: attend over them too
-        k, v = cache.extend(layer, k, v)
-    if x.is_cpu and torch.is_autocast_enabled("cpu"):  # the CPU's bf16 attention backward is
-        with torch.autocast("cpu", enabled=False):  # much slower than fp32's: attend in fp32
-            y = attend(q.float(), k.float(), v.float())
-    else:
-        y = attend(q, k, v)
-    y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
-    return dropout(F.linear(y, *w.proj), p)  # dropout after attention, not on the attention weights (which would
-    # force the slow unfused attention path on the CPU)
-
-
-def activate(x: torch.Tensor, kind: str) -> torch.Tensor:
-    return F.gelu(x) if kind == "gelu" else F.relu(x).square()  # gelu | relu2
-
-
-def feed_forward(w: BlockWeights, x: torch.Tensor, activation: str, p: float) -> torch.Tensor:
-    return dropout(F.linear(activate(F.linear(x, *w.fc), activation), *w.fc2), p)
-
-
-def block(w: BlockWeights, x: torch.Tensor, cfg: GPTConfig, p: float, cache: KVCache | None, layer: int,
-          rope: tuple | None):
-    """One transformer block (pre-norm, residual): x (B, T, C) -> (B, T, C)."""
-    x = x + attention(w, norm(x, w.ln1, cfg.norm), cfg, p, cache, layer, rope)
-    return x + feed_forward(w, norm(x, w.ln2, cfg.norm), cfg.activation, p)
-
-
-def softcap(logits: torch.Tensor, c: float) -> torch.Tensor:
-    """Logits squashed smoothly into (-c, c)."""
-    return c * torch.tanh(logits / c)
-
-
-# ---- the model --------------------------------------------------------------------------------------------
-
-
-def make_norm(cfg: GPTConfig, size: int) -> nn.Module:
-    """One norm's weights: LayerNorm (with a bias if model.bias) or RMSNorm (a weight only)."""
-    return nn.RMSNorm(size, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(size, bias=cfg.bias)
-
-
-def pair(module: nn.Module) -> tuple:
-    """A linear or norm layer's (weight, bias or None)."""
-    return module.weight, getattr(module, "bias", None)
-
-
-class Block(nn.Module):
-    """One block's weights (block() above is its math)."""
+class CausalSelfAttention(nn.Module):
+    """All heads in one scaled_dot_product_attention; q and k optionally normalised per head and rotated (rope)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        C = cfg.n_embd
-        self.ln1 = make_norm(cfg, C)
-        self.qkv = nn.Linear(C, 3 * C, bias=cfg.bias)
-        self.q_norm = make_norm(cfg, C // cfg.n_head) if cfg.qk_norm else None
+        C, self.n_head, self.dropout = cfg.n_embd, cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(C, 3 * C, bias=cfg.bias)  # q, k and v of all heads in one matrix
+        self.q_norm = make_norm(cfg, C // cfg.n_head) if cfg.qk_norm else None  # one norm for every head's q
         self.k_norm = make_norm(cfg, C // cfg.n_head) if cfg.qk_norm else None
         self.proj = nn.Linear(C, C, bias=cfg.bias)
-        self.ln2 = make_norm(cfg, C)
-        self.fc = nn.Linear(C, 4 * C, bias=cfg.bias)
-        self.fc2 = nn.Linear(4 * C, C, bias=cfg.bias)
 
-    def weights(self) -> BlockWeights:
-        layers = (self.ln1, self.qkv, self.proj, self.ln2, self.fc, self.fc2, self.q_norm, self.k_norm)
-        return BlockWeights(*(None if m is None else pair(m) for m in layers))
+    def heads(self, x: torch.Tensor, rope: tuple | None = None) -> tuple[torch.Tensor, ...]:
+        """q, k, v (B, nh, T, hs) of x (B, T, C); rope: the (cos, sin) of x's positions. q and k stay in their
+        dtype (a norm under autocast, or the fp32 angles, would give fp32)."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3).unbind(2)
+        if self.q_norm is None and rope is None:  # the seed's architecture: as they are
+            return q, k, v
+        dtype = q.dtype
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rotate(q, *rope), rotate(k, *rope)
+        return q.to(dtype), k.to(dtype), v
+
+    def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
+                input_pos: int = 0) -> torch.Tensor:
+        """x (B, T, C) at positions input_pos .. input_pos + T - 1 -> (B, T, C). With a cache, x's keys and values
+        are stored in it, and x attends to the earlier positions it holds too."""
+        B, T, C = x.shape
+        q, k, v = self.heads(x, rope)
+        if cache is not None:
+            k, v = cache.store(input_pos, k, v)
+        if x.is_cpu and torch.is_autocast_enabled("cpu"):  # the CPU's bf16 attention backward is
+            with torch.autocast("cpu", enabled=False):  # much slower than fp32's: attend in fp32
+                y = attend(q.float(), k.float(), v.float())
+        else:
+            y = attend(q, k, v)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        # dropout here, not on the attention weights: those would force the CPU's slow unfused attention
+        return dropout(self.proj(y), self.dropout, self.training)
+
+    def attention_weights(self, x: torch.Tensor, rope: tuple | None = None) -> torch.Tensor:
+        """What forward's x (without a cache) attends to: softmax(q k^T / sqrt(hs)) under the causal mask, from
+        the q and k forward computes; (B, nh, T, T) in fp32."""
+        q, k, _ = self.heads(x, rope)
+        scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
+        causal = torch.ones(x.size(1), x.size(1), dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
 
 
-# checkpoints written before the math became functions name some weights by the modules that held them
-OLD_NAMES = {".attn.qkv.": ".qkv.", ".attn.proj.": ".proj.", ".ffwd.net.0.": ".fc.", ".ffwd.net.2.": ".fc2."}
+class MLP(nn.Module):
+    """The feed-forward: n_embd -> 4 n_embd, GELU or ReLU squared (model.activation), -> n_embd."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.activation, self.dropout = cfg.activation, cfg.dropout
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.fc2 = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc(x)
+        x = F.gelu(x) if self.activation == "gelu" else F.relu(x).square()
+        return dropout(self.fc2(x), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    """One transformer block, pre-norm with residuals: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = make_norm(cfg, cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = make_norm(cfg, cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
+                input_pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rope, cache, input_pos)
+        return x + self.mlp(self.ln2(x))
+
+
+def loss_of(logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+    """Cross-entropy (in fp32) over the targets y that are not -1; None without targets."""
+    return None if y is None else F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1)
+
+
+# Checkpoints name a block's weights without the attn. or mlp. of the module that holds them (blocks.0.qkv.weight):
+# GPT's state dicts, and what load_state_dict reads and reports, use those names; its modules, the nested ones.
+def checkpoint_name(key: str) -> str:
+    return re.sub(r"(blocks\.\d+)\.(attn|mlp)\.", r"\1.", key)
+
+
+def module_name(key: str) -> str:
+    key = re.sub(r"(blocks\.\d+)\.(qkv|q_norm|k_norm|proj)\.", r"\1.attn.\2.", key)
+    return re.sub(r"(blocks\.\d+)\.(fc|fc2)\.", r"\1.mlp.\2.", key)
 
 
 class GPT(nn.Module):
@@ -233,7 +201,9 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        self._register_load_state_dict_pre_hook(self._rename_old_keys)
+        self.register_state_dict_post_hook(self._saved_names)
+        self.register_load_state_dict_pre_hook(self._loaded_names)
+        self.register_load_state_dict_post_hook(self._reported_names)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -243,13 +213,19 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     @staticmethod
-    def _rename_old_keys(state_dict: dict, prefix: str, *args) -> None:
+    def _saved_names(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+        for key in [k for k in state_dict if k.startswith(prefix)]:  # all of them, so that their order is kept
+            state_dict[prefix + checkpoint_name(key[len(prefix):])] = state_dict.pop(key)
+
+    @staticmethod
+    def _loaded_names(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
         for key in [k for k in state_dict if k.startswith(prefix)]:
-            new = key
-            for old, name in OLD_NAMES.items():
-                new = new.replace(old, name)
-            if new != key:
-                state_dict[new] = state_dict.pop(key)
+            state_dict[prefix + module_name(key[len(prefix):])] = state_dict.pop(key)
+
+    @staticmethod
+    def _reported_names(module: nn.Module, incompatible_keys) -> None:
+        for keys in incompatible_keys:  # the missing and the unexpected keys
+            keys[:] = map(checkpoint_name, keys)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied weight once
@@ -262,51 +238,38 @@ class GPT(nn.Module):
         matrices = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2) + self.head.weight.numel()
         return 6 * matrices + 12 * self.cfg.n_layer * self.cfg.n_embd * self.cfg.block_size
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.n_layer, self.cfg.block_size)
+    def new_cache(self) -> list[KVCache]:
+        return [KVCache(self.cfg.block_size) for _ in self.blocks]
 
-    def weights(self) -> Weights:
-        """Every tensor that forward reads, looked up once."""
-        return Weights(self.tok_emb.weight, None if self.pos_emb is None else self.pos_emb.weight,
-                       [b.weights() for b in self.blocks], pair(self.ln_f), self.head.weight,
-                       (self.rope_cos, self.rope_sin) if self.cfg.position == "rope" else None)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                weights: Weights | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                input_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) character ids -> logits (B, T, V), loss (mean over targets != -1, or None).
 
-        With a cache (self.new_cache()), idx holds only the new positions, which follow the cached ones, and
-        the cache then holds them too. weights: self.weights(), when the caller has looked them up already.
+        input_pos: the position of idx's first character in its context (0: it starts the context). With a cache
+        (self.new_cache()), the keys and values of positions input_pos .. input_pos + T - 1 are stored in it, and
+        idx attends to the earlier positions stored there too.
         """
-        w = weights if weights is not None else self.weights()
         B, T = idx.shape
-        start = cache.length if cache is not None else 0  # the new positions are start, ..., start + T - 1
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} characters is longer than block_size={self.cfg.block_size}")
-        p = self.cfg.dropout if self.training else 0.0
-        x = F.embedding(idx, w.tok_emb)  # (B, T, C)
-        if w.pos_emb is not None:  # learned positions; else rotary, in attention
-            x = x + w.pos_emb[start : start + T]
-        x = dropout(x, p)
-        rope = None if w.rope is None else (w.rope[0][start : start + T], w.rope[1][start : start + T])
-        for layer, block_weights in enumerate(w.blocks):
-            x = block(block_weights, x, self.cfg, p, cache, layer, rope)
-        if cache is not None:
-            cache.advance(T)
-        logits = F.linear(norm(x, w.ln_f, self.cfg.norm), w.head)  # (B, T, V)
-        if self.cfg.logit_softcap is not None:
-            logits = softcap(logits, self.cfg.logit_softcap)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        end = input_pos + T
+        if end > self.cfg.block_size:
+            raise ValueError(f"sequence of {end} characters is longer than block_size={self.cfg.block_size}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:  # learned positions; else rotary, in attention
+            x = x + self.pos_emb.weight[input_pos:end]
+        x = dropout(x, self.cfg.dropout, self.training)
+        rope = (self.rope_cos[input_pos:end], self.rope_sin[input_pos:end]) if self.cfg.position == "rope" else None
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rope, None if cache is None else cache[layer], input_pos)
+        logits = self.head(self.ln_f(x))  # (B, T, V)
+        if self.cfg.logit_softcap is not None:  # squashed smoothly into (-c, c)
+            logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
+        return logits, loss_of(logits, targets)
 
 
 class Bigram(nn.Module):
-    """The seed's starting point, as a baseline beside the GPT: the logits of the next character are a row of a
-    V x V table, chosen by the current character alone. The same interface as GPT (forward, weights, new_cache),
-    so that it trains, validates, checkpoints and generates through the same code; cfg's sizes but vocab_size
-    and block_size (the context the data and sampling use) are not used."""
+    """The seed's starting point, a baseline beside the GPT: the next character's logits are the row of a V x V
+    table that the current character picks. GPT's interface (forward, new_cache): it trains, checkpoints and
+    generates through the same code. Of cfg's sizes it uses vocab_size (block_size: for the data and sampling)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -320,25 +283,16 @@ class Bigram(nn.Module):
     def flops_per_char(self) -> int:
         return 0  # a lookup, no matmul
 
-    def new_cache(self) -> KVCache:
-        return KVCache(0, self.cfg.block_size)  # nothing to keep but the position
+    def new_cache(self) -> list[KVCache]:
+        return []  # nothing to keep: the next character depends on the current one only
 
-    def weights(self) -> torch.Tensor:
-        return self.tok_emb.weight
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                input_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) -> logits (B, T, V), loss: as GPT.forward."""
-        logits = F.embedding(idx, weights if weights is not None else self.tok_emb.weight)  # (B, T, V)
-        if cache is not None:
-            cache.advance(idx.size(1))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        logits = self.tok_emb(idx)  # (B, T, V)
+        return logits, loss_of(logits, targets)
 
 
 def build(cfg: GPTConfig) -> GPT | Bigram:
     """The model that cfg.kind names."""
     return Bigram(cfg) if cfg.kind == "bigram" else GPT(cfg)
-

@@ -229,7 +229,7 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
     run, so that their text compares by eye (characters of the prompt outside a run's vocabulary are dropped)."""
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
     from frosty_lm.errors import FrostyError
-    from frosty_lm.sampling import default_prompt, sample_text
+    from frosty_lm.generation import default_prompt, sample_text
 
     run_names = names(runs)
     parts = [f"## Samples ({chars} characters from each run's best.ckpt; prompt {prompt!r}, seed {seed}, "

@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from frosty_lm.callbacks import CharThroughput
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.cli import command_arg
+from frosty_lm.generation import default_prompt, sample_text
 from frosty_lm.machine import isa_cap
 from frosty_lm.progress import ProgressLines, duration, job_log_only
-from frosty_lm.sampling import default_prompt, sample_text
 
 log = logging.getLogger("frosty")
 

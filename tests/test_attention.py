@@ -30,13 +30,12 @@ def test_each_row_of_the_weights_sums_to_one_and_nothing_is_above_the_diagonal()
 
 
 def test_watching_leaves_the_model_and_its_output_unchanged():
-    model = tiny_model()
+    model = tiny_model().train()
     idx = torch.tensor([[VOCAB.index(c) for c in "deep woods"]])
-    before = model(idx)[0]
-    attention_maps(model, VOCAB, "deep woods")
-    from frosty_lm import model as model_module
-
-    assert model_module.attend.__name__ == "attend" and torch.equal(model(idx)[0], before)
+    before = model.eval()(idx)[0]
+    maps = attention_maps(model.train(), VOCAB, "deep woods")
+    assert model.training and torch.equal(model.eval()(idx)[0], before)
+    assert torch.equal(attention_maps(model, VOCAB, "deep woods"), maps)  # the hooks are gone: one map per layer
 
 
 def test_tensorboards_pixels_are_the_png_that_the_command_writes():

@@ -9,8 +9,8 @@ import torch
 from conftest import TINY
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.config import GPTConfig
+from frosty_lm.generation import stream_text
 from frosty_lm.model import Bigram, build
-from frosty_lm.sampling import stream_text
 
 
 def test_the_bigram_predicts_from_the_current_character_only():

@@ -19,8 +19,8 @@ def test_old_weight_names_load_into_the_new_modules():
     state = torch.load(OLD, weights_only=True)["state_dict"]
     assert any(".attn.qkv." in k for k in state) and any(".ffwd.net.2." in k for k in state)  # really the old names
     model, _ = model_from_checkpoint(torch.load(OLD, weights_only=True))
-    assert torch.equal(model.blocks[0].fc2.weight, state["model.blocks.0.ffwd.net.2.weight"])
-    assert torch.equal(model.blocks[0].qkv.bias, state["model.blocks.0.attn.qkv.bias"])
+    assert torch.equal(model.blocks[0].mlp.fc2.weight, state["model.blocks.0.ffwd.net.2.weight"])
+    assert torch.equal(model.blocks[0].attn.qkv.bias, state["model.blocks.0.attn.qkv.bias"])
 
 
 def test_an_old_checkpoint_fits_a_run_with_the_default_model_options():

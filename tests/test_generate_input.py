@@ -108,7 +108,7 @@ def test_a_temperature_too_small_to_divide_by_decodes_greedily(invoke, trained_r
     assert texts[0] == texts[1]
     logits = torch.tensor([[1.0, 3.0, 2.0]])
     assert (logits / 1e-40).softmax(-1).isnan().all()  # what dividing would give: no probabilities at all
-    from frosty_lm.sampling import sample_next
+    from frosty_lm.generation import sample_next
     assert sample_next(logits, temperature=1e-40).tolist() == [1]
 
 

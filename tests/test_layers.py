@@ -6,7 +6,7 @@ import sys
 
 from conftest import ROOT
 
-MODEL_CODE = ["config", "corpus", "schedule", "tokenizer", "model", "sampling", "optim", "data", "lit_module",
+MODEL_CODE = ["config", "corpus", "schedule", "tokenizer", "model", "generation", "optim", "data", "lit_module",
               "checkpoint"]
 COMMAND_LINE = ["hydra", "frosty_lm.cli", "frosty_lm.run_dirs", "frosty_lm.status", "frosty_lm.resume",
                 "frosty_lm.training", "frosty_lm.summary", "frosty_lm.progress", "frosty_lm.config_checks"]

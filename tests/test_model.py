@@ -3,9 +3,9 @@ import torch
 
 import frosty_lm.model as model_module
 from frosty_lm.config import GPTConfig
+from frosty_lm.generation import generate, sample_next
 from frosty_lm.model import GPT
 from frosty_lm.model import attend as real_attend
-from frosty_lm.sampling import generate, sample_next
 
 
 def tiny(**overrides) -> GPT:
@@ -22,8 +22,8 @@ def test_shapes_and_loss():
     assert loss.shape == () and 2.0 < loss.item() < 3.0  # about ln(11) = 2.4 at initialisation
     cache = model.new_cache()
     model(idx[:, :10], cache=cache)
-    assert cache.length == 10 and len(cache.k) == len(cache.v) == 2  # one buffer per layer
-    assert cache.k[0].shape == cache.v[1].shape == (3, 2, 16, 8)  # B, nh, block_size, hs
+    assert len(cache) == 2  # one per layer
+    assert cache[0].k.shape == cache[1].v.shape == (3, 2, 16, 8)  # B, nh, block_size, hs
 
 
 def test_causal_a_later_character_changes_no_earlier_logit():
@@ -55,44 +55,41 @@ def test_cached_logits_equal_full_forward():
     full = model(idx)[0]
     cache = model.new_cache()
     model(idx[:, :5], cache=cache)
-    steps = [model(idx[:, 5:8], cache=cache)[0]]  # several new positions at once, after a cache
+    steps = [model(idx[:, 5:8], cache=cache, input_pos=5)[0]]  # several new positions at once, after a cache
     for t in range(8, 12):
-        steps.append(model(idx[:, t : t + 1], cache=cache)[0])
-    assert cache.length == 12
+        steps.append(model(idx[:, t : t + 1], cache=cache, input_pos=t)[0])
     assert torch.allclose(full[:, 5:], torch.cat(steps, dim=1), atol=1e-5)
-    cache.reset()  # emptied, the cache serves a new context
+    # a new context from position 0: the cache serves it (as generation refills it after cropping)
     assert torch.allclose(model(idx[:, 3:7], cache=cache)[0], model(idx[:, 3:7])[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(bias=False, n_head=4)])
-def test_one_position_at_a_time_with_weights_looked_up_once_agrees_with_forward(overrides):
+def test_one_position_at_a_time_agrees_with_forward(overrides):
     model = tiny(**overrides)
     with torch.no_grad():  # weights far from their small initial values, so that any difference in the math shows
         for p in model.parameters():
             p.normal_(0.0, 0.5)
     idx = torch.randint(11, (2, 16))
     full = model(idx)[0]
-    cache, weights = model.new_cache(), model.weights()
-    model(idx[:, :6], cache=cache, weights=weights)
-    steps = [model(idx[:, t : t + 1], cache=cache, weights=weights)[0] for t in range(6, 16)]  # as generation does
-    assert cache.length == 16
+    cache = model.new_cache()
+    model(idx[:, :6], cache=cache)
+    steps = [model(idx[:, t : t + 1], cache=cache, input_pos=t)[0] for t in range(6, 16)]  # as generation does
     assert torch.allclose(full[:, 6:], torch.cat(steps, dim=1), atol=1e-4)
     with pytest.raises(ValueError, match="sequence of 17 characters is longer than block_size=16"):
-        model(idx[:, :1], cache=cache, weights=weights)
+        model(idx[:, :1], cache=cache, input_pos=16)
 
 
-def test_the_cache_owns_its_position():
+def test_the_positions_are_the_callers():
     model = tiny()
+    idx = torch.randint(11, (2, 8))
     cache = model.new_cache()
-    model(torch.zeros(2, 5, dtype=torch.long), cache=cache)
-    assert cache.length == 5
-    with pytest.raises(AttributeError):
-        cache.length = 0  # only advance() and reset() move it
-    with pytest.raises(ValueError, match="longer than block_size=16"):
-        cache.advance(12)
-    assert cache.length == 5
-    cache.reset()
-    assert cache.length == 0
+    model(idx[:, :5], cache=cache)
+    # forward moves nothing: the same position fed again is stored again, and gives the same logits
+    first, again = (model(idx[:, 5:6], cache=cache, input_pos=5)[0] for _ in range(2))
+    assert torch.equal(first, again)
+    assert torch.allclose(first, model(idx[:, :6])[0][:, 5:], atol=1e-5)
+    with pytest.raises(ValueError, match="the cache holds no context: start one at input_pos=0"):
+        model(idx[:, :1], cache=model.new_cache(), input_pos=3)
 
 
 def test_a_cache_cannot_grow_past_block_size():
@@ -100,7 +97,7 @@ def test_a_cache_cannot_grow_past_block_size():
     cache = model.new_cache()
     model(torch.zeros(1, 16, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="sequence of 17 characters is longer than block_size=16"):
-        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache, input_pos=16)
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(top_p=0.8),
@@ -126,7 +123,7 @@ def test_generation_is_reproducible_and_seed_dependent():
 
 
 def test_a_whole_sample_is_the_streamed_characters_and_leaves_the_mode_as_it_was():
-    from frosty_lm.sampling import sample_text, stream_text
+    from frosty_lm.generation import sample_text, stream_text
 
     model, vocab = tiny(block_size=8).train(), "\n abcdefgh."  # 40 characters: past block_size, the crop too
     streamed = "".join(stream_text(model, vocab, "ab", 40, temperature=0.8, seed=3))
@@ -196,3 +193,44 @@ def test_bf16_autocast_on_the_cpu_attends_in_fp32_and_keeps_the_loss(monkeypatch
     assert abs(loss16.item() - loss32.item()) < 0.02
     loss16.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_forward_hooks_see_each_module():
+    from frosty_lm.model import MLP, Block, CausalSelfAttention
+
+    model = tiny()
+    seen = []
+    for name, module in model.named_modules():
+        if isinstance(module, (CausalSelfAttention, MLP, Block)):
+            module.register_forward_hook(lambda m, args, out, name=name: seen.append((name, tuple(out.shape))))
+    model(torch.zeros(1, 5, dtype=torch.long))
+    order = ["blocks.0.attn", "blocks.0.mlp", "blocks.0", "blocks.1.attn", "blocks.1.mlp", "blocks.1"]
+    assert seen == [(name, (1, 5, 16)) for name in order]
+
+
+def test_the_state_dict_keeps_the_checkpoint_names():
+    model = tiny(qk_norm=True)
+    state = model.state_dict()
+    assert "blocks.0.qkv.weight" in state and "blocks.1.fc2.bias" in state and "blocks.0.q_norm.weight" in state
+    assert not any(".attn." in k or ".mlp." in k for k in state)
+    assert "blocks.0.attn.qkv.weight" in dict(model.named_parameters())  # the modules' own names
+    other = tiny(qk_norm=True)
+    other.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))
+    del state["blocks.1.fc.weight"]
+    with pytest.raises(RuntimeError, match='Missing key.*"blocks.1.fc.weight"'):  # named as the checkpoint names it
+        other.load_state_dict(state)
+
+
+def test_a_compiled_model_is_kept_out_of_the_module_tree():
+    from frosty_lm.lit_module import FrostyLM
+
+    settings = dict(block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    adamw = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.99]}
+    plain = FrostyLM("abcdefghijk", settings, adamw, {"name": "constant"})
+    compiled = FrostyLM("abcdefghijk", {**settings, "compile": True}, adamw, {"name": "constant"})
+    plain.configure_model()
+    compiled.configure_model()  # torch.compile is lazy: nothing compiles until the first call
+    assert plain.compiled is None and callable(compiled.compiled)
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # the weights once, under their own names
+    assert [name for name, _ in compiled.named_modules()] == [name for name, _ in plain.named_modules()]

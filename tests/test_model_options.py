@@ -7,13 +7,13 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import frosty_lm.sampling as sampling
+import frosty_lm.generation as generation
 from conftest import CONF, TINY
 from frosty_lm import config_checks
 from frosty_lm.checkpoint import model_from_checkpoint
 from frosty_lm.config import GPTConfig
 from frosty_lm.errors import FrostyError
-from frosty_lm.model import GPT, activate
+from frosty_lm.model import GPT
 from test_reliability import assert_one_line_error
 
 ALL = dict(position="rope", norm="rmsnorm", qk_norm=True, activation="relu2", zero_init_proj=True, logit_softcap=5.0,
@@ -107,21 +107,22 @@ def test_an_old_checkpoint_loads_with_the_default_options_and_computes_what_it_d
 
 # ---- every option: generation, training, checkpoints ------------------------------------------------------------
 
-real_sample_next = sampling.sample_next
+real_sample_next = generation.sample_next
 
 
 @pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS)
 def test_cached_generation_equals_uncached_past_the_block(options, monkeypatch):
     model = shaken(tiny(**options))
     seen = []  # the logits of every step, as sample_next gets them
-    monkeypatch.setattr(sampling, "sample_next", lambda logits, *a: seen.append(logits) or real_sample_next(logits, *a))
+    monkeypatch.setattr(generation, "sample_next",
+                        lambda logits, *a: seen.append(logits) or real_sample_next(logits, *a))
     prompt = torch.tensor([[1, 4, 2, 7, 3]])
     runs, logits = [], []
     for use_cache in (True, False):
         seen.clear()
         g = torch.Generator().manual_seed(123)
         # 50 new characters with block_size 16: the context is cropped (and the cache rebuilt) several times
-        runs.append(torch.stack(list(sampling.generate(model, prompt, 50, generator=g, use_cache=use_cache)), dim=1))
+        runs.append(torch.stack(list(generation.generate(model, prompt, 50, generator=g, use_cache=use_cache)), dim=1))
         logits.append(torch.cat(seen))
     assert runs[0].shape == (1, 50)
     assert torch.equal(runs[0], runs[1])
@@ -231,18 +232,18 @@ def test_tied_weights_are_one_parameter_counted_once():
 
 def test_rope_has_no_position_table_and_its_tables_are_not_kept():
     model = tiny(position="rope")
-    assert model.pos_emb is None and model.weights().pos_emb is None
+    assert model.pos_emb is None
     assert not any("pos" in k or "rope" in k for k in model.state_dict())
     assert model.num_params() == tiny().num_params() - BLOCK * 32
     assert model.rope_cos.shape == model.rope_sin.shape == (BLOCK, 8)  # (block_size, hs / 2)
 
 
-def test_rope_turns_the_new_positions_by_the_caches_position_and_sees_order():
+def test_rope_turns_the_new_positions_by_their_position_and_sees_order():
     model = shaken(tiny(position="rope"))
     idx = torch.randint(V, (1, 12))
     cache = model.new_cache()
     model(idx[:, :7], cache=cache)
-    assert torch.allclose(model(idx[:, 7:], cache=cache)[0], model(idx)[0][:, 7:], atol=1e-5)
+    assert torch.allclose(model(idx[:, 7:], cache=cache, input_pos=7)[0], model(idx)[0][:, 7:], atol=1e-5)
     with torch.no_grad():  # without a position table, only rope tells "1 2 3 4" from "2 1 3 4" at the last character
         a, b = model(torch.tensor([[1, 2, 3, 4], [2, 1, 3, 4]]))[0][:, -1]
     assert not torch.allclose(a, b, atol=1e-4)
@@ -259,17 +260,19 @@ def test_zero_init_projections_start_at_zero_and_the_rest_as_by_default():
 
 def test_norms_and_qk_norm_have_the_weights_they_name():
     rms = tiny(norm="rmsnorm", qk_norm=True)
-    assert isinstance(rms.ln_f, torch.nn.RMSNorm) and rms.blocks[0].q_norm.weight.shape == (16,)  # one per head size
+    assert isinstance(rms.ln_f, torch.nn.RMSNorm)
+    assert rms.blocks[0].attn.q_norm.weight.shape == (16,)  # one per head size
     norms = [k for k in rms.state_dict() if "ln" in k or "_norm" in k]
     assert norms and all(k.endswith("weight") for k in norms)  # RMSNorm has no bias
     layer = tiny(qk_norm=True, bias=False)
-    assert isinstance(layer.blocks[1].k_norm, torch.nn.LayerNorm) and layer.blocks[1].k_norm.bias is None
-    assert tiny().blocks[0].q_norm is None
+    assert isinstance(layer.blocks[1].attn.k_norm, torch.nn.LayerNorm) and layer.blocks[1].attn.k_norm.bias is None
+    assert tiny().blocks[0].attn.q_norm is None
 
 
 def test_relu2_and_the_soft_cap():
-    x = torch.linspace(-3, 3, 13)
-    assert torch.equal(activate(x, "relu2"), torch.relu(x) ** 2)
+    mlp = tiny(activation="relu2").blocks[0].mlp
+    x = torch.randn(2, 3, 32)
+    assert torch.equal(mlp(x), mlp.fc2(torch.relu(mlp.fc(x)).square()))
     model = shaken(tiny(logit_softcap=2.0), std=0.5)
     idx = torch.randint(V, (2, BLOCK))
     capped = model(idx)[0]

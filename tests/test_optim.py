@@ -75,7 +75,8 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(tie):
     model = tiny_gpt(tie_weights=tie)
     optimizer = make_optimizer(model, MUON)
     muon, decay, no_decay = (set(map(id, g["params"])) for g in optimizer.param_groups)
-    hidden = {id(b.weight) for block in model.blocks for b in (block.qkv, block.proj, block.fc, block.fc2)}
+    hidden = {id(layer.weight) for block in model.blocks
+              for layer in (block.attn.qkv, block.attn.proj, block.mlp.fc, block.mlp.fc2)}
     assert muon == hidden and {id(p) for g in optimizer.muon.param_groups for p in g["params"]} == hidden
     assert decay == {id(model.tok_emb.weight), id(model.pos_emb.weight), id(model.head.weight)}
     assert all(p.dim() == 1 for g in optimizer.adamw.param_groups[1:] for p in g["params"])  # biases, norm gains
