@@ -72,7 +72,7 @@ def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]
                 else f"its runs are on {', '.join(on)}" if on else "give a corpus it has runs on")
         raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: {what}, or leave out corpus= for the "
                           "newest run's corpus")
-    corpus = corpus or run_corpus(newest)
+    corpus = run_corpus(newest) or corpus  # corpus=text: the runs on the newest one's file (text:FILE), not on any
     best = best_run(outputs_dir, corpus) if corpus is not None else None
     if best is not None:
         runs = f"{best.among} finished run{'s' if best.among > 1 else ''}"

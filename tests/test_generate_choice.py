@@ -149,3 +149,19 @@ def test_no_run_at_all_is_one_line_through_the_entry_point(tmp_path):
     assert result.stderr.strip() == ("error: no best.ckpt found under runs_here (no such directory): train a model "
                                      "first with "
                                      "`python train.py`, or give ckpt_path=PATH")
+
+
+def test_corpus_text_chooses_among_runs_on_the_newest_runs_file(invoke, trained_run, tmp_path):
+    """dataset=text runs on different files do not compare: corpus=text takes the best run on the file of the
+    newest text run, and says which file; corpus=text:FILE picks another."""
+    outputs = tmp_path / "outputs"
+    for name, file, loss, age in (("a", "/poems/a.txt", 1.5, 9), ("b", "/poems/b.txt", 2.5, 5),
+                                  ("b2", "/poems/b.txt", 2.2, 7)):
+        run_dir = fake_run(outputs, name, "text", "finished", loss, 100, age=age, source=trained_run)
+        (run_dir / ".hydra" / "config.yaml").write_text(f"data:\n  name: text\n  path: {file}\n")
+    code, _, err = generate(invoke, outputs, "corpus=text")
+    assert code == 0, err
+    assert err.splitlines()[0].startswith(f"using {outputs}/b2/checkpoints/best.ckpt: best of 2 finished runs on "
+                                          "text:/poems/b.txt, val loss 2.2000"), err
+    code, _, err = generate(invoke, outputs, "corpus=text:/poems/a.txt")
+    assert code == 0 and err.splitlines()[0].startswith(f"using {outputs}/a/checkpoints/best.ckpt: best of 1"), err
