@@ -58,10 +58,10 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     try:
         given = [f"+{o.input_line}" if o.input_line.startswith("+") and not o.input_line.startswith("++")
                  else o.input_line for o in new]  # +key=: a key of the run's own groups (Muon's), set or added
-        cfg = compose(hydra.job.config_name, [*recorded, *given, f"resume={cfg.resume}"])
+        cfg, resume = compose(hydra.job.config_name, [*recorded, *given]), cfg.resume
     except HydraException as err:
         why = " ".join(str(err).split())
-        raise FrostyError(f"{run}'s recorded overrides do not compose with conf/: {why}") from None
+        raise FrostyError(f"{run}'s recorded overrides and this command's do not compose with conf/: {why}") from None
     changed = [key for key in differences(stored, OmegaConf.to_container(cfg, resolve=False))
                if not key.startswith(FOLLOWS_CONF) and key not in ("resume", "ckpt_path")
                and not any(key == o.key_or_group or key.startswith(o.key_or_group + ".") for o in new)]
@@ -71,7 +71,7 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         more = f" (and {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" if changed[1:] else ""
         raise FrostyError(f"cannot resume {run}: conf/ now gives {key}={now} where the run recorded {key}={was}{more}; "
                           f"add {key}={was} to the command to go on as it trained")
-    cfg.ckpt_path = str(last)
+    cfg.resume, cfg.ckpt_path = resume, str(last)
     check_more_to_train(ckpt, cfg, run)
     return cfg, ckpt  # (training.fit checks the config, as for a new run)
 
