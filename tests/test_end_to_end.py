@@ -158,8 +158,10 @@ def test_generate_uses_the_best_finished_run_when_no_checkpoint_is_given(trained
     os.utime(other / "checkpoints" / "last.ckpt", (1, 1))  # older: r1 stays the newest run
     code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10")
     assert code == 0 and f"outputs/runs/r1/checkpoints/best.ckpt: best of 1 finished run on text:{corpus}" in err
-    code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10", "corpus=text")  # any text file
-    assert code == 0 and "outputs/runs/r2/checkpoints/best.ckpt: best of 2 finished runs on text" in err
+    code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10", "corpus=text")  # the newest's file
+    assert code == 0 and f"outputs/runs/r1/checkpoints/best.ckpt: best of 1 finished run on text:{corpus}" in err
+    code, out, err = invoke("generate.py", "prompt=Snow", "max_new_tokens=10", f"corpus=text:{tmp_path / 'other.txt'}")
+    assert code == 0 and "outputs/runs/r2/checkpoints/best.ckpt: best of 1 finished run on text:" in err
 
 
 def test_prompt_outside_the_vocabulary_is_a_clear_error(trained_run, invoke):
