@@ -3,7 +3,6 @@ checkpoint to start from fits this run. (Which run `resume=latest|RUN_DIR` names
 directory, by run_dirs.run_to_resume, before this code runs.)"""
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from frosty_lm.config_checks import max_time_seconds
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import LAST
 
-log = logging.getLogger("frosty")
 CONF = Path(__file__).resolve().parents[1] / "conf"
 WRITE_KEYS = ("dirpath", "save_dir", "default_root_dir", "name", "version", "sub_dir", "filename")
 FOLLOWS_CONF = ("callbacks", "logger")  # what a resumed run takes from today's conf/: they watch training only
@@ -48,7 +46,12 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
                           f"ckpt_path={last} and the run's overrides")
     parser = OverridesParser.create()
     recorded = [o for o in recorded_overrides(run, hydra.output_subdir) if not o.startswith("resume=")]
-    check_recorded(parser.parse_overrides(recorded), run)
+    try:
+        parsed = parser.parse_overrides(recorded)
+    except HydraException as err:
+        raise FrostyError(f"cannot resume {run}: its recorded overrides do not parse ({' '.join(str(err).split())}): "
+                          "the run's .hydra/ was edited or damaged") from None
+    check_recorded(parsed, run)
     new = [o for o in parser.parse_overrides(list(hydra.overrides.task)) if o.key_or_group != "resume"]
     for override in new:
         if override.key_or_group in hydra.runtime.choices:
@@ -88,7 +91,10 @@ def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
     for file in files:
         if this_subdir and file.parent == run / this_subdir:
             continue
-        listed = OmegaConf.to_container(OmegaConf.load(file))
+        try:
+            listed = OmegaConf.to_container(OmegaConf.load(file))
+        except Exception:  # not YAML, not UTF-8, unreadable: the same answer
+            listed = None
         if not (isinstance(listed, list) and all(isinstance(o, str) for o in listed)):
             raise FrostyError(f"{file} is not a list of overrides (damaged or edited): resume only runs of train.py")
         overrides += listed

@@ -59,6 +59,18 @@ def test_other_recorded_escapes_are_refused(invoke, trained_run, tmp_path, monke
     assert not (tmp_path / "elsewhere").exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    ("{model: tiny}\n", "is not a list of overrides"),
+    ("- [not, a, string]\n", "is not a list of overrides"),
+    (": [\n", "is not a list of overrides"),
+    ("- model.n_layer=[\n", "its recorded overrides do not parse"),
+])
+def test_a_damaged_overrides_file_is_one_line(invoke, trained_run, tmp_path, content, message):
+    run_dir = received(trained_run, tmp_path)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(content)
+    resume_is_refused(invoke, run_dir, tmp_path, message)
+
+
 @pytest.mark.parametrize("link", ["hparams.yaml", "checkpoints", ".hydra"])
 def test_a_link_in_a_received_run_is_refused(invoke, trained_run, tmp_path, link):
     """A symbolic link in the run's directory could send a resume's writes anywhere: refused before Hydra or
