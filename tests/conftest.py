@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,12 +55,29 @@ def frost_dir() -> Path:
     pytest.skip("frost.txt not found: set FROSTY_DATA_DIR to the directory that holds it")
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """Each test leaves SIGINT and SIGTERM as it found them: a run in this process that Lightning stops on a
+    KeyboardInterrupt sets SIGINT to be ignored, and every process started after it would inherit that (Python
+    installs its Ctrl-C handler only where SIGINT is not ignored)."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def as_from_a_shell() -> None:
+    """A started train.py gets Ctrl-C and SIGTERM as from a terminal, whatever this process set."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run(script: str, *args: str, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run train.py or generate.py as a user would, from cwd."""
     full_env = {**os.environ, "HYDRA_FULL_ERROR": "0", "FROSTY_DEBUG": "0", **(env or {})}
     result = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300,
+        preexec_fn=as_from_a_shell)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -77,7 +95,7 @@ def split_import_times(stderr: str) -> tuple[str, set[str]]:
 def start(script: str, *args: str, cwd: Path) -> subprocess.Popen:
     """Start train.py or generate.py as a user would, in the background; its stdout and stderr together, as text."""
     return subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=as_from_a_shell)
 
 
 def start_training(run_dir: Path, text_file: Path, *extra: str) -> subprocess.Popen:

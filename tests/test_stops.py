@@ -241,10 +241,11 @@ def test_ctrl_c_to_the_report_is_one_line(trained_run, tmp_path):
     import sys
     import time
 
-    from conftest import ROOT
+    from conftest import ROOT, as_from_a_shell
 
     proc = subprocess.Popen([sys.executable, "-m", "frosty_lm.report", str(trained_run), "--out", str(tmp_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=as_from_a_shell)
     time.sleep(1.0)  # loading (matplotlib, TensorBoard's reader: longer than this)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, as_from_a_shell
 
 
 def group_members(pgid: int) -> list[int]:
@@ -35,7 +35,8 @@ def test_a_stopped_sweep_leaves_no_worker_behind(signum, to, code, text_file, tm
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *TINY, "trainer.max_steps=100000",
                              "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}",
                              "model.dropout=0.0,0.1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=as_from_a_shell)
     try:
         deadline = time.time() + 120
         while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 2:  # both jobs train
