@@ -44,7 +44,7 @@ FILE_ERRORS = {
 }
 
 
-def file_error(err: BaseException) -> str | None:
+def error_line(err: BaseException) -> str | None:
     """One line for an error that comes down to the file system (a full disk, a directory that cannot be written) or
     to memory, however deep in the chain of exceptions it sits; None for any other error."""
     seen = set()
@@ -78,7 +78,7 @@ def exit_on_user_error(func):
         try:
             return func(*args, **kwargs)
         except Exception as err:
-            message = str(err) if isinstance(err, FrostyError) else file_error(err)
+            message = str(err) if isinstance(err, FrostyError) else error_line(err)
             if debugging() or (message is None and not sweep_job):
                 raise
             if message is None:

@@ -112,11 +112,6 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
         run_of = f" (here {command_arg('resume', run.parents[1])})" if in_run else ""
         raise FrostyError(f"resume={resume} is a file: resume= takes a run's directory, the one holding {LAST}"
                           f"{run_of}; to start a new run from a checkpoint file, give ckpt_path={resume}")
-    for below, dirs, files in os.walk(run):  # a received run directory: a link in it could send writes elsewhere
-        link = next((Path(below) / name for name in [*dirs, *files] if (Path(below) / name).is_symlink()), None)
-        if link is not None:
-            raise FrostyError(f"cannot resume {run}: {link} is a symbolic link, which could make the run write "
-                              "outside its directory; replace it with the file itself")
     if not (run / LAST).is_file():
         if (run / BEST).is_file():  # last.ckpt deleted: the run cannot go on, but a new one can start from its best
             raise FrostyError(f"cannot resume {run}: it has no {LAST}, only {BEST}: start a new run from that, "
@@ -149,8 +144,8 @@ class RunDirectory(Callback):
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
         resume = config.get("resume")
         try:
-            if resume:
-                run_to_resume(resume, config.paths.outputs_dir)  # a run that cannot be resumed: one line
+            if resume:  # a run that cannot be resumed, or that holds a link: one line, before Hydra writes in it
+                refuse_links(run_to_resume(resume, config.paths.outputs_dir))
             run = str(config.hydra.run.dir)
             if resume and resume != "latest" and Path(run).resolve() != Path(str(resume)).resolve():
                 raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
@@ -169,6 +164,15 @@ class RunDirectory(Callback):
         except FrostyError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             sys.exit(1)
+
+
+def refuse_links(run: Path) -> None:
+    """A run directory to resume may come from someone else: a symbolic link in it could send writes elsewhere."""
+    for below, dirs, files in os.walk(run):
+        link = next((Path(below) / name for name in [*dirs, *files] if (Path(below) / name).is_symlink()), None)
+        if link is not None:
+            raise FrostyError(f"cannot resume {run}: {link} is a symbolic link, which could make the run write "
+                              "outside its directory; replace it with the file itself")
 
 
 def make_dir(path: str, key: str) -> None:

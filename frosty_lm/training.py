@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.checkpoint_saving import AtomicCheckpointIO
-from frosty_lm.cli import command_arg, file_error, in_sweep, parallel_jobs
+from frosty_lm.cli import command_arg, error_line, in_sweep, parallel_jobs
 from frosty_lm.config_checks import check_config
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError, NonFiniteLoss, Stopped
@@ -118,7 +118,7 @@ def run_training(cfg: DictConfig) -> float | None:
                 record.write(status="interrupted", error="stopped before training started",
                              training_started=record.training_started)
             else:  # the error as its line says it; steps and best val loss as the checkpoints kept them
-                record.write(status="failed", error=file_error(err) or (str(err) or type(err).__name__).splitlines()[0],
+                record.write(status="failed", error=error_line(err) or (str(err) or type(err).__name__).splitlines()[0],
                              training_started=record.training_started,
                              **(record.checkpointed() if record.training_started else {}))
             raise
