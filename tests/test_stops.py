@@ -243,10 +243,13 @@ def test_ctrl_c_to_the_report_is_one_line(trained_run, tmp_path):
 
     from conftest import ROOT, as_from_a_shell
 
-    proc = subprocess.Popen([sys.executable, "-m", "frosty_lm.report", str(trained_run), "--out", str(tmp_path)],
+    # Enough samples that the report is still sampling when the signal comes: a Ctrl-C while torch imports is
+    # Python's and torch's default (CPython's -m runner may then end the process by SIGINT, pybind11 may abort)
+    proc = subprocess.Popen([sys.executable, "-m", "frosty_lm.report", str(trained_run), "--out", str(tmp_path),
+                             "--samples", "50000"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=as_from_a_shell)
-    time.sleep(1.0)  # loading (matplotlib, TensorBoard's reader: longer than this)
+    time.sleep(4.0)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130 and output.strip() == "interrupted: nothing more was saved", output
