@@ -1,6 +1,5 @@
 """Checks of a composed run config that need no corpus: fail in seconds, with the key and the fix, before
-anything is read or written. None of them needs torch: train.py runs them before torch and Lightning load.
-Resolving a run config calls the resolvers that importing run_dirs registers (train.py imports it)."""
+anything is read or written. None of them needs torch: train.py runs them before torch and Lightning load."""
 from __future__ import annotations
 
 import dataclasses

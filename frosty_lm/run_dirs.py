@@ -1,9 +1,9 @@
 """Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run; the
 best finished run on a corpus (generate.py's default).
 
-Hydra decides the run directory and writes its config there before train.py's code runs, so these
-checks are OmegaConf resolvers that conf/train.yaml calls from the hydra node. Importing this module
-registers every resolver that conf/ uses (trainer=cpu's precision, which depends on the machine, too).
+Hydra makes the run directory and writes its config there before train.py's code runs, so RunDirectory, a Hydra
+callback, checks and chooses it first. Importing this module registers the resolvers that conf/ uses (a sweep
+job's name; trainer=cpu's precision, which depends on the machine).
 """
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import math
 import os
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from frosty_lm.cli import command_arg
 from frosty_lm.errors import FrostyError
@@ -99,7 +100,7 @@ def _is_number(value) -> bool:
 
 def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
     """resume=latest (the newest run under outputs_dir) or resume=RUN_DIR -> the run directory, which must hold
-    checkpoints/last.ckpt. Here rather than in resume.py: Hydra needs it to choose the run directory."""
+    checkpoints/last.ckpt. Here rather than in resume.py: RunDirectory makes it Hydra's run directory."""
     if resume == "latest":
         run = newest_run(outputs_dir)
         if run is None:
@@ -122,34 +123,26 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
     return run
 
 
-def run_dir(resume: str | None, outputs_dir: str, new_dir: str) -> str:
-    """hydra.run.dir: the run to resume (searched for under outputs_dir), or a new directory. (RunDirectory has
-    checked resume= before Hydra resolves this, and refused what cannot be resumed in one line.)"""
-    return str(run_to_resume(resume, outputs_dir)) if resume else new_dir
-
-
-def output_subdir(resume: str | None, stamp: str) -> str:
-    """hydra.output_subdir, where Hydra saves the run's config: .hydra, or for a resume .hydra/resumed-STAMP beside
-    the config the run was started with."""
-    return f".hydra/resumed-{stamp}" if resume else ".hydra"
-
-
 class RunDirectory(Callback):
     """Hydra callback, before Hydra writes anything: refuses in one line what would end in Hydra's report or touch
-    another run (a resume= of something that cannot be resumed, resume=RUN_DIR with another hydra.run.dir, a new run
-    in a directory that holds one), and makes the run's (or the sweep's) directory, so that one that cannot be made
-    (unwritable, a full disk, a file in the way) is one line too."""
+    another run (a resume= of something that cannot be resumed, resume= with a hydra.run.dir, a new run in a
+    directory that holds one), makes resume='s run Hydra's run directory, and makes the run's (or the sweep's)
+    directory, so that one that cannot be made (unwritable, a full disk, a file in the way) is one line too."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
         resume = config.get("resume")
         try:
             if resume:  # a run that cannot be resumed, or that holds a link: one line, before Hydra writes in it
-                refuse_links(run_to_resume(resume, config.paths.outputs_dir))
+                resumed = run_to_resume(resume, config.paths.outputs_dir)
+                refuse_links(resumed)
+                if any(o.lstrip("+~").startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+                    raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
+                                      f"hydra.run.dir={config.hydra.run.dir}")
+                with read_write(config.hydra):  # the run's own directory; its new config beside the first one
+                    config.hydra.run.dir = str(resumed)
+                    config.hydra.output_subdir = f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
             run = str(config.hydra.run.dir)
-            if resume and resume != "latest" and Path(run).resolve() != Path(str(resume)).resolve():
-                raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
-                                  f"hydra.run.dir={run}")
             if not resume and any((Path(run) / "checkpoints").glob("*.ckpt")):  # (killed before one: reusable)
                 raise FrostyError(f"{run} already holds a run: choose another hydra.run.dir, or continue that run "
                                   f"with {command_arg('resume', run)}")
@@ -228,8 +221,6 @@ def short_value(value: str) -> str:
 
 
 def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("frosty_run_dir", run_dir, replace=True)  # (pure functions of their arguments)
-    OmegaConf.register_new_resolver("frosty_output_subdir", output_subdir, replace=True)
     OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
     OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
 
