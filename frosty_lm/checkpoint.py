@@ -14,8 +14,11 @@ from frosty_lm.config import GPTConfig
 from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, Bigram, build
 
-# Older checkpoints name some weights by the modules that held them then: their names today
-OLD_NAMES = {".attn.qkv.": ".qkv.", ".attn.proj.": ".proj.", ".ffwd.net.0.": ".fc.", ".ffwd.net.2.": ".fc2."}
+# Older checkpoints name some block weights otherwise: by the modules that once held them (ffwd.net.0), or without
+# the attn. or mlp. of the module that holds them (blocks.0.qkv). Their names today, in this order:
+OLD_NAMES = [(r"\.ffwd\.net\.0\.", ".mlp.fc."), (r"\.ffwd\.net\.2\.", ".mlp.fc2."),
+             (r"(blocks\.\d+)\.(qkv|q_norm|k_norm|proj)\.", r"\1.attn.\2."),
+             (r"(blocks\.\d+)\.(fc|fc2)\.", r"\1.mlp.\2.")]
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -34,8 +37,8 @@ def current_names(state_dict: dict) -> dict:
     """state_dict with the weight names of older checkpoints (OLD_NAMES) replaced by today's, in the same order."""
     renamed = {}
     for key, value in state_dict.items():
-        for old, new in OLD_NAMES.items():
-            key = key.replace(old, new)
+        for old, new in OLD_NAMES:
+            key = re.sub(old, new, key)
         renamed[key] = value
     return renamed
 

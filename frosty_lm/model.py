@@ -8,7 +8,6 @@ Shapes: B batch, T time (characters), C channels (n_embd), nh heads, hs head siz
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn as nn
@@ -168,17 +167,6 @@ def loss_of(logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None
     return None if y is None else F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-1)
 
 
-# Checkpoints name a block's weights without the attn. or mlp. of the module that holds them (blocks.0.qkv.weight):
-# GPT's state dicts, and what load_state_dict reads and reports, use those names; its modules, the nested ones.
-def checkpoint_name(key: str) -> str:
-    return re.sub(r"(blocks\.\d+)\.(attn|mlp)\.", r"\1.", key)
-
-
-def module_name(key: str) -> str:
-    key = re.sub(r"(blocks\.\d+)\.(qkv|q_norm|k_norm|proj)\.", r"\1.attn.\2.", key)
-    return re.sub(r"(blocks\.\d+)\.(fc|fc2)\.", r"\1.mlp.\2.", key)
-
-
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -201,9 +189,6 @@ class GPT(nn.Module):
                     nn.init.zeros_(p)
                 else:
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        self.register_state_dict_post_hook(self._saved_names)
-        self.register_load_state_dict_pre_hook(self._loaded_names)
-        self.register_load_state_dict_post_hook(self._reported_names)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -211,21 +196,6 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-
-    @staticmethod
-    def _saved_names(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
-        for key in [k for k in state_dict if k.startswith(prefix)]:  # all of them, so that their order is kept
-            state_dict[prefix + checkpoint_name(key[len(prefix):])] = state_dict.pop(key)
-
-    @staticmethod
-    def _loaded_names(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            state_dict[prefix + module_name(key[len(prefix):])] = state_dict.pop(key)
-
-    @staticmethod
-    def _reported_names(module: nn.Module, incompatible_keys) -> None:
-        for keys in incompatible_keys:  # the missing and the unexpected keys
-            keys[:] = map(checkpoint_name, keys)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # a tied weight once

@@ -86,7 +86,7 @@ def test_a_checkpoint_with_nan_weights_is_one_line(tmp_path, capsys):
     model = tiny_model()
     settings = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k != "vocab_size"}
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
-    state["model.blocks.0.qkv.weight"][0, 0] = float("nan")  # every map after it is NaN: a blank image
+    state["model.blocks.0.attn.qkv.weight"][0, 0] = float("nan")  # every map after it is NaN: a blank image
     path, out = tmp_path / "nan.ckpt", tmp_path / "attention.png"
     torch.save({"hyper_parameters": {"vocab": VOCAB, "model": settings}, "state_dict": state}, path)
     assert main([f"ckpt_path={path}", "prompt=deep woods", f"out={out}"]) == 1

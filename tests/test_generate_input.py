@@ -34,7 +34,7 @@ def wider_model(ckpt):
 
 
 def missing_tensor(ckpt):
-    del ckpt["state_dict"]["model.blocks.0.fc.weight"]
+    del ckpt["state_dict"]["model.blocks.0.mlp.fc.weight"]
 
 
 def longer_vocabulary(ckpt):

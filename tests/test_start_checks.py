@@ -24,7 +24,7 @@ def edited_copy(trained_run: Path, tmp_path: Path, edit) -> Path:
 
 
 def drop_tensor(ckpt):
-    del ckpt["state_dict"]["model.blocks.1.fc.weight"]
+    del ckpt["state_dict"]["model.blocks.1.mlp.fc.weight"]
 
 
 def drop_optimizer(ckpt):
@@ -44,7 +44,7 @@ def nan_weights(ckpt):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (drop_tensor, "lacks model.blocks.1.fc.weight: the file was edited or damaged"),
+    (drop_tensor, "lacks model.blocks.1.mlp.fc.weight: the file was edited or damaged"),
     (drop_optimizer, "holds no optimizer state to go on with"),
     (damage_rng, "holds a damaged random state"),
     (nan_weights, "holds NaN or infinite weights: training cannot go on from them"),
