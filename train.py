@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolvers that conf/train.yaml uses)
 from frosty_lm.cli import exit_on_user_error, in_sweep, quiet_lightning, run_entry_point
-from frosty_lm.config_checks import check_early
+from frosty_lm.config import check_early
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="train")

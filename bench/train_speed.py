@@ -34,10 +34,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from bench.common import ROOT, SeedGPT, corpus_text, machine, model_preset, seed_batch  # noqa: E402
 from frosty_lm.callbacks import CharThroughput  # noqa: E402
+from frosty_lm.corpus import CharTokenizer  # noqa: E402
 from frosty_lm.data import RandomWindows  # noqa: E402
 from frosty_lm.lit_module import FrostyLM  # noqa: E402
 from frosty_lm.machine import cpu_precision, matmul_peak  # noqa: E402
-from frosty_lm.tokenizer import CharTokenizer  # noqa: E402
 
 
 def now(device: torch.device) -> float:

@@ -17,9 +17,9 @@ import sys
 import torch
 
 from frosty_lm.callbacks import EveryNValidations
+from frosty_lm.corpus import CharTokenizer
 from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, CausalSelfAttention
-from frosty_lm.tokenizer import CharTokenizer
 
 MAX_PROMPT = 64  # characters: beyond this the panels are unreadable
 

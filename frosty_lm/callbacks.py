@@ -15,12 +15,11 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import EarlyStopping
 
-from frosty_lm.config_checks import check_every_n_validations, check_sampling
-from frosty_lm.errors import Stopped
+from frosty_lm.config import check_every_n_validations, check_sampling
+from frosty_lm.errors import Stopped, is_int, must
 from frosty_lm.generation import default_prompt, sample_text
 from frosty_lm.lit_module import logs_written_at
 from frosty_lm.machine import matmul_peak
-from frosty_lm.value_checks import is_int, must
 
 log = logging.getLogger("frosty")
 

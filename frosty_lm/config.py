@@ -1,11 +1,19 @@
-"""The model's settings (GPTConfig) and their checks. No torch: config_checks checks a run's model.* keys with
-this class before torch loads, and model.py builds the GPT from it. The options (position, norm, qk_norm,
-activation, zero_init_proj, logit_softcap, tie_weights) default to the seed's architecture: learned positions,
-LayerNorm, GELU, an untied head."""
+"""A run's settings and their checks, without torch: train.py checks a composed config here in seconds, before
+torch and Lightning load, and names the key and the fix. GPTConfig is the model's settings (model.py builds the
+GPT from it); its options default to the seed's architecture: learned positions, LayerNorm, GELU, an untied head."""
 from __future__ import annotations
 
-import math
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from frosty_lm import corpus
+from frosty_lm.errors import FrostyError, is_int, is_number, must
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 @dataclass
@@ -29,18 +37,15 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"model.{key}={value!r} must be a positive integer")
+            if not is_int(getattr(self, key)) or getattr(self, key) <= 0:
+                raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: choose n_embd as a "
                 f"multiple of n_head (e.g. model.n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))})"
             )
-        dropout = self.dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"model.dropout={dropout!r} must be a number in [0, 1), e.g. model.dropout=0.2")
-        # (the choices live here, not in model.py: config_checks checks them before torch loads)
+        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout!r} must be a number in [0, 1), e.g. model.dropout=0.2")
         choices = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "activation": ("gelu", "relu2"),
                    "kind": ("gpt", "bigram")}
         for key, allowed in choices.items():
@@ -54,6 +59,204 @@ class GPTConfig:
             raise ValueError(f"model.position=rope needs an even head size, model.n_embd / model.n_head = {head_size}: "
                              f"choose n_embd and n_head so that it is even (e.g. model.n_embd={2 * self.n_embd})")
         cap = self.logit_softcap
-        if cap is not None and not (isinstance(cap, (int, float)) and not isinstance(cap, bool)
-                                    and math.isfinite(cap) and cap > 0):
+        if cap is not None and not (is_number(cap) and cap > 0):
             raise ValueError(f"model.logit_softcap={cap!r} must be a positive number (e.g. 30), or null for no cap")
+
+
+FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
+# the callbacks whose work a validation does at a cadence of their own (callbacks.EveryNValidations)
+EVERY_N_VALIDATIONS = ("sample_text", "attention_image", "copied")
+
+
+def check_early(cfg: DictConfig) -> None:
+    """train.py's checks before torch and Lightning load: the config, and that the corpus file is there (not
+    read). A resume's config is checked once composed (resume.py); with ckpt_path, training reads the checkpoint
+    before it looks for the corpus, and so the error it reports first comes from there."""
+    if cfg.get("resume"):
+        return
+    check_config(cfg)
+    if not cfg.get("ckpt_path"):
+        data = cfg.data
+        file = corpus.locate(data.name, data.data_dir, data.get("path"), data.get("url"))
+        if file.exists():  # else it is downloaded when training starts
+            corpus.check_regular_file(file)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail in seconds, before the corpus is read, on what the config alone shows to be wrong."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        missing = re.search(r"Missing mandatory value: (\S+)", str(err))
+        if missing:  # the message names the key in full when an interpolation led to it
+            key = missing.group(1) if "." in missing.group(1) else err.full_key
+            raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
+        raise FrostyError(str(err).splitlines()[0]) from None
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    settings = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]  # vocab: the corpus's
+    for key in model:
+        if key not in settings:  # added with +model.KEY=...
+            raise FrostyError(f"model.{key} is not a setting of model ({', '.join(sorted(settings))})")
+    try:
+        GPTConfig(vocab_size=1, **model)
+    except (TypeError, ValueError) as err:
+        raise FrostyError(str(err)) from None
+    must(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
+    must(cfg.get("threads") is None or is_int(cfg.threads) and cfg.threads > 0, "threads", cfg.get("threads"),
+         "a positive integer, or null for all cores")
+    must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
+         cfg.summary_sample_chars, "an integer >= 0")
+    check_optim(cfg.optim)
+    data = cfg.get("data") or {}
+    check_data(data.get("batch_size"), data.get("val_fraction", 0.1), data.get("decode_errors", "strict"))
+    check_trainer(cfg.trainer)
+    if cfg.get("scheduler") is not None:
+        check_scheduler(cfg.scheduler)
+    callbacks = cfg.get("callbacks") or {}  # (their constructors check the same, for code that builds them)
+    if callbacks.get("sample_text") is not None:
+        check_sampling(callbacks.sample_text, prefix="callbacks.sample_text.")
+    if callbacks.get("attention_image") is not None:
+        check_text(callbacks.attention_image.get("prompt"), "callbacks.attention_image.prompt")
+    if callbacks.get("progress_lines") is not None:
+        check_progress_lines(callbacks.progress_lines)
+    for name in EVERY_N_VALIDATIONS:
+        if callbacks.get(name) is not None and "every_n_validations" in callbacks[name]:
+            check_every_n_validations(callbacks[name].every_n_validations, name)
+
+
+def check_progress_lines(settings) -> None:
+    """callbacks.progress_lines.* (progress.ProgressLines): a line every N seconds and/or steps, and the steps the
+    time estimate waits for."""
+    for key, fine, what in (
+        ("every_seconds", lambda v: v is None or is_number(v) and v > 0, "a positive number of seconds, or null"),
+        ("every_n_steps", lambda v: v is None or is_int(v) and v > 0, "a positive integer, or null"),
+        ("estimate_after", lambda v: is_int(v) and v > 0, "a positive integer"),
+    ):
+        value = settings.get(key, 10 if key == "estimate_after" else None)
+        must(fine(value), "callbacks.progress_lines." + key, value, what)
+
+
+def check_every_n_validations(value, name: str) -> None:
+    must(is_int(value) and value >= 1, f"callbacks.{name}.every_n_validations", value,
+         "a positive integer N: at every Nth validation and at the last (1: at every validation)")
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    """The trainer.* keys Frosty reads, and Lightning's Trainer arguments that count, which Lightning would only
+    trip over mid-setup, with a traceback."""
+    for key, low, what in (("max_steps", 1, "a positive integer"), ("val_check_interval", 1, "a positive integer"),
+                           ("log_every_n_steps", 0, "an integer >= 0"),
+                           ("max_epochs", -1, "an integer >= -1 (-1: no limit; training length is max_steps)"),
+                           ("num_sanity_val_steps", -1, "an integer >= -1 (-1: the whole val split)"),
+                           ("check_val_every_n_epoch", 1, "a positive integer, or null"),
+                           ("accumulate_grad_batches", 1, "a positive integer")):
+        value = trainer.get(key, 1 if key == "log_every_n_steps" else None)
+        optional = key not in ("max_steps", "val_check_interval")
+        must(optional and value is None or is_int(value) and value >= low, f"trainer.{key}", value, what)
+    clip = trainer.get("gradient_clip_val")
+    must(clip is None or is_number(clip) and clip >= 0, "trainer.gradient_clip_val", clip,
+         "a number >= 0 (0 or null: no clipping), e.g. 1.0")
+    max_time_seconds(trainer.get("max_time"))
+
+
+MAX_TIME = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")  # DD:HH:MM:SS, as Lightning's Timer reads it
+
+
+def max_time_seconds(max_time) -> float | None:
+    """trainer.max_time in seconds (None: no time limit), from the DD:HH:MM:SS that Lightning's Timer reads."""
+    if max_time is None:
+        return None
+    example = "a time budget DD:HH:MM:SS, e.g. trainer.max_time=00:00:03:00 (3 minutes), or null for none"
+    if not isinstance(max_time, str) or not MAX_TIME.fullmatch(max_time.strip()):
+        raise FrostyError(f"trainer.max_time={max_time!r} must be {example}")
+    days, hours, minutes, seconds = (int(part) for part in max_time.strip().split(":"))
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    must(total > 0, "trainer.max_time", max_time, f"longer than no time: {example}")
+    return float(total)
+
+
+def check_sampling(settings, prefix: str = "") -> None:
+    """Sampling settings, where given: generate.py's, and the validation sample's (prefix callbacks.sample_text.)."""
+    rules = {"max_new_tokens": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+             "seed": (is_int, "an integer"),
+             "temperature": (lambda v: is_number(v) and v >= 0, "a number >= 0 (0 means greedy decoding)"),
+             "top_k": (lambda v: v is None or is_int(v) and v >= 1, "an integer >= 1, or null for no cut"),
+             "top_p": (lambda v: v is None or is_number(v) and 0 < v <= 1,
+                       "a number in (0, 1], e.g. top_p=0.9, or null for no nucleus cut")}
+    if "prompt" in settings:
+        check_text(settings["prompt"], prefix + "prompt")
+    for key, (fine, what) in rules.items():
+        if key in settings:
+            must(fine(settings[key]), prefix + key, settings[key], what)
+
+
+def check_text(value, key: str) -> None:
+    """A setting that is text (a prompt), or null: Hydra reads prompt=1e5, prompt=42 and prompt=true as a number or
+    a boolean, whose text ("100000.0", "True") is not what was typed."""
+    if value is None or isinstance(value, str):
+        return
+    what = "a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float)) else "a list"
+    typed = typed_value(key) or str(value)
+    raise FrostyError(f"{key}={typed} was read as {what}, not text: quote it, '{key}=\"{typed}\"'")
+
+
+def typed_value(key: str) -> str | None:
+    """The value of key=VALUE as typed on the command line (Hydra's overrides), if it was given there."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    for override in HydraConfig.get().overrides.task:
+        name, sep, value = override.lstrip("+~").partition("=")
+        if sep and name == key:
+            return value
+    return None
+
+
+def check_optim(optim: DictConfig) -> None:
+    """optim.* (conf/optim/); no name: adamw, as configs stored before optim=muon."""
+    name = optim.get("name") or "adamw"
+    must(name in ("adamw", "muon"), "optim.name", name, "adamw or muon (optim=adamw | optim=muon)")
+    muon = name == "muon"  # Muon's lr and weight decay, and AdamW's for the other weights
+    for key in ("lr", "adamw_lr") if muon else ("lr",):
+        value = optim.get(key)
+        must(is_number(value) and 0 < value <= FLOAT32_MAX, f"optim.{key}", value,
+             "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
+    for key in ("weight_decay", "adamw_weight_decay") if muon else ("weight_decay",):
+        value = optim.get(key)
+        must(is_number(value) and 0 <= value <= FLOAT32_MAX, f"optim.{key}", value, "a number >= 0 (at most 3.4e38)")
+    betas = optim.get("betas")
+    betas = list(betas) if isinstance(betas, Sequence) and not isinstance(betas, str) else betas  # a ListConfig
+    must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
+         "optim.betas", betas, "two numbers in [0, 1), e.g. optim.betas=[0.9,0.99]")
+    if muon:
+        momentum, adjust = optim.get("momentum"), optim.get("adjust_lr_fn")
+        must(is_number(momentum) and 0 <= momentum < 1, "optim.momentum", momentum, "a number in [0, 1), e.g. 0.95")
+        must(adjust in ("original", "match_rms_adamw"), "optim.adjust_lr_fn", adjust, "original or match_rms_adamw")
+
+
+def check_data(batch_size, val_fraction, decode_errors) -> None:
+    """data.* settings that need no corpus (CharDataModule checks them too, for code that builds one)."""
+    must(is_int(batch_size) and batch_size > 0, "data.batch_size", batch_size, "a positive integer, e.g. "
+         "data.batch_size=32")
+    must(is_number(val_fraction) and 0 < val_fraction < 1, "data.val_fraction", val_fraction,
+         "between 0 and 1, e.g. data.val_fraction=0.1")
+    must(decode_errors in ("strict", "replace"), "data.decode_errors", decode_errors, "strict or replace")
+
+
+def check_scheduler(scheduler: Mapping) -> None:
+    """scheduler.* (conf/scheduler/); a cosine's min_lr_ratio below 0 would turn the lr negative, above 1 it would
+    not decay."""
+    name = scheduler.get("name")
+    must(name in ("constant", "cosine"), "scheduler.name", name, "constant or cosine (scheduler=constant | cosine)")
+    warmup = scheduler.get("warmup_steps", 0)
+    must(is_int(warmup) and warmup >= 0, "scheduler.warmup_steps", warmup, "an integer >= 0, e.g. 100")
+    if name == "cosine":
+        decay, ratio = scheduler.get("decay_steps"), scheduler.get("min_lr_ratio", 0.1)
+        must(is_int(decay) and decay > 0, "scheduler.decay_steps", decay,
+             "a positive integer (it defaults to trainer.max_steps)")
+        must(is_number(ratio) and 0 <= ratio <= 1, "scheduler.min_lr_ratio", ratio,
+             "a number in [0, 1]: the share of the lr that the decay ends at, e.g. 0.1")

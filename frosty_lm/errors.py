@@ -1,11 +1,13 @@
+"""User errors: FrostyError, which the entry points print as one `error:` line (exit status 1, no traceback), and
+the rule for a setting's value. The standard library only: every layer imports it."""
+from __future__ import annotations
+
+import math
 import signal
 
 
 class FrostyError(Exception):
-    """A problem with the user's input (config, corpus, checkpoint, prompt). Its message names the fix.
-
-    The entry points print it as one line and exit with status 1, without a traceback.
-    """
+    """A problem with the user's input (config, corpus, checkpoint, prompt). Its message names the fix."""
 
 
 class NonFiniteLoss(FrostyError):
@@ -24,3 +26,16 @@ class Stopped(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def must(fine: bool, key: str, value, what: str) -> None:
+    if not fine:
+        raise FrostyError(f"{key}={'null' if value is None else repr(value)} must be {what}")  # as Hydra spells it
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

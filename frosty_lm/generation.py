@@ -8,8 +8,8 @@ from contextlib import contextmanager
 
 import torch
 
+from frosty_lm.corpus import CharTokenizer
 from frosty_lm.model import GPT, Bigram
-from frosty_lm.tokenizer import CharTokenizer
 
 Model = GPT | Bigram  # what the loop samples from: anything with their forward and new_cache
 GREEDY_BELOW = 1e-6  # a temperature this small picks the most likely character anyway

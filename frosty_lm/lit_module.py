@@ -14,8 +14,7 @@ from frosty_lm.config import GPTConfig
 from frosty_lm.errors import NonFiniteLoss
 from frosty_lm.hparams import log_hparams
 from frosty_lm.model import build
-from frosty_lm.optim import group_settings, make_optimizer
-from frosty_lm.schedule import lr_lambda, timed
+from frosty_lm.optim import group_settings, lr_lambda, make_optimizer, timed
 
 LN2 = math.log(2)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from frosty_lm.callbacks import EveryNValidations
+from frosty_lm.corpus import CharTokenizer
 from frosty_lm.errors import FrostyError
 from frosty_lm.generation import default_prompt, sample_text
-from frosty_lm.tokenizer import CharTokenizer
 
 BASE = np.uint64(1_000_003)  # odd, larger than any character id
 

@@ -1,8 +1,7 @@
 """The GPT: a character-level transformer in the style of nanoGPT, with a key/value cache for generation.
 
-Read top to bottom: the key/value cache and the rotary position embeddings, then the modules, each with its
-forward: CausalSelfAttention, MLP, Block, GPT, and the Bigram baseline. One forward serves training and cached
-generation. The settings are a GPTConfig (frosty_lm/config.py, no torch).
+Top to bottom: the cache and rotary embeddings, then CausalSelfAttention, MLP, Block, GPT and the Bigram baseline,
+each with its forward, which serves training and cached generation alike. Settings: GPTConfig (config.py).
 Shapes: B batch, T time (characters), C channels (n_embd), nh heads, hs head size, V vocabulary.
 """
 from __future__ import annotations
@@ -92,8 +91,8 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(C, C, bias=cfg.bias)
 
     def heads(self, x: torch.Tensor, rope: tuple | None = None) -> tuple[torch.Tensor, ...]:
-        """q, k, v (B, nh, T, hs) of x (B, T, C); rope: the (cos, sin) of x's positions. q and k stay in their
-        dtype (a norm under autocast, or the fp32 angles, would give fp32)."""
+        """q, k, v (B, nh, T, hs) of x (B, T, C); rope: the (cos, sin) of x's positions. q and k keep their dtype
+        (a norm under autocast, or the fp32 angles, would give fp32)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3).unbind(2)
         if self.q_norm is None and rope is None:  # the seed's architecture: as they are
@@ -201,10 +200,8 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # a tied weight once
 
     def flops_per_char(self) -> int:
-        """Training FLOPs per character, nanoGPT's estimate: 6 per weight-matrix parameter (forward and
-        backward; embeddings are lookups, not matmuls), plus 12 L C T for attention over the full context. The
-        head is a matmul even when it shares the embedding's weight; norms, rotary embeddings, ReLU squared and the
-        logit cap are elementwise, a few FLOPs per channel: not counted (as nanoGPT leaves out LayerNorm and GELU)."""
+        """Training FLOPs per character, nanoGPT's estimate: 6 per weight-matrix parameter (embeddings are lookups;
+        the head is a matmul, tied or not), plus 12 L C T for attention; elementwise work is not counted."""
         matrices = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2) + self.head.weight.numel()
         return 6 * matrices + 12 * self.cfg.n_layer * self.cfg.n_embd * self.cfg.block_size
 
@@ -215,9 +212,8 @@ class GPT(nn.Module):
                 input_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) character ids -> logits (B, T, V), loss (mean over targets != -1, or None).
 
-        input_pos: the position of idx's first character in its context (0: it starts the context). With a cache
-        (self.new_cache()), the keys and values of positions input_pos .. input_pos + T - 1 are stored in it, and
-        idx attends to the earlier positions stored there too.
+        input_pos: the position of idx's first character in its context. With a cache (self.new_cache()), the keys
+        and values of idx's positions are stored in it, and idx attends to the earlier positions stored there too.
         """
         B, T = idx.shape
         end = input_pos + T
@@ -238,8 +234,7 @@ class GPT(nn.Module):
 
 class Bigram(nn.Module):
     """The seed's starting point, a baseline beside the GPT: the next character's logits are the row of a V x V
-    table that the current character picks. GPT's interface (forward, new_cache): it trains, checkpoints and
-    generates through the same code. Of cfg's sizes it uses vocab_size (block_size: for the data and sampling)."""
+    table that the current character picks. GPT's interface: it trains, checkpoints and generates alike."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()

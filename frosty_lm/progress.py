@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
 
 from frosty_lm.cli import parallel_jobs
-from frosty_lm.config_checks import check_progress_lines
+from frosty_lm.config import check_progress_lines
 
 log = logging.getLogger("frosty")
 

@@ -19,10 +19,9 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frosty_lm.errors import FrostyError
+from frosty_lm.errors import FrostyError, is_int, is_number
 from frosty_lm.run_dirs import make_dir, run_record
 from frosty_lm.status import alive
-from frosty_lm.value_checks import is_int, is_number
 
 LN2 = math.log(2)
 FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)

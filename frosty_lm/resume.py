@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint
-from frosty_lm.config_checks import max_time_seconds
+from frosty_lm.config import max_time_seconds
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import LAST
 

@@ -24,9 +24,9 @@ from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.checkpoint_saving import AtomicCheckpointIO
 from frosty_lm.cli import command_arg, error_line, in_sweep, parallel_jobs
-from frosty_lm.config_checks import check_config
+from frosty_lm.config import check_config
 from frosty_lm.data import CharDataModule
-from frosty_lm.errors import FrostyError, NonFiniteLoss, Stopped
+from frosty_lm.errors import FrostyError, NonFiniteLoss, Stopped, is_int
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import check_gpu_present, check_training_fits
 from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
@@ -39,7 +39,6 @@ from frosty_lm.resume import (
 )
 from frosty_lm.status import RunLock, RunRecord
 from frosty_lm.summary import precision_line, summarise
-from frosty_lm.value_checks import is_int
 
 log = logging.getLogger("frosty")
 

@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import CONF, ROOT, TINY, split_import_times
-from frosty_lm import config_checks, corpus
+from frosty_lm import corpus
 from frosty_lm.cli import command_arg
+from frosty_lm.config import check_early
 from frosty_lm.data import CharDataModule
 from frosty_lm.errors import FrostyError
 from frosty_lm.machine import NATIVE_BF16, cpu_flags, torch_native_bf16
@@ -100,7 +101,7 @@ def composed(*overrides: str):
 
 def test_the_early_check_refuses_what_check_config_refuses():
     with pytest.raises(FrostyError, match="model.n_layer=0 must be a positive integer"):
-        config_checks.check_early(composed("model.n_layer=0"))
+        check_early(composed("model.n_layer=0"))
 
 
 @pytest.mark.parametrize("case", ["resume", "ckpt_path"])
@@ -111,12 +112,12 @@ def test_the_early_check_leaves_to_training_what_it_checks_in_another_order(case
         cfg = composed("dataset=text", "data.path=/nonexistent", "ckpt_path=/nonexistent.ckpt")
     else:
         cfg = composed("model.n_layer=0", "resume=latest")
-    config_checks.check_early(cfg)  # no error here: training reports it
+    check_early(cfg)  # no error here: training reports it
 
 
 def test_the_config_checks_import_no_torch():
     """check_config checks the model.* keys with GPTConfig itself: importing it, and the checks, loads no torch."""
-    code = f"import sys, frosty_lm.config, frosty_lm.config_checks; print(sorted(set(sys.modules) & {set(HEAVY)}))"
+    code = f"import sys, frosty_lm.config; print(sorted(set(sys.modules) & {set(HEAVY)}))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

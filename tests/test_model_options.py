@@ -9,9 +9,8 @@ from hydra import compose, initialize_config_dir
 
 import frosty_lm.generation as generation
 from conftest import CONF, TINY
-from frosty_lm import config_checks
 from frosty_lm.checkpoint import model_from_checkpoint
-from frosty_lm.config import GPTConfig
+from frosty_lm.config import GPTConfig, check_config
 from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT
 from test_reliability import assert_one_line_error
@@ -58,8 +57,8 @@ RECORDED = {
         train_losses=[2.425708532333374, 2.205695390701294, 2.0803780555725098, 1.9682011604309082,
                       1.8652067184448242], loss_after=1.7474952936172485),
 }
-BLOCK_KEYS = ["ln1.weight", "ln1.bias", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "ln2.weight", "ln2.bias",
-              "fc.weight", "fc.bias", "fc2.weight", "fc2.bias"]
+BLOCK_KEYS = ["ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+              "ln2.weight", "ln2.bias", "mlp.fc.weight", "mlp.fc.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
 DEFAULT_KEYS = ["tok_emb.weight", "pos_emb.weight", *(f"blocks.{i}.{k}" for i in (0, 1) for k in BLOCK_KEYS),
                 "ln_f.weight", "ln_f.bias", "head.weight"]
 
@@ -308,7 +307,7 @@ BAD = [
 @pytest.mark.parametrize("overrides, message", BAD, ids=[" ".join(o) for o, _ in BAD])
 def test_a_bad_option_is_refused_naming_the_key_the_value_and_the_choices(overrides, message):
     with pytest.raises(FrostyError) as err:
-        config_checks.check_config(composed(*overrides))
+        check_config(composed(*overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

@@ -348,7 +348,7 @@ def test_generate_without_any_checkpoint(invoke, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "option, message",
     [
-        ("max_new_tokens=-1", "max_new_tokens=-1 must be >= 0"),
+        ("max_new_tokens=-1", "max_new_tokens=-1 must be an integer >= 0"),
         ("temperature=-0.5", "temperature=-0.5 must be a number >= 0 (0 means greedy decoding)"),
         ("top_p=0", "top_p=0 must be a number in (0, 1]"),
         ("top_p=1.5", "top_p=1.5 must be a number in (0, 1]"),

@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import TINY
 from frosty_lm.errors import FrostyError
-from frosty_lm.schedule import budget_step, lr_lambda, timed
+from frosty_lm.optim import budget_step, lr_lambda, timed
 
 # a tiny run limited by its time budget alone, every step's lr logged; no warm-up, so that a schedule by steps
 # would keep the lr near 1e-3 all along

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from frosty_lm.tokenizer import CharTokenizer
+from frosty_lm.corpus import CharTokenizer
 
 
 def test_round_trip_and_sorted_vocabulary():
