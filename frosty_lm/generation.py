@@ -1,6 +1,5 @@
-"""Decoding: picking a character from logits (greedy, temperature, top-k, top-p), the generation loop with its
-key/value cache, and text from a prompt, whole or a character at a time. Torch only: generate.py, the samples in
-training and the report all sample through here."""
+"""Decoding: picking a character from logits (greedy, temperature, top-k, top-p), the loop with its key/value
+cache, and text from a prompt, whole or a character at a time. Torch only: generate.py starts without Lightning."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -39,8 +38,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 @contextmanager
 def without_onednn() -> Iterator[None]:
-    """Run tensor ops on the CPU without oneDNN, whose set-up per call costs more than a generation step's
-    small ops themselves. No effect on a GPU. The flag is process-wide: restored on exit."""
+    """Run tensor ops on the CPU without oneDNN, whose set-up per call costs more than a generation step's small
+    ops. The flag is process-wide: restored on exit."""
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
@@ -107,7 +106,7 @@ def stream_text(model: Model, vocab: str, prompt: str, max_new_tokens: int, temp
 
 def sample_text(model: Model, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0) -> str:
-    """prompt followed by max_new_tokens sampled characters: stream_text's, read back once at the end (on a GPU
-    the sampling then runs ahead of Python instead of waiting for each character)."""
+    """prompt and max_new_tokens sampled characters, read back once at the end (on a GPU the sampling then runs
+    ahead of Python instead of waiting for each character)."""
     ids = list(sampled_ids(model, vocab, prompt, max_new_tokens, temperature, top_k, top_p, seed))
     return prompt + (CharTokenizer(vocab).decode(torch.cat(ids).tolist()) if ids else "")

@@ -1,5 +1,4 @@
-"""The GPT (or the bigram baseline) as a LightningModule: loss, exact validation, AdamW or Muon with a schedule,
-logging."""
+"""The GPT (or the bigram baseline) as a LightningModule: loss, exact validation, the optimizer, logging."""
 from __future__ import annotations
 
 import math
@@ -22,12 +21,9 @@ LN2 = math.log(2)
 class FrostyLM(L.LightningModule):
     """Hyperparameters are plain containers (str, numbers, dicts), so checkpoints load with weights_only=True.
 
-    vocab: the characters, in id order. model: GPTConfig fields but vocab_size. optim: name (adamw | muon; none
-    before optim became a group: adamw), lr, weight_decay, betas, and Muon's keys (conf/optim/muon.yaml).
-    scheduler: name (constant | cosine), warmup_steps, decay_steps, min_lr_ratio. config: the whole run's config
-    as composed, before interpolation, kept in the checkpoint: `resume=` recomposes it with the new overrides
-    (so derived keys such as scheduler.decay_steps follow them). logged_config: the same config resolved, for
-    TensorBoard's HPARAMS tab; not kept in the checkpoint.
+    vocab: the characters, in id order. model: GPTConfig's fields but vocab_size. optim, scheduler: the run's
+    optim.* and scheduler.*. config: the run's whole config as composed, before interpolation, which `resume=`
+    compares with what it composes. logged_config: the same resolved, for TensorBoard's HPARAMS tab only.
     """
 
     def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, config: dict | None = None,
@@ -44,9 +40,8 @@ class FrostyLM(L.LightningModule):
         self._hparams_logged = False
 
     def configure_model(self) -> None:
-        """With model.compile, torch.compile the model's forward, which training and validation then run. The
-        compiled forward is a function, not a module: checkpoints keep the model's weights once, under their own
-        names, and sampling and the attention maps run the plain model."""
+        """With model.compile, torch.compile the model's forward for training and validation: a function, not a
+        module, so checkpoints keep the weights once, and sampling and the attention maps run the plain model."""
         if self.model.cfg.compile and self.compiled is None:  # (Lightning calls this hook at every fit)
             self.compiled = torch.compile(self.model.forward)
 
@@ -109,9 +104,8 @@ class FrostyLM(L.LightningModule):
             torch.set_rng_state(checkpoint["torch_rng_state"])
 
     def on_train_start(self) -> None:
-        """A resumed run restores its optimizer and schedule, which hold the settings they were started with: apply
-        this run's optim settings (e.g. resume=... optim.lr=5e-4) to them, so that what the checkpoint records is
-        what trains. The schedule's shape follows scheduler.* already (configure_optimizers builds it anew)."""
+        """A resumed run restores its optimizer and schedule with the settings they were started with: apply this
+        run's optim.* (e.g. resume=... optim.lr=5e-4), so that what the checkpoint records is what trains."""
         optimizer = self.trainer.optimizers[0]
         schedule = self.lr_schedulers()
         settings = group_settings(self.hparams.optim)  # one per param group, in order
@@ -125,9 +119,8 @@ class FrostyLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def lr_factor(self) -> Callable[[int], float]:
-        """The schedule's lr multiplier by step (scheduler.*); in a run limited by time (trainer.max_time), by the
-        share of the time budget spent too, as Lightning's Timer counts it (kept in checkpoints: a resumed run goes
-        on from the time it had spent). The time is rank 0's, so that every process of a run steps with one lr."""
+        """The lr multiplier by step; in a run limited by time, by the share of the budget spent too, as Lightning's
+        Timer counts it (kept in checkpoints: a resume goes on from it). Rank 0's time: every process, one lr."""
         factor = lr_lambda(**self.hparams.scheduler)
         try:
             trainer = self.trainer
@@ -141,9 +134,8 @@ class FrostyLM(L.LightningModule):
 
 
 def logs_written_at(trainer: L.Trainer, step: int) -> bool:
-    """Whether Lightning writes the logs of training step `step` (counted from 1): every
-    trainer.log_every_n_steps, and the last. self.log is costly per call relative to a small model's step
-    (docs/performance.md), so training_step logs only on these steps."""
+    """Whether Lightning writes the logs of training step `step` (from 1): every trainer.log_every_n_steps, and the
+    last. self.log is costly next to a small model's step, so training_step logs only on these."""
     every = trainer.log_every_n_steps  # 0: none
     return bool(every) and (step % every == 0 or step == trainer.max_steps)
 

@@ -1,13 +1,9 @@
-"""The optimizer a run trains with, from its `optim` settings (conf/optim/): AdamW for every weight (optim=adamw), or
-torch.optim.Muon for the blocks' weight matrices and AdamW for the rest (optim=muon).
+"""The optimizer a run trains with (conf/optim/): AdamW for every weight (optim=adamw), or torch.optim.Muon for the
+blocks' weight matrices and AdamW for the rest (optim=muon); and its learning-rate schedule (conf/scheduler/).
 
-Lightning's automatic optimization wants one optimizer: MuonWithAdamW is one torch Optimizer whose param groups are
-Muon's and AdamW's (the same dicts) and whose state holds both, so that the LambdaLR schedule, gradient clipping,
-FrostyLM.on_train_start and checkpoints (a standard optimizer state dict) see one optimizer. Manual optimization
-would have meant doing gradient clipping, bf16 and the schedule's stepping by hand, each a place for a resumed run
-to differ from an uninterrupted one.
-
-On a CPU without native bf16, Muon's orthogonalisation runs in fp32 (newton_schulz_fp32): torch's runs in bf16."""
+Lightning's automatic optimization wants one optimizer: MuonWithAdamW is one, so that the schedule, gradient
+clipping and checkpoints see one; manual optimization would mean doing those by hand, each a place for a resumed
+run to differ from an uninterrupted one."""
 from __future__ import annotations
 
 import math
@@ -23,14 +19,13 @@ from frosty_lm.machine import cpu_precision
 
 
 def optim_name(optim: dict) -> str:
-    """optim.name; settings stored before optim became a config group have none: they trained AdamW."""
+    """optim.name; settings stored before optim was a config group have none: AdamW."""
     return optim.get("name") or "adamw"
 
 
 def group_settings(optim: dict) -> list[dict]:
-    """The settings of each param group, in the optimizer's order, as `optim` gives them. adamw: matrices and
-    embeddings (weight decay), then biases and norm gains (none). muon: the blocks' weight matrices (Muon), then
-    embeddings and the head (AdamW with weight decay), then biases and norm gains (AdamW, no weight decay)."""
+    """The settings of each param group, in the optimizer's order. adamw: matrices and embeddings, then biases and
+    norm gains (no weight decay). muon: the blocks' matrices (Muon), then those two groups (AdamW)."""
     if optim_name(optim) == "adamw":
         return [{"lr": optim["lr"], "betas": tuple(optim["betas"]), "weight_decay": decay}
                 for decay in (optim["weight_decay"], 0.0)]
@@ -66,9 +61,8 @@ def make_optimizer(model: nn.Module, optim: dict) -> torch.optim.Optimizer:
 
 def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
                        eps: float) -> torch.Tensor:
-    """Muon's orthogonalisation of a 2-D update, torch.optim.Muon's quintic Newton-Schulz iteration (the same
-    coefficients and steps), in fp32. torch's runs in bf16, which a CPU without native bf16 (AVX2 only) emulates,
-    many times slower than this, and slower than the rest of a step (bench/orthogonalisation.py)."""
+    """torch.optim.Muon's quintic Newton-Schulz orthogonalisation of a 2-D update, in fp32: torch's runs in bf16,
+    which a CPU without native bf16 emulates, slower than the rest of a step (bench/orthogonalisation.py)."""
     a, b, c = ns_coefficients
     wide = grad.size(0) <= grad.size(1)
     x = grad.float() if wide else grad.float().T  # (rows, columns), rows <= columns: the smaller Gram matrix
@@ -81,9 +75,8 @@ def newton_schulz_fp32(grad: torch.Tensor, ns_coefficients: tuple[float, float, 
 
 @contextmanager
 def orthogonalising_in_fp32(enabled: bool) -> Iterator[None]:
-    """While enabled, torch.optim.Muon's steps orthogonalise with newton_schulz_fp32 (torch's module looks its
-    function up at every call); restored after. That function is private to torch, which has no option for this:
-    tests/test_optim.py fails if torch renames it, changes its arguments or stops looking it up at every call."""
+    """While enabled, torch.optim.Muon's steps orthogonalise with newton_schulz_fp32. The function replaced is
+    private to torch, which has no option for this: tests/test_optim.py fails if torch changes it."""
     if not enabled:
         yield
         return
@@ -98,11 +91,9 @@ def orthogonalising_in_fp32(enabled: bool) -> Iterator[None]:
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon for its first param groups (2-D weights only) and torch.optim.AdamW for the others, as one
-    optimizer. param_groups is the list of both optimizers' groups (the same dicts: a new lr set on one reaches the
-    optimizer that uses it) and state the one dict both keep their state in, so state_dict() and load_state_dict()
-    are torch's own, over all groups in order. fp32_orthogonalisation: Muon's steps use newton_schulz_fp32 (on a CPU
-    without native bf16)."""
+    """torch.optim.Muon for its first param groups (2-D weights) and torch.optim.AdamW for the others, as one
+    optimizer: param_groups are both optimizers' groups (the same dicts, so a new lr reaches the one that uses it)
+    and state the one dict both keep their state in, so state_dict() and load_state_dict() are torch's own."""
 
     def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], fp32_orthogonalisation: bool = False) -> None:
         self.fp32_orthogonalisation = fp32_orthogonalisation
@@ -113,8 +104,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self._share()
 
     def _share(self) -> None:
-        """Point Muon and AdamW at this optimizer's groups and state (again after load_state_dict, which replaces
-        both)."""
+        """Point Muon and AdamW at this optimizer's groups and state (again after load_state_dict replaced them)."""
         self.muon.param_groups = self.param_groups[:self.muon_groups]
         self.adamw.param_groups = self.param_groups[self.muon_groups:]
         self.muon.state = self.adamw.state = self.state
@@ -128,8 +118,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self._share()
 
     def step(self, closure=None):
-        """One step of both: the closure (forward, backward, gradient clipping) once, then Muon's and AdamW's
-        updates."""
+        """The closure (forward, backward, gradient clipping) once, then Muon's and AdamW's updates."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -142,12 +131,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
 def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | None = None,
               min_lr_ratio: float = 0.1) -> Callable[..., float]:
-    """constant: linear warm-up, then the base lr. cosine: warm-up (at most half of decay_steps, so that
-    short runs still decay), then cosine decay to min_lr_ratio * lr at decay_steps, constant after that.
+    """The lr multiplier (for torch's LambdaLR). constant: linear warm-up, then the base lr. cosine: warm-up (at
+    most half of decay_steps, so that short runs still decay), then cosine decay to min_lr_ratio at decay_steps.
 
-    The multiplier takes the steps done and, in a run limited by time, where its budget has got to (budget_step).
-    The warm-up counts steps done (it is there to steady the first updates, however long they take), a cosine's
-    ending by half the budget at the latest; the decay follows the budget."""
+    It takes the steps done and, in a run limited by time, where its budget has got to (budget_step). The warm-up
+    counts steps (it steadies the first updates, however long they take), ending by half the budget at the latest;
+    the decay follows the budget."""
     check_scheduler(dict(name=name, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio))
     if name == "cosine":
         warmup_steps = min(warmup_steps, decay_steps // 2)
@@ -167,16 +156,14 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
 
 def budget_step(step: int, max_steps: int, elapsed: float, max_time: float) -> float:
     """Where a run limited by time stands in a schedule laid out in steps: the larger of the steps done and the
-    share of its time budget spent (elapsed of max_time seconds) in steps of max_steps, so that the decay follows
-    whichever budget runs out first. The step itself (the same number) while steps are ahead."""
+    share of its time budget spent, in steps of max_steps, so that the decay follows whichever runs out first."""
     return max(step, elapsed / max_time * max_steps)
 
 
 def timed(factor: Callable[..., float], max_steps: int, max_time: float,
           clock: Callable[[], float]) -> Callable[[int], float]:
-    """factor (an lr_lambda) by step and at budget_step, from the seconds of training that clock() returns, of
-    max_time. A function, not an object with attributes: LambdaLR keeps an object's attributes in checkpoints, and
-    the clock is no data to keep."""
+    """factor (an lr_lambda) at budget_step, from the seconds of training that clock() returns. A function, not an
+    object: LambdaLR keeps an object's attributes in checkpoints, and the clock is no data to keep."""
 
     def timed_factor(step: int) -> float:
         return factor(step, budget_step(step, max_steps, clock(), max_time))
