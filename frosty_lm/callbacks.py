@@ -1,5 +1,5 @@
 """Lightning callbacks: early stopping, training throughput, the cadence of a validation's extras and its text
-sample, Ctrl-C and SIGTERM. (Best and last checkpoints: checkpoint_saving.py; progress: progress.py.)"""
+sample, Ctrl-C. (Best and last checkpoints: checkpoint_saving.py; progress: progress.py.)"""
 from __future__ import annotations
 
 import logging
@@ -25,12 +25,9 @@ log = logging.getLogger("frosty")
 
 
 class CharThroughput(L.Callback):
-    """Training speed over the last window_size steps (default: trainer.log_every_n_steps; validations left out,
-    from their start to training's next batch), logged at trainer.global_step on the steps whose logs Lightning
-    writes (every trainer.log_every_n_steps, and the last): train/device/items_per_sec (this process's characters
-    per second), train/device/flops_per_sec (the module's flops_per_batch, nanoGPT's estimate, per second) and
-    train/device/mfu (that over available_flops: unless given, Lightning's figure for a known GPU, else this
-    machine's matmul peak in the training's compute dtype, measured in setup)."""
+    """Training speed over the last window_size steps (default: trainer.log_every_n_steps), validations left out,
+    logged with Lightning's step logs: train/device/items_per_sec (this process's characters/s), flops_per_sec
+    (nanoGPT's estimate) and mfu (of available_flops: Lightning's figure for a known GPU, else measured here)."""
 
     def __init__(self, available_flops: float | None = None, window_size: int | None = None) -> None:
         must(window_size is None or is_int(window_size) and window_size > 0, "callbacks.throughput.window_size",
@@ -85,14 +82,10 @@ class CharThroughput(L.Callback):
 
 
 class EveryNValidations(L.Callback):
-    """What a validation adds to its val loss and checkpoints (a text sample, the attention maps, sample/copied),
-    done at a cadence of its own: at every `every_n_validations`-th validation of the run and at its last one
-    (at trainer.max_steps, or where training stops early: trainer.max_time, early stopping), so that a short run
-    gets one of each and a long one a series, at the steps of the validations they follow. The val loss and the
-    checkpoints stay at every validation: the samples are generated character by character, and at every
-    validation they would take a large share of a short run's time. Subclasses do their work in at_validation.
-    The count of validations is kept in the run's checkpoints: a resumed run keeps the cadence of an
-    uninterrupted one."""
+    """Extras of a validation (a text sample, the attention maps, sample/copied), done in at_validation at every
+    `every_n_validations`-th validation and at the run's last: samples are generated character by character, and
+    at every validation would take a large share of a short run's time. The count is checkpointed, so a resumed
+    run keeps the cadence."""
 
     name = ""  # the callback's node in conf/callbacks/default.yaml, for its errors
 
@@ -120,8 +113,8 @@ class EveryNValidations(L.Callback):
 
 
 class SampleText(EveryNValidations):
-    """Every few validations (EveryNValidations), samples from a fixed prompt and seed and logs the text to
-    TensorBoard (as a code block, so its line breaks survive Markdown), so samples compare across steps and runs."""
+    """A sample from a fixed prompt and seed in TensorBoard (a code block, so its line breaks survive Markdown),
+    to compare across steps and runs."""
 
     name = "sample_text"
 
@@ -135,13 +128,11 @@ class SampleText(EveryNValidations):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
 
     def at_validation(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.logger is None:
+        if not trainer.is_global_zero:
             return
         experiment = getattr(trainer.logger, "experiment", None)
-        if not hasattr(experiment, "add_text"):
-            return  # only TensorBoard shows text
-        text = self.sample(pl_module)
-        experiment.add_text("sample", f"```\n{text}\n```", global_step=trainer.global_step)
+        if hasattr(experiment, "add_text"):  # only TensorBoard shows text
+            experiment.add_text("sample", f"```\n{self.sample(pl_module)}\n```", global_step=trainer.global_step)
 
     def sample(self, pl_module) -> str:
         vocab = pl_module.hparams.vocab
@@ -151,9 +142,8 @@ class SampleText(EveryNValidations):
 
 
 class EarlyStop(EarlyStopping):
-    """Lightning's EarlyStopping on val/loss, off unless patience is set (callbacks.early_stopping.patience=N):
-    training stops after N validations in a row without a new best val loss (by more than min_delta). best.ckpt
-    keeps the best; last.ckpt is written at the stop, as at any end; the run counts as finished."""
+    """Lightning's EarlyStopping on val/loss, off unless patience is set: training stops after `patience`
+    validations in a row without a new best val loss (by more than min_delta), and the run counts as finished."""
 
     def __init__(self, patience: int | None = None, min_delta: float = 0.0) -> None:
         must(patience is None or is_int(patience) and patience > 0, "callbacks.early_stopping.patience", patience,
@@ -181,11 +171,9 @@ class EarlyStop(EarlyStopping):
 
 
 class StopOnInterrupt(L.Callback):
-    """Ctrl-C during fit stops training at the end of the current step, as Lightning stops on SIGTERM: it raises
-    Stopped there (in a multi-process run every process at the same step), and last.ckpt is saved on the way out.
-    A second Ctrl-C exits at once (exit status 130; last.ckpt stays the last one written, intact). The handler is
-    installed when training starts (after Lightning has recorded the handlers it restores when fit ends) and put
-    back when it ends; before that, Ctrl-C is Python's KeyboardInterrupt, and nothing of the run is saved."""
+    """Ctrl-C during fit stops training at the end of the step, as Lightning stops on SIGTERM (every process at the
+    same step), and last.ckpt is saved on the way out; a second Ctrl-C exits at once, status 130. Set when training
+    starts (after Lightning records the handlers it restores at fit's end); before, Ctrl-C is a KeyboardInterrupt."""
 
     def __init__(self) -> None:
         self.received = False

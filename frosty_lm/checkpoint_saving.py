@@ -20,12 +20,9 @@ os.umask(UMASK)  # (reading the umask means setting it: set back at once)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint I/O, made safe: a checkpoint is written to a temporary file beside its target,
-    flushed to disk and renamed over it, so a kill at any moment leaves either the old file or the new one;
-    loading goes through read_safely (weights_only, and a clear error for a bad file).
-
-    loaded: a checkpoint already read, with its path (the run's start, which train.py reads first to check
-    it): when Lightning asks for that path, it gets this dict, once, and the file is not read again."""
+    """Lightning's checkpoint I/O, made safe: written to a temporary file beside the target, flushed to disk and
+    renamed over it (a kill leaves the old file or the new one); read through read_safely. loaded: (path, dict) of a
+    checkpoint train.py has read already: Lightning gets that dict, once, instead of reading the file again."""
 
     def __init__(self, loaded: tuple[str | Path, dict] | None = None) -> None:
         super().__init__()
@@ -55,25 +52,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise
             raise OSError(cause.errno, cause.strerror, str(target)) from err
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            Path(tmp).unlink(missing_ok=True)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         loaded = self._loaded.pop(same_file(path), None)  # handed over once: a later load reads the file
-        # read_safely also reads Lightning's own files, e.g. ddp_spawn's weights handed back
-        return loaded if loaded is not None else read_safely(path)
+        return loaded if loaded is not None else read_safely(path)  # (also Lightning's own files: ddp_spawn's)
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint (the top-k by the monitored metric: best.ckpt), with last.ckpt always the last
-    state: written after every validation and when training ends (finished, stopped by a signal or by max_time),
-    whatever the monitored metric did. (Lightning's save_last writes last.ckpt at a validation only when a top-k
-    checkpoint was saved then, i.e. when the metric improved: this class writes it instead, with
-    trainer.save_checkpoint.) At a NaN stop last.ckpt is the state at the stop, before the step whose loss was not
-    finite, if its weights are finite and training runs in one process; otherwise (the step before made them NaN,
-    or other processes would wait on this one) it keeps the last validation's state. Nothing is written when
-    training fails otherwise. The state is kept in checkpoints under ModelCheckpoint's key, so runs checkpointed
-    by ModelCheckpoint resume with their best score."""
+    """ModelCheckpoint for best.ckpt; last.ckpt is always the last state, written after every validation and when
+    training ends or is stopped (Lightning's save_last writes it only when the metric improved). At a NaN stop it is
+    the state before the bad step if that is finite and training runs in one process (others would wait on this
+    one), else the last validation's.
+    The state is kept under ModelCheckpoint's key, so runs checkpointed by ModelCheckpoint resume with their score."""
 
     def __init__(self, save_last: bool | None = None, **kwargs) -> None:
         super().__init__(save_last=False, **kwargs)
@@ -85,10 +76,9 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A run directory that was moved or copied (received from someone else) keeps its best score and goes on
-        writing its own best.ckpt and last.ckpt (Lightning would forget the score, once the directory differs, and
-        fork best-v1.ckpt, last-v1.ckpt). A new run started from another run's checkpoint (ckpt_path=) starts
-        its own best."""
+        """A run directory that was moved or copied keeps its best score and its best.ckpt and last.ckpt (Lightning
+        would forget the score and fork best-v1.ckpt, last-v1.ckpt). A new run from another run's checkpoint
+        (ckpt_path=) starts its own best."""
         old, new = state_dict.get("dirpath"), self.dirpath
         best = state_dict.get("best_model_path") or ""
         if old and new and old != new and best and (Path(new) / Path(best).name).is_file():

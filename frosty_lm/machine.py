@@ -17,13 +17,15 @@ if TYPE_CHECKING:  # torch takes seconds to import: the functions that use it im
     from frosty_lm.model import GPT
 
 NATIVE_BF16 = ("avx512_bf16", "amx_tile")  # what torch.cpu's _is_avx512_bf16_supported, _is_amx_tile_supported read
+BELOW_BF16 = {  # values of torch's and oneDNN's instruction-set caps that are below native bf16
+    "ATEN_CPU_CAPABILITY": {"default", "avx2"},
+    "ONEDNN_MAX_CPU_ISA": {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"},
+}
 
 
 def cpu_precision() -> str:
-    """trainer=cpu's precision: bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 or AMX), which
-    trains the small model faster to the same loss (docs/performance.md); fp32 elsewhere. Resolved whenever
-    the config is, so it does not import torch: torch's check if torch is loaded already, else Linux's
-    /proc/cpuinfo (the same CPU flags), else torch's check after all."""
+    """trainer=cpu's precision: bf16 autocast where the CPU computes it natively, faster to the same loss
+    (docs/performance.md); else fp32. Resolved with the config: /proc/cpuinfo's flags spare loading torch."""
     if isa_cap() is not None:
         return "32-true"
     flags = None if "torch" in sys.modules else cpu_flags()
@@ -31,15 +33,9 @@ def cpu_precision() -> str:
     return "bf16-mixed" if native_bf16 else "32-true"
 
 
-BELOW_BF16 = {  # instruction sets below native bf16, as torch's ATEN_CPU_CAPABILITY and oneDNN's ONEDNN_MAX_CPU_ISA
-    "ATEN_CPU_CAPABILITY": {"default", "avx2"},    # name them
-    "ONEDNN_MAX_CPU_ISA": {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"},
-}
-
-
 def isa_cap() -> str | None:
-    """`NAME=value` when an environment variable caps torch's CPU kernels below native bf16 (e.g. to measure what an
-    AVX2-only CPU does, on one with AMX: bf16 would then be emulated, so trainer=cpu trains in fp32); else None."""
+    """`NAME=value` when an environment variable caps torch's CPU kernels below native bf16 (e.g. to measure an
+    AVX2-only CPU on one with AMX, where bf16 would be emulated: trainer=cpu then trains in fp32); else None."""
     for name, below in BELOW_BF16.items():
         if os.environ.get(name, "").lower() in below:
             return f"{name}={os.environ[name]}"
@@ -47,7 +43,6 @@ def isa_cap() -> str | None:
 
 
 def torch_native_bf16() -> bool:
-    """torch's answer: whether the CPU has AVX512-BF16 or AMX."""
     import torch
 
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private to torch: absent means no
@@ -55,8 +50,8 @@ def torch_native_bf16() -> bool:
 
 
 def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags as Linux's /proc/cpuinfo lists them (x86: its `flags` lines; empty elsewhere, where
-    torch reports neither flag either), or None where there is no /proc/cpuinfo."""
+    """The CPU's flags in /proc/cpuinfo (none outside x86, where torch reports neither flag either); None without
+    /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
@@ -66,12 +61,9 @@ def cpu_flags() -> set[str] | None:
 
 def matmul_peak(dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                 sizes: tuple[int, ...] | None = None, repeats: int = 4) -> float:
-    """This machine's matmul throughput in FLOP/s for dtype (default float32) on device: the best over n x n
-    products of each size (default: 1024 and 1536 on the CPU, 8192 on an accelerator), each timed `repeats` times
-    after a warm-up. Several sizes, because the size that runs fastest depends on the dtype (bf16 on AMX needs
-    more than 1024); the best of several rounds, because a product timed once, on a busy machine, is below what
-    training later reaches. One product a round on the CPU; ten on an accelerator, so that waiting for it costs
-    little."""
+    """Matmul FLOP/s for dtype (default float32) on device: the best of `repeats` timings after a warm-up (one, on a
+    busy machine, is below what training reaches), over sizes (the fastest depends on the dtype: bf16 on AMX needs
+    more than 1024), of one product on the CPU and ten on an accelerator (so that waiting for it costs little)."""
     import torch
 
     dtype = torch.float32 if dtype is None else dtype
@@ -119,7 +111,7 @@ def meminfo(path: str, field: str) -> int | None:
 
 
 def read_number(path: str) -> int | None:
-    """A file holding one integer (a cgroup's memory.max holds `max` where there is no limit)."""
+    """A file's one integer (a cgroup's memory.max holds `max` where there is no limit: None)."""
     try:
         return int(Path(path).read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -137,15 +129,14 @@ def training_memory(n_params: int, batch_size: int, block_size: int, n_layer: in
 
 
 def gpu_free_memory() -> int | None:
-    """Bytes free now on this process's GPU (torch.cuda.mem_get_info), or None without CUDA."""
     import torch
 
     return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
 
 
 def check_gpu_present(accelerator: str | None) -> None:
-    """A FrostyError that names the fix when a GPU trainer meets a machine where torch sees no GPU, CUDA or Apple's
-    MPS (Lightning's own words, "No supported gpu backend found!", name none)."""
+    """A GPU trainer where torch sees no GPU (CUDA, or Apple's MPS): an error that names the fix (Lightning's, "No
+    supported gpu backend found!", names none)."""
     if accelerator not in ("gpu", "cuda"):
         return
     import torch
@@ -157,9 +148,8 @@ def check_gpu_present(accelerator: str | None) -> None:
 
 
 def check_training_fits(model: GPT, batch_size: int, processes: int = 1, gpu: bool = False) -> None:
-    """A FrostyError, with the numbers, if training model at batch_size in `processes` processes on this machine
-    (gpu: in one process on its GPU; each process of a multi-GPU run has a GPU of its own) would not fit in its
-    memory. The estimate is fp32's: under bf16 autocast the activations take less."""
+    """Refuses training that would not fit in this machine's memory, in `processes` processes (gpu: on the GPU,
+    one per process). The estimate is fp32's: under bf16 autocast the activations take less."""
     c, n_params = model.cfg, model.num_params()
     needed = training_memory(n_params, batch_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.vocab_size,
                              1 if gpu else processes)

@@ -1,6 +1,5 @@
-"""Following a run: the Rich bar on a terminal, plain lines everywhere else (a pipe, nohup, a batch job, CI)
-and always in train.log. A line every few seconds or steps (step, train loss, characters/s, ETA), one per
-validation (val loss, bpc, best so far), and the run's time estimated from its first steps."""
+"""Following a run: the Rich bar on a terminal, and plain lines (step, train loss, characters/s, ETA; each
+validation; the run's time estimated early) everywhere else (a pipe, nohup, a batch job, CI) and in train.log."""
 from __future__ import annotations
 
 import logging
@@ -20,8 +19,8 @@ FILE_ONLY = {"file_only": True}  # logging's `extra=`: the line goes to train.lo
 
 
 class StepProgressBar(RichProgressBar):
-    """Rich progress bar over the whole run (global step out of max_steps) rather than per epoch:
-    Frosty's runs are measured in steps, and an epoch is only a nominal pass over the corpus."""
+    """One bar over the whole run (global step out of max_steps), not one per epoch: Frosty's runs are measured in
+    steps, and an epoch is only a nominal pass over the corpus."""
 
     @property
     def total_train_batches(self):
@@ -29,7 +28,7 @@ class StepProgressBar(RichProgressBar):
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
-        if self.progress is not None:  # the run's bar, "Training" (Lightning adds one per epoch, named by it)
+        if self.progress is not None:  # named "Training" (Lightning names its bar after the epoch)
             name = f"[{self.theme.description}]Training" if self.theme.description else "Training"
             self.train_progress_bar_id = self.progress.add_task(name, total=self.total_train_batches)
 
@@ -41,13 +40,12 @@ class StepProgressBar(RichProgressBar):
 
 
 def keep_off_console(prefix: str = "") -> None:
-    """The console's log handlers (not train.log's) drop the lines logged with extra=FILE_ONLY, and start every
-    line with prefix (in a parallel sweep, the job's name: its lines interleave with the other jobs')."""
+    """The console's log handlers drop the lines logged with extra=FILE_ONLY, and start every line with prefix (in
+    a parallel sweep, the job's name: its lines interleave with the other jobs')."""
     for handler in logging.getLogger().handlers:
         if type(handler) is not logging.StreamHandler:  # the console only; train.log is a FileHandler
             continue
-        if _off_console not in handler.filters:
-            handler.addFilter(_off_console)
+        handler.addFilter(_off_console)  # (once: logging skips a filter it has)
         inner = handler.formatter.inner if isinstance(handler.formatter, _Prefixed) else handler.formatter
         handler.setFormatter(_Prefixed(inner or logging.Formatter(), prefix) if prefix else inner)
 
@@ -71,14 +69,10 @@ def duration(seconds: float) -> str:
 
 
 class ProgressLines(L.Callback):
-    """Plain progress lines (logger "frosty"): every `every_seconds` seconds of training or `every_n_steps` steps
-    (whichever comes first; null: never), one after each validation, and an estimate of the run's time from
-    the `estimate_after` steps after the first (a warm-up, far slower on a GPU). On a terminal with the Rich bar
-    the lines go to train.log only.
-
-    Training time excludes validation and checkpointing; characters/s counts every process's characters.
-    `record` (a status.RunRecord, set by training.fit) is updated at each validation: step, best val loss,
-    ETA. Only the first process of a multi-process run writes."""
+    """A line every `every_seconds` seconds of training or `every_n_steps` steps, whichever comes first (null:
+    never), one after each validation (also into `record`, training.fit's status.RunRecord), and the run's time
+    estimated from the `estimate_after` steps after the first (a warm-up, far slower on a GPU). Training time
+    leaves out validation and checkpointing; characters/s counts every process's. Only the first process writes."""
 
     def __init__(self, every_seconds: float | None = 30.0, every_n_steps: int | None = None,
                  estimate_after: int = 10) -> None:
@@ -87,61 +81,53 @@ class ProgressLines(L.Callback):
         self.every_seconds, self.every_n_steps, self.estimate_after = every_seconds, every_n_steps, estimate_after
         self.on_console = True  # set by training.fit: False while the Rich bar shows the progress
         self.record = None
-        self._reset()
+        self._reset(0)
 
-    def _reset(self) -> None:
+    def _reset(self, step: int) -> None:  # at the start of training, from trainer.global_step
         self.train_seconds = self.val_seconds = 0.0
         self.steps = self.validations = self.chars = 0  # of this process's training (a resumed run: since resume)
         self._phase, self._since = "train", time.monotonic()
-        self._line = {"step": 0, "time": 0.0, "chars": 0}
-        self._loss_sum, self._loss_count = None, 0
-        self._step_seen = 0  # trainer.global_step at the last batch that ended a step
+        self._line = {"step": step, "time": 0.0, "chars": 0}  # at the last progress line
+        self._loss_sum, self._loss_count = 0.0, 0
+        self._step_seen = step  # trainer.global_step at the last batch that ended a step
         self._first_step = 0.0  # training seconds of the first step: warm-up (a GPU's far more), left out of rates
         self._started = time.monotonic()
 
     @property
-    def _where(self) -> dict | None:
-        """logging's `extra=` for this callback's lines: train.log only while the Rich bar shows the progress."""
+    def _where(self) -> dict | None:  # logging's `extra=` for the lines: train.log only beside the Rich bar
         return None if self.on_console else FILE_ONLY
-
-    # bookkeeping: how long training and validation took
 
     def _train_time(self, now: float) -> float:
         return self.train_seconds + (now - self._since if self._phase == "train" else 0.0)
 
+    def _enter(self, phase: str) -> None:  # "train", "val" or "ended": the phase that ran adds to its time
+        now = time.monotonic()
+        if self._phase == "train":
+            self.train_seconds += now - self._since
+        elif self._phase == "val":
+            self.val_seconds += now - self._since
+        self._phase, self._since = phase, now
+
     def on_train_start(self, trainer, pl_module) -> None:
-        self._reset()
-        self._line["step"] = self._step_seen = trainer.global_step
+        self._reset(trainer.global_step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._phase == "val":
-            now = time.monotonic()
-            self.val_seconds += now - self._since
-            self._phase, self._since = "train", now
+            self._enter("train")
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self._phase != "train":
-            return
-        now = time.monotonic()
-        self.train_seconds += now - self._since
-        self._phase, self._since = "val", now
+        if not trainer.sanity_checking and self._phase == "train":
+            self._enter("val")
 
-    def on_train_end(self, trainer, pl_module) -> None:  # close the phase that was running: the times stop here
-        now = time.monotonic()
-        if self._phase == "val":
-            self.val_seconds += now - self._since
-        else:
-            self.train_seconds += now - self._since
-        self._phase, self._since = "ended", now
-
-    # the lines
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._enter("ended")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.chars += batch[0].numel() * trainer.world_size
         # Lightning's loss of a batch is divided by accumulate_grad_batches: a step's batches add up to its loss
-        loss = outputs["loss"].detach() if isinstance(outputs, dict) and "loss" in outputs else None
+        loss = outputs.get("loss") if isinstance(outputs, dict) else None
         if loss is not None:  # summed without a sync: read only when a line is written
-            self._loss_sum = loss.float() if self._loss_sum is None else self._loss_sum + loss.float()
+            self._loss_sum = self._loss_sum + loss.detach().float()
         if trainer.global_step == self._step_seen:  # gradients still accumulating: the step is not done
             return
         self._step_seen = trainer.global_step
@@ -165,8 +151,8 @@ class ProgressLines(L.Callback):
             validations = (f"validations at their {self.val_seconds / self.validations:.1f} s each" if self.validations
                            else "validations not yet included")
             log.info("time estimate: %s for the remaining %d steps (%.0f ms/step over the %d after the first; %s)",
-                     duration(remaining), self.remaining_steps(trainer), 1000 * self._step_time(now), self.steps - 1,
-                     validations, extra=self._where)
+                     duration(remaining), max(0, trainer.max_steps - trainer.global_step),
+                     1000 * self._step_time(now), self.steps - 1, validations, extra=self._where)
 
     def _log_progress(self, trainer, now: float) -> None:
         train_time = self._train_time(now)
@@ -180,45 +166,38 @@ class ProgressLines(L.Callback):
                  duration(now - self._started), f"  ETA {duration(eta)}" if eta is not None else "",
                  extra=self._where)
         self._line = {"step": step, "time": train_time, "chars": self.chars}
-        self._loss_sum, self._loss_count = None, 0
+        self._loss_sum, self._loss_count = 0.0, 0
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         self.validations += 1
-        metrics = trainer.callback_metrics
-        if "val/loss" not in metrics:
+        if "val/loss" not in trainer.callback_metrics:
             return
-        val, best = float(metrics["val/loss"]), float(getattr(pl_module, "best_val_loss", math.inf))
+        val, best = float(trainer.callback_metrics["val/loss"]), float(getattr(pl_module, "best_val_loss", math.inf))
         note = "new best" if val <= best else f"best {best:.4f}"
         log.info("validation at step %d: val loss %.4f (%.4f bpc), %s", trainer.global_step, val, val / math.log(2),
                  note, extra=self._where)
         if self.record is not None:
-            now = time.monotonic()
-            eta = self.eta(trainer, now)
+            eta = self.eta(trainer, time.monotonic())
             self.record.write(steps=trainer.global_step, best_val_loss=best,
                               eta_s=round(eta, 1) if eta is not None else None)
-
-    # estimates
-
-    @staticmethod
-    def remaining_steps(trainer) -> int:
-        return max(0, trainer.max_steps - trainer.global_step) if trainer.max_steps > 0 else 0
 
     def eta(self, trainer, now: float) -> float | None:
         """Seconds left: the remaining steps at this run's mean step time, plus the remaining validations at their
         mean time (once one has been measured); at most what trainer.max_time leaves. None before any step."""
         if not self.steps or trainer.max_steps <= 0:
             return None
-        remaining = self.remaining_steps(trainer)
+        remaining = max(0, trainer.max_steps - trainer.global_step)
         seconds = remaining * self._step_time(now)
-        interval = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else None
-        if self.validations and interval and remaining:
+        interval = trainer.val_check_interval  # (a fraction of an epoch: no validations counted)
+        if self.validations and isinstance(interval, int) and interval and remaining:
             end = trainer.global_step + remaining  # a validation every interval steps, and one after the last
             validations = end // interval - trainer.global_step // interval + (end % interval != 0)
             seconds += validations * self.val_seconds / self.validations
-        limit = _max_time_left(trainer)
-        return min(seconds, limit) if limit is not None else seconds
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # trainer.max_time's
+        left = timer.time_remaining() if timer is not None else None
+        return min(seconds, max(0.0, float(left))) if left is not None and math.isfinite(left) else seconds
 
     def _step_time(self, now: float) -> float:
         """Mean seconds per training step, the first (warm-up) left out once there are others."""
@@ -230,13 +209,6 @@ class ProgressLines(L.Callback):
         """Characters trained per second over this process's training, validation left out."""
         seconds = self._train_time(time.monotonic())
         return self.chars / seconds if self.steps and seconds > 0 else None
-
-
-def _max_time_left(trainer) -> float | None:
-    """Seconds trainer.max_time leaves (Lightning's Timer callback), or None without a time limit."""
-    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    left = timer.time_remaining() if timer is not None else None
-    return max(0.0, float(left)) if left is not None and math.isfinite(left) else None
 
 
 def job_log_only() -> dict | None:

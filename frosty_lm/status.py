@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -17,16 +18,18 @@ from frosty_lm.cli import command_arg
 from frosty_lm.errors import FrostyError
 from frosty_lm.run_dirs import run_record
 
+say = partial(print, file=sys.stderr, flush=True)  # the sweep's lines
+
 
 def alive(pid) -> bool:
     """Whether a process with this pid exists on this host."""
     try:
         os.kill(int(pid), 0)
-        return True
     except PermissionError:  # it exists, under another user
         return True
     except (OSError, TypeError, ValueError):
         return False
+    return True
 
 
 def rank() -> int:
@@ -38,26 +41,23 @@ def rank() -> int:
 
 
 class RunRecord:
-    """status.json in a run directory: running (with pid and host), finished or failed, and the numbers
-    the report needs. A run killed hard stays "running"; the report tells it from a live one by its pid.
-
-    A resumed run continues its record: its start time and overrides stay those it was started with (the
-    resuming command's overrides are added), its wall time adds up over the segments, and `resumes` lists each
-    resume (when, with which overrides). If the resume fails
-    before its training starts (refused, e.g. a missing corpus), restore() puts the earlier record back."""
+    """status.json in a run directory: running (with pid and host), finished, interrupted or failed, and the numbers
+    the report needs. A run killed hard stays "running"; the report tells it from a live one by its pid. A resumed
+    run continues its record (its start, its overrides and the resuming command's, wall time summed, `resumes`
+    listing each); restore() puts the earlier record back where the resume fails before training starts."""
 
     def __init__(self, run_dir: str | Path, resumed: bool = False) -> None:
         self.path = Path(run_dir) / "status.json"
         self.started = time.time()
         self.previous = self.path.read_bytes() if resumed and self.path.is_file() else None
-        self._previous_times = None if self.previous is None else (self.path.stat().st_atime_ns,
-                                                                    self.path.stat().st_mtime_ns)
+        if self.previous is not None:
+            self._previous_times = self.path.stat().st_atime_ns, self.path.stat().st_mtime_ns
         try:
             self.data: dict = dict(json.loads(self.previous)) if self.previous else {}
         except (ValueError, TypeError):  # a damaged record: start a new one (restore() still puts it back)
             self.data = {}
-        earlier = self.data.get("wall_time_s", 0.0)
-        self.earlier_wall_time = earlier if resumed and isinstance(earlier, (int, float)) else 0.0
+        earlier = self.data.get("wall_time_s")
+        self.earlier_wall_time = earlier if isinstance(earlier, (int, float)) else 0.0
         self.training_started = False  # set by training.fit
 
     def write(self, **fields) -> None:
@@ -85,9 +85,8 @@ class RunRecord:
                    started=self.data.get("started") or now)
 
     def checkpointed(self) -> dict:
-        """steps and best_val_loss as the run's checkpoints hold them (last.ckpt's step and best score): a failure
-        between a validation's record and its checkpoint writes (a full disk) leaves status.json saying what
-        survived."""
+        """steps and best_val_loss as last.ckpt holds them: after a failure between a validation's record and its
+        checkpoints (a full disk), status.json says what survived."""
         from frosty_lm.checkpoint import read_safely
 
         last = self.path.parent / "checkpoints" / "last.ckpt"
@@ -101,16 +100,15 @@ class RunRecord:
         return {"steps": ckpt.get("global_step", 0), "best_val_loss": None if score is None else float(score)}
 
     def restore(self) -> None:
-        """The record as it was before this process started (a resume that failed before training): its bytes and
-        its modification time."""
+        """The record as it was before this process started: its bytes and its modification time."""
         if self.previous is not None and rank() == 0:
             self._replace(self.previous)
             os.utime(self.path, ns=self._previous_times)
 
 
 class RunLock:
-    """A run is trained by one process at a time: the operating system's lock on .lock in its directory (the
-    filelock package), which it releases when the process ends, however it ends. A second trainer is refused."""
+    """A run is trained by one process at a time: the operating system's lock on .lock in its directory (filelock),
+    released when the process ends, however it ends."""
 
     def __init__(self, run_dir: str | Path) -> None:
         from filelock import FileLock
@@ -133,7 +131,7 @@ class RunLock:
 
 
 def _end_sweep(signum, frame) -> None:
-    print("\nSIGTERM: the sweep stopped; each run keeps the checkpoints it wrote", file=sys.stderr, flush=True)
+    say("\nSIGTERM: the sweep stopped; each run keeps the checkpoints it wrote")
     sys.exit(128 + signum)
 
 
@@ -145,9 +143,8 @@ class SweepSummary(Callback):
     _previous = None  # the SIGTERM handler before a joblib sweep's, put back at its end
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """SIGTERM to the main process of a sweep whose jobs run in worker processes (joblib's) ends it as an
-        exception, so that joblib shuts its workers down on the way out (Python's default would leave them
-        training). Jobs run in this process (the basic launcher) are stopped by Lightning's own handler."""
+        """SIGTERM to a joblib sweep's main process ends it as an exception, so that joblib shuts its workers down
+        (Python's default would leave them training); jobs run in this process stop by Lightning's own handler."""
         if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
             self._previous = signal.signal(signal.SIGTERM, _end_sweep)
 
@@ -155,26 +152,23 @@ class SweepSummary(Callback):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
         sweep = Path(config.hydra.sweep.dir)
-        records = {p.parent.name: run_record(p.parent) for p in sorted(sweep.glob("*/.hydra"))}
-        for record in records.values():  # a job that failed before it wrote status.json: its train.log says why
-            if not record:
-                record.update(status="failed", error="before training: see its train.log")
+        early = {"status": "failed", "error": "before training: see its train.log"}  # (it wrote no status.json)
+        records = {p.parent.name: run_record(p.parent) or early for p in sorted(sweep.glob("*/.hydra"))}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
         killed = [name for name, r in records.items() if r.get("status") == "running" and not alive(r.get("pid"))]
         interrupted = [name for name, r in records.items() if r.get("status") == "interrupted"]
         finished = sum(r.get("status") == "finished" for r in records.values())
         counts = {"failed": len(failed), "interrupted": len(interrupted), "killed": len(killed)}
         others = "".join(f", {n} {state}" for state, n in counts.items() if n)
-        print(f"sweep {sweep}: {finished} of {len(records)} runs finished{others}; "
-              f"compare them with: python -m frosty_lm.report {sweep}", file=sys.stderr, flush=True)
+        say(f"sweep {sweep}: {finished} of {len(records)} runs finished{others}; "
+            f"compare them with: python -m frosty_lm.report {sweep}")
         for name in interrupted:
-            print(f"interrupted: {name}: continue it with python train.py {command_arg('resume', sweep / name)}",
-                  file=sys.stderr, flush=True)
+            say(f"interrupted: {name}: continue it with python train.py {command_arg('resume', sweep / name)}")
         for name, record in failed.items():
-            print(f"failed: {name}: {record.get('error')}", file=sys.stderr, flush=True)
+            say(f"failed: {name}: {record.get('error')}")
         for name in killed:  # (its process ended without a word: SIGKILL, out of memory)
-            print(f"killed: {name}: its process ended while it trained; continue it with python train.py "
-                  f"{command_arg('resume', sweep / name)} if it saved a checkpoint", file=sys.stderr, flush=True)
+            say(f"killed: {name}: its process ended while it trained; continue it with python train.py "
+                f"{command_arg('resume', sweep / name)} if it saved a checkpoint")
         if failed or killed:
             sys.exit(1)
         if interrupted:  # Ctrl-C to a terminal reaches every job: each saved and stopped
