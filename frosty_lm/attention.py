@@ -1,18 +1,14 @@
 """What attention looks at: the attention weights of every layer and head over a prompt, drawn as one panel per
 layer and head with the prompt's characters on both axes.
 
-    python -m frosty_lm.attention ckpt_path=outputs/runs/.../checkpoints/best.ckpt prompt="Whose woods these are"
-    python -m frosty_lm.attention ckpt_path=... prompt="..." out=attention.png
+    python -m frosty_lm.attention ckpt_path=outputs/runs/.../best.ckpt prompt="Whose woods" [out=attention.png]
 
-The weights are those the model computes: while the model runs once over the prompt, a forward pre-hook on each
-CausalSelfAttention asks it for its attention weights over the input it is given (softmax(q k^T / sqrt(head
-size)) under the causal mask, from the q and k its forward uses). AttentionImage puts the same picture, for a
-fixed prompt, in TensorBoard's IMAGES tab every few validations and at the last.
+The weights are the ones the model computes: a forward pre-hook on each CausalSelfAttention asks it for its weights
+over the input it is given. AttentionImage puts the same picture in TensorBoard's IMAGES tab.
 """
-from __future__ import annotations
-
 import io
 import sys
+from pathlib import Path
 
 import torch
 
@@ -22,6 +18,7 @@ from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, CausalSelfAttention
 
 MAX_PROMPT = 64  # characters: beyond this the panels are unreadable
+SHOWN = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # characters drawn as a symbol
 
 
 def attention_maps(model: GPT, vocab: str, prompt: str) -> torch.Tensor:
@@ -49,33 +46,23 @@ def attention_maps(model: GPT, vocab: str, prompt: str) -> torch.Tensor:
     return torch.stack(maps)
 
 
-def shown(ch: str) -> str:
-    return {"\n": "⏎", " ": "␣", "\t": "⇥"}.get(ch, ch)
-
-
 def draw(maps: torch.Tensor, prompt: str):
-    """A matplotlib figure: one panel per layer (rows) and head (columns), queries down, keys across, the prompt's
-    characters along the left and bottom edges of each row and column. The panels are one mosaic image in one
-    axes, so that drawing stays quick (ticks on every panel would cost far more)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """A matplotlib figure: a panel per layer (rows) and head (columns), queries down, keys across, the prompt's
+    characters along the left and bottom edges. The panels are one image in one axes: ticks on each would be slow."""
     import numpy as np
+    from matplotlib.figure import Figure
 
     n_layer, n_head, T, _ = maps.shape
     gap = 3  # cells between panels, room for the characters
     size = T + gap
-    mosaic = np.full((n_layer * size, n_head * size), np.nan)
-    for layer in range(n_layer):
-        for head in range(n_head):
-            mosaic[layer * size + gap:(layer + 1) * size, head * size + gap:(head + 1) * size] = maps[layer, head].cpu()
+    panels = np.pad(maps.cpu().double().numpy(), ((0, 0), (0, 0), (gap, 0), (gap, 0)), constant_values=np.nan)
+    mosaic = panels.transpose(0, 2, 1, 3).reshape(n_layer * size, n_head * size)  # layers down, heads across
     inches = 0.12 * mosaic.shape[1] + 0.5, 0.12 * mosaic.shape[0] + 0.5  # 11 pixels per character at 90 dpi
-    fig = plt.figure(figsize=inches, dpi=90)
+    fig = Figure(figsize=inches, dpi=90)
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
     ax.imshow(mosaic, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
-    labels = [shown(ch) for ch in prompt[-T:]]
+    labels = [SHOWN.get(ch, ch) for ch in prompt[-T:]]
     text = {"fontsize": 6, "family": "monospace", "ha": "center", "va": "center"}
     for layer in range(n_layer):
         top = layer * size + gap
@@ -90,31 +77,24 @@ def draw(maps: torch.Tensor, prompt: str):
 
 
 def png_bytes(maps: torch.Tensor, prompt: str) -> bytes:
-    import matplotlib.pyplot as plt
-
-    fig = draw(maps, prompt)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
+    draw(maps, prompt).savefig(buffer, format="png")
     return buffer.getvalue()
 
 
 def rgb_pixels(maps: torch.Tensor, prompt: str):
-    """The drawing as rendered pixels (H, W, 3) uint8, as TensorBoard takes them: no PNG written and read back
-    (that round trip would add much to each validation's picture)."""
-    import matplotlib.pyplot as plt
+    """The drawing as pixels (H, W, 3) uint8, as TensorBoard takes them: no PNG written and read back (slow)."""
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = draw(maps, prompt)
-    fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return pixels
+    canvas = FigureCanvasAgg(draw(maps, prompt))
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class AttentionImage(EveryNValidations):
-    """Every few validations (EveryNValidations), the attention maps over a fixed prompt (its characters outside
-    the vocabulary dropped, at most MAX_PROMPT) as an image in TensorBoard's IMAGES tab, tag "attention"."""
+    """Every few validations, the attention maps over a fixed prompt (less its characters outside the vocabulary,
+    at most MAX_PROMPT) in TensorBoard's IMAGES tab, tag "attention"."""
 
     name = "attention_image"
 
@@ -123,21 +103,17 @@ class AttentionImage(EveryNValidations):
         self.prompt = prompt
 
     def at_validation(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.logger is None:
-            return
-        experiment = getattr(trainer.logger, "experiment", None)
-        if not hasattr(experiment, "add_image"):
-            return  # only TensorBoard shows images
+        experiment = getattr(trainer.logger, "experiment", None) if trainer.is_global_zero else None
         vocab = pl_module.hparams.vocab
         prompt = "".join(ch for ch in self.prompt if ch in vocab)[-MAX_PROMPT:]
-        if len(prompt) < 2 or not isinstance(pl_module.model, GPT):  # the bigram has no attention
+        # only TensorBoard shows images; the bigram has no attention
+        if not hasattr(experiment, "add_image") or len(prompt) < 2 or not isinstance(pl_module.model, GPT):
             return
         image = rgb_pixels(attention_maps(pl_module.model, vocab, prompt), prompt)
         experiment.add_image("attention", image, global_step=trainer.global_step, dataformats="HWC")
 
 
 def parse(argv: list[str]) -> dict[str, str]:
-    """key=value arguments: ckpt_path (required), prompt (required), out (default attention.png)."""
     args = {"out": "attention.png"}
     for arg in argv:
         key, sep, value = arg.partition("=")
@@ -162,13 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         if not all(torch.isfinite(p).all() for p in model.parameters()):  # the maps would be NaN: a blank image
             raise FrostyError(f"{args['ckpt_path']}'s weights hold NaN or inf: use another checkpoint, e.g. the "
                               "run's best.ckpt")
-        unknown = CharTokenizer(vocab).unknown(args["prompt"])
-        if unknown:
+        if unknown := CharTokenizer(vocab).unknown(args["prompt"]):
             raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "
                               "remove or replace them")
         maps = attention_maps(model, vocab, args["prompt"])
-        with open(args["out"], "wb") as f:
-            f.write(png_bytes(maps, args["prompt"]))
+        Path(args["out"]).write_bytes(png_bytes(maps, args["prompt"]))
     except FrostyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,15 +1,8 @@
-"""Is the model copying its training text? Every few validations and at the last, a fixed sample (seeded: the
-same for every run with the same config) is checked against the training split: `sample/copied` is the share of
-its windows of `window` characters that occur verbatim in the training split.
-
-The training split's windows are indexed once per run: a 64-bit polynomial hash of every window, sorted, with
-the window's position. A sample window whose hash is found is compared character by character with the
-training text at that position, so the share is exact (a hash collision costs a comparison, never a false
-hit). Building the index is a few vectorised passes and a sort (its time and peak memory: bench/memorisation.py,
-docs/performance.md).
+"""Is the model copying its training text? sample/copied: the share of a fixed, seeded sample's windows of `window`
+characters that occur verbatim in the training split. The split's windows are indexed once per run by a 64-bit
+polynomial hash, sorted; a hash found is checked against the text there, so the share is exact (a collision costs
+a comparison, never a false hit).
 """
-from __future__ import annotations
-
 import numpy as np
 
 from frosty_lm.callbacks import EveryNValidations
@@ -21,9 +14,8 @@ BASE = np.uint64(1_000_003)  # odd, larger than any character id
 
 
 def window_hashes(ids: np.ndarray, window: int) -> np.ndarray:
-    """The hash of every window of `window` ids (len(ids) - window + 1 of them): sum of id * BASE**(places after
-    it), modulo 2**64. Built by doubling (the hashes of windows of length 2k from two of length k) and adding up
-    the powers of two in `window`: a few passes over the text, not `window` of them."""
+    """The hash of every window of `window` ids: sum of id * BASE**(places after it), modulo 2**64. Built by
+    doubling (windows of 2k from two of k) and adding up the powers of two in `window`: a few passes, not `window`."""
     if len(ids) < window:
         return np.empty(0, dtype=np.uint64)
     piece, length = ids.astype(np.uint64), 1  # the hashes of windows of `length` ids
@@ -56,7 +48,7 @@ class WindowIndex:
         self.hashes = hashes[self.order]
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
-        """For each window of ids, whether it occurs in the indexed text (exactly: hits are compared)."""
+        """For each window of ids, whether it occurs in the indexed text."""
         queries = window_hashes(np.asarray(ids), self.window)
         found = np.zeros(len(queries), dtype=bool)
         lo = np.searchsorted(self.hashes, queries, side="left")
@@ -73,10 +65,7 @@ class WindowIndex:
 
 
 class CopiedShare(EveryNValidations):
-    """Every few validations (EveryNValidations), samples `chars` characters (from `prompt`, with `seed` and
-    `temperature`) and logs sample/copied: the share of the sample's windows of `window` characters (the prompt
-    left out) that occur verbatim in the training split. The index of the training split is built when training
-    starts."""
+    """Logs sample/copied every few validations, for a sample from `prompt` (left out of the windows)."""
 
     name = "copied"
 
@@ -89,9 +78,8 @@ class CopiedShare(EveryNValidations):
         self.index: WindowIndex | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        datamodule = trainer.datamodule
-        if trainer.is_global_zero and datamodule is not None and hasattr(datamodule, "train_data"):
-            self.index = WindowIndex(datamodule.train_data.numpy(), self.window)
+        if trainer.is_global_zero and hasattr(trainer.datamodule, "train_data"):
+            self.index = WindowIndex(trainer.datamodule.train_data.numpy(), self.window)
 
     def at_validation(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or self.index is None or not trainer.loggers:
@@ -104,6 +92,4 @@ class CopiedShare(EveryNValidations):
     def measure(self, model, vocab: str) -> float | None:
         prompt = "".join(ch for ch in self.prompt if ch in vocab) or default_prompt(vocab)
         text = sample_text(model, vocab, prompt, self.chars, self.temperature, seed=self.seed)[len(prompt):]
-        ids = np.asarray(CharTokenizer(vocab).encode(text), dtype=np.int64)
-        return self.index.copied_share(ids)
-
+        return self.index.copied_share(np.asarray(CharTokenizer(vocab).encode(text), dtype=np.int64))

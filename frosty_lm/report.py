@@ -1,15 +1,11 @@
 """Compare runs: python -m frosty_lm.report PATH [PATH ...]
 
-PATH is a sweep directory, a run directory, or any directory above runs (outputs/). Prints a markdown
-table with one row per run and writes it to report.md, with val_loss.png (the val-loss curves of all
-runs on one plot), in --out (default: PATH when there is one, else the current directory).
-Metrics are read from each run's own logs: TensorBoard event files (TensorBoard's EventAccumulator),
-or the csv logger's metrics.csv.
+PATH is a sweep or run directory, or any directory above runs (outputs/). Prints a markdown table, a row per run,
+and writes it to report.md, with val_loss.png (the val-loss curves of all runs), in --out (default: PATH if there
+is one, else the current directory). Metrics come from each run's TensorBoard event files, or its metrics.csv.
 """
-
-from __future__ import annotations
-
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -19,12 +15,17 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from frosty_lm.cli import run_entry_point
 from frosty_lm.errors import FrostyError, is_int, is_number
 from frosty_lm.run_dirs import make_dir, run_record
 from frosty_lm.status import alive
 
-LN2 = math.log(2)
 FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)
+# status.json's fields the report reads, in train.py's types: a damaged record's others are shown blank
+FIELDS = {"status": lambda v: isinstance(v, str), "host": lambda v: isinstance(v, str), "pid": is_int,
+          "steps": is_int, "num_params": is_int, "best_val_loss": is_number, "wall_time_s": is_number,
+          "training_started": lambda v: isinstance(v, bool),
+          "overrides": lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v)}
 
 
 @dataclass
@@ -33,38 +34,16 @@ class Run:
     status: dict
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # (seconds since the first log, value)
+    name: str = ""  # its directory, relative to the deepest one above all the runs compared (name_runs)
+    label: str = ""  # the overrides that set it apart from the other runs
 
     @property
     def overrides(self) -> list[str]:
         return [o for o in self.status.get("overrides", []) if not o.startswith(("hydra.", "+search", "+sweep"))]
 
-    def final(self, tag: str, points: int = 1) -> float | None:
-        values = [v for _, v in self.curves.get(tag, [])][-points:]
-        return sum(values) / len(values) if values else None
-
-    def best_val(self) -> float | None:
-        values = [v for _, v in self.curves.get("val/loss", [])]
-        return min(values) if values else self.status.get("best_val_loss")
-
-    def steps(self) -> int | None:
-        steps = [s for tag in ("train/loss", "val/loss") for s, _ in self.curves.get(tag, [])]
-        return self.status.get("steps") or (max(steps) if steps else None)
-
-    def best_step(self) -> int | None:
-        """The step of the lowest val loss."""
-        val = self.curves.get("val/loss", [])
-        return min(val, key=lambda point: point[1])[0] if val else None
-
-    def rose_after_best(self) -> bool | None:
-        """Whether the val loss went up after its best (overfitting, or a learning rate too high): the last val
-        loss above the best by more than 1%. None before two validations."""
-        val = [v for _, v in self.curves.get("val/loss", [])]
-        return val[-1] > min(val) * 1.01 if len(val) >= 2 else None
-
     def gap(self) -> float | None:
-        """The last val loss minus the mean train loss logged since the validation before it: how much better the
-        model fits its training text than unseen text. None until the run has validated twice (before that, the
-        train losses reach back to the untrained model and the gap misleads)."""
+        """The last val loss minus the mean train loss logged since the validation before it; None before two
+        validations (the train losses would reach back to the untrained model)."""
         val = self.curves.get("val/loss", [])
         if len(val) < 2:
             return None
@@ -74,13 +53,13 @@ class Run:
 
     @property
     def never_trained(self) -> bool:
-        """A single run that failed before its training started (a failed download, a missing corpus): nothing to
-        compare. A sweep's job keeps its row: which of the sweep's settings failed is part of its result."""
+        """A single run that failed before training (a missing corpus): nothing to compare. A sweep's job keeps its
+        row: which of the sweep's settings failed is part of its result."""
         return (self.status.get("status") == "failed" and self.status.get("training_started") is False
                 and not (self.path.parent / "multirun.yaml").is_file())
 
     def state(self) -> str:
-        """finished / failed / interrupted / running; a "running" run whose process is gone was killed."""
+        """status.json's status; "killed" for a "running" run whose process on this host is gone."""
         state = self.status.get("status", "unknown")
         if state == "running" and self.status.get("host") == socket.gethostname() and not alive(self.status.get("pid")):
             return "killed"
@@ -114,62 +93,43 @@ def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[s
                 continue
             for row in rows:  # what is not a step and a number (a damaged or foreign file) is left out
                 step = number(row.get("step"))
-                if step is None or step != int(step):
-                    continue
-                for tag, value in row.items():
-                    if isinstance(tag, str) and tag not in ("step", "epoch") and number(value) is not None:
-                        curves.setdefault(tag, []).append((int(step), number(value)))
+                if step is not None and step == int(step):
+                    for tag, value in row.items():  # a row's extra cells: tag None, value a list (not a number)
+                        if tag not in ("step", "epoch") and (value := number(value)) is not None:
+                            curves.setdefault(tag, []).append((int(step), value))
     # a resumed run logs some steps twice: keep the last value logged for each step
     return {tag: sorted(dict(points).items()) for tag, points in curves.items()}, times
 
 
 def number(text) -> float | None:
-    """A metrics.csv cell as a finite number, else None."""
     try:
-        value = float(text)
+        return value if math.isfinite(value := float(text)) else None
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) else None
-
-
-FIELDS = {"status": lambda v: isinstance(v, str), "host": lambda v: isinstance(v, str), "pid": is_int,
-          "steps": is_int, "num_params": is_int, "best_val_loss": is_number, "wall_time_s": is_number,
-          "training_started": lambda v: isinstance(v, bool),
-          "overrides": lambda v: isinstance(v, list) and all(isinstance(o, str) for o in v)}
-
-
-def usable(record: dict) -> dict:
-    """The fields of a status.json the report reads, those of the type train.py writes (a damaged or foreign record's
-    others are left out: shown blank, its status unknown)."""
-    return {key: value for key, value in record.items() if key in FIELDS and FIELDS[key](value)}
 
 
 def find_runs(paths: list[Path]) -> list[Run]:
     """The runs (directories with a status.json) at or under paths, each once however many paths hold it."""
-    runs, seen = [], set()
+    runs = {}
     for root in paths:
         if not root.exists():
             raise SystemExit(f"error: {root} does not exist: give a run or sweep directory, e.g. outputs/")
         for status_file in sorted({*root.glob("status.json"), *root.rglob("*/status.json")}):
             run_dir = status_file.parent
-            if run_dir.resolve() not in seen:
-                seen.add(run_dir.resolve())
-                runs.append(Run(run_dir, usable(run_record(run_dir)), *read_logs(run_dir)))  # damaged: {}
-    return runs
+            if run_dir.resolve() not in runs:
+                status = {k: v for k, v in run_record(run_dir).items() if k in FIELDS and FIELDS[k](v)}  # {}: damaged
+                runs[run_dir.resolve()] = Run(run_dir, status, *read_logs(run_dir))
+    return list(runs.values())
 
 
-def names(runs: list[Run]) -> dict[Path, str]:
-    """Each run's directory relative to the deepest directory above them all (a sweep's runs: their own names)."""
-    if len(runs) == 1:
-        return {runs[0].path: runs[0].path.name}
+def name_runs(runs: list[Run]) -> list[str]:
+    """Sets each run's name and label; returns the overrides all runs share."""
+    common = set.intersection(*(set(r.overrides) for r in runs))
     root = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
-    return {r.path: str(r.path.resolve().relative_to(root)) for r in runs}
-
-
-def differing(runs: list[Run]) -> tuple[list[str], dict[Path, str]]:
-    """The overrides all runs share, and for each run the ones that set it apart."""
-    common = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
-    return sorted(common), {r.path: " ".join(o for o in r.overrides if o not in common) or "(defaults)" for r in runs}
+    for run in runs:  # one run: its own name, not "."
+        run.name = str(run.path.resolve().relative_to(root)) if len(runs) > 1 else run.path.name
+        run.label = " ".join(o for o in run.overrides if o not in common) or "(defaults)"
+    return sorted(common)
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -180,57 +140,53 @@ def fmt(value, digits: int = 4) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def table(runs: list[Run], labels: dict[Path, str]) -> str:
-    run_names = names(runs)
+def table(runs: list[Run]) -> str:
     header = ["run", "overrides", "params", "steps", "wall time (s)", "final train loss", "best val loss",
               "best val bpc", "best at step", "val rose after", "train/val gap", "copied", "status"]
-    rows = []
-    for run in runs:
-        train, best = run.final("train/loss", FINAL_TRAIN_POINTS), run.best_val()
-        rows.append([run_names[run.path], labels[run.path], fmt(run.status.get("num_params")), fmt(run.steps()),
-                     fmt(run.status.get("wall_time_s"), 1), fmt(train), fmt(best),
-                     fmt(best / LN2 if best is not None else None), fmt(run.best_step()),
-                     {True: "yes", False: "no", None: "-"}[run.rose_after_best()], fmt(run.gap()),
-                     fmt(run.final("sample/copied"), 3), run.state()])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    for run in runs:
+        val = run.curves.get("val/loss", [])
+        train = [v for _, v in run.curves.get("train/loss", [])][-FINAL_TRAIN_POINTS:]
+        logged_steps = [s for tag in ("train/loss", "val/loss") for s, _ in run.curves.get(tag, [])]
+        best_step, best = min(val, key=lambda point: point[1]) if val else (None, run.status.get("best_val_loss"))
+        rose = "-" if len(val) < 2 else "yes" if val[-1][1] > best * 1.01 else "no"  # overfitting, or too high an lr
+        copied = run.curves.get("sample/copied", [(None, None)])[-1][1]
+        row = [run.name, run.label, fmt(run.status.get("num_params")),
+               fmt(run.status.get("steps") or max(logged_steps, default=None)), fmt(run.status.get("wall_time_s"), 1),
+               fmt(sum(train) / len(train) if train else None), fmt(best),
+               fmt(best / math.log(2) if best is not None else None), fmt(best_step), rose, fmt(run.gap()),
+               fmt(copied, 3), run.state()]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return "\n".join(lines)
 
 
-def plot(runs: list[Run], labels: dict[Path, str], path: Path, title: str, x: str = "step") -> None:
+def plot(runs: list[Run], path: Path, title: str, x: str = "step") -> None:
     """The val-loss curves of all runs on one plot, against the step or (x="time") the wall time in seconds."""
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
-    run_names = names(runs)
+    fig = Figure(figsize=(8, 5), dpi=100, layout="tight")
+    ax = fig.subplots()
+    colors = colormaps["tab10" if len(runs) <= 10 else "tab20"].colors
     for i, run in enumerate(runs):
         points = (run.times if x == "time" else run.curves).get("val/loss", [])
-        label = labels[run.path] if len(labels[run.path]) <= 60 else run_names[run.path]  # a legend that fits
-        if points:
-            ax.plot(*zip(*points), marker=".", color=colors[i % len(colors)], label=label)
-    ax.set_xlabel("wall time since the run's first log (s)" if x == "time" else "step")
-    ax.set_ylabel("val loss (nats per character)")
+        if points:  # labelled by what sets the run apart, if that fits in a legend
+            ax.plot(*zip(*points), marker=".", color=colors[i % len(colors)],
+                    label=run.label if len(run.label) <= 60 else run.name)
+    ax.set(xlabel="wall time since the run's first log (s)" if x == "time" else "step",
+           ylabel="val loss (nats per character)")
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
-    """A section with a sample from each run's best.ckpt: the same prompt, seed and temperature (0.8) for every
-    run, so that their text compares by eye (characters of the prompt outside a run's vocabulary are dropped)."""
+    """A sample from each run's best.ckpt, all with the same prompt, seed and temperature: they compare by eye."""
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-    from frosty_lm.errors import FrostyError
     from frosty_lm.generation import default_prompt, sample_text
 
-    run_names = names(runs)
     parts = [f"## Samples ({chars} characters from each run's best.ckpt; prompt {prompt!r}, seed {seed}, "
              "temperature 0.8)\n"]
     for run in runs:
@@ -240,11 +196,11 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
         try:
             model, vocab = model_from_checkpoint(load_checkpoint(best), best)
         except FrostyError as err:
-            parts.append(f"### {run_names[run.path]}\n\n(no sample: {err})\n")
-            continue
-        start = "".join(ch for ch in prompt if ch in vocab) or default_prompt(vocab)
-        text = sample_text(model, vocab, start, chars, temperature=0.8, seed=seed)
-        parts.append(f"### {run_names[run.path]}\n\n```\n{text.strip(chr(10))}\n```\n")
+            body = f"(no sample: {err})"
+        else:
+            start = "".join(ch for ch in prompt if ch in vocab) or default_prompt(vocab)
+            body = "```\n" + sample_text(model, vocab, start, chars, temperature=0.8, seed=seed).strip("\n") + "\n```"
+        parts.append(f"### {run.name}\n\n{body}\n")
     return "\n".join(parts)
 
 
@@ -257,13 +213,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def count(text: str) -> int:
     """--samples N: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
-    return value
+    with contextlib.suppress(ValueError):
+        if int(text) >= 0:
+            return int(text)
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,27 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     if len(runs) < len(found):
         print(f"left out {len(found) - len(runs)} single runs that failed before training (status.json says why)",
               file=sys.stderr)
-    if not runs:
-        print(f"error: no runs (directories with status.json) under {', '.join(map(str, args.paths))}: "
-              "give a sweep or run directory of train.py", file=sys.stderr)
-        return 1
     out = args.out or (args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else Path("."))
     try:
+        if not runs:
+            raise FrostyError(f"no runs (directories with status.json) under {', '.join(map(str, args.paths))}: "
+                              "give a sweep or run directory of train.py")
         make_dir(str(out), "--out DIR")
     except FrostyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    common, labels = differing(runs)
+    common = name_runs(runs)
     title = " ".join(common) or ", ".join(map(str, args.paths))
     text = (f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "")
-            + "\n\n" + table(runs, labels) + "\n")
+            + "\n\n" + table(runs) + "\n")
     if args.samples > 0:
         text += "\n" + samples(runs, args.samples, args.prompt, args.seed)
-    # each written beside and renamed into place: a link planted at either name (a directory received from
-    # someone else) is replaced, not written through
+    # written beside and renamed into place: a link planted at either name is replaced, not written through
     (out / ".report.md.tmp").write_text(text)
     os.replace(out / ".report.md.tmp", out / "report.md")
-    plot(runs, labels, out / ".val_loss.tmp.png", title, args.x)
+    plot(runs, out / ".val_loss.tmp.png", title, args.x)
     os.replace(out / ".val_loss.tmp.png", out / "val_loss.png")
     print(text)
     print(f"wrote {out / 'report.md'} and {out / 'val_loss.png'}", file=sys.stderr)
@@ -309,6 +260,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from frosty_lm.cli import run_entry_point
-
     run_entry_point(lambda: sys.exit(main()))

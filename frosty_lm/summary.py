@@ -1,8 +1,4 @@
-"""What a run tells its user about itself: the precision it trains in, and why (at the start), and its summary
-at the end: the best checkpoint, val loss, training speed, a sample, and the generate.py command that continues
-it."""
-from __future__ import annotations
-
+"""What a run tells its user about itself: the precision it trains in and why, and its summary at the end."""
 import logging
 import math
 from pathlib import Path
@@ -23,9 +19,9 @@ log = logging.getLogger("frosty")
 
 @rank_zero_only
 def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float, text: str) -> None:
-    """The end of a run: its best checkpoint, val loss, average training speed, a sample from a prompt taken from
-    its own corpus (text: the validation split's start), and the generate.py command that continues it. In a
-    parallel sweep the sample and the command go to the job's train.log only."""
+    """The best checkpoint, val loss, average training speed, a sample from a prompt out of the run's own corpus
+    (text: the validation split's start), and the generate.py command that continues it. In a parallel sweep the
+    sample and the command go to the job's train.log only."""
     checkpoint = trainer.checkpoint_callback
     if checkpoint is None or not checkpoint.best_model_path:
         log.info("no best checkpoint was written (no validation ran)")
@@ -36,49 +32,31 @@ def summarise(trainer: L.Trainer, cfg: DictConfig, loss: float, text: str) -> No
     if any(ch not in vocab for ch in prompt):  # e.g. "\n" for a one-line corpus without line breaks
         prompt = default_prompt(vocab)
     sample = sample_text(model, vocab, prompt, cfg.summary_sample_chars, temperature=0.8, seed=cfg.seed)
-    command = generate_command(path, prompt, cfg.seed)
     log.info("best checkpoint: %s", path)
     log.info("best val loss %.4f nats/char, %.4f bits/char", loss, loss / math.log(2))
-    speed = average_speed(trainer)
-    if speed is not None:
-        log.info("training speed: %s", speed_line(*speed, precision=str(trainer.precision)))
-    lines = progress_lines(trainer)
+    lines = next((c for c in trainer.callbacks if isinstance(c, ProgressLines)), None)  # times training, validations
+    if lines is not None and (speed := lines.average_speed()) is not None:  # characters/s, validation left out
+        throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
+        peak = getattr(throughput, "available_flops", None)  # one device's matmul peak: so is the fraction
+        fraction = speed / trainer.world_size * trainer.lightning_module.flops_per_char / peak if peak else None
+        log.info("training speed: %s", speed_line(speed, fraction, precision=str(trainer.precision)))
     if lines is not None and lines.validations:
         log.info("time: %s training, %s in %d validations (val loss, sample, checkpoints)",
                  duration(lines.train_seconds), duration(lines.val_seconds), lines.validations)
     log.info("sample:\n%s", sample.strip("\n"), extra=job_log_only())
-    log.info("continue from it with:\n  %s", command, extra=job_log_only())
-
-
-def progress_lines(trainer: L.Trainer) -> ProgressLines | None:
-    """The run's ProgressLines, which times its training and its validations."""
-    return next((c for c in trainer.callbacks if isinstance(c, ProgressLines)), None)
-
-
-def average_speed(trainer: L.Trainer) -> tuple[float, float | None] | None:
-    """Characters trained per second over the run (validation left out), and that as a fraction of the matmul peak
-    that CharThroughput measured (None if unknown)."""
-    lines = progress_lines(trainer)
-    speed = lines.average_speed() if lines is not None else None
-    if speed is None:
-        return None
-    throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
-    peak = throughput.available_flops if throughput is not None else None
-    flops_per_char = trainer.lightning_module.flops_per_char  # the peak is one device's: so is the fraction
-    return speed, speed / trainer.world_size * flops_per_char / peak if peak else None
+    log.info("continue from it with:\n  %s", generate_command(path, prompt, cfg.seed), extra=job_log_only())
 
 
 def corpus_prompt(text: str, words: int = 3) -> str:
-    """A short prompt from the run's own corpus: the first words of the first line of text (after the first line
-    break, so it starts a line); "\n" if there is none."""
+    """The first words of text's first non-blank line after a line break (so it starts a line); "\n" if none."""
     lines = [line.split() for line in text.split("\n")[1:]]
     first = next((line for line in lines if line), None)
     return " ".join(first[:words]) if first else "\n"
 
 
 def generate_command(path: Path, prompt: str, seed: int) -> str:
-    """The shell command that samples from path as the summary did (Hydra-quoted prompt, so commas and quotes
-    pass); an empty or line-break prompt is generate.py's default."""
+    """The shell command that samples from path as the summary did (the prompt Hydra-quoted: commas and quotes
+    pass; a blank one is generate.py's default)."""
     command = f"python generate.py {command_arg('ckpt_path', path)}"
     if prompt.strip():
         command += " " + command_arg("prompt", prompt, quoted=True)
