@@ -25,8 +25,8 @@ def sha256_of(path: Path) -> str:
 
 
 def locate(name: str, data_dir: str, path: str | None = None, url: str | None = None) -> Path:
-    """Where a corpus's file is: `path` if given, else data_dir/<name>.txt. A CorpusError if it is not there and
-    cannot be downloaded (no url). Reads and downloads nothing: train.py calls it before torch loads."""
+    """Where a corpus's file is: `path` if given, else data_dir/<name>.txt; a CorpusError if it is not there and
+    has no url. Reads and downloads nothing: train.py calls it before torch loads."""
     if path:
         file = Path(path).expanduser()
         if not file.exists():
@@ -42,8 +42,7 @@ def locate(name: str, data_dir: str, path: str | None = None, url: str | None = 
 
 
 def check_regular_file(file: Path) -> None:
-    """A CorpusError if an existing corpus path is a directory, a FIFO or a device (reading it would block or never
-    end)."""
+    """A corpus path must be a regular file: reading a FIFO or a device would block or never end."""
     if file.is_dir():
         raise CorpusError(f"corpus path {file} is a directory, not a file: point data.path at a text file")
     if not file.is_file():
@@ -52,8 +51,8 @@ def check_regular_file(file: Path) -> None:
 
 def resolve(name: str, data_dir: str, path: str | None = None, url: str | None = None,
             sha256: str | None = None) -> Path:
-    """The local file of a corpus: `path` if given, else data_dir/<name>.txt, downloaded from url on first use;
-    checked against sha256 when the corpus has one."""
+    """The local file of a corpus (as locate says), downloaded from url on first use; checked against sha256 when
+    the corpus has one."""
     file = locate(name, data_dir, path, url)
     if not file.exists():
         download(url, file, sha256)
@@ -72,9 +71,8 @@ def resolve(name: str, data_dir: str, path: str | None = None, url: str | None =
 
 
 def download(url: str, dest: Path, sha256: str | None) -> None:
-    """Fetch url into dest; keep it only if whole and its sha256 matches. torch.hub's download_url_to_file
-    writes a temporary file beside dest, checks its sha256 (hash_prefix: here the full digest), renames it over
-    dest only then, and deletes it otherwise, whatever stopped it."""
+    """Fetch url into dest, kept only if whole and its sha256 matches: torch.hub's download_url_to_file writes a
+    temporary file, checks it (hash_prefix: the full digest), renames it over dest only then, else deletes it."""
     from torch.hub import download_url_to_file  # torch takes seconds to import: only a download needs it
 
     log.info("downloading %s to %s", url, dest)

@@ -13,7 +13,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 
 from conftest import QUICK, TINY
 from frosty_lm.errors import Stopped
-from frosty_lm.hparams import HparamsStatus, select, write_hparams
+from frosty_lm.lit_module import HparamsStatus, select, write_hparams
 
 
 def hparams_plugin(log_dir: Path) -> dict:
