@@ -1,7 +1,5 @@
 """Sample from a trained checkpoint: `python generate.py prompt="Whose woods these are"` (see conf/generate.yaml).
-
-Chooses and loads a checkpoint, checks the request, and streams samples to stdout; the decoding itself is
-frosty_lm/generation.py. No Lightning: it starts quickly."""
+Torch only, no Lightning, so that it starts quickly; the decoding itself is frosty_lm/generation.py."""
 from __future__ import annotations
 
 import os
@@ -23,28 +21,9 @@ from frosty_lm.run_dirs import BEST, LAST, best_run, newest_run, run_corpus, run
 DATASETS = Path(__file__).resolve().parent / "conf" / "dataset"  # the named corpora
 
 
-def check_request(cfg: DictConfig, vocab: str) -> tuple[str, int | None]:
-    """The prompt to use and the top_k to use (clamped to the vocabulary), or a FrostyError. (The sampling settings
-    themselves are checked before the checkpoint is loaded: run_generation.)"""
-    must(is_int(cfg.num_samples) and cfg.num_samples >= 1, "num_samples", cfg.num_samples, "an integer >= 1")
-    top_k = None if cfg.top_k is None else min(cfg.top_k, len(vocab))
-    prompt = str(cfg.prompt) if cfg.prompt is not None else ""
-    if not prompt:  # documented: an empty prompt starts from a line break (or the first character)
-        prompt = default_prompt(vocab)
-    unknown = CharTokenizer(vocab).unknown(prompt)
-    if unknown:
-        raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "
-                          "remove or replace them")
-    return prompt, top_k
-
-
-CHOOSE = "choose with run=latest|DIR or ckpt_path=FILE"
-
-
 def choose_checkpoint(cfg: DictConfig) -> tuple[str | Path, str | None]:
-    """The checkpoint to sample from, and the start of the stderr line that names it (None for ckpt_path=, the
-    user's own choice): ckpt_path=FILE; run=latest (the run resume=latest continues) or run=DIR, its best.ckpt;
-    by default the best finished run on corpus (default: the newest run's corpus)."""
+    """The checkpoint to sample from, and the start of the stderr line that names it (None for the user's own
+    ckpt_path=): ckpt_path=FILE, run=latest|DIR's best.ckpt, or the best finished run on corpus."""
     given = [f"{key}={cfg[key]}" for key in ("ckpt_path", "run", "corpus") if cfg.get(key) not in (None, "")]
     if len(given) > 1:
         raise FrostyError(f"{' and '.join(given)} conflict: ckpt_path=FILE, run=latest|DIR and corpus=NAME each "
@@ -52,15 +31,19 @@ def choose_checkpoint(cfg: DictConfig) -> tuple[str | Path, str | None]:
     if cfg.ckpt_path:
         return cfg.ckpt_path, None
     outputs = cfg.paths.outputs_dir
-    if cfg.get("run") not in (None, ""):
-        run = chosen_run(str(cfg.run), outputs)
-        return run / BEST, f"using {run / BEST}: run={cfg.run} ({about(run)})"
+    if cfg.get("run") not in (None, ""):  # latest: the run resume=latest continues
+        latest = cfg.run == "latest"
+        run = newest_run(outputs) if latest else Path(str(cfg.run))
+        if run is None:
+            raise no_runs(outputs)
+        path = has_best(run, f"run=latest, {run}," if latest else f"run={cfg.run}")
+        return path, f"using {path}: run={cfg.run} ({about(run)})"
     return default_checkpoint(outputs, None if cfg.get("corpus") in (None, "") else str(cfg.corpus))
 
 
 def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]:
     """The best.ckpt of the best finished run on corpus (None: the newest run's corpus); if there is none, of the
-    newest run on it, said so. With the start of the line that names it."""
+    newest run on it, said so."""
     newest = newest_run(outputs_dir, corpus)
     if newest is None and (corpus is None or newest_run(outputs_dir) is None):
         raise no_runs(outputs_dir)
@@ -81,18 +64,6 @@ def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]
     return path, f"{why}; using the newest run's {path} ({about(newest)})"
 
 
-def chosen_run(run: str, outputs_dir: str) -> Path:
-    """run=latest (run_dirs.newest_run, as resume=latest) or run=DIR: the run directory, which has a best.ckpt."""
-    if run != "latest":
-        has_best(Path(run), f"run={run}")
-        return Path(run)
-    newest = newest_run(outputs_dir)
-    if newest is None:
-        raise no_runs(outputs_dir)
-    has_best(newest, f"run=latest, {newest},")
-    return newest
-
-
 def no_runs(outputs_dir: str) -> FrostyError:
     where = f"{outputs_dir}/" if Path(outputs_dir).is_dir() else f"{outputs_dir} (no such directory)"
     return FrostyError(f"no {BEST.name} found under {where}: train a model first with `python train.py`, "
@@ -109,14 +80,13 @@ def has_best(run: Path, name: str) -> Path:
 
 
 def about(run: Path) -> str:
-    """'status finished, corpus frost': what the run's status.json and config say (unknown if unreadable)."""
+    """'status finished, corpus frost'"""
     status = run_record(run).get("status")
     return f"status {status if isinstance(status, str) else 'unknown'}, corpus {run_corpus(run) or 'unknown'}"
 
 
 def score(ckpt: dict) -> str:
-    """'val loss 1.8123 at step 2000': the checkpoint's own numbers (a best.ckpt keeps the val loss it was saved
-    for in the model's best_val_loss buffer)."""
+    """'val loss 1.8123 at step 2000': a best.ckpt keeps the val loss it was saved for in best_val_loss."""
     loss = ckpt["state_dict"].get("best_val_loss")
     loss = float(loss) if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
     step = ckpt.get("global_step")
@@ -124,7 +94,9 @@ def score(ckpt: dict) -> str:
         f" at step {step}" if is_int(step) else "")
 
 
-def run_generation(cfg: DictConfig) -> None:
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="generate")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
     if sys.stdout is None:  # started with its standard output closed (generate.py >&-)
         raise FrostyError("standard output is closed: generate.py writes its samples there; send it to a file "
                           "(> samples.txt) or a pipe")
@@ -132,9 +104,15 @@ def run_generation(cfg: DictConfig) -> None:
     path, chosen = choose_checkpoint(cfg)
     ckpt = load_checkpoint(path)
     if chosen:
-        print(f"{chosen}, {score(ckpt)} ({CHOOSE})", file=sys.stderr, flush=True)
+        print(f"{chosen}, {score(ckpt)} (choose with run=latest|DIR or ckpt_path=FILE)", file=sys.stderr, flush=True)
     model, vocab = model_from_checkpoint(ckpt, path)
-    prompt, top_k = check_request(cfg, vocab)
+    must(is_int(cfg.num_samples) and cfg.num_samples >= 1, "num_samples", cfg.num_samples, "an integer >= 1")
+    prompt = cfg.prompt or default_prompt(vocab)  # documented: empty starts from a line break (or the first character)
+    unknown = CharTokenizer(vocab).unknown(prompt)
+    if unknown:
+        raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "
+                          "remove or replace them")
+    top_k = None if cfg.top_k is None else min(cfg.top_k, len(vocab))
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         if torch.device(device).type == "meta":  # tensors without data: nothing to sample from
@@ -152,26 +130,16 @@ def run_generation(cfg: DictConfig) -> None:
         for i in range(cfg.num_samples):
             if i:
                 print(f"--- sample {i + 1} ---", file=sys.stderr, flush=True)
-            sys.stdout.write(prompt)
-            chars = stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p,
-                                cfg.seed + i)
-            for ch in chars:
-                sys.stdout.write(ch)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away (generate.py | head): stop quietly
+            print(prompt, end="")
+            for ch in stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p,
+                                  cfg.seed + i):
+                print(ch, end="", flush=True)
+            print(flush=True)
+    except OSError as err:  # the reader went away (generate.py | head), or e.g. a full disk behind generate.py > FILE
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-    except OSError as err:  # e.g. a full disk behind generate.py > FILE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise FrostyError(f"cannot write the samples to standard output: {err.strerror or err}: send them to "
-                          "another file or disk") from None
-
-
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).parent / "conf"), config_name="generate")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    run_generation(cfg)
+        if not isinstance(err, BrokenPipeError):
+            raise FrostyError(f"cannot write the samples to standard output: {err.strerror or err}: send them to "
+                              "another file or disk") from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""What the entry points share: a user error becomes one `error:` line and exit status 1 (in a sweep, the job's
-failure goes back to the sweep, and the other jobs run); Ctrl-C before training is one line and exit status 130;
-printing a key=value argument so that it pastes back; quieting Lightning's noise; whether this is a sweep's job."""
+"""What the entry points share: a user error is one `error:` line and exit status 1 (a sweep's job returns instead);
+Ctrl-C before training is one line and 130; key=value printed to paste back; Lightning quieted; sweep or not."""
 from __future__ import annotations
 
 import errno
@@ -14,6 +13,8 @@ import traceback
 import warnings
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.types import RunMode
 
 from frosty_lm.errors import FrostyError
@@ -45,8 +46,8 @@ FILE_ERRORS = {
 
 
 def error_line(err: BaseException) -> str | None:
-    """One line for an error that comes down to the file system (a full disk, a directory that cannot be written) or
-    to memory, however deep in the chain of exceptions it sits; None for any other error."""
+    """One line for an error that comes down to the file system or to memory, however deep in the chain of
+    exceptions it sits; None for any other error."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -61,16 +62,9 @@ def error_line(err: BaseException) -> str | None:
     return None
 
 
-def debugging() -> bool:
-    """FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: user errors come with their traceback."""
-    return os.environ.get("FROSTY_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
 def exit_on_user_error(func):
-    """Run func; a FrostyError (or a file-system error) prints `error: ...` and exits 1 (FROSTY_DEBUG=1 or
-    HYDRA_FULL_ERROR=1: the traceback). In a sweep a failing job, whatever the error, returns None instead: Hydra's
-    sweepers go on with the other jobs (Optuna's counts the trial as failed), the job's status.json says failed, and
-    the sweep's summary (status.SweepSummary) lists it."""
+    """A FrostyError, or a file-system or memory error (error_line), prints `error: ...` and exits 1 (FROSTY_DEBUG=1
+    or HYDRA_FULL_ERROR=1: raised). A sweep's failing job returns None, whatever the error: the sweep goes on."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -79,7 +73,8 @@ def exit_on_user_error(func):
             return func(*args, **kwargs)
         except Exception as err:
             message = str(err) if isinstance(err, FrostyError) else error_line(err)
-            if debugging() or (message is None and not sweep_job):
+            debugging = "1" in (os.environ.get("FROSTY_DEBUG"), os.environ.get("HYDRA_FULL_ERROR"))
+            if debugging or (message is None and not sweep_job):
                 raise
             if message is None:
                 traceback.print_exc()  # an unexpected error: the traceback, then the sweep goes on
@@ -93,10 +88,8 @@ def exit_on_user_error(func):
 
 
 def run_entry_point(main) -> None:
-    """Run an entry point's main(); Ctrl-C that reaches it (before training, or a sweep's main process) is one line
-    and exit status 130. (During training a run stops at a step boundary itself: callbacks.StopOnInterrupt.)
-    A console that cannot be written (> /dev/full, | head that has exited) loses its log lines, not the run:
-    train.log keeps them, and logging prints no report of each failed line."""
+    """Run an entry point's main(); Ctrl-C that reaches it (during training a run stops itself at a step boundary)
+    is one line and exit status 130. A console that cannot be written loses its log lines, not the run."""
     logging.raiseExceptions = False
     try:
         main()
@@ -110,11 +103,7 @@ def run_entry_point(main) -> None:
 
 def command_arg(key: str, value, quoted: bool = False) -> str:
     """key=value as a printed command must give it for the shell and for Hydra to read value back as it is: a value
-    Hydra's grammar does not take bare (a sweep job's directory, dropout=0.2; a prompt with commas), or any value
-    if quoted, goes in Hydra's double quotes; then the whole argument is quoted for the shell."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
+    Hydra's grammar does not take bare, or any value if quoted, goes in Hydra's double quotes, then the shell's."""
     text = str(value)
     try:
         bare = OverridesParser.create().parse_override(f"{key}={text}").value() == text
@@ -132,13 +121,10 @@ def _no_tips(record: logging.LogRecord) -> bool:
 
 
 def quiet_lightning() -> None:
-    """Silence what is noise in a Frosty run: Lightning's advertisements, its warnings about its own internals,
-    and warnings that do not apply: Frosty's training stream resumes exactly without loader state (batch i is a
-    function of seed and i), a resumed run reuses its checkpoint directory, a new run from another run's checkpoint
-    (ckpt_path=) starts its own best on purpose, an "epoch" is nominal, a GPU whose peak Lightning lacks gets
-    Frosty's measured one, and a batch is one gather in the main process (loader workers would only add processes).
-    Lightning's lines go through Hydra's log handlers only: once on the console, and into train.log. Calling it
-    again adds nothing."""
+    """Silence Lightning's advertisements and the warnings that do not apply: Frosty's training stream resumes exactly
+    without loader state, checkpoint directories are reused on purpose, an epoch is nominal, Frosty measures the GPU
+    peak Lightning lacks, and loader workers would only add processes. Lightning's lines go through Hydra's handlers
+    only (once on the console, and into train.log). Calling it again adds nothing."""
     lightning = logging.getLogger("lightning")  # its own console handler, beside Hydra's (the root logger's): each
     for handler in list(lightning.handlers):  # line would print twice, and once without the job's prefix
         lightning.removeHandler(handler)

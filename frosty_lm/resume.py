@@ -1,17 +1,23 @@
-"""Resume: continue a run from its last checkpoint with the config it was started with, and check that a
-checkpoint to start from fits this run. (Which run `resume=latest|RUN_DIR` names is decided with the run
-directory, by run_dirs.run_to_resume, before this code runs.)"""
+"""Resume: continue a run from its last checkpoint with the config it was started with, and check that a checkpoint
+to start from fits this run (run_dirs.run_to_resume has chosen the run)."""
 from __future__ import annotations
 
+import dataclasses
 import re
+import shutil
 from pathlib import Path
 
+import torch
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint
-from frosty_lm.config import max_time_seconds
-from frosty_lm.errors import FrostyError
+from frosty_lm.config import GPTConfig, max_time_seconds
+from frosty_lm.errors import FrostyError, is_int
+from frosty_lm.optim import optim_name
 from frosty_lm.run_dirs import LAST
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -21,21 +27,14 @@ ABSENT = object()
 
 
 def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
-    """resume=latest|RUN_DIR: Hydra has already put this job in that run's directory. Compose conf/ again with
-    the overrides the run recorded (.hydra/overrides.yaml, and those of its earlier resumes) and this command's
-    (e.g. trainer.max_steps=5000 to train longer), to go on from its last.ckpt. Refused in one line: a recorded
-    override that could run code or write outside the run, a config group changed on resume, and a composed
-    config that differs from what the checkpoint recorded (conf/ changed since). Nothing in the checkpoint is
-    composed or instantiated. Returns the config and the checkpoint read (None without resume=)."""
+    """resume=: compose conf/ again with the overrides the run recorded and this command's (Hydra has already put
+    this job in the run's directory), to go on from its last.ckpt; nothing in the checkpoint is composed or
+    instantiated. Returns the config and the checkpoint read (None without resume=)."""
     if not cfg.get("resume"):
         return cfg, None
     if cfg.get("ckpt_path"):
         raise FrostyError(f"resume={cfg.resume} and ckpt_path={cfg.ckpt_path} conflict: resume= continues a run in its "
                           "own directory, ckpt_path= starts a new run from a checkpoint; give one")
-    from hydra import compose
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     hydra = HydraConfig.get()
     run = Path(hydra.runtime.output_dir)
     last = run / LAST
@@ -58,9 +57,9 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
             raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
                               f"(leave {override.key_or_group}= out); override single keys instead (e.g. "
                               "trainer.max_steps=5000)")
+    given = [f"+{o.input_line}" if o.input_line.startswith("+") and not o.input_line.startswith("++")
+             else o.input_line for o in new]  # +key=: a key of the run's own groups (Muon's), set or added
     try:
-        given = [f"+{o.input_line}" if o.input_line.startswith("+") and not o.input_line.startswith("++")
-                 else o.input_line for o in new]  # +key=: a key of the run's own groups (Muon's), set or added
         cfg, resume = compose(hydra.job.config_name, [*recorded, *given]), cfg.resume
     except HydraException as err:
         why = " ".join(str(err).split())
@@ -68,7 +67,7 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     changed = [key for key in differences(stored, OmegaConf.to_container(cfg, resolve=False))
                if not key.startswith(FOLLOWS_CONF) and key not in ("resume", "ckpt_path")
                and not any(key == o.key_or_group or key.startswith(o.key_or_group + ".") for o in new)]
-    if changed:
+    if changed:  # conf/ changed since the run started
         key = changed[0]
         was, now = OmegaConf.select(OmegaConf.create(stored), key), OmegaConf.select(cfg, key)
         more = f" (and {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" if changed[1:] else ""
@@ -80,15 +79,13 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
 
 
 def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
-    """The overrides a run was started with (.hydra/overrides.yaml), then those of each of its resumes
-    (.hydra/resumed-STAMP/overrides.yaml, oldest first) but this one's."""
+    """The overrides a run was started with, then those of each of its resumes but this one, oldest first."""
     first = run / ".hydra" / "overrides.yaml"
     if not first.is_file():
         raise FrostyError(f"cannot resume {run}: it has no .hydra/overrides.yaml (not a run of train.py): start a new "
                           f"run from it with ckpt_path={run / LAST} and the run's overrides")
-    files = [first, *sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))]
     overrides = []
-    for file in files:
+    for file in [first, *sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))]:
         if this_subdir and file.parent == run / this_subdir:
             continue
         try:
@@ -102,9 +99,8 @@ def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
 
 
 def check_recorded(overrides: list, run: Path) -> None:
-    """A run directory may come from someone else: its recorded overrides may not set Hydra's keys or a
-    `_target_` (code to run), call a resolver (the environment, files), download from a URL that conf/ does not
-    name, or point a log, checkpoint or output path outside the run."""
+    """A run directory may come from someone else: its recorded overrides may not run code (Hydra's keys, a
+    `_target_`), call a resolver, download from a URL that conf/ does not name, or write outside the run."""
     urls = set(re.findall(r"^url:\s*(\S+)", "\n".join(f.read_text() for f in (CONF / "dataset").glob("*.yaml")),
                           flags=re.MULTILINE))
     for override in overrides:
@@ -134,10 +130,9 @@ def differences(old, new, prefix: str = "") -> list[str]:
 
 
 def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
-    """A resumed run that would stop at once (its step or its training time already at the limit) is refused
-    with the key to raise, rather than finishing without a step; a step count that is not a count, as damaged."""
+    """A run already at its step or time limit is refused with the key to raise, rather than ending without a step."""
     step, max_steps = ckpt.get("global_step"), cfg.trainer.max_steps
-    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+    if not (is_int(step) and step >= 0):
         raise FrostyError(f"{run} holds a damaged step count (global_step={step!r}): give a checkpoint written by "
                           "train.py")
     if isinstance(max_steps, int) and step >= max_steps:
@@ -145,21 +140,14 @@ def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
                           f"trainer.max_steps (e.g. trainer.max_steps={2 * max_steps})")
     max_time = cfg.trainer.get("max_time")
     elapsed = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train")
-    if max_time and elapsed is not None:
-        if elapsed >= max_time_seconds(max_time):
-            raise FrostyError(f"{run} has trained {elapsed:.0f} s and trainer.max_time={max_time}: nothing to train; "
-                              "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")
+    if max_time and elapsed is not None and elapsed >= max_time_seconds(max_time):
+        raise FrostyError(f"{run} has trained {elapsed:.0f} s and trainer.max_time={max_time}: nothing to train; "
+                          "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")
 
 
 def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, optim: dict) -> None:
-    """A checkpoint to start from (hparams: its hyper_parameters) must share this run's vocabulary, model shape
-    and optimizer (vocab, model, optim: this run's). A setting a checkpoint does not record (written before it
-    existed) is GPTConfig's default, which is what that checkpoint was trained with."""
-    import dataclasses
-
-    from frosty_lm.config import GPTConfig
-    from frosty_lm.optim import optim_name
-
+    """A checkpoint to start from (hparams: its hyper_parameters) must share this run's vocabulary, model shape and
+    optimizer. A setting it does not record (written before the setting existed) was GPTConfig's default."""
     if hparams["vocab"] != vocab:
         raise FrostyError(f"{ckpt_path} was trained on another vocabulary ({len(hparams['vocab'])} characters, this "
                           f"corpus has {len(vocab)}): start from a checkpoint of the same corpus")
@@ -177,11 +165,8 @@ def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, opt
 
 
 def check_start_state(ckpt_path: str, ckpt: dict, module) -> None:
-    """A checkpoint to start from, before Lightning restores it: its weights fit this run's model (module, the
-    LightningModule: they are loaded into it, as Lightning would) and are finite, and the optimizer state and the
-    random state are there and well formed. An edited or damaged file is refused in one line."""
-    import torch
-
+    """A checkpoint to start from, before Lightning restores it: its weights fit this run's LightningModule (loaded
+    into it, as Lightning would) and are finite, and its optimizer and random states are well formed."""
     state = ckpt["state_dict"]
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
@@ -208,10 +193,7 @@ def check_start_state(ckpt_path: str, ckpt: dict, module) -> None:
 
 
 def forget_refused_resume() -> None:
-    """A resume refused before training leaves its run as it found it: the copy of the resuming command's config
-    that Hydra saved in the run (.hydra/resumed-DATE, run_dirs.output_subdir) goes too."""
-    import shutil
-
+    """A resume refused before training leaves its run as it found it: the config Hydra saved for it goes too."""
     if not HydraConfig.initialized():
         return
     hydra = HydraConfig.get()

@@ -1,14 +1,8 @@
 """Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run; the
-best finished run on a corpus (generate.py's default).
-
-Hydra makes the run directory and writes its config there before train.py's code runs, so RunDirectory, a Hydra
-callback, checks and chooses it first. Importing this module registers the resolvers that conf/ uses (a sweep
-job's name; trainer=cpu's precision, which depends on the machine).
-"""
+best finished run on a corpus (generate.py's default). Importing it registers the resolvers that conf/ uses."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -17,11 +11,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from frosty_lm.cli import command_arg
-from frosty_lm.errors import FrostyError
+from frosty_lm.errors import FrostyError, is_number
 from frosty_lm.machine import cpu_precision
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -29,17 +24,15 @@ BEST = Path("checkpoints") / "best.ckpt"
 
 
 def newest_run(outputs_dir: str | Path, corpus: str | None = None) -> Path | None:
-    """The run under outputs_dir (runs and sweeps alike) whose checkpoints/last.ckpt was written most recently,
-    or None; only runs on corpus if given. The one answer to "the latest run": resume=latest continues it,
-    generate.py's run=latest samples its best.ckpt."""
+    """The run under outputs_dir (runs and sweeps alike) whose last.ckpt was written most recently (on corpus if
+    given), or None: what resume=latest continues, and generate.py's run=latest samples."""
     found = [p for p in Path(outputs_dir).rglob(str(LAST))
              if p.is_file() and (corpus is None or on_corpus(p.parents[1], corpus))]
     return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
 
 
 class BestRun(NamedTuple):
-    """The best finished run on a corpus: its directory, best val loss and steps (from its status.json), and
-    how many finished runs on the corpus it was chosen from."""
+    """The best finished run on a corpus, and how many finished runs on it there were."""
     run: Path
     val_loss: float
     steps: int | None
@@ -48,23 +41,20 @@ class BestRun(NamedTuple):
 
 
 def best_run(outputs_dir: str | Path, corpus: str) -> BestRun | None:
-    """The finished run on corpus under outputs_dir with the lowest best val loss (status.json) that has
-    checkpoints/best.ckpt, or None. Runs whose status.json or .hydra/config.yaml is missing, damaged or foreign
-    are left out."""
+    """The finished run on corpus under outputs_dir with the lowest best val loss (status.json) and a best.ckpt,
+    or None; runs whose status.json or .hydra/config.yaml is missing, damaged or foreign are left out."""
     finished = []
     for ckpt in sorted(Path(outputs_dir).rglob(str(BEST))):
         run = ckpt.parents[1]
         record = run_record(run)
         loss, steps = record.get("best_val_loss"), record.get("steps")
-        if ckpt.is_file() and record.get("status") == "finished" and _is_number(loss) and on_corpus(run, corpus):
-            finished.append(BestRun(run, float(loss), int(steps) if _is_number(steps) else None, corpus, 0))
-    if not finished:
-        return None
-    return min(finished, key=lambda found: found.val_loss)._replace(among=len(finished))
+        if ckpt.is_file() and record.get("status") == "finished" and is_number(loss) and on_corpus(run, corpus):
+            finished.append(BestRun(run, float(loss), int(steps) if is_number(steps) else None, corpus, 0))
+    return min(finished, key=lambda found: found.val_loss)._replace(among=len(finished)) if finished else None
 
 
 def run_record(run: Path) -> dict:
-    """The run's status.json (frosty_lm.status.RunRecord) as a dict; {} if it is missing, damaged or foreign."""
+    """The run's status.json (status.RunRecord) as a dict; {} if it is missing, damaged or foreign."""
     try:
         record = json.loads((run / "status.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
@@ -73,9 +63,8 @@ def run_record(run: Path) -> dict:
 
 
 def run_corpus(run: Path) -> str | None:
-    """The corpus a run of train.py trained on: data.name in the .hydra/config.yaml Hydra wrote for it, with
-    data.path if it names a file (nothing else of the file is resolved); None if the file is missing, damaged or
-    foreign."""
+    """The corpus a run trained on: data.name in its .hydra/config.yaml, with data.path if it names a file ("text:FILE",
+    so that two files do not compare); None if the file is missing, damaged or foreign."""
     try:  # as written, nothing resolved: the file may come from someone else
         data = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=False)["data"]
         name, path = data["name"], data.get("path")
@@ -83,7 +72,6 @@ def run_corpus(run: Path) -> str | None:
         return None
     if not isinstance(name, str) or "${" in name:
         return None
-    # dataset=text runs are on whatever file data.path names: "text:FILE", so that two files do not compare
     return f"{name}:{path}" if isinstance(path, str) and path and "${" not in path else name
 
 
@@ -93,14 +81,8 @@ def on_corpus(run: Path, corpus: str) -> bool:
     return found is not None and (found == corpus or found.startswith(f"{corpus}:"))
 
 
-def _is_number(value) -> bool:
-    """A number (not a bool, a string or None) that is neither NaN nor infinite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
-    """resume=latest (the newest run under outputs_dir) or resume=RUN_DIR -> the run directory, which must hold
-    checkpoints/last.ckpt. Here rather than in resume.py: RunDirectory makes it Hydra's run directory."""
+    """resume=latest|RUN_DIR: the run directory, which holds last.ckpt (RunDirectory makes it Hydra's run directory)."""
     if resume == "latest":
         run = newest_run(outputs_dir)
         if run is None:
@@ -124,16 +106,15 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
 
 
 class RunDirectory(Callback):
-    """Hydra callback, before Hydra writes anything: refuses in one line what would end in Hydra's report or touch
-    another run (a resume= of something that cannot be resumed, resume= with a hydra.run.dir, a new run in a
-    directory that holds one), makes resume='s run Hydra's run directory, and makes the run's (or the sweep's)
-    directory, so that one that cannot be made (unwritable, a full disk, a file in the way) is one line too."""
+    """Hydra callback: Hydra writes the config into the run directory before train.py's code runs, so this refuses
+    first, in one line, what would end in Hydra's report or touch another run; makes resume='s run Hydra's run
+    directory; and makes the run's (or the sweep's) directory."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
         resume = config.get("resume")
         try:
-            if resume:  # a run that cannot be resumed, or that holds a link: one line, before Hydra writes in it
+            if resume:
                 resumed = run_to_resume(resume, config.paths.outputs_dir)
                 refuse_links(resumed)
                 if any(o.lstrip("+~").startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
@@ -169,8 +150,7 @@ def refuse_links(run: Path) -> None:
 
 
 def make_dir(path: str, key: str) -> None:
-    """Create path (and its parents), or a FrostyError naming why not and the key that moves it; one that exists
-    must be writable (a read-only file system, a directory of someone else's)."""
+    """Create path, writable, or a FrostyError naming why not and the key that moves it."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -184,16 +164,10 @@ def make_dir(path: str, key: str) -> None:
                           f"choose another disk with {key}")
 
 
-GRID_SWEEPERS = ("BasicSweeper",)  # Hydra's grid: a job's values name it alone
-
-
 def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, sweeper: str = "") -> str:
-    """hydra.sweep.subdir: a job is named by the values of what its sweep varies, e.g. `dropout=0.2,n_layer=4`
-    (the keys of hydra.sweeper.params, and the command line's a=x,y sweeps, read from multirun.yaml).
-    A search (any sweeper but the basic grid) may try the same values twice, and its values are shortened to
-    4 significant digits: its names end in #job."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    """hydra.sweep.subdir: a job is named by the values of what its sweep varies (hydra.sweeper.params, and the
+    command line's a=x,y, read from multirun.yaml), e.g. `dropout=0.2,n_layer=4`. A search (any sweeper but Hydra's
+    basic grid) may try the same values twice, and its values are shortened: its names end in #job."""
     parser = OverridesParser.create()
     swept = set(sweeper_params or {})
     manifest = Path(sweep_dir) / "multirun.yaml"
@@ -203,7 +177,7 @@ def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, s
     job = [o for o in parser.parse_overrides(list(task_overrides)) if o.key_or_group in swept]
     short = [o.key_or_group.split(".")[-1] for o in job]
     names = [s if short.count(s) == 1 else o.key_or_group for s, o in zip(short, job, strict=True)]  # full if ambiguous
-    grid = sweeper.endswith(GRID_SWEEPERS)
+    grid = sweeper.endswith("BasicSweeper")  # Hydra's grid: a job's values name it alone
     values = [o.get_value_element_as_str() if grid else short_value(o.get_value_element_as_str()) for o in job]
     # as typed in a grid, so that two values never print alike; a / would make a subdirectory: %2F, as in a URL
     name = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True)).replace("%", "%25").replace("/", "%2F")
@@ -220,11 +194,7 @@ def short_value(value: str) -> str:
         return value
 
 
-def register_resolvers() -> None:
-    OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
-    OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
-
-
 # At import, not only in train.py: sweep launchers that run jobs in worker processes resolve the hydra node there;
 # joblib's workers import train.py, submitit's import this module with the Hydra callbacks they unpickle.
-register_resolvers()
+OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
+OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)

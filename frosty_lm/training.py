@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from frosty_lm import resume
 from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.checkpoint_saving import AtomicCheckpointIO
@@ -30,13 +31,6 @@ from frosty_lm.errors import FrostyError, NonFiniteLoss, Stopped, is_int
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import check_gpu_present, check_training_fits
 from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
-from frosty_lm.resume import (
-    check_compatible,
-    check_more_to_train,
-    check_start_state,
-    forget_refused_resume,
-    resume_if_asked,
-)
 from frosty_lm.status import RunLock, RunRecord
 from frosty_lm.summary import precision_line, summarise
 
@@ -44,9 +38,8 @@ log = logging.getLogger("frosty")
 
 
 def make(node: DictConfig, **kwargs):
-    """Hydra's instantiate; a user error raised by the constructor (ours, Lightning's MisconfigurationException,
-    e.g. trainer.accelerator=tpu here, or a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) comes out
-    as a FrostyError, not a report."""
+    """Hydra's instantiate, with a user error raised by the constructor (ours, Lightning's MisconfigurationException,
+    a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) as a FrostyError, not a report."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -62,38 +55,19 @@ def make(node: DictConfig, **kwargs):
         raise
 
 
-def build(cfg: DictConfig) -> tuple[CharDataModule, FrostyLM]:
-    """The data module (set up, so its vocabulary is known) and the LightningModule of a checked run config."""
-    datamodule: CharDataModule = make(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
-    stored = OmegaConf.to_container(cfg, resolve=False)  # kept in the checkpoint, for resume=
-    model = FrostyLM(
-        vocab=datamodule.tokenizer.chars,
-        model=run_config["model"],
-        optim=run_config["optim"],
-        scheduler=run_config["scheduler"],
-        config=stored,
-        logged_config=run_config,  # to TensorBoard's HPARAMS only
-    )
-    return datamodule, model
-
-
 def run_training(cfg: DictConfig) -> float | None:
-    """Train, checkpoint, summarise; returns the best val loss (the value sweeps minimise).
-    The run's status.json follows it: running, then finished, interrupted or failed. A run stopped by Ctrl-C
-    or SIGTERM saves last.ckpt, prints the command that continues it and exits with 128 + the signal's number
-    (130, 143); a sweep's job returns instead (None: no result), and the sweep goes on."""
+    """Train, checkpoint, summarise; returns the best val loss (what sweeps minimise), status.json following the run.
+    Ctrl-C or SIGTERM save last.ckpt, print the command that continues the run and exit 130 or 143; a sweep's job
+    returns None instead, and the sweep goes on."""
     keep_off_console(f"[{Path(cfg.paths.output_dir).name}] " if parallel_jobs() > 1 else "")
     resumed = bool(cfg.get("resume"))
     try:
-        cfg, start = resume_if_asked(cfg)
+        cfg, start = resume.resume_if_asked(cfg)
         lock = RunLock(cfg.paths.output_dir)
         lock.acquire()  # before anything of the run is written: a second trainer of it is refused
     except BaseException:
         if resumed:
-            forget_refused_resume()
+            resume.forget_refused_resume()
         raise
     try:
         record = RunRecord(cfg.paths.output_dir, resumed=resumed)
@@ -112,7 +86,7 @@ def run_training(cfg: DictConfig) -> float | None:
         except BaseException as err:
             if record.previous is not None and not record.training_started:
                 record.restore()  # a refused resume leaves the run's record as it was
-                forget_refused_resume()
+                resume.forget_refused_resume()
             elif isinstance(err, KeyboardInterrupt):
                 record.write(status="interrupted", error="stopped before training started",
                              training_started=record.training_started)
@@ -129,22 +103,32 @@ def run_training(cfg: DictConfig) -> float | None:
 
 def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     """The run itself; returns the best val loss. Ctrl-C or SIGTERM raise Stopped or SIGTERMException out of it.
-    start: cfg.ckpt_path's contents, if already read (resume=); the file is read once, and Lightning is handed
-    what was read."""
+    start: the checkpoint resume= has read; Lightning is handed what was read, so the file is read once."""
     check_config(cfg)  # before threads and seed reach torch
     check_gpu_present(cfg.trainer.get("accelerator"))  # before the corpus is read
-    threads = set_threads(cfg)
+    threads = cfg.get("threads")
+    if threads is None and parallel_jobs() > 1:  # a parallel sweep's job: its share of the cores
+        threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
+    if threads:
+        torch.set_num_threads(int(threads))
+    threads = torch.get_num_threads()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resumed_run = start is not None
     if start is None and cfg.ckpt_path:  # a clear error now, before the corpus is read, for a missing or unsafe file
         start = load_checkpoint(cfg.ckpt_path)
-    datamodule, model = build(cfg)
+    datamodule: CharDataModule = make(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # its vocabulary, for the model
+    run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
+    model = FrostyLM(vocab=datamodule.tokenizer.chars, model=run_config["model"], optim=run_config["optim"],
+                     scheduler=run_config["scheduler"], logged_config=run_config,  # to TensorBoard's HPARAMS only
+                     config=OmegaConf.to_container(cfg, resolve=False))  # as composed, for resume= to compare
     if start is not None:
-        check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
-                         model.hparams.optim)
-        check_start_state(cfg.ckpt_path, start, model)
+        resume.check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
+                                model.hparams.optim)
+        resume.check_start_state(cfg.ckpt_path, start, model)
         if not resumed_run:  # (resume= has checked this before composing the run)
-            check_more_to_train(start, cfg, Path(cfg.ckpt_path))
+            resume.check_more_to_train(start, cfg, Path(cfg.ckpt_path))
     if cfg.trainer.get("accelerator") == "cpu":
         devices = cfg.trainer.get("devices")
         check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
@@ -153,8 +137,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     spawn_ranks_inside_sweep(cfg)
     # the stop is checked after the other callbacks' work of a step (Lightning puts the checkpoints last)
     callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [StopOnInterrupt()]
-    # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's other
-    # jobs (bars would garble each other); progress lines take its place on the console
+    # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's jobs
+    # (bars would garble each other): progress lines take its place on the console
     bars = parallel_jobs() == 1 and sys.stdout is not None and sys.stdout.isatty()  # None: started with it closed
     callbacks = [c for c in callbacks if bars or not isinstance(c, ProgressBar)]
     for lines in (c for c in callbacks if isinstance(c, ProgressLines)):
@@ -163,8 +147,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     checkpoint_io = AtomicCheckpointIO(loaded=(cfg.ckpt_path, start) if start is not None else None)
     trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io],
                               enable_progress_bar=bars)
-    # checked, callbacks and Trainer built: from here on the run's log says what it does (a refused resume adds no
-    # line of Frosty's to its train.log)
+    # from here on the run's log says what it does (a refused resume adds no line of Frosty's to its train.log)
     if resumed_run:
         log.info("resuming %s from step %d", Path(cfg.paths.output_dir), start["global_step"])
     log.info("torch threads: %d", threads)
@@ -179,12 +162,11 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     record.training_started = True
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
-    except NonFiniteLoss as err:
+    except (NonFiniteLoss, Stopped, SIGTERMException) as err:
         record.write(steps=trainer.global_step)  # the steps done, as last.ckpt holds them
-        overrides = record.data.get("overrides", [])
-        raise FrostyError(f"{err}; {nan_advice(trainer, cfg, err.step, overrides)}") from None
-    except (Stopped, SIGTERMException):
-        record.write(steps=trainer.global_step)  # as last.ckpt holds them
+        if isinstance(err, NonFiniteLoss):
+            advice = nan_advice(trainer, cfg, err.step, record.data.get("overrides", []))
+            raise FrostyError(f"{err}; {advice}") from None
         raise
     except SystemExit as err:  # Lightning's answer to a Ctrl-C before StopOnInterrupt's handler: exit status 1
         if isinstance(err.__context__, KeyboardInterrupt):
@@ -199,21 +181,9 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     return best
 
 
-def set_threads(cfg: DictConfig) -> int:
-    """torch's CPU threads: cfg.threads if set; else, in a parallel sweep, this job's share of the cores. Returns
-    how many torch uses."""
-    threads = cfg.get("threads")
-    if threads is None and parallel_jobs() > 1:
-        threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
-    if threads:
-        torch.set_num_threads(int(threads))
-    return torch.get_num_threads()
-
-
 def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
-    """Plain ddp starts the other ranks by re-running the command line: inside a sweep, each would re-run the
-    whole sweep. There, unless SLURM or torchrun already started one process per rank, use ddp_spawn, which
-    starts them from this job."""
+    """Plain ddp starts the other ranks by re-running the command line, which inside a sweep re-runs the sweep:
+    there, unless SLURM or torchrun started them, ddp_spawn starts them from this job."""
     externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
     if not in_sweep() or cfg.trainer.get("strategy") != "ddp" or externally_started:
         return
@@ -224,10 +194,9 @@ def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
 
 
 def nan_advice(trainer: L.Trainer, cfg: DictConfig, stop_step: int, overrides: list[str]) -> str:
-    """What to do after a NaN stop at step `stop_step`. last.ckpt is the state at the stop when its weights are
-    finite (BestAndLastCheckpoint); its next step would give NaN again whatever the lr, so continue from best.ckpt
-    in a new run with a lower learning rate and the run's overrides. Otherwise last.ckpt is the last validation's
-    state: continue it in place with a lower learning rate. Without a checkpoint before the stop: start again."""
+    """What to do after a NaN stop at stop_step. A last.ckpt of the stop (BestAndLastCheckpoint saves it when its
+    weights are finite) would give NaN again whatever the lr: then continue from best.ckpt in a new run; a last.ckpt
+    of an earlier validation can go on in place. Either with a lower learning rate; without either, start again."""
     lower = f"optim.lr={cfg.optim.lr / 2:g}"
     checkpoints = trainer.checkpoint_callback
     last, best = (getattr(checkpoints, key, "") for key in ("last_model_path", "best_model_path"))
