@@ -1,11 +1,9 @@
 """Compare runs: python -m frosty_lm.report PATH [PATH ...]
 
 PATH is a sweep or run directory, or any directory above runs (outputs/). Prints a markdown table, a row per run,
-and writes it to report.md, with val_loss.png (the val-loss curves of all runs), in --out (default: PATH if there
-is one, else the current directory). Metrics come from each run's TensorBoard event files, or its metrics.csv.
-"""
+and writes it to report.md, with val_loss.png, in --out (default: PATH if one, else here). Metrics come from each
+run's TensorBoard event files, or its metrics.csv."""
 import argparse
-import contextlib
 import csv
 import math
 import os
@@ -42,8 +40,8 @@ class Run:
         return [o for o in self.status.get("overrides", []) if not o.startswith(("hydra.", "+search", "+sweep"))]
 
     def gap(self) -> float | None:
-        """The last val loss minus the mean train loss logged since the validation before it; None before two
-        validations (the train losses would reach back to the untrained model)."""
+        """The last val loss minus the mean train loss since the validation before it (None before two: the train
+        losses would reach back to the untrained model)."""
         val = self.curves.get("val/loss", [])
         if len(val) < 2:
             return None
@@ -53,21 +51,15 @@ class Run:
 
     @property
     def never_trained(self) -> bool:
-        """A single run that failed before training (a missing corpus): nothing to compare. A sweep's job keeps its
-        row: which of the sweep's settings failed is part of its result."""
+        """A single run that failed before training: nothing to compare (a sweep's failed job is a result)."""
         return (self.status.get("status") == "failed" and self.status.get("training_started") is False
                 and not (self.path.parent / "multirun.yaml").is_file())
 
     def state(self) -> str:
         """status.json's status; "killed" for a "running" run whose process on this host is gone."""
         state = self.status.get("status", "unknown")
-        if state == "running" and self.status.get("host") == socket.gethostname() and not alive(self.status.get("pid")):
-            return "killed"
-        return state
-
-
-def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    return read_logs(run_dir)[0]
+        gone = self.status.get("host") == socket.gethostname() and not alive(self.status.get("pid"))
+        return "killed" if state == "running" and gone else state
 
 
 def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[float, float]]]]:
@@ -204,19 +196,15 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
     return "\n".join(parts)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, with a bad argument in one line and exit status 1, as Frosty's other errors (not usage + 2)."""
-
+class OneLineParser(argparse.ArgumentParser):  # a bad argument: one line and exit 1, as Frosty's other errors
     def error(self, message: str):
         self.exit(1, f"error: {message} ({self.prog} --help lists the arguments)\n")
 
 
 def count(text: str) -> int:
-    """--samples N: an integer >= 0."""
-    with contextlib.suppress(ValueError):
-        if int(text) >= 0:
-            return int(text)
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    if not text.isdigit():  # --samples N: an integer >= 0
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     common = name_runs(runs)
     title = " ".join(common) or ", ".join(map(str, args.paths))
-    text = (f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "")
-            + "\n\n" + table(runs) + "\n")
+    text = f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "") + f"\n\n{table(runs)}\n"
     if args.samples > 0:
         text += "\n" + samples(runs, args.samples, args.prompt, args.seed)
     # written beside and renamed into place: a link planted at either name is replaced, not written through

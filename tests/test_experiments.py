@@ -12,7 +12,7 @@ from matplotlib.image import imread
 
 from conftest import TINY, run
 from frosty_lm.report import main as report_main
-from frosty_lm.report import read_curves
+from frosty_lm.report import read_logs
 from frosty_lm.run_dirs import sweep_subdir
 
 SWEEP = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]
@@ -184,7 +184,7 @@ def test_report_shows_the_best_step_overfitting_samples_side_by_side_and_plots_a
     header, _, *rows = [line for line in out.splitlines() if line.startswith("| ")]
     cells = [c.strip() for c in rows[0].strip("|").split(" | ")]
     columns = dict(zip([c.strip() for c in header.strip("|").split(" | ")], cells, strict=True))
-    val = read_curves(trained_run)["val/loss"]
+    val = read_logs(trained_run)[0]["val/loss"]
     assert columns["best at step"] == str(min(val, key=lambda p: p[1])[0])
     assert columns["val rose after"] == ("yes" if val[-1][1] > min(v for _, v in val) * 1.01 else "no")
     assert float(columns["copied"]) >= 0

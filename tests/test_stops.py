@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import poem, run, start, wait_for_checkpoint
-from frosty_lm.report import read_curves
+from frosty_lm.report import read_logs
 
 INTERVAL = 5  # validate every 5 steps
 RISING = ["model=tiny", "data.batch_size=8", "optim.lr=0.01", "scheduler=constant",
@@ -32,7 +32,7 @@ def rising_corpus(tmp_path: Path) -> Path:
 
 def val_losses(run_dir: Path) -> list[float]:
     """The run's val losses, in step order (from its TensorBoard events)."""
-    return [value for _, value in read_curves(run_dir)["val/loss"]]
+    return [value for _, value in read_logs(run_dir)[0]["val/loss"]]
 
 
 def assert_last_and_best(run_dir: Path, last_step: int, losses: list[float]) -> None:
