@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from frosty_lm.callbacks import EveryNValidations
+from frosty_lm.config import check_text
 from frosty_lm.corpus import CharTokenizer
 from frosty_lm.errors import FrostyError
 from frosty_lm.model import GPT, CausalSelfAttention
@@ -99,6 +100,7 @@ class AttentionImage(EveryNValidations):
     name = "attention_image"
 
     def __init__(self, prompt: str = "Whose woods these are I think I know.", every_n_validations: int = 4) -> None:
+        check_text(prompt, "callbacks.attention_image.prompt")
         super().__init__(every_n_validations)
         self.prompt = prompt
 

@@ -15,7 +15,7 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import EarlyStopping
 
-from frosty_lm.config import check_every_n_validations, check_sampling
+from frosty_lm.config import check_sampling
 from frosty_lm.errors import Stopped, is_int, must
 from frosty_lm.generation import default_prompt, sample_text
 from frosty_lm.lit_module import logs_written_at
@@ -90,7 +90,9 @@ class EveryNValidations(L.Callback):
     name = ""  # the callback's node in conf/callbacks/default.yaml, for its errors
 
     def __init__(self, every_n_validations: int = 4) -> None:
-        check_every_n_validations(every_n_validations, self.name)
+        must(is_int(every_n_validations) and every_n_validations >= 1, f"callbacks.{self.name}.every_n_validations",
+             every_n_validations, "a positive integer N: at every Nth validation and at the last (1: at every "
+             "validation)")
         self.every_n_validations = every_n_validations
         self.validations = 0
 
@@ -121,8 +123,8 @@ class SampleText(EveryNValidations):
     def __init__(self, prompt: str = "\n", max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                  every_n_validations: int = 4) -> None:
-        check_sampling(dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                            seed=seed), prefix="callbacks.sample_text.")
+        check_sampling(dict(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed), prefix="callbacks.sample_text.")
         super().__init__(every_n_validations)
         self.prompt, self.max_new_tokens, self.seed = prompt, max_new_tokens, seed
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p

@@ -64,14 +64,11 @@ class GPTConfig:
 
 
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
-# the callbacks whose work a validation does at a cadence of their own (callbacks.EveryNValidations)
-EVERY_N_VALIDATIONS = ("sample_text", "attention_image", "copied")
 
 
 def check_early(cfg: DictConfig) -> None:
-    """train.py's checks before torch and Lightning load: the config, and that the corpus file is there (not
-    read). A resume's config is checked once composed (resume.py); with ckpt_path, training reads the checkpoint
-    before it looks for the corpus, and so the error it reports first comes from there."""
+    """train.py's checks before torch and Lightning load: the config, and that the corpus file is there. A resume's
+    config is checked once composed; with ckpt_path, training reads the checkpoint first, and reports that first."""
     if cfg.get("resume"):
         return
     check_config(cfg)
@@ -83,7 +80,8 @@ def check_early(cfg: DictConfig) -> None:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Fail in seconds, before the corpus is read, on what the config alone shows to be wrong."""
+    """Fail in seconds, before the corpus is read, on what the config alone shows to be wrong. (The callbacks'
+    settings are checked where they are used, as conf/callbacks/ builds them.)"""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -115,38 +113,10 @@ def check_config(cfg: DictConfig) -> None:
     check_trainer(cfg.trainer)
     if cfg.get("scheduler") is not None:
         check_scheduler(cfg.scheduler)
-    callbacks = cfg.get("callbacks") or {}  # (their constructors check the same, for code that builds them)
-    if callbacks.get("sample_text") is not None:
-        check_sampling(callbacks.sample_text, prefix="callbacks.sample_text.")
-    if callbacks.get("attention_image") is not None:
-        check_text(callbacks.attention_image.get("prompt"), "callbacks.attention_image.prompt")
-    if callbacks.get("progress_lines") is not None:
-        check_progress_lines(callbacks.progress_lines)
-    for name in EVERY_N_VALIDATIONS:
-        if callbacks.get(name) is not None and "every_n_validations" in callbacks[name]:
-            check_every_n_validations(callbacks[name].every_n_validations, name)
-
-
-def check_progress_lines(settings) -> None:
-    """callbacks.progress_lines.* (progress.ProgressLines): a line every N seconds and/or steps, and the steps the
-    time estimate waits for."""
-    for key, fine, what in (
-        ("every_seconds", lambda v: v is None or is_number(v) and v > 0, "a positive number of seconds, or null"),
-        ("every_n_steps", lambda v: v is None or is_int(v) and v > 0, "a positive integer, or null"),
-        ("estimate_after", lambda v: is_int(v) and v > 0, "a positive integer"),
-    ):
-        value = settings.get(key, 10 if key == "estimate_after" else None)
-        must(fine(value), "callbacks.progress_lines." + key, value, what)
-
-
-def check_every_n_validations(value, name: str) -> None:
-    must(is_int(value) and value >= 1, f"callbacks.{name}.every_n_validations", value,
-         "a positive integer N: at every Nth validation and at the last (1: at every validation)")
 
 
 def check_trainer(trainer: DictConfig) -> None:
-    """The trainer.* keys Frosty reads, and Lightning's Trainer arguments that count, which Lightning would only
-    trip over mid-setup, with a traceback."""
+    """trainer.*: the keys Frosty reads, and those Lightning would only trip over mid-setup, with a traceback."""
     for key, low, what in (("max_steps", 1, "a positive integer"), ("val_check_interval", 1, "a positive integer"),
                            ("log_every_n_steps", 0, "an integer >= 0"),
                            ("max_epochs", -1, "an integer >= -1 (-1: no limit; training length is max_steps)"),
@@ -221,13 +191,12 @@ def check_optim(optim: DictConfig) -> None:
     name = optim.get("name") or "adamw"
     must(name in ("adamw", "muon"), "optim.name", name, "adamw or muon (optim=adamw | optim=muon)")
     muon = name == "muon"  # Muon's lr and weight decay, and AdamW's for the other weights
-    for key in ("lr", "adamw_lr") if muon else ("lr",):
-        value = optim.get(key)
-        must(is_number(value) and 0 < value <= FLOAT32_MAX, f"optim.{key}", value,
+    for key in ("lr", "adamw_lr")[: 2 if muon else 1]:
+        must(is_number(optim.get(key)) and 0 < optim[key] <= FLOAT32_MAX, f"optim.{key}", optim.get(key),
              "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
-    for key in ("weight_decay", "adamw_weight_decay") if muon else ("weight_decay",):
-        value = optim.get(key)
-        must(is_number(value) and 0 <= value <= FLOAT32_MAX, f"optim.{key}", value, "a number >= 0 (at most 3.4e38)")
+    for key in ("weight_decay", "adamw_weight_decay")[: 2 if muon else 1]:
+        must(is_number(optim.get(key)) and 0 <= optim[key] <= FLOAT32_MAX, f"optim.{key}", optim.get(key),
+             "a number >= 0 (at most 3.4e38)")
     betas = optim.get("betas")
     betas = list(betas) if isinstance(betas, Sequence) and not isinstance(betas, str) else betas  # a ListConfig
     must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),

@@ -11,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
 
 from frosty_lm.cli import parallel_jobs
-from frosty_lm.config import check_progress_lines
+from frosty_lm.errors import is_int, is_number, must
 
 log = logging.getLogger("frosty")
 
@@ -76,8 +76,13 @@ class ProgressLines(L.Callback):
 
     def __init__(self, every_seconds: float | None = 30.0, every_n_steps: int | None = None,
                  estimate_after: int = 10) -> None:
-        check_progress_lines(dict(every_seconds=every_seconds, every_n_steps=every_n_steps,
-                                  estimate_after=estimate_after))
+        key = "callbacks.progress_lines."
+        must(every_seconds is None or is_number(every_seconds) and every_seconds > 0, key + "every_seconds",
+             every_seconds, "a positive number of seconds, or null")
+        must(every_n_steps is None or is_int(every_n_steps) and every_n_steps > 0, key + "every_n_steps",
+             every_n_steps, "a positive integer, or null")
+        must(is_int(estimate_after) and estimate_after > 0, key + "estimate_after", estimate_after,
+             "a positive integer")
         self.every_seconds, self.every_n_steps, self.estimate_after = every_seconds, every_n_steps, estimate_after
         self.on_console = True  # set by training.fit: False while the Rich bar shows the progress
         self.record = None

@@ -121,7 +121,8 @@ def test_a_prompt_read_as_a_number_or_boolean_is_refused_before_a_checkpoint_loa
 
 
 @pytest.mark.parametrize("key", ["callbacks.sample_text.prompt", "callbacks.attention_image.prompt"])
-def test_a_callbacks_prompt_read_as_a_number_is_refused_before_training(invoke, tmp_path, key):
-    code, _, err = invoke("train.py", f"{key}=1e5", f"hydra.run.dir={tmp_path / 'r'}")
+def test_a_callbacks_prompt_read_as_a_number_is_refused_before_training(invoke, text_file, tmp_path, key):
+    code, _, err = invoke("train.py", f"{key}=1e5", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, f"{key}=1e5 was read as a number, not text")
     assert not (tmp_path / "r" / "checkpoints").exists()
