@@ -117,12 +117,15 @@ class RunDirectory(Callback):
             if resume:
                 resumed = run_to_resume(resume, config.paths.outputs_dir)
                 refuse_links(resumed)
-                if any(o.lstrip("+~").startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+                given = {o.lstrip("+~").split("=", 1)[0] for o in config.hydra.overrides.hydra}
+                # (Lightning's ddp gives the other ranks the run's own directory and an output_subdir of theirs)
+                if "hydra.run.dir" in given and Path(str(config.hydra.run.dir)).resolve() != resumed.resolve():
                     raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
                                       f"hydra.run.dir={config.hydra.run.dir}")
                 with read_write(config.hydra):  # the run's own directory; its new config beside the first one
                     config.hydra.run.dir = str(resumed)
-                    config.hydra.output_subdir = f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+                    if "hydra.output_subdir" not in given:
+                        config.hydra.output_subdir = f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
             run = str(config.hydra.run.dir)
             if not resume and any((Path(run) / "checkpoints").glob("*.ckpt")):  # (killed before one: reusable)
                 raise FrostyError(f"{run} already holds a run: choose another hydra.run.dir, or continue that run "
