@@ -134,6 +134,12 @@ def test_a_run_directory_that_cannot_be_made_or_a_second_one_for_resume_is_one_l
         f"error: resume={trained_run} continues that run in its own directory: leave out "
         f"hydra.run.dir={tmp_path / 'elsewhere'}"]
     assert not (tmp_path / "elsewhere").exists()
+    result = run("train.py", "resume=latest", f"paths.outputs_dir={trained_run.parent}",
+                 f"hydra.run.dir={tmp_path / 'elsewhere'}", cwd=tmp_path, check=False)  # latest: the same refusal
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "error: resume=latest continues that run in its own directory: leave out "
+        f"hydra.run.dir={tmp_path / 'elsewhere'}"]
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_run_without_last_ckpt_but_with_best_ckpt_says_to_start_from_best(invoke, trained_run, tmp_path):
