@@ -12,10 +12,9 @@ from omegaconf import DictConfig
 
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.cli import exit_on_user_error, run_entry_point
-from frosty_lm.config import check_sampling
+from frosty_lm.config import FrostyError, is_int, is_number, must
 from frosty_lm.corpus import CharTokenizer
-from frosty_lm.errors import FrostyError, is_int, is_number, must
-from frosty_lm.generation import default_prompt, stream_text
+from frosty_lm.generation import check_sampling, default_prompt, stream_text
 from frosty_lm.run_dirs import BEST, LAST, best_run, newest_run, run_corpus, run_record
 
 DATASETS = Path(__file__).resolve().parent / "conf" / "dataset"  # the named corpora

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import corpus_text, machine  # noqa: E402
-from frosty_lm.memorisation import WindowIndex  # noqa: E402
+from frosty_lm.corpus import WindowIndex  # noqa: E402
 
 
 def main() -> None:

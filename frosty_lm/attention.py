@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from frosty_lm.callbacks import EveryNValidations
-from frosty_lm.config import check_text
+from frosty_lm.config import FrostyError
 from frosty_lm.corpus import CharTokenizer
-from frosty_lm.errors import FrostyError
+from frosty_lm.generation import check_text
 from frosty_lm.model import GPT, CausalSelfAttention
 
 MAX_PROMPT = 64  # characters: beyond this the panels are unreadable

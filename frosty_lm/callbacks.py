@@ -1,5 +1,5 @@
-"""Lightning callbacks: early stopping, training throughput, the cadence of a validation's extras and its text
-sample, Ctrl-C. (Best and last checkpoints: checkpoint_saving.py; progress: progress.py.)"""
+"""Lightning callbacks: early stopping, training throughput, the cadence of a validation's extras, its text sample
+and sample/copied, Ctrl-C. (Best and last checkpoints: checkpoint_saving.py; progress: progress.py.)"""
 from __future__ import annotations
 
 import logging
@@ -11,13 +11,14 @@ import time
 from collections import deque
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import EarlyStopping
 
-from frosty_lm.config import check_sampling
-from frosty_lm.errors import Stopped, is_int, must
-from frosty_lm.generation import default_prompt, sample_text
+from frosty_lm.config import FrostyError, Stopped, is_int, must
+from frosty_lm.corpus import CharTokenizer, WindowIndex
+from frosty_lm.generation import check_sampling, default_prompt, sample_text
 from frosty_lm.lit_module import logs_written_at
 from frosty_lm.machine import matmul_peak
 
@@ -141,6 +142,37 @@ class SampleText(EveryNValidations):
         prompt = "".join(ch for ch in self.prompt if ch in vocab) or default_prompt(vocab)
         return sample_text(pl_module.model, vocab, prompt, self.max_new_tokens, self.temperature,
                            self.top_k, self.top_p, self.seed)
+
+
+class CopiedShare(EveryNValidations):
+    """Logs sample/copied every few validations, for a sample from `prompt` (left out of the windows)."""
+
+    name = "copied"
+
+    def __init__(self, window: int = 32, chars: int = 1000, prompt: str = "\n", temperature: float = 0.8,
+                 seed: int = 0, every_n_validations: int = 4) -> None:
+        if not isinstance(window, int) or window < 1 or not isinstance(chars, int) or chars < 1:
+            raise FrostyError(f"callbacks.copied: window={window!r} and chars={chars!r} must be positive integers")
+        super().__init__(every_n_validations)
+        self.window, self.chars, self.prompt, self.temperature, self.seed = window, chars, prompt, temperature, seed
+        self.index: WindowIndex | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and hasattr(trainer.datamodule, "train_data"):
+            self.index = WindowIndex(trainer.datamodule.train_data.numpy(), self.window)
+
+    def at_validation(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or self.index is None or not trainer.loggers:
+            return
+        share = self.measure(pl_module.model, pl_module.hparams.vocab)
+        if share is not None:
+            for logger in trainer.loggers:
+                logger.log_metrics({"sample/copied": share}, step=trainer.global_step)
+
+    def measure(self, model, vocab: str) -> float | None:
+        prompt = "".join(ch for ch in self.prompt if ch in vocab) or default_prompt(vocab)
+        text = sample_text(model, vocab, prompt, self.chars, self.temperature, seed=self.seed)[len(prompt):]
+        return self.index.copied_share(np.asarray(CharTokenizer(vocab).encode(text), dtype=np.int64))
 
 
 class EarlyStop(EarlyStopping):

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from frosty_lm.config import GPTConfig
-from frosty_lm.errors import FrostyError
+from frosty_lm.config import FrostyError, GPTConfig
 from frosty_lm.model import GPT, Bigram, build
 
 # Older checkpoints name some block weights otherwise: by the modules that once held them (ffwd.net.0), or without

@@ -13,7 +13,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from frosty_lm.checkpoint import read_safely, same_file
-from frosty_lm.errors import NonFiniteLoss, Stopped
+from frosty_lm.config import NonFiniteLoss, Stopped
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # (reading the umask means setting it: set back at once)

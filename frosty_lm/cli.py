@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 
-from frosty_lm.errors import FrostyError
+from frosty_lm.config import FrostyError
 
 
 def in_sweep() -> bool:

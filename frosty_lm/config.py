@@ -1,19 +1,54 @@
-"""A run's settings and their checks, without torch: train.py checks a composed config here in seconds, before
-torch and Lightning load, and names the key and the fix. GPTConfig is the model's settings (model.py builds the
+"""A run's settings, their checks and Frosty's errors, without torch: train.py checks a composed config here in
+seconds, before torch and Lightning load, and names the key and the fix (FrostyError: the entry points print it as
+one `error:` line, exit status 1, no traceback). GPTConfig is the model's settings (model.py builds the
 GPT from it); its options default to the seed's architecture: learned positions, LayerNorm, GELU, an untied head."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from frosty_lm import corpus
-from frosty_lm.errors import FrostyError, is_int, is_number, must
-
 if TYPE_CHECKING:
     from omegaconf import DictConfig
+
+
+class FrostyError(Exception):
+    """A problem with the user's input (config, corpus, checkpoint, prompt). Its message names the fix."""
+
+
+class NonFiniteLoss(FrostyError):
+    """The training loss became NaN or infinite at `step` (counted from 1): training stopped before that step's
+    update, so no weights of it were saved."""
+
+    def __init__(self, loss: float, step: int) -> None:
+        super().__init__(f"the training loss is {loss} at step {step}: training stopped")
+        self.step = step
+
+
+class Stopped(Exception):
+    """Training stopped at a step boundary on Ctrl-C (signum): Lightning's exception path (as for its SIGTERMException)
+    runs every callback's on_exception, where BestAndLastCheckpoint saves last.ckpt, and then re-raises it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def must(fine: bool, key: str, value, what: str) -> None:
+    if not fine:
+        raise FrostyError(f"{key}={'null' if value is None else repr(value)} must be {what}")  # as Hydra spells it
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -69,6 +104,8 @@ FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max
 def check_early(cfg: DictConfig) -> None:
     """train.py's checks before torch and Lightning load: the config, and that the corpus file is there. A resume's
     config is checked once composed; with ckpt_path, training reads the checkpoint first, and reports that first."""
+    from frosty_lm import corpus
+
     if cfg.get("resume"):
         return
     check_config(cfg)
@@ -146,44 +183,6 @@ def max_time_seconds(max_time) -> float | None:
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     must(total > 0, "trainer.max_time", max_time, f"longer than no time: {example}")
     return float(total)
-
-
-def check_sampling(settings, prefix: str = "") -> None:
-    """Sampling settings, where given: generate.py's, and the validation sample's (prefix callbacks.sample_text.)."""
-    rules = {"max_new_tokens": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-             "seed": (is_int, "an integer"),
-             "temperature": (lambda v: is_number(v) and v >= 0, "a number >= 0 (0 means greedy decoding)"),
-             "top_k": (lambda v: v is None or is_int(v) and v >= 1, "an integer >= 1, or null for no cut"),
-             "top_p": (lambda v: v is None or is_number(v) and 0 < v <= 1,
-                       "a number in (0, 1], e.g. top_p=0.9, or null for no nucleus cut")}
-    if "prompt" in settings:
-        check_text(settings["prompt"], prefix + "prompt")
-    for key, (fine, what) in rules.items():
-        if key in settings:
-            must(fine(settings[key]), prefix + key, settings[key], what)
-
-
-def check_text(value, key: str) -> None:
-    """A setting that is text (a prompt), or null: Hydra reads prompt=1e5, prompt=42 and prompt=true as a number or
-    a boolean, whose text ("100000.0", "True") is not what was typed."""
-    if value is None or isinstance(value, str):
-        return
-    what = "a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float)) else "a list"
-    typed = typed_value(key) or str(value)
-    raise FrostyError(f"{key}={typed} was read as {what}, not text: quote it, '{key}=\"{typed}\"'")
-
-
-def typed_value(key: str) -> str | None:
-    """The value of key=VALUE as typed on the command line (Hydra's overrides), if it was given there."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    for override in HydraConfig.get().overrides.task:
-        name, sep, value = override.lstrip("+~").partition("=")
-        if sep and name == key:
-            return value
-    return None
 
 
 def check_optim(optim: DictConfig) -> None:

@@ -1,4 +1,5 @@
-"""A corpus: find, download and verify its file, read it as text, and its character vocabulary (CharTokenizer)."""
+"""A corpus: find, download and verify its file, read it as text, its character vocabulary (CharTokenizer), and an
+index of its windows (WindowIndex: is a sample copied from it?)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,7 +8,9 @@ import re
 import socket
 from pathlib import Path
 
-from frosty_lm.errors import FrostyError
+import numpy as np
+
+from frosty_lm.config import FrostyError
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +160,60 @@ class CharTokenizer:
             self.encode("".join(sorted(missing)))  # the same error as encode()
         ids = text.translate({ord(ch): i for i, ch in enumerate(self.chars)}).encode("latin-1")
         return torch.frombuffer(bytearray(ids), dtype=torch.uint8)
+
+
+# sample/copied (callbacks.CopiedShare): the share of a sample's windows of `window` characters that occur verbatim in
+# the training split. The split's windows are indexed once per run by a 64-bit polynomial hash, sorted; a hash found
+# is checked against the text there, so the share is exact (a collision costs a comparison, never a false hit).
+BASE = np.uint64(1_000_003)  # odd, larger than any character id
+
+
+def window_hashes(ids: np.ndarray, window: int) -> np.ndarray:
+    """The hash of every window of `window` ids: sum of id * BASE**(places after it), modulo 2**64. Built by
+    doubling (windows of 2k from two of k) and adding up the powers of two in `window`: a few passes, not `window`."""
+    if len(ids) < window:
+        return np.empty(0, dtype=np.uint64)
+    piece, length = ids.astype(np.uint64), 1  # the hashes of windows of `length` ids
+    result, done = None, 0  # the hashes of windows of `done` ids (the powers of two of window taken so far)
+    with np.errstate(over="ignore"):  # wrapping around 2**64 is the hash's modulus
+        while True:
+            if window & length:
+                result = piece if result is None else _join(result, done, piece, length)
+                done += length
+            if done == window:
+                return result
+            piece = _join(piece, length, piece, length)
+            length *= 2
+
+
+def _join(left: np.ndarray, left_length: int, right: np.ndarray, right_length: int) -> np.ndarray:
+    """Hashes of windows of left_length + right_length ids, from those of each part (at every start)."""
+    n = len(left) - right_length  # windows of the joined length
+    shift = np.uint64(pow(int(BASE), right_length, 2**64))
+    return left[:n] * shift + right[left_length : left_length + n]
+
+
+class WindowIndex:
+    """Every window of `window` characters of a text (as ids), for exact membership queries."""
+
+    def __init__(self, ids: np.ndarray, window: int) -> None:
+        self.ids, self.window = np.ascontiguousarray(ids), window
+        hashes = window_hashes(self.ids, window)
+        self.order = np.argsort(hashes, kind="stable")
+        self.hashes = hashes[self.order]
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """For each window of ids, whether it occurs in the indexed text."""
+        queries = window_hashes(np.asarray(ids), self.window)
+        found = np.zeros(len(queries), dtype=bool)
+        lo = np.searchsorted(self.hashes, queries, side="left")
+        hi = np.searchsorted(self.hashes, queries, side="right")
+        for i in np.nonzero(hi > lo)[0]:
+            query = ids[i : i + self.window]
+            found[i] = any(np.array_equal(self.ids[p : p + self.window], query) for p in self.order[lo[i] : hi[i]])
+        return found
+
+    def copied_share(self, ids: np.ndarray) -> float | None:
+        """The share of the windows of ids found in the indexed text; None if ids has no whole window."""
+        found = self.contains(ids)
+        return float(found.mean()) if len(found) else None

@@ -8,9 +8,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 
 from frosty_lm import corpus
-from frosty_lm.config import check_data
+from frosty_lm.config import FrostyError, check_data
 from frosty_lm.corpus import CharTokenizer
-from frosty_lm.errors import FrostyError
 from frosty_lm.machine import check_fits
 
 

@@ -1,5 +1,6 @@
-"""Decoding: picking a character from logits (greedy, temperature, top-k, top-p), the loop with its key/value
-cache, and text from a prompt, whole or a character at a time. Torch only: generate.py starts without Lightning."""
+"""Decoding: the sampling settings' checks, picking a character from logits (greedy, temperature, top-k, top-p), the
+loop with its key/value cache, and text from a prompt, whole or a character at a time. Torch only: generate.py
+starts without Lightning."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -7,11 +8,50 @@ from contextlib import contextmanager
 
 import torch
 
+from frosty_lm.config import FrostyError, is_int, is_number, must
 from frosty_lm.corpus import CharTokenizer
 from frosty_lm.model import GPT, Bigram
 
 Model = GPT | Bigram  # what the loop samples from: anything with their forward and new_cache
 GREEDY_BELOW = 1e-6  # a temperature this small picks the most likely character anyway
+
+
+def check_sampling(settings, prefix: str = "") -> None:
+    """Sampling settings, where given: generate.py's, and the validation sample's (prefix callbacks.sample_text.)."""
+    rules = {"max_new_tokens": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+             "seed": (is_int, "an integer"),
+             "temperature": (lambda v: is_number(v) and v >= 0, "a number >= 0 (0 means greedy decoding)"),
+             "top_k": (lambda v: v is None or is_int(v) and v >= 1, "an integer >= 1, or null for no cut"),
+             "top_p": (lambda v: v is None or is_number(v) and 0 < v <= 1,
+                       "a number in (0, 1], e.g. top_p=0.9, or null for no nucleus cut")}
+    if "prompt" in settings:
+        check_text(settings["prompt"], prefix + "prompt")
+    for key, (fine, what) in rules.items():
+        if key in settings:
+            must(fine(settings[key]), prefix + key, settings[key], what)
+
+
+def check_text(value, key: str) -> None:
+    """A setting that is text (a prompt), or null: Hydra reads prompt=1e5, prompt=42 and prompt=true as a number or
+    a boolean, whose text ("100000.0", "True") is not what was typed."""
+    if value is None or isinstance(value, str):
+        return
+    what = "a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float)) else "a list"
+    typed = typed_value(key) or str(value)
+    raise FrostyError(f"{key}={typed} was read as {what}, not text: quote it, '{key}=\"{typed}\"'")
+
+
+def typed_value(key: str) -> str | None:
+    """The value of key=VALUE as typed on the command line (Hydra's overrides), if it was given there."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    for override in HydraConfig.get().overrides.task:
+        name, sep, value = override.lstrip("+~").partition("=")
+        if sep and name == key:
+            return value
+    return None
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

@@ -19,8 +19,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo, SessionStartInfo
 from torch.nn import functional as F
 
-from frosty_lm.config import GPTConfig
-from frosty_lm.errors import NonFiniteLoss, Stopped
+from frosty_lm.config import GPTConfig, NonFiniteLoss, Stopped
 from frosty_lm.model import build
 from frosty_lm.optim import group_settings, lr_lambda, make_optimizer, timed
 
@@ -161,7 +160,7 @@ HPARAMS = (
     "trainer.max_steps", "trainer.precision", "trainer.accelerator", "trainer.devices", "trainer.val_check_interval",
     "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.max_time",
 )
-# metric columns logged by callbacks rather than passed in (their last value shows): memorisation.CopiedShare's
+# metric columns logged by callbacks rather than passed in (their last value shows): callbacks.CopiedShare's
 LOGGED_METRICS = ("sample/copied",)
 
 

@@ -1,6 +1,6 @@
-"""The machine a run trains on: its CPU precision, its matmul peak, its memory and whether training fits in it.
-Neither Hydra nor torch at import: the model's code imports it, and resolving a config calls it before torch
-loads."""
+"""The machine a run trains on: its CPU precision (and the line that says why), its matmul peak, its memory and
+whether training fits in it. Neither Hydra nor torch at import: the model's code imports it, and resolving a config
+calls it before torch loads."""
 from __future__ import annotations
 
 import os
@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from frosty_lm.errors import FrostyError
+from frosty_lm.config import FrostyError
 
 if TYPE_CHECKING:  # torch takes seconds to import: the functions that use it import it
     import torch
+    from omegaconf import DictConfig
 
     from frosty_lm.model import GPT
 
@@ -40,6 +41,21 @@ def isa_cap() -> str | None:
         if os.environ.get(name, "").lower() in below:
             return f"{name}={os.environ[name]}"
     return None
+
+
+def precision_line(cfg: DictConfig, precision: str) -> str:
+    """The training precision and why: trainer=cpu picks bf16 where the CPU computes it natively."""
+    from omegaconf import OmegaConf
+
+    chosen = OmegaConf.to_container(cfg.trainer, resolve=False).get("precision")
+    if isinstance(chosen, str) and "frosty_cpu_precision" in chosen:
+        if precision.startswith("bf16"):
+            return f"{precision}: this CPU computes bf16 natively (AVX512-BF16 or AMX); weights stay fp32"
+        if (cap := isa_cap()) is not None:
+            return f"fp32 ({precision}): {cap} caps torch's CPU kernels below native bf16"
+        return (f"fp32 ({precision}): this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 would be slower; "
+                "expect several times the time per step of such a CPU")
+    return f"{precision}: as trainer.precision sets it"
 
 
 def torch_native_bf16() -> bool:

@@ -13,8 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from frosty_lm.config import check_scheduler
-from frosty_lm.errors import FrostyError
+from frosty_lm.config import FrostyError, check_scheduler
 from frosty_lm.machine import cpu_precision
 
 

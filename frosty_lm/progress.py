@@ -11,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
 
 from frosty_lm.cli import parallel_jobs
-from frosty_lm.errors import is_int, is_number, must
+from frosty_lm.config import is_int, is_number, must
 
 log = logging.getLogger("frosty")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from frosty_lm.cli import run_entry_point
-from frosty_lm.errors import FrostyError, is_int, is_number
+from frosty_lm.config import FrostyError, is_int, is_number
 from frosty_lm.run_dirs import make_dir, run_record
 from frosty_lm.status import alive
 

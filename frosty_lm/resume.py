@@ -15,8 +15,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint
-from frosty_lm.config import GPTConfig, max_time_seconds
-from frosty_lm.errors import FrostyError, is_int
+from frosty_lm.config import FrostyError, GPTConfig, is_int, max_time_seconds
 from frosty_lm.optim import optim_name
 from frosty_lm.run_dirs import LAST
 

@@ -1,5 +1,6 @@
 """Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run; the
-best finished run on a corpus (generate.py's default). Importing it registers the resolvers that conf/ uses."""
+best finished run on a corpus (generate.py's default). Importing it registers frosty_cpu_precision, the resolver
+that conf/trainer/cpu.yaml uses."""
 from __future__ import annotations
 
 import json
@@ -11,12 +12,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from frosty_lm.cli import command_arg
-from frosty_lm.errors import FrostyError, is_number
+from frosty_lm.config import FrostyError, is_number
 from frosty_lm.machine import cpu_precision
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -167,37 +167,6 @@ def make_dir(path: str, key: str) -> None:
                           f"choose another disk with {key}")
 
 
-def sweep_subdir(sweep_dir: str, job_num: int, task_overrides, sweeper_params, sweeper: str = "") -> str:
-    """hydra.sweep.subdir: a job is named by the values of what its sweep varies (hydra.sweeper.params, and the
-    command line's a=x,y, read from multirun.yaml), e.g. `dropout=0.2,n_layer=4`. A search (any sweeper but Hydra's
-    basic grid) may try the same values twice, and its values are shortened: its names end in #job."""
-    parser = OverridesParser.create()
-    swept = set(sweeper_params or {})
-    manifest = Path(sweep_dir) / "multirun.yaml"
-    if manifest.is_file():
-        original = OmegaConf.load(manifest).hydra.overrides.task
-        swept |= {o.key_or_group for o in parser.parse_overrides(list(original)) if o.is_sweep_override()}
-    job = [o for o in parser.parse_overrides(list(task_overrides)) if o.key_or_group in swept]
-    short = [o.key_or_group.split(".")[-1] for o in job]
-    names = [s if short.count(s) == 1 else o.key_or_group for s, o in zip(short, job, strict=True)]  # full if ambiguous
-    grid = sweeper.endswith("BasicSweeper")  # Hydra's grid: a job's values name it alone
-    values = [o.get_value_element_as_str() if grid else short_value(o.get_value_element_as_str()) for o in job]
-    # as typed in a grid, so that two values never print alike; a / would make a subdirectory: %2F, as in a URL
-    name = ",".join(f"{n}={v}" for n, v in zip(names, values, strict=True)).replace("%", "%25").replace("/", "%2F")
-    if not name:
-        return f"job{job_num}"
-    return name if grid else f"{name}#{job_num}"
-
-
-def short_value(value: str) -> str:
-    """Optuna's samples to 4 significant digits (0.10480987000623268: 0.1048); anything else unchanged."""
-    try:
-        return value if len(value) <= 8 or "." not in value else f"{float(value):.4g}"
-    except ValueError:
-        return value
-
-
 # At import, not only in train.py: sweep launchers that run jobs in worker processes resolve the hydra node there;
 # joblib's workers import train.py, submitit's import this module with the Hydra callbacks they unpickle.
-OmegaConf.register_new_resolver("frosty_sweep_subdir", sweep_subdir, replace=True)
 OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)

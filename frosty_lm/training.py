@@ -1,4 +1,4 @@
-"""One training run from a composed config: check, build, fit, summarise (summary.py)."""
+"""One training run from a composed config: check, build, fit, summarise (status.summarise)."""
 from __future__ import annotations
 
 import logging
@@ -25,14 +25,12 @@ from frosty_lm.callbacks import StopOnInterrupt
 from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.checkpoint_saving import AtomicCheckpointIO
 from frosty_lm.cli import command_arg, error_line, in_sweep, parallel_jobs
-from frosty_lm.config import check_config
+from frosty_lm.config import FrostyError, NonFiniteLoss, Stopped, check_config, is_int
 from frosty_lm.data import CharDataModule
-from frosty_lm.errors import FrostyError, NonFiniteLoss, Stopped, is_int
 from frosty_lm.lit_module import FrostyLM
-from frosty_lm.machine import check_gpu_present, check_training_fits
+from frosty_lm.machine import check_gpu_present, check_training_fits, precision_line
 from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
-from frosty_lm.status import RunLock, RunRecord
-from frosty_lm.summary import precision_line, summarise
+from frosty_lm.status import RunLock, RunRecord, summarise
 
 log = logging.getLogger("frosty")
 
@@ -59,7 +57,7 @@ def run_training(cfg: DictConfig) -> float | None:
     """Train, checkpoint, summarise; returns the best val loss (what sweeps minimise), status.json following the run.
     Ctrl-C or SIGTERM save last.ckpt, print the command that continues the run and exit 130 or 143; a sweep's job
     returns None instead, and the sweep goes on."""
-    keep_off_console(f"[{Path(cfg.paths.output_dir).name}] " if parallel_jobs() > 1 else "")
+    keep_off_console(f"[job {HydraConfig.get().job.num}] " if parallel_jobs() > 1 else "")  # its directory: N_...
     resumed = bool(cfg.get("resume"))
     try:
         cfg, start = resume.resume_if_asked(cfg)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import frosty_lm.run_dirs  # noqa: F401  (registers the resolvers that conf/ uses)
+import frosty_lm.run_dirs  # noqa: F401  (registers the resolver that conf/trainer/cpu.yaml uses)
 
 ROOT = Path(__file__).resolve().parents[1]
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # tests side by side (pytest -n): each worker's torch its share of the
@@ -20,6 +20,13 @@ CONF = ROOT / "conf"
 QUICK = ["callbacks.throughput.available_flops=1e12", "callbacks.sample_text.max_new_tokens=20",
          "callbacks.copied.chars=100", "summary_sample_chars=20"]
 TINY = ["model=tiny", "trainer.max_steps=30", "trainer.val_check_interval=15", "data.batch_size=8", *QUICK]
+
+
+def job_dir(sweep: Path, *overrides: str) -> Path:
+    """The one job directory of a sweep (named N_key=value,...) whose name holds each of overrides."""
+    found = [p for p in sweep.iterdir() if p.is_dir() and set(overrides) <= set(p.name.split("_", 1)[-1].split(","))]
+    assert len(found) == 1, (overrides, sorted(p.name for p in sweep.iterdir()))
+    return found[0]
 
 
 def poem(lines: int = 200) -> str:

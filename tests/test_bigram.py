@@ -59,6 +59,8 @@ def test_a_sweep_holds_the_bigram_beside_the_gpt(text_file, tmp_path):
     result = run("train.py", "-m", *TINY, "trainer.max_steps=20", "trainer.val_check_interval=10", "dataset=text",
                  f"data.path={text_file}", "model=bigram,tiny", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert "2 of 2 runs finished" in result.stderr
-    kinds = {p.parent.parent.name: load_checkpoint(p)["hyper_parameters"]["model"]["kind"]
-             for p in sweep.glob("*/checkpoints/best.ckpt")}
-    assert kinds == {"model=bigram": "bigram", "model=tiny": "gpt"}
+    from conftest import job_dir
+
+    kinds = {model: load_checkpoint(job_dir(sweep, f"model={model}") / "checkpoints/best.ckpt")["hyper_parameters"]
+             ["model"]["kind"] for model in ("bigram", "tiny")}
+    assert kinds == {"bigram": "bigram", "tiny": "gpt"}

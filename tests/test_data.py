@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from frosty_lm import corpus
+from frosty_lm.config import FrostyError
 from frosty_lm.data import CharDataModule, RandomWindows, fixed_windows
-from frosty_lm.errors import FrostyError
 
 
 def datamodule(path: Path, **kwargs) -> CharDataModule:

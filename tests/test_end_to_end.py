@@ -80,7 +80,7 @@ def test_a_validation_has_one_step_number_in_console_scalars_samples_and_report(
     scalars = [e.step for e in events.Scalars("val/loss")]
     samples = [e.step for e in events.Tensors("sample/text_summary")]
     report = [step for step, _ in find_runs([run_dir])[0].curves["val/loss"]]
-    copied = [e.step for e in events.Scalars("sample/copied")]  # memorisation.CopiedShare
+    copied = [e.step for e in events.Scalars("sample/copied")]  # callbacks.CopiedShare
     images = [e.step for e in events.Images("attention")]
     assert console == scalars == report == [10, 20, 30]
     assert samples == copied == images == [30]  # every 4th validation and the last: a short run gets one of each

@@ -10,10 +10,9 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from conftest import TINY, run
+from conftest import TINY, job_dir, run
 from frosty_lm.report import main as report_main
 from frosty_lm.report import read_logs
-from frosty_lm.run_dirs import sweep_subdir
 
 SWEEP = [*TINY, "trainer.max_steps=10", "trainer.val_check_interval=5"]
 
@@ -30,16 +29,20 @@ def report_rows(capsys, sweep: Path) -> dict[str, list[str]]:
 
 
 def assert_grid(sweep: Path, rows: dict[str, list[str]]) -> None:
-    expected = {f"dropout={d},n_layer={n}" for d in ("0.0", "0.2") for n in (1, 2)}
-    assert set(rows) == expected
-    for name, cells in rows.items():
-        dropout, layers = (part.split("=")[1] for part in name.split(","))
-        assert cells[1] == f"model.dropout={dropout} model.n_layer={layers}"  # the overrides that differ
-        assert cells[3] == "10" and cells[-1] == "finished"
-        assert 2.0 < float(cells[6]) < 6.0 and float(cells[7]) == pytest.approx(float(cells[6]) / 0.693147, abs=2e-4)
-        assert (sweep / name / "checkpoints" / "best.ckpt").is_file()
-        assert len(list((sweep / name).glob("events.out.tfevents.*"))) == 1  # its own TensorBoard run
-    one_layer, two_layers = rows["dropout=0.0,n_layer=1"][2], rows["dropout=0.0,n_layer=2"][2]
+    assert len(rows) == 4
+    for d in ("0.0", "0.2"):
+        for n in (1, 2):
+            job = job_dir(sweep, f"model.dropout={d}", f"model.n_layer={n}", "dataset=text", "model=tiny")
+            assert "data.path" not in job.name and "callbacks." not in job.name  # excluded from names
+            cells = rows[job.name]
+            assert cells[1] == f"model.dropout={d} model.n_layer={n}"  # the overrides that differ
+            assert cells[3] == "10" and cells[-1] == "finished"
+            assert 2.0 < float(cells[6]) < 6.0
+            assert float(cells[7]) == pytest.approx(float(cells[6]) / 0.693147, abs=2e-4)
+            assert (job / "checkpoints" / "best.ckpt").is_file()
+            assert len(list(job.glob("events.out.tfevents.*"))) == 1  # its own TensorBoard run
+    one_layer = rows[job_dir(sweep, "model.dropout=0.0", "model.n_layer=1").name][2]
+    two_layers = rows[job_dir(sweep, "model.dropout=0.0", "model.n_layer=2").name][2]
     assert int(two_layers.replace(",", "")) > int(one_layer.replace(",", ""))
 
 
@@ -53,12 +56,13 @@ def test_2x2_sweep_and_its_report(launcher, text_file, tmp_path, capsys):
     assert f"4 of 4 runs finished; compare them with: python -m frosty_lm.report {sweep}" in result.stderr
     assert_grid(sweep, report_rows(capsys, sweep))
     if launcher == "joblib":  # each of the 2 parallel jobs got its share of the cores
-        logs = [(sweep / name / "train.log").read_text() for name in ("dropout=0.0,n_layer=1", "dropout=0.2,n_layer=2")]
+        logs = [(job_dir(sweep, d, n) / "train.log").read_text()
+                for d, n in (("model.dropout=0.0", "model.n_layer=1"), ("model.dropout=0.2", "model.n_layer=2"))]
         assert all(f"torch threads: {max(1, os.cpu_count() // 2)}" in log for log in logs)
         # interleaved on the console, so every job's line names its job; samples and commands stay in train.log
         console = [line for line in result.stdout.splitlines() if "validation at step" in line]
         assert len(console) == 4 * 2
-        assert all(re.match(r"\[dropout=0\.[02],n_layer=[12]\] \[", line) for line in console), console
+        assert all(re.match(r"\[job [0-3]\] \[", line) for line in console), console
         assert "sample:" not in result.stdout and "python generate.py" not in result.stdout
         assert all("sample:" in log and "python generate.py" in log for log in logs)
 
@@ -115,10 +119,12 @@ def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)
     assert result.returncode == 1  # the sweep finished, and says that a job failed
     assert "2 of 3 runs finished" in result.stderr
-    assert "failed: n_head=3: model.n_embd=32 is not divisible by model.n_head=3" in result.stderr
+    failed = job_dir(sweep, "model.n_head=3").name
+    assert f"failed: {failed}: model.n_embd=32 is not divisible by model.n_head=3" in result.stderr
     rows = report_rows(capsys, sweep)
-    assert {name: cells[-1] for name, cells in rows.items()} == {"n_head=3": "failed", "n_head=2": "finished",
-                                                                 "n_head=4": "finished"}
+    assert {name: cells[-1] for name, cells in rows.items()} == {
+        failed: "failed", job_dir(sweep, "model.n_head=2").name: "finished",
+        job_dir(sweep, "model.n_head=4").name: "finished"}
 
 
 @pytest.mark.slow
@@ -218,23 +224,20 @@ def test_report_of_a_path_without_runs(tmp_path, capsys):
     assert "no runs" in capsys.readouterr().err
 
 
-def test_sweep_jobs_are_named_by_what_varies(tmp_path):
-    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(
-        {"hydra": {"overrides": {"task": ["model=tiny", "model.dropout=0.0,0.2", "data.seed=1,2", "seed=3,4"]}}}))
-    grid = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's default sweeper, as its config names it
-    name = sweep_subdir(str(tmp_path), 0, ["model=tiny", "model.dropout=0.2", "data.seed=1", "seed=4"], None, grid)
-    assert name == "dropout=0.2,data.seed=1,seed=4"  # full keys where the short ones would clash
-    assert sweep_subdir(str(tmp_path), 5, ["model=tiny"], None, grid) == "job5"
-    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(
-        {"hydra": {"overrides": {"task": ["optim.lr=0.123456789,0.123456788", "data.path=a/b,a_b,a%2Fb"]}}}))
-    jobs = [["optim.lr=0.123456789", "data.path=a/b"], ["optim.lr=0.123456788", "data.path=a_b"],
-            ["optim.lr=0.123456788", "data.path=a%2Fb"]]
-    names = [sweep_subdir(str(tmp_path), i, job, None, grid) for i, job in enumerate(jobs)]
-    assert names == ["lr=0.123456789,path=a%2Fb", "lr=0.123456788,path=a_b", "lr=0.123456788,path=a%252Fb"]
-    optuna = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    (tmp_path / "multirun.yaml").unlink()
-    name = sweep_subdir(str(tmp_path), 1, ["optim.lr=0.00017155187458635287"], {"optim.lr": "x"}, optuna)
-    assert name == "lr=0.0001716#1"
+def test_sweep_jobs_are_named_by_their_number_and_overrides():
+    """hydra.sweep.subdir: N_ and Hydra's override_dirname, less the keys that are paths, presets or display sizes."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).parents[1] / "conf")):
+        cfg = compose("train", overrides=["+sweep=dropout_depth", "model.dropout=0.2", "data.path=/a/b.txt",
+                                          "model=tiny", "callbacks.copied.chars=100"], return_hydra_config=True)
+        assert cfg.hydra.job.override_dirname == "model.dropout=0.2,model=tiny"
+        cfg.hydra.job.num = 3  # (the launcher's)
+        assert cfg.hydra.sweep.subdir == "3_model.dropout=0.2,model=tiny"
+        for search in ("optuna", "speedrun"):  # a search's trials by number: sampled values print long
+            cfg = compose("train", overrides=[f"+search={search}"], return_hydra_config=True)
+            cfg.hydra.job.num = 3
+            assert cfg.hydra.sweep.subdir == "3"
 
 
 def test_report_of_records_and_metrics_of_the_wrong_shape_shows_what_it_can(tmp_path, capsys):

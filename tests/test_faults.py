@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from frosty_lm.errors import FrostyError
+from frosty_lm.config import FrostyError
 from test_reliability import assert_one_line_error
 
 
@@ -122,12 +122,12 @@ def test_a_resume_with_nothing_left_to_train_is_refused(invoke, text_file, tmp_p
 
 
 def test_ctrl_c_during_the_summary_keeps_the_run_finished(invoke, text_file, tmp_path, monkeypatch):
-    import frosty_lm.summary as summary
+    import frosty_lm.generation as generation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(summary, "sample_text", interrupted)  # Ctrl-C while the summary samples
+    monkeypatch.setattr(generation, "sample_text", interrupted)  # Ctrl-C while the summary samples
     run_dir = tmp_path / "r"
     code, _, err = invoke("train.py", *TINY, "trainer.max_steps=5", "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={run_dir}")

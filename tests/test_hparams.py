@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 from conftest import QUICK, TINY
-from frosty_lm.errors import Stopped
+from frosty_lm.config import Stopped
 from frosty_lm.lit_module import HparamsStatus, select, write_hparams
 
 

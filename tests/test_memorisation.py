@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from frosty_lm import memorisation
+from frosty_lm import corpus
+from frosty_lm.callbacks import CopiedShare
 from frosty_lm.config import GPTConfig
-from frosty_lm.memorisation import CopiedShare, WindowIndex
+from frosty_lm.corpus import WindowIndex
 from frosty_lm.model import GPT
 
 
@@ -25,7 +26,7 @@ def test_the_index_finds_exactly_the_windows_of_the_text(window):
 
 
 def test_a_hash_collision_is_never_a_false_hit(monkeypatch):
-    monkeypatch.setattr(memorisation, "window_hashes", lambda ids, window: np.zeros(max(0, len(ids) - window + 1),
+    monkeypatch.setattr(corpus, "window_hashes", lambda ids, window: np.zeros(max(0, len(ids) - window + 1),
                                                                                    dtype=np.uint64))
     text = np.frombuffer(b"the woods are lovely, dark and deep", dtype=np.uint8)
     query = np.frombuffer(b"dark and deep, and miles", dtype=np.uint8)
@@ -54,7 +55,7 @@ def test_the_callback_measures_a_fixed_seeded_sample():
 
 
 def test_bad_settings_are_one_line():
-    from frosty_lm.errors import FrostyError
+    from frosty_lm.config import FrostyError
 
     with pytest.raises(FrostyError, match="window=0 and chars=1000 must be positive integers"):
         CopiedShare(window=0)
@@ -63,7 +64,7 @@ def test_bad_settings_are_one_line():
 @pytest.mark.parametrize("window", [1, 2, 3, 5, 8, 13, 32, 33])
 def test_window_hashes_by_doubling_are_the_polynomial_hash(window):
     ids = np.random.default_rng(window).integers(0, 97, size=300).astype(np.uint8)
-    base = int(memorisation.BASE)
+    base = int(corpus.BASE)
     expected = [sum(int(ids[i + j]) * pow(base, window - 1 - j, 2**64) for j in range(window)) % 2**64
                 for i in range(len(ids) - window + 1)]
-    assert memorisation.window_hashes(ids, window).tolist() == expected
+    assert corpus.window_hashes(ids, window).tolist() == expected

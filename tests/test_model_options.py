@@ -10,8 +10,7 @@ from hydra import compose, initialize_config_dir
 import frosty_lm.generation as generation
 from conftest import CONF, TINY
 from frosty_lm.checkpoint import model_from_checkpoint
-from frosty_lm.config import GPTConfig, check_config
-from frosty_lm.errors import FrostyError
+from frosty_lm.config import FrostyError, GPTConfig, check_config
 from frosty_lm.model import GPT
 from test_reliability import assert_one_line_error
 

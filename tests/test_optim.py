@@ -197,7 +197,7 @@ def test_an_adamw_checkpoint_is_not_started_from_with_muon(invoke, trained_run, 
 
 def test_muon_with_the_bigram_is_refused_in_one_line(invoke, text_file, tmp_path):
     """The bigram has no weight matrices in blocks: optim=muon would train it with AdamW alone, under muon's name."""
-    from frosty_lm.errors import FrostyError
+    from frosty_lm.config import FrostyError
     from frosty_lm.model import Bigram
 
     with pytest.raises(FrostyError, match="optim=muon has nothing to train in model=bigram"):

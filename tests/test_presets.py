@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run
+from conftest import job_dir, run
 
 FEW_STEPS = ["trainer.max_steps=2", "trainer.val_check_interval=2", "summary_sample_chars=10",
              "callbacks.sample_text.max_new_tokens=10"]
@@ -71,20 +71,20 @@ def test_yoda_dropout_sweeps_three_dropouts_on_yoda(frost_dir, tmp_path):
                  env={"FROSTY_DATA_DIR": str(frost_dir)})
     assert "3 of 3 runs finished" in result.stderr
     for dropout in (0.0, 0.2, 0.4):
-        hp = last_checkpoint(sweep / f"dropout={dropout}")["hyper_parameters"]
+        hp = last_checkpoint(job_dir(sweep, f"model.dropout={dropout}"))["hyper_parameters"]
         assert hp["model"]["dropout"] == dropout and hp["config"]["data"]["name"] == "yoda"
         assert (hp["model"]["n_embd"], hp["model"]["block_size"], hp["optim"]["lr"]) == (128, 64, 1e-3)
 
 
 @pytest.mark.slow
-def test_dropout_depth_sweeps_twelve_runs_named_by_their_values(text_file, tmp_path):
+def test_dropout_depth_sweeps_twelve_runs_named_by_their_overrides(text_file, tmp_path):
     sweep = tmp_path / "sweep"
     result = run("train.py", "-m", "+sweep=dropout_depth", "model=tiny", "data.batch_size=4", *FEW_STEPS,
                  "dataset=text", f"data.path={text_file}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert "12 of 12 runs finished" in result.stderr
     for dropout in (0.0, 0.1, 0.2, 0.3):
         for layers in (2, 4, 6):
-            job = sweep / f"dropout={dropout},n_layer={layers}"
+            job = job_dir(sweep, f"model.dropout={dropout}", f"model.n_layer={layers}")
             model = last_checkpoint(job)["hyper_parameters"]["model"]
             assert (model["dropout"], model["n_layer"]) == (dropout, layers)
             assert json.loads((job / "status.json").read_text())["status"] == "finished"

@@ -3,7 +3,7 @@ restored optimizer, not only written into the checkpoint."""
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, job_dir
 
 
 def optimizer_groups(run_dir):
@@ -44,13 +44,13 @@ def test_a_resume_midway_down_a_cosine_trains_as_the_run_would_have(invoke, text
 
 @pytest.mark.slow
 def test_a_sweeps_job_resumes_with_its_own_overrides(invoke, text_file, tmp_path):
-    """A sweep job's directory is named by its values (seed=2, with an =): resume= of it (quoted, as the interrupted
-    line prints it) composes conf/ with the job's recorded overrides, its own seed among them."""
+    """A sweep job's directory is named by its overrides (1_...,seed=2,..., with = and ,): resume= of it (quoted, as
+    the interrupted line prints it) composes conf/ with the job's recorded overrides, its own seed among them."""
     sweep = tmp_path / "sweep"
     code, _, err = invoke("train.py", "-m", *TINY, "trainer.max_steps=10", "dataset=text", f"data.path={text_file}",
                           "seed=1,2", "hydra/launcher=basic", f"hydra.sweep.dir={sweep}")
     assert code == 0, err
-    job = sweep / "seed=2"
+    job = job_dir(sweep, "seed=2")
     code, _, err = invoke("train.py", f'resume="{job}"', "trainer.max_steps=20")
     assert code == 0, err
     ckpt = torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)

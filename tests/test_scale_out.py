@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY, run
+from conftest import CONF, TINY, job_dir, run
 from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.data import CharDataModule
 from frosty_lm.lit_module import FrostyLM
@@ -57,11 +57,11 @@ def test_ddp_cpu_inside_a_sweep_runs_each_job_once(text_file, tmp_path):
                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert "2 of 2 runs finished" in result.stderr
     assert "trainer.strategy=ddp_spawn instead of ddp" in result.stdout + result.stderr
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["dropout=0.0", "dropout=0.1"]  # no job ran twice, no second sweep started
+    jobs = [job_dir(sweep, f"model.dropout={d}") for d in ("0.0", "0.1")]
+    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 2  # no job ran twice, no second sweep started
     assert not (tmp_path / "outputs").exists()
     for job in jobs:
-        best = sweep / job / "checkpoints/best.ckpt"
+        best = job / "checkpoints/best.ckpt"
         assert single_process_val_loss(best, text_file) == pytest.approx(checkpoint_val_loss(best), abs=1e-5)
 
 
@@ -71,8 +71,8 @@ def test_submitit_local_sweep(text_file, tmp_path):
     result = run("train.py", "-m", *TINY, "trainer.max_steps=10", "dataset=text", f"data.path={text_file}",
                  "hydra/launcher=submitit_local", "model.dropout=0.0,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert "2 of 2 runs finished" in result.stderr
-    for job in ("dropout=0.0", "dropout=0.1"):
-        assert (sweep / job / "checkpoints/best.ckpt").is_file()
+    for dropout in ("0.0", "0.1"):
+        assert (job_dir(sweep, f"model.dropout={dropout}") / "checkpoints/best.ckpt").is_file()
 
 
 def test_gpu_trainers_and_slurm_launcher_compose():

@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY
-from frosty_lm.errors import FrostyError
+from frosty_lm.config import FrostyError
 from frosty_lm.optim import budget_step, lr_lambda, timed
 
 # a tiny run limited by its time budget alone, every step's lr logged; no warm-up, so that a schedule by steps

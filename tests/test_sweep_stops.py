@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY, as_from_a_shell
+from conftest import ROOT, TINY, as_from_a_shell, job_dir
 
 
 def group_members(pgid: int) -> list[int]:
@@ -52,9 +52,9 @@ def test_a_stopped_sweep_leaves_no_worker_behind(signum, to, code, text_file, tm
     while group_members(proc.pid) and time.time() < deadline:
         time.sleep(0.2)
     assert group_members(proc.pid) == [], "a process of the sweep is left behind"
-    for job in ("dropout=0.0", "dropout=0.1"):
-        step = torch.load(sweep / job / "checkpoints/last.ckpt", weights_only=True)["global_step"]  # whole, readable
-        record = json.loads((sweep / job / "status.json").read_text())
+    for job in (job_dir(sweep, f"model.dropout={d}") for d in ("0.0", "0.1")):
+        step = torch.load(job / "checkpoints/last.ckpt", weights_only=True)["global_step"]  # whole, readable
+        record = json.loads((job / "status.json").read_text())
         if record["status"] == "interrupted":  # it stopped at a step and saved there
             assert record["steps"] == step
         else:  # joblib's shutdown ended its worker first: last.ckpt is its last validation's, or the stop's if the

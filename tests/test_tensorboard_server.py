@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import TINY, poem, run
+from conftest import TINY, job_dir, poem, run
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +64,9 @@ def served_sweep(tmp_path_factory):
 
 
 def test_both_runs_are_listed(served_sweep):
-    _, api = served_sweep
-    assert sorted(api("/data/runs")) == ["dropout=0.0", "dropout=0.2"]
+    sweep, api = served_sweep
+    runs = sorted(api("/data/runs"))
+    assert runs == [job_dir(sweep, f"model.dropout={d}").name for d in ("0.0", "0.2")]
 
 
 def test_hparams_hold_the_swept_key_and_real_metric_values(served_sweep):
@@ -76,9 +77,10 @@ def test_hparams_hold_the_swept_key_and_real_metric_values(served_sweep):
     groups = api("/data/plugin/hparams/session_groups", {
         "experimentName": "", "startIndex": 0, "sliceSize": 10,
         "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]})["sessionGroups"]
-    assert sorted(g["name"] for g in groups) == ["dropout=0.0", "dropout=0.2"]
+    names = {job_dir(sweep, f"model.dropout={d}").name: float(d) for d in ("0.0", "0.2")}
+    assert sorted(g["name"] for g in groups) == sorted(names)
     for group in groups:
-        assert group["hparams"]["model.dropout"] == float(group["name"].split("=")[1])
+        assert group["hparams"]["model.dropout"] == names[group["name"]]
         metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
         status = json.loads((sweep / group["name"] / "status.json").read_text())
         assert math.isclose(metrics["best/val_loss"], status["best_val_loss"], rel_tol=1e-6)  # real, not -1
@@ -87,8 +89,8 @@ def test_hparams_hold_the_swept_key_and_real_metric_values(served_sweep):
 
 
 def test_text_holds_the_samples_and_images_the_attention_maps(served_sweep):
-    _, api = served_sweep
-    for name in ("dropout=0.0", "dropout=0.2"):
+    sweep, api = served_sweep
+    for name in (job_dir(sweep, f"model.dropout={d}").name for d in ("0.0", "0.2")):
         query = urllib.parse.urlencode({"run": name, "tag": "sample/text_summary"})
         texts = api(f"/data/plugin/text/text?{query}")
         # validations at steps 10 and 20: the samples and maps at every 4th (by default) and at the last

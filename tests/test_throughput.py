@@ -12,7 +12,7 @@ from frosty_lm.corpus import CharTokenizer
 from frosty_lm.data import RandomWindows, fixed_windows
 from frosty_lm.lit_module import FrostyLM
 from frosty_lm.machine import matmul_peak
-from frosty_lm.summary import speed_line
+from frosty_lm.status import speed_line
 
 TINY_MODEL = {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0, "bias": True, "compile": False}
 

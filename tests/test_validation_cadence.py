@@ -9,9 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import QUICK, TINY, poem
 from frosty_lm.attention import AttentionImage
-from frosty_lm.callbacks import EveryNValidations, SampleText
-from frosty_lm.errors import FrostyError
-from frosty_lm.memorisation import CopiedShare
+from frosty_lm.callbacks import CopiedShare, EveryNValidations, SampleText
+from frosty_lm.config import FrostyError
 from test_reliability import assert_one_line_error
 
 EXTRAS = ("sample_text", "attention_image", "copied")
