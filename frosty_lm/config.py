@@ -52,8 +52,10 @@ def is_number(value) -> bool:
 
 
 @dataclass
-class GPTConfig:
-    vocab_size: int
+class ModelConfig:
+    """The model node (conf/model/) and Hydra's schema for it (registered by run_dirs.py): a value of the wrong type
+    is refused as the config composes, a value out of range here."""
+
     block_size: int = 256  # longest context the model attends over
     n_layer: int = 6
     n_head: int = 6
@@ -71,7 +73,7 @@ class GPTConfig:
     kind: str = "gpt"  # gpt | bigram: the next character from the current one only (a table; the seed's start)
 
     def __post_init__(self) -> None:
-        for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        for key in ("block_size", "n_layer", "n_head", "n_embd"):
             if not is_int(getattr(self, key)) or getattr(self, key) <= 0:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
         if self.n_embd % self.n_head:
@@ -96,6 +98,18 @@ class GPTConfig:
         cap = self.logit_softcap
         if cap is not None and not (is_number(cap) and cap > 0):
             raise ValueError(f"model.logit_softcap={cap!r} must be a positive number (e.g. 30), or null for no cap")
+
+
+@dataclass
+class GPTConfig(ModelConfig):
+    """The model's settings and the corpus's vocabulary size: what model.py builds a model from."""
+
+    vocab_size: int = dataclasses.field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not is_int(self.vocab_size) or self.vocab_size <= 0:
+            raise ValueError(f"model.vocab_size={self.vocab_size!r} must be a positive integer")
+        super().__post_init__()
 
 
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
@@ -131,7 +145,7 @@ def check_config(cfg: DictConfig) -> None:
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    settings = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]  # vocab: the corpus's
+    settings = [f.name for f in dataclasses.fields(ModelConfig)]
     for key in model:
         if key not in settings:  # added with +model.KEY=...
             raise FrostyError(f"model.{key} is not a setting of model ({', '.join(sorted(settings))})")

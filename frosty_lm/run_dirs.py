@@ -1,6 +1,6 @@
 """Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run; the
-best finished run on a corpus (generate.py's default). Importing it registers frosty_cpu_precision, the resolver
-that conf/trainer/cpu.yaml uses."""
+best finished run on a corpus (generate.py's default). Importing it registers what conf/ uses: the resolver
+frosty_cpu_precision (conf/trainer/cpu.yaml) and the model node's schema, config.ModelConfig (conf/model/)."""
 from __future__ import annotations
 
 import json
@@ -11,12 +11,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from frosty_lm.cli import command_arg
-from frosty_lm.config import FrostyError, is_number
+from frosty_lm.config import FrostyError, ModelConfig, is_number
 from frosty_lm.machine import cpu_precision
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -170,3 +171,4 @@ def make_dir(path: str, key: str) -> None:
 # At import, not only in train.py: sweep launchers that run jobs in worker processes resolve the hydra node there;
 # joblib's workers import train.py, submitit's import this module with the Hydra callbacks they unpickle.
 OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
+ConfigStore.instance().store(group="model", name="_schema", node=ModelConfig)

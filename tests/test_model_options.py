@@ -292,12 +292,8 @@ BAD = [
     (["model.position=sine"], "model.position='sine' must be one of: learned, rope"),
     (["model.norm=batchnorm"], "model.norm='batchnorm' must be one of: layernorm, rmsnorm"),
     (["model.activation=swish"], "model.activation='swish' must be one of: gelu, relu2"),
-    (["model.qk_norm=maybe"], "model.qk_norm='maybe' must be one of: false, true"),
-    (["model.tie_weights=1"], "model.tie_weights=1 must be one of: false, true"),
-    (["model.zero_init_proj=yes"], "model.zero_init_proj='yes' must be one of: false, true"),
-    (["model.logit_softcap=0"], "model.logit_softcap=0 must be a positive number (e.g. 30), or null for no cap"),
+    (["model.logit_softcap=0"], "model.logit_softcap=0.0 must be a positive number (e.g. 30), or null for no cap"),
     (["model.logit_softcap=-15.0"], "model.logit_softcap=-15.0 must be a positive number"),
-    (["model.logit_softcap=true"], "model.logit_softcap=True must be a positive number"),
     (["model.position=rope", "model.n_embd=30", "model.n_head=2"], "model.position=rope needs an even head size, "
                                                                     "model.n_embd / model.n_head = 15"),
 ]
@@ -308,6 +304,24 @@ def test_a_bad_option_is_refused_naming_the_key_the_value_and_the_choices(overri
     with pytest.raises(FrostyError) as err:
         check_config(composed(*overrides))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.qk_norm=maybe", "Value 'maybe' is not a valid bool"),
+    ("model.logit_softcap=true", "Value 'True' of type 'bool' could not be converted to Float"),
+    ("model.n_layer=2.5", "Value '2.5' of type 'float' could not be converted to Integer")])
+def test_a_value_of_the_wrong_type_is_refused_by_the_schema_as_the_config_composes(invoke, override, message, tmp_path):
+    """conf/model/ composes onto config.ModelConfig: Hydra refuses the value in its own message, naming the value
+    and its key, before any run directory."""
+    code, _, err = invoke("train.py", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 1 and message in err and f"full_key: {override.split('=')[0]}" in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_the_schema_reads_booleans_as_yaml_does():
+    cfg = composed("model.tie_weights=1", "model.zero_init_proj=yes", "model.bias=off", "model.dropout=0")
+    assert (cfg.model.tie_weights, cfg.model.zero_init_proj, cfg.model.bias) == (True, True, False)
+    assert isinstance(cfg.model.dropout, float)
 
 
 def test_train_py_refuses_a_bad_option_in_one_line(invoke, text_file, tmp_path):
