@@ -53,8 +53,8 @@ def is_number(value) -> bool:
 
 @dataclass
 class ModelConfig:
-    """The model node (conf/model/) and Hydra's schema for it (registered by run_dirs.py): a value of the wrong type
-    is refused as the config composes, a value out of range here."""
+    """The model node (conf/model/) and Hydra's schema for it (schema/model/gpt, registered by run_dirs.py): a value
+    of the wrong type is refused as the config composes, a value out of range here."""
 
     block_size: int = 256  # longest context the model attends over
     n_layer: int = 6
@@ -112,6 +112,58 @@ class GPTConfig(ModelConfig):
         super().__post_init__()
 
 
+# Hydra's schemas of the other nodes Frosty reads (run_dirs.py registers them in the group schema/): their keys and
+# types, checked as the config composes; their values come from conf/, and check_config checks the ranges.
+# trainer.* has none: it is Lightning's Trainer's arguments.
+@dataclass
+class AdamWConfig:
+    name: str
+    lr: float
+    weight_decay: float
+    betas: list[float]
+
+
+@dataclass
+class MuonConfig:
+    name: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    adjust_lr_fn: str
+    adamw_lr: float
+    adamw_weight_decay: float
+    betas: list[float]
+
+
+@dataclass
+class ConstantSchedule:
+    name: str
+    warmup_steps: int
+
+
+@dataclass
+class CosineSchedule:
+    name: str
+    warmup_steps: int
+    decay_steps: int
+    min_lr_ratio: float
+
+
+@dataclass
+class DataConfig:
+    _target_: str
+    name: str
+    data_dir: str
+    block_size: int
+    batch_size: int
+    val_fraction: float
+    seed: int
+    path: str | None  # required by dataset=text; null in the others (conf/dataset/_base.yaml)
+    url: str | None
+    sha256: str | None
+    decode_errors: str
+
+
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
 
 
@@ -136,7 +188,12 @@ def check_config(cfg: DictConfig) -> None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
+    must(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
+    must(cfg.get("threads") is None or is_int(cfg.threads) and cfg.threads > 0, "threads", cfg.get("threads"),
+         "a positive integer, or null for all cores")
+    must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
+         cfg.summary_sample_chars, "an integer >= 0")
+    try:  # (after seed: data.seed is ${seed}, typed by the data node's schema)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         missing = re.search(r"Missing mandatory value: (\S+)", str(err))
@@ -153,11 +210,6 @@ def check_config(cfg: DictConfig) -> None:
         GPTConfig(vocab_size=1, **model)
     except (TypeError, ValueError) as err:
         raise FrostyError(str(err)) from None
-    must(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
-    must(cfg.get("threads") is None or is_int(cfg.threads) and cfg.threads > 0, "threads", cfg.get("threads"),
-         "a positive integer, or null for all cores")
-    must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
-         cfg.summary_sample_chars, "an integer >= 0")
     check_optim(cfg.optim)
     data = cfg.get("data") or {}
     check_data(data.get("batch_size"), data.get("val_fraction", 0.1), data.get("decode_errors", "strict"))

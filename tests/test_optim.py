@@ -173,9 +173,9 @@ def test_muon_settings_given_on_resume_train(invoke, text_file, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["optim.name=sgd"], "optim.name='sgd' must be adamw or muon"),
-    (["optim=muon", "optim.lr=0"], "optim.lr=0 must be a positive number"),
+    (["optim=muon", "optim.lr=0"], "optim.lr=0.0 must be a positive number"),
     (["optim=muon", "optim.adamw_lr=-1e-3"], "optim.adamw_lr=-0.001 must be a positive number"),
-    (["optim=muon", "optim.adamw_weight_decay=-1"], "optim.adamw_weight_decay=-1 must be a number >= 0"),
+    (["optim=muon", "optim.adamw_weight_decay=-1"], "optim.adamw_weight_decay=-1.0 must be a number >= 0"),
     (["optim=muon", "optim.momentum=1.0"], "optim.momentum=1.0 must be a number in [0, 1)"),
     (["optim=muon", "optim.adjust_lr_fn=other"], "optim.adjust_lr_fn='other' must be original or match_rms_adamw"),
     (["optim=muon", "optim.betas=[0.9]"], "optim.betas=[0.9] must be two numbers in [0, 1)"),
