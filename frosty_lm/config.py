@@ -1,7 +1,8 @@
 """A run's settings, their checks and Frosty's errors, without torch: train.py checks a composed config here in
 seconds, before torch and Lightning load, and names the key and the fix (FrostyError: the entry points print it as
-one `error:` line, exit status 1, no traceback). GPTConfig is the model's settings (model.py builds the
-GPT from it); its options default to the seed's architecture: learned positions, LayerNorm, GELU, an untied head."""
+one `error:` line, exit status 1, no traceback). The nodes' schemas are here: ModelConfig is the model's settings,
+and GPTConfig adds the vocabulary size (model.py builds the GPT from it); the options default to the seed's
+architecture: learned positions, LayerNorm, GELU, an untied head."""
 from __future__ import annotations
 
 import dataclasses
@@ -201,13 +202,13 @@ def check_config(cfg: DictConfig) -> None:
             key = missing.group(1) if "." in missing.group(1) else err.full_key
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    settings = [f.name for f in dataclasses.fields(ModelConfig)]
-    for key in model:
-        if key not in settings:  # added with +model.KEY=...
-            raise FrostyError(f"model.{key} is not a setting of model ({', '.join(sorted(settings))})")
+    for node in ("model", "optim", "scheduler", "data"):  # a key added with +NODE.KEY=... that its schema lacks
+        schema = OmegaConf.get_type(cfg[node]) if cfg.get(node) is not None else None
+        settings = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else cfg[node]
+        for key in (key for key in cfg.get(node) or {} if key not in settings):
+            raise FrostyError(f"{node}.{key} is not a setting of {node} ({', '.join(sorted(settings))})")
     try:
-        GPTConfig(vocab_size=1, **model)
+        ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
     except (TypeError, ValueError) as err:
         raise FrostyError(str(err)) from None
     check_optim(cfg.optim)

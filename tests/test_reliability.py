@@ -123,6 +123,9 @@ def test_a_setting_the_model_does_not_take_is_one_line_and_generate_takes_only_i
     code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", "+model.colour=3",
                           f"hydra.run.dir={tmp_path / 'r'}")  # the model takes no more than its own settings
     assert_one_line_error(code, err, "colour")
+    code, _, err = invoke("train.py", "dataset=text", f"data.path={text_file}", "+optim.momentum=0.9",
+                          f"hydra.run.dir={tmp_path / 'r'}")  # a key of optim=muon's, not adamw's
+    assert_one_line_error(code, err, "optim.momentum is not a setting of optim (betas, lr, name, weight_decay)")
     code, _, err = invoke("generate.py", "promt=Whose woods")
     assert code == 1 and "Could not override 'promt'" in err and "Traceback" not in err, err
 
