@@ -234,6 +234,10 @@ def test_sweep_jobs_are_named_by_their_number_and_overrides():
         assert cfg.hydra.job.override_dirname == "model.dropout=0.2,model=tiny"
         cfg.hydra.job.num = 3  # (the launcher's)
         assert cfg.hydra.sweep.subdir == "3_model.dropout=0.2,model=tiny"
+        cfg = compose("train", overrides=["model.dropout=0.2", "hydra.sweep.subdir=${hydra.job.num}"],
+                      return_hydra_config=True)  # the fix for names over 255 bytes (docs/experiments.md)
+        cfg.hydra.job.num = 3
+        assert cfg.hydra.sweep.subdir == "3"
         for search in ("optuna", "speedrun"):  # a search's trials by number: sampled values print long
             cfg = compose("train", overrides=[f"+search={search}"], return_hydra_config=True)
             cfg.hydra.job.num = 3
