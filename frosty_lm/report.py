@@ -7,6 +7,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import socket
 import sys
 import textwrap
@@ -118,18 +119,17 @@ def name_runs(runs: list[Run]) -> list[str]:
     """Sets each run's name and label; returns the overrides all runs share."""
     common = set.intersection(*(set(r.overrides) for r in runs))
     root = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
-    for run in runs:  # one run: its own name, not "."
-        run.name = str(run.path.resolve().relative_to(root)) if len(runs) > 1 else run.path.name
+    for run in runs:  # one run: its own name, not "."; a sweep's job (N_overrides) its number: the label has the rest
+        name = str(run.path.resolve().relative_to(root)) if len(runs) > 1 else run.path.name
+        run.name = re.sub(r"(^|/)(\d+)_[^/]*$", r"\1\2", name)
         run.label = " ".join(o for o in run.overrides if o not in common) or "(defaults)"
     return sorted(common)
 
 
 def fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
+    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def table(runs: list[Run]) -> str:
