@@ -4,7 +4,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from frosty_lm import run_dirs  # noqa: F401  (importing it registers the resolver and the schema that conf/ uses)
 from frosty_lm.cli import exit_on_user_error, in_sweep, quiet_lightning, run_entry_point
 from frosty_lm.config import check_early
 

@@ -32,7 +32,7 @@ def model_preset(name: str, trainer: str = "cpu", **overrides) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
 
-    import frosty_lm.run_dirs  # noqa: F401  (registers the resolver and the schema that conf/ uses)
+    import frosty_lm.cli  # noqa: F401  (registers the resolver and the schemas that conf/ uses)
 
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):

@@ -1,5 +1,6 @@
 """What the entry points share: a user error is one `error:` line and exit status 1 (a sweep's job returns instead);
-Ctrl-C before training is one line and 130; key=value printed to paste back; Lightning quieted; sweep or not."""
+Ctrl-C before training is one line and 130; key=value printed to paste back; Lightning quieted; sweep or not; and,
+at import, what conf/ needs registered: the resolver frosty_cpu_precision and the nodes' schemas."""
 from __future__ import annotations
 
 import errno
@@ -12,12 +13,23 @@ import sys
 import traceback
 import warnings
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
-from frosty_lm.config import FrostyError
+from frosty_lm.config import (
+    AdamWConfig,
+    ConstantSchedule,
+    CosineSchedule,
+    DataConfig,
+    FrostyError,
+    ModelConfig,
+    MuonConfig,
+)
+from frosty_lm.machine import cpu_precision
 
 
 def in_sweep() -> bool:
@@ -133,3 +145,13 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|Checkpoint directory .* exists and is "
                                               r"not empty|smaller than the logging interval|The dirpath has changed "
                                               r"from|FLOPs not found for|does not have many workers).*")
+
+
+# At import, not only in train.py: sweep launchers that run jobs in worker processes resolve the hydra node there;
+# joblib's workers import train.py, submitit's import run_dirs (which imports this) with the Hydra callbacks they
+# unpickle. The schemas are each node's keys and types (frosty_lm/config.py), checked as the config composes.
+OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
+for group, name, node in (("model", "gpt", ModelConfig), ("optim", "adamw", AdamWConfig), ("optim", "muon", MuonConfig),
+                          ("scheduler", "constant", ConstantSchedule), ("scheduler", "cosine", CosineSchedule)):
+    ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)
+ConfigStore.instance().store(group="schema", name="data", node=DataConfig, package="data")

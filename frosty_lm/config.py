@@ -54,7 +54,7 @@ def is_number(value) -> bool:
 
 @dataclass
 class ModelConfig:
-    """The model node (conf/model/) and Hydra's schema for it (schema/model/gpt, registered by run_dirs.py): a value
+    """The model node (conf/model/) and Hydra's schema for it (schema/model/gpt, registered by cli.py): a value
     of the wrong type is refused as the config composes, a value out of range here."""
 
     block_size: int = 256  # longest context the model attends over
@@ -113,7 +113,7 @@ class GPTConfig(ModelConfig):
         super().__post_init__()
 
 
-# Hydra's schemas of the other nodes Frosty reads (run_dirs.py registers them in the group schema/): their keys and
+# Hydra's schemas of the other nodes Frosty reads (cli.py registers them in the group schema/): their keys and
 # types, checked as the config composes; their values come from conf/, and check_config checks the ranges.
 # trainer.* has none: it is Lightning's Trainer's arguments.
 @dataclass

@@ -1,6 +1,5 @@
 """Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run; the
-best finished run on a corpus (generate.py's default). Importing it registers what conf/ uses: the resolver
-frosty_cpu_precision (conf/trainer/cpu.yaml) and the schemas of the model, optim, scheduler and data nodes."""
+best finished run on a corpus (generate.py's default)."""
 from __future__ import annotations
 
 import json
@@ -11,15 +10,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from frosty_lm import config as schemas
 from frosty_lm.cli import command_arg
 from frosty_lm.config import FrostyError, is_number
-from frosty_lm.machine import cpu_precision
 
 LAST = Path("checkpoints") / "last.ckpt"
 BEST = Path("checkpoints") / "best.ckpt"
@@ -167,14 +163,3 @@ def make_dir(path: str, key: str) -> None:
     if free < 2**20:  # Hydra writes the config next, before any of Frosty's code could say so in one line
         raise FrostyError(f"no space left on the device: {path} has {free // 1024} KiB free: free some space, or "
                           f"choose another disk with {key}")
-
-
-# At import, not only in train.py: sweep launchers that run jobs in worker processes resolve the hydra node there;
-# joblib's workers import train.py, submitit's import this module with the Hydra callbacks they unpickle. The schemas
-# are conf/'s too: each node's keys and types (frosty_lm/config.py), checked as the config composes.
-OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
-for group, name, node in (("model", "gpt", schemas.ModelConfig), ("optim", "adamw", schemas.AdamWConfig),
-                          ("optim", "muon", schemas.MuonConfig), ("scheduler", "constant", schemas.ConstantSchedule),
-                          ("scheduler", "cosine", schemas.CosineSchedule)):
-    ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)
-ConfigStore.instance().store(group="schema", name="data", node=schemas.DataConfig, package="data")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import frosty_lm.run_dirs  # noqa: F401  (registers the resolver and the schema that conf/ uses)
+import frosty_lm.cli  # noqa: F401  (registers the resolver and the schemas that conf/ uses)
 
 ROOT = Path(__file__).resolve().parents[1]
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # tests side by side (pytest -n): each worker's torch its share of the
