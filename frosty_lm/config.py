@@ -202,21 +202,21 @@ def check_config(cfg: DictConfig) -> None:
             key = missing.group(1) if "." in missing.group(1) else err.full_key
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
-    for node in ("model", "optim", "scheduler", "data"):  # a key added with +NODE.KEY=... that its schema lacks
-        schema = OmegaConf.get_type(cfg[node]) if cfg.get(node) is not None else None
-        settings = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else cfg[node]
-        for key in (key for key in cfg.get(node) or {} if key not in settings):
+    for node in ("model", "optim", "scheduler", "data"):
+        if cfg.get(node) is None:  # ~scheduler, or scheduler=null
+            raise FrostyError(f"{node} is not set: choose one of its options, {node}=NAME (python train.py --help)")
+        schema = OmegaConf.get_type(cfg[node])
+        settings = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else list(cfg[node])
+        for key in (key for key in cfg[node] if key not in settings):  # added with +NODE.KEY=..., beyond the schema
             raise FrostyError(f"{node}.{key} is not a setting of {node} ({', '.join(sorted(settings))})")
     try:
         ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
     except (TypeError, ValueError) as err:
         raise FrostyError(str(err)) from None
     check_optim(cfg.optim)
-    data = cfg.get("data") or {}
-    check_data(data.get("batch_size"), data.get("val_fraction", 0.1), data.get("decode_errors", "strict"))
+    check_data(cfg.data.batch_size, cfg.data.val_fraction, cfg.data.decode_errors)
     check_trainer(cfg.trainer)
-    if cfg.get("scheduler") is not None:
-        check_scheduler(cfg.scheduler)
+    check_scheduler(cfg.scheduler)
 
 
 def check_trainer(trainer: DictConfig) -> None:

@@ -79,6 +79,7 @@ SLOW = pytest.mark.slow  # each family of checks keeps one or two cases in the d
                      marks=SLOW),
         pytest.param(["trainer.devices=-5"],
                      "lightning.pytorch.Trainer: `devices` selected with `CPUAccelerator` should be", marks=SLOW),
+        (["~scheduler"], "scheduler is not set: choose one of its options, scheduler=NAME"),
         (["trainer.accelerator=foo"], "You selected an invalid accelerator name: `accelerator='foo'`"),
         pytest.param(["trainer.precision=17"], "Precision 17 is invalid", marks=SLOW),
     ],
