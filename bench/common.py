@@ -162,3 +162,26 @@ class SeedGPT(nn.Module):
         logits = self.lm_head(self.ln_f(self.blocks(x)))
         loss = None if targets is None else F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T))
         return logits, loss
+
+
+def matmul_peak(dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                sizes: tuple[int, ...] | None = None, repeats: int = 4) -> float:
+    """Matmul FLOP/s for dtype (default float32) on device: the best of `repeats` timings after a warm-up (one, on a
+    busy machine, is below what training reaches), over sizes (the fastest depends on the dtype: bf16 on AMX needs
+    more than 1024), of one product on the CPU and ten on an accelerator (so that waiting for it costs little)."""
+    dtype = torch.float32 if dtype is None else dtype
+    device = torch.device(device)
+    sizes = sizes or ((1024, 1536) if device.type == "cpu" else (8192,))
+    generator = torch.Generator(device=device).manual_seed(0)  # its own: training's random stream is untouched
+    per_round = 1 if device.type == "cpu" else 10
+    best = 0.0
+    for n in sizes:
+        a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=generator) for _ in range(2))
+        for round_ in range(repeats + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            for _ in range(per_round):
+                c = a @ b
+            c[0, 0].item()  # waits for an accelerator to finish
+            if round_:
+                best = max(best, 2 * n**3 * per_round / (time.perf_counter() - start))
+    return best

@@ -29,15 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from lightning.pytorch.callbacks import ThroughputMonitor  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from bench.common import ROOT, SeedGPT, corpus_text, machine, model_preset, seed_batch  # noqa: E402
-from frosty_lm.callbacks import CharThroughput  # noqa: E402
+from bench.common import ROOT, SeedGPT, corpus_text, machine, matmul_peak, model_preset, seed_batch  # noqa: E402
 from frosty_lm.corpus import CharTokenizer  # noqa: E402
-from frosty_lm.data import RandomWindows  # noqa: E402
+from frosty_lm.data import RandomWindows, characters, windows  # noqa: E402
 from frosty_lm.lit_module import FrostyLM  # noqa: E402
-from frosty_lm.machine import cpu_precision, matmul_peak  # noqa: E402
+from frosty_lm.machine import cpu_precision  # noqa: E402
 
 
 def now(device: torch.device) -> float:
@@ -131,7 +131,7 @@ def main() -> None:
                 limit_val_batches=0, gradient_clip_val=1.0, log_every_n_steps=10, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False,
                 logger=L.pytorch.loggers.TensorBoardLogger(logs, name="", version=""),
-                callbacks=[timer, CharThroughput(available_flops=peak * 1e9)],
+                callbacks=[timer, ThroughputMonitor(windows, characters, window_size=10)],  # as conf/callbacks/
             )
             start = round_ * n
             stream = RandomWindows(data, T, B, seed=0, start_batch=lambda: start)

@@ -1,4 +1,4 @@
-"""Lightning callbacks: early stopping, training throughput, the cadence of a validation's extras, its text sample
+"""Lightning callbacks: early stopping, the cadence of a validation's extras, its text sample
 and sample/copied, Ctrl-C. (Best and last checkpoints: checkpoint_saving.py; progress: progress.py.)"""
 from __future__ import annotations
 
@@ -7,79 +7,17 @@ import os
 import signal
 import sys
 import threading
-import time
-from collections import deque
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import EarlyStopping
 
 from frosty_lm.config import FrostyError, Stopped, is_int, must
 from frosty_lm.corpus import CharTokenizer, WindowIndex
 from frosty_lm.generation import check_sampling, default_prompt, sample_text
-from frosty_lm.lit_module import logs_written_at
-from frosty_lm.machine import matmul_peak
 
 log = logging.getLogger("frosty")
-
-
-class CharThroughput(L.Callback):
-    """Training speed over the last window_size steps (default: trainer.log_every_n_steps), validations left out,
-    logged with Lightning's step logs: train/device/items_per_sec (this process's characters/s), flops_per_sec
-    (nanoGPT's estimate) and mfu (of available_flops: Lightning's figure for a known GPU, else measured here)."""
-
-    def __init__(self, available_flops: float | None = None, window_size: int | None = None) -> None:
-        must(window_size is None or is_int(window_size) and window_size > 0, "callbacks.throughput.window_size",
-             window_size, "a positive integer, or null")
-        self.available_flops, self.window_size, self.points, self.since = available_flops, window_size, deque(), None
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if not self.available_flops and trainer.is_global_zero:  # measured by one process: others would slow it
-            dtype = {"bf16": torch.bfloat16, "16": torch.float16}.get(trainer.precision.split("-")[0], torch.float32)
-            self.available_flops = get_available_flops(trainer.strategy.root_device, dtype)
-            if not self.available_flops:  # Lightning knows some GPUs' peaks, no CPU's
-                self.available_flops = matmul_peak(dtype, trainer.strategy.root_device)
-                log.info("matmul peak of this machine: %.0f GFLOP/s in %s", self.available_flops / 1e9,
-                         str(dtype).removeprefix("torch."))
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        window = self.window_size or trainer.log_every_n_steps or 10  # 10: no step logs, for training_speed()
-        self.points = deque(maxlen=window + 1)  # (training seconds, characters, flops) so far, at steps' ends
-        self.seconds, self.since, self.chars, self.flops, self.step = 0.0, None, 0, 0, trainer.global_step
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking and self.since is not None:  # training's clock stops until its next batch
-            self.seconds, self.since = self.seconds + time.perf_counter() - self.since, None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.since = self.since or time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.chars, self.flops = self.chars + batch[0].numel(), self.flops + pl_module.flops_per_batch
-        if trainer.global_step == self.step:  # gradients still accumulating: the step is not done
-            return
-        self.step = trainer.global_step
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()  # the step's kernels have run: its time is theirs
-        self.points.append((self.seconds + time.perf_counter() - self.since, self.chars, self.flops))
-        if logs_written_at(trainer, trainer.global_step) and (rates := self.rates()):
-            for logger in trainer.loggers:
-                logger.log_metrics({f"train/device/{k}": v for k, v in rates.items()}, step=trainer.global_step)
-
-    def rates(self) -> dict[str, float] | None:
-        """items_per_sec, flops_per_sec and (given available_flops) mfu, between the window's first and last step."""
-        if len(self.points) < 2:
-            return None
-        seconds, chars, flops = (last - first for first, last in zip(self.points[0], self.points[-1]))
-        rates = {"items_per_sec": chars / seconds, "flops_per_sec": flops / seconds}
-        return {**rates, "mfu": flops / seconds / self.available_flops} if self.available_flops else rates
-
-    def training_speed(self) -> tuple[float, float | None] | None:
-        """Characters per second and the fraction of available_flops over the window, or None before two steps."""
-        rates = self.rates()
-        return (rates["items_per_sec"], rates.get("mfu")) if rates else None
 
 
 class EveryNValidations(L.Callback):

@@ -13,7 +13,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from frosty_lm.checkpoint import read_safely, same_file
-from frosty_lm.config import NonFiniteLoss, Stopped
+from frosty_lm.config import Stopped
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # (reading the umask means setting it: set back at once)
@@ -61,9 +61,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class BestAndLastCheckpoint(ModelCheckpoint):
     """ModelCheckpoint for best.ckpt; last.ckpt is always the last state, written after every validation and when
-    training ends or is stopped (Lightning's save_last writes it only when the metric improved). At a NaN stop it is
-    the state before the bad step if that is finite and training runs in one process (others would wait on this
-    one), else the last validation's.
+    training ends or is stopped (Lightning's save_last writes it only when the metric improved). At a NaN stop it stays
+    the last validation's: the state at the stop would give NaN again.
     The state is kept under ModelCheckpoint's key, so runs checkpointed by ModelCheckpoint resume with their score."""
 
     def __init__(self, save_last: bool | None = None, **kwargs) -> None:
@@ -99,9 +98,7 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self.write_last(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        stopped = isinstance(exception, (Stopped, SIGTERMException))  # at a step boundary (or in a validation)
-        if stopped or (isinstance(exception, NonFiniteLoss) and trainer.world_size == 1
-                       and all(torch.isfinite(p).all() for p in pl_module.parameters())):
+        if isinstance(exception, (Stopped, SIGTERMException)):  # at a step boundary (or in a validation)
             self.write_last(trainer)
 
     def write_last(self, trainer) -> None:

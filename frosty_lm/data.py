@@ -61,6 +61,16 @@ def fixed_windows(data: torch.Tensor, block_size: int) -> TensorDataset:
     return TensorDataset(x, y)
 
 
+def windows(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """A batch's windows (ThroughputMonitor's samples)."""
+    return batch[0].size(0)
+
+
+def characters(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """A batch's characters trained on (ThroughputMonitor's items)."""
+    return batch[0].numel()
+
+
 class CharDataModule(L.LightningDataModule):
     def __init__(self, name: str, data_dir: str, block_size: int, batch_size: int = 32,
                  val_fraction: float = 0.1, seed: int = 0, path: str | None = None, url: str | None = None,

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from frosty_lm.config import FrostyError
 
 if TYPE_CHECKING:  # torch takes seconds to import: the functions that use it import it
-    import torch
     from omegaconf import DictConfig
 
     from frosty_lm.model import GPT
@@ -73,31 +71,6 @@ def cpu_flags() -> set[str] | None:
             return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
     except OSError:
         return None
-
-
-def matmul_peak(dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                sizes: tuple[int, ...] | None = None, repeats: int = 4) -> float:
-    """Matmul FLOP/s for dtype (default float32) on device: the best of `repeats` timings after a warm-up (one, on a
-    busy machine, is below what training reaches), over sizes (the fastest depends on the dtype: bf16 on AMX needs
-    more than 1024), of one product on the CPU and ten on an accelerator (so that waiting for it costs little)."""
-    import torch
-
-    dtype = torch.float32 if dtype is None else dtype
-    device = torch.device(device)
-    sizes = sizes or ((1024, 1536) if device.type == "cpu" else (8192,))
-    generator = torch.Generator(device=device).manual_seed(0)  # its own: training's random stream is untouched
-    per_round = 1 if device.type == "cpu" else 10
-    best = 0.0
-    for n in sizes:
-        a, b = (torch.randn(n, n, dtype=dtype, device=device, generator=generator) for _ in range(2))
-        for round_ in range(repeats + 1):  # the first is a warm-up
-            start = time.perf_counter()
-            for _ in range(per_round):
-                c = a @ b
-            c[0, 0].item()  # waits for an accelerator to finish
-            if round_:
-                best = max(best, 2 * n**3 * per_round / (time.perf_counter() - start))
-    return best
 
 
 def available_memory() -> int | None:

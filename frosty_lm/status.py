@@ -138,7 +138,6 @@ def summarise(trainer, cfg: DictConfig, loss: float, text: str) -> None:
     """The best checkpoint, val loss, average training speed, a sample from a prompt out of the run's own corpus
     (text: the validation split's start), and the generate.py command that continues it. In a parallel sweep the
     sample and the command go to the job's train.log only."""
-    from frosty_lm.callbacks import CharThroughput
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
     from frosty_lm.generation import default_prompt, sample_text
     from frosty_lm.progress import ProgressLines, duration, job_log_only
@@ -159,10 +158,7 @@ def summarise(trainer, cfg: DictConfig, loss: float, text: str) -> None:
     log.info("best val loss %.4f nats/char, %.4f bits/char", loss, loss / math.log(2))
     lines = next((c for c in trainer.callbacks if isinstance(c, ProgressLines)), None)  # times training, validations
     if lines is not None and (speed := lines.average_speed()) is not None:  # characters/s, validation left out
-        throughput = next((c for c in trainer.callbacks if isinstance(c, CharThroughput)), None)
-        peak = getattr(throughput, "available_flops", None)  # one device's matmul peak: so is the fraction
-        fraction = speed / trainer.world_size * trainer.lightning_module.flops_per_char / peak if peak else None
-        log.info("training speed: %s", speed_line(speed, fraction, precision=str(trainer.precision)))
+        log.info("training speed: %s characters/s (%s)", f"{speed:,.0f}", trainer.precision)
     if lines is not None and lines.validations:
         log.info("time: %s training, %s in %d validations (val loss, sample, checkpoints)",
                  duration(lines.train_seconds), duration(lines.val_seconds), lines.validations)
@@ -184,16 +180,6 @@ def generate_command(path: Path, prompt: str, seed: int) -> str:
     if prompt.strip():
         command += " " + command_arg("prompt", prompt, quoted=True)
     return f"{command} seed={seed}"
-
-
-def speed_line(chars_per_sec: float, peak_fraction: float | None, precision: str) -> str:
-    """"N characters/s, X% of this machine's matmul peak (precision)"; the speed alone if the fraction is
-    unknown or above 1 (the peak was measured low, e.g. on a busy machine: a percentage would mislead)."""
-    speed = f"{chars_per_sec:,.0f} characters/s"
-    if peak_fraction is None or not 0 < peak_fraction <= 1:
-        return speed
-    percent = f"{100 * peak_fraction:.1f}" if peak_fraction >= 0.01 else f"{100 * peak_fraction:.2g}"  # not 0.0
-    return f"{speed}, {percent}% of this machine's matmul peak ({precision})"
 
 
 def _end_sweep(signum, frame) -> None:

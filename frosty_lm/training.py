@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -160,11 +159,14 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     record.training_started = True
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
-    except (NonFiniteLoss, Stopped, SIGTERMException) as err:
+    except NonFiniteLoss as err:  # last.ckpt keeps the last validation's state: the stop's would give NaN again
+        lower, last = f"optim.lr={cfg.optim.lr / 2:g}", trainer.checkpoint_callback.last_model_path
+        advice = (f"continue from the last validation's {last} with a lower learning rate, python train.py "
+                  f"{command_arg('resume', Path(cfg.paths.output_dir))} {lower}" if last and Path(last).is_file()
+                  else f"start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set")
+        raise FrostyError(f"{err}; {advice}") from None
+    except (Stopped, SIGTERMException):
         record.write(steps=trainer.global_step)  # the steps done, as last.ckpt holds them
-        if isinstance(err, NonFiniteLoss):
-            advice = nan_advice(trainer, cfg, err.step, record.data.get("overrides", []))
-            raise FrostyError(f"{err}; {advice}") from None
         raise
     except SystemExit as err:  # Lightning's answer to a Ctrl-C before StopOnInterrupt's handler: exit status 1
         if isinstance(err.__context__, KeyboardInterrupt):
@@ -189,25 +191,3 @@ def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
     cfg.trainer.strategy = "ddp_spawn"
     if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
         multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing
-
-
-def nan_advice(trainer: L.Trainer, cfg: DictConfig, stop_step: int, overrides: list[str]) -> str:
-    """What to do after a NaN stop at stop_step. A last.ckpt of the stop (BestAndLastCheckpoint saves it when its
-    weights are finite) would give NaN again whatever the lr: then continue from best.ckpt in a new run; a last.ckpt
-    of an earlier validation can go on in place. Either with a lower learning rate; without either, start again."""
-    lower = f"optim.lr={cfg.optim.lr / 2:g}"
-    checkpoints = trainer.checkpoint_callback
-    last, best = (getattr(checkpoints, key, "") for key in ("last_model_path", "best_model_path"))
-    last_step = load_checkpoint(last)["global_step"] if last and Path(last).is_file() else None
-    if last_step is not None and last_step < stop_step - 1:
-        return (f"{last} holds step {last_step} (the last validation): continue from it with a lower learning rate, "
-                f"python train.py {command_arg('resume', Path(cfg.paths.output_dir))} {lower}")
-    best_step = load_checkpoint(best)["global_step"] if best and Path(best).is_file() else None
-    at_stop = f"{last} holds step {last_step}, the state at the stop; " if last_step is not None else ""
-    if best_step is not None and best_step < stop_step - 1:
-        kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path", "optim.lr")
-                and not o.startswith("hydra.")]  # the run's own settings, in a new run directory
-        command = " ".join(["python train.py", *map(shlex.quote, kept), command_arg("ckpt_path", best), lower])
-        return (f"{at_stop}continue from the best validation (step {best_step}) with a lower learning rate in a new "
-                f"run, {command}")
-    return f"{at_stop}start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set"

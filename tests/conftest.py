@@ -15,10 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # tests side by side (pytest -n): each worker's torch its share of the
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))  # cores
 CONF = ROOT / "conf"
-# Seconds off every tiny run (docs/testing.md): the matmul peak given instead of
-# measured, and short samples at validations and in the summary. test_throughput and the frost runs measure the peak.
-QUICK = ["callbacks.throughput.available_flops=1e12", "callbacks.sample_text.max_new_tokens=20",
-         "callbacks.copied.chars=100", "summary_sample_chars=20"]
+# Seconds off every tiny run (docs/testing.md): short samples at validations and in the summary.
+QUICK = ["callbacks.sample_text.max_new_tokens=20", "callbacks.copied.chars=100", "summary_sample_chars=20"]
 TINY = ["model=tiny", "trainer.max_steps=30", "trainer.val_check_interval=15", "data.batch_size=8", *QUICK]
 
 

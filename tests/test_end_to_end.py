@@ -44,9 +44,7 @@ def test_frost_run_leaves_checkpoints_events_and_a_summary(frost_run):
     best = (run_dir / "checkpoints" / "best.ckpt").resolve()
     assert f"best checkpoint: {best}" in output
     assert "bits/char" in output and "sample:" in output
-    assert re.search(r"training speed: [\d,]+ characters/s, \d+\.\d+% of this machine's matmul peak "
-                     r"\((32-true|bf16-mixed)\)",
-                     output)
+    assert re.search(r"training speed: [\d,]+ characters/s \((32-true|bf16-mixed)\)", output)
     validations = len(re.findall(r"validation at step \d+", output))
     assert validations and re.search(rf"time: [\d:]+ training, [\d:]+ in {validations} validations \(val loss, "
                                      r"sample, checkpoints\)", output)
@@ -177,16 +175,12 @@ def test_tensorboard_has_curves_hparams_with_best_val_loss_and_samples(trained_r
     events = EventAccumulator(str(trained_run), size_guidance={"tensors": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "val/bpc", "train/lr", "train/device/items_per_sec", "train/device/mfu",
-            "best/val_loss", "best/val_bpc"} <= scalars
-    assert not any(tag.startswith("validate/") for tag in scalars)  # validation is timed, not logged
+    assert {"train/loss", "val/loss", "val/bpc", "train/lr", "train/device/items_per_sec",
+            "train/device/flops_per_sec", "best/val_loss", "best/val_bpc"} <= scalars
     logged_steps = [e.step for e in events.Scalars("train/loss")]  # every trainer.log_every_n_steps (10) of 30
-    assert len(logged_steps) == 3 and logged_steps == [e.step for e in events.Scalars("train/device/mfu")]
-    assert logged_steps == [e.step for e in events.Scalars("train/device/items_per_sec")]
-    assert logged_steps[2] - logged_steps[1] == logged_steps[1] - logged_steps[0] == 10
+    assert logged_steps == [10, 20, 30]
     speeds = [e.value for e in events.Scalars("train/device/items_per_sec")]  # characters per second
-    fractions = [e.value for e in events.Scalars("train/device/mfu")]
-    assert all(speed > 0 for speed in speeds) and all(0 < f < 1 for f in fractions)  # a tiny model is far from the peak
+    assert len(speeds) == 3 and all(speed > 0 for speed in speeds)
     val = [e.value for e in events.Scalars("val/loss")]
     best = [e.value for e in events.Scalars("best/val_loss")]
     assert len(val) == 2 and best[-1] == pytest.approx(min(val))  # validation at steps 15 and 30
@@ -233,8 +227,7 @@ def test_step_logs_follow_log_every_n_steps_and_include_the_last_step(invoke, te
     events = EventAccumulator(str(tmp_path / "r"), size_guidance={"scalars": 0})
     events.Reload()
     count = {tag: len(events.Scalars(tag)) for tag in events.Tags()["scalars"]}
-    assert count.get("train/loss", 0) == count.get("train/device/items_per_sec", 0) == points
-    assert count.get("train/device/mfu", 0) == points
+    assert count.get("train/loss", 0) == points
     if points:  # each point is that step's own loss, not the last logged one written again
         assert len({e.value for e in events.Scalars("train/loss")}) == points
     assert count["val/loss"] == 1

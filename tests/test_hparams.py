@@ -1,19 +1,13 @@
-"""TensorBoard's HPARAMS tab: the settings a user varies, in their types, how each run ended; and run directories
-named by their dataset and model."""
+"""TensorBoard's HPARAMS tab: the settings a user varies, written by the logger's log_hyperparams; and run
+directories named by their dataset and model."""
 import re
-import signal
 from pathlib import Path
-from types import SimpleNamespace
 
-import pytest
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, metadata
 
 from conftest import QUICK, TINY
-from frosty_lm.config import Stopped
-from frosty_lm.lit_module import HparamsStatus, select, write_hparams
+from frosty_lm.lit_module import select
 
 
 def hparams_plugin(log_dir: Path) -> dict:
@@ -40,22 +34,21 @@ def test_hparams_are_the_settings_a_user_varies_in_their_types(trained_run):
     assert {"model.dropout", "model.n_layer", "data.name", "seed", "optim.lr", "trainer.max_steps"} <= set(values)
     assert not any("_target_" in key or key.startswith(("callbacks.", "logger.", "paths.")) for key in values)
     assert "data.block_size" not in values and "data.data_dir" not in values  # redundant, plumbing
-    assert values["model.bias"].WhichOneof("kind") == "bool_value" and values["model.bias"].bool_value is True
-    assert columns["model.bias"] == columns["model.compile"] == api_pb2.DATA_TYPE_BOOL
+    assert values["model.bias"].string_value == "true"  # torch's hparams would store a boolean as 1.0
+    assert columns["model.bias"] == columns["model.compile"] == api_pb2.DATA_TYPE_STRING
     assert values["model.dropout"].number_value == 0.0 and columns["model.dropout"] == api_pb2.DATA_TYPE_FLOAT64
     assert values["data.name"].string_value == "text" and values["optim.betas"].string_value == "[0.9, 0.99]"
-    assert [m.name.tag for m in experiment.metric_infos] == ["best/val_loss", "best/val_bpc", "sample/copied"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["best/val_loss", "best/val_bpc"]
 
 
 def test_hparams_yaml_holds_the_same_settings(trained_run):
-    """Lightning writes it empty ({}): Frosty logs its hyperparameters itself, not through log_hyperparams."""
     import yaml
 
     stored = yaml.safe_load((trained_run / "hparams.yaml").read_text())
     values = metadata.parse_session_start_info_plugin_data(
         hparams_plugin(trained_run)[metadata.SESSION_START_INFO_TAG]).hparams
     assert set(stored) == set(values) and stored["model.dropout"] == 0.0 and stored["data.name"] == "text"
-    assert stored["model.bias"] is True and stored["optim.betas"] == "[0.9, 0.99]"
+    assert stored["model.bias"] == "true" and stored["optim.betas"] == "[0.9, 0.99]"
 
 
 def test_a_finished_run_ends_with_success(trained_run):
@@ -66,43 +59,8 @@ def test_select_takes_the_listed_prefixes_without_hydra_keys():
     config = {"model": {"n_layer": 2, "bias": False, "_target_": "x"}, "optim": {"betas": [0.9, 0.99]},
               "data": {"name": "frost", "block_size": 64, "_target_": "y"}, "trainer": {"max_time": None,
               "log_every_n_steps": 10}, "callbacks": {"a": {"_target_": "z"}}, "seed": 3, "seedling": 1}
-    assert select(config) == {"model.n_layer": 2, "model.bias": False, "optim.betas": "[0.9, 0.99]",
+    assert select(config) == {"model.n_layer": 2, "model.bias": "false", "optim.betas": "[0.9, 0.99]",
                               "data.name": "frost", "trainer.max_time": "null", "seed": 3}
-
-
-def fake_trainer(log_dir: Path, global_zero: bool = True, logger=None) -> SimpleNamespace:
-    """What HparamsStatus reads of a trainer: its loggers and rank."""
-    logger = logger or TensorBoardLogger(save_dir=str(log_dir), name="", version="")
-    write_hparams(logger, {"model.bias": True}, ["best/val_loss"])
-    return SimpleNamespace(loggers=[logger], callbacks=[], is_global_zero=global_zero)
-
-
-@pytest.mark.parametrize(("exception", "expected"), [
-    (None, "STATUS_SUCCESS"),  # fit ended
-    (Stopped(signal.SIGINT), "STATUS_UNKNOWN"),  # Ctrl-C: resumable, no verdict yet
-    (SIGTERMException(), "STATUS_UNKNOWN"),
-    (RuntimeError("boom"), "STATUS_FAILURE"),
-    (KeyboardInterrupt(), "STATUS_UNKNOWN"),  # before training started
-])
-def test_how_a_run_ended_is_its_end_status(tmp_path, exception, expected):
-    trainer = fake_trainer(tmp_path)
-    status = HparamsStatus()
-    if exception is None:
-        status.on_fit_end(trainer, None)
-    else:
-        status.on_exception(trainer, None, exception)
-    trainer.loggers[0].experiment.flush()
-    assert metadata.SESSION_START_INFO_TAG in hparams_plugin(tmp_path)
-    assert end_status(tmp_path) == expected
-
-
-def test_the_end_status_is_written_once_by_rank_zero_and_only_to_tensorboard(tmp_path):
-    other_rank = fake_trainer(tmp_path / "rank1", global_zero=False)
-    HparamsStatus().on_fit_end(other_rank, None)
-    assert end_status(tmp_path / "rank1") == "STATUS_UNKNOWN"
-    csv = SimpleNamespace(loggers=[CSVLogger(str(tmp_path / "csv"))], callbacks=[], is_global_zero=True)
-    HparamsStatus().on_fit_end(csv, None)  # no TensorBoard logger: nothing to do, no error
-    assert not list(tmp_path.joinpath("csv").rglob("events.out.tfevents.*"))
 
 
 def test_a_new_run_is_named_by_its_dataset_and_model_and_resumes(invoke, text_file, tmp_path, monkeypatch):

@@ -3,7 +3,6 @@ interrupted runs resume exactly; checkpoints are written atomically and loaded s
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 from pathlib import Path
@@ -232,11 +231,10 @@ def test_local_corpus_with_wrong_sha256_is_refused(invoke, tmp_path, text_file):
 def test_nan_loss_stops_the_run_with_its_step(invoke, text_file, tmp_path):
     code, _, err = invoke("train.py", *TINY, "optim.lr=1e30", "trainer.gradient_clip_val=null", "dataset=text",
                           f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "the training loss is nan at step 2", "holds step 1, the state at the stop",
+    assert_one_line_error(code, err, "the training loss is nan at step 2",
                           "start again with a lower learning rate (optim.lr=5e+29)")
-    # step 1's update made the weights huge but finite: last.ckpt is that state, the last one; no validation ran
-    state = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 1 and not (tmp_path / "r" / "checkpoints" / "best.ckpt").exists()
+    # no validation ran: no checkpoint (the state at the stop would give NaN again, whatever the lr)
+    assert not list((tmp_path / "r" / "checkpoints").glob("*.ckpt"))
 
 
 class PoisonWeights(L.Callback):
@@ -258,35 +256,31 @@ def test_a_nan_stop_keeps_last_ckpt_at_the_last_validation_and_says_how_to_conti
                           "+callbacks.poison.at=22", "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={run_dir}")
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert_one_line_error(code, err, "the training loss is nan at step 22: training stopped", f"{last} holds step 15",
+    assert_one_line_error(code, err, "the training loss is nan at step 22: training stopped",
+                          f"continue from the last validation's {last}",
                           f"python train.py resume={run_dir} optim.lr=0.0015")
     state = torch.load(last, weights_only=True)  # the weights at the stop are NaN: last.ckpt keeps step 15's
     assert state["global_step"] == 15 and all(torch.isfinite(t).all() for t in state["state_dict"].values())
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
 
 
-def test_a_nan_stop_with_finite_weights_saves_last_ckpt_at_the_stop_and_continues_from_best(invoke, text_file,
-                                                                                          tmp_path):
+def test_a_nan_stop_with_finite_weights_keeps_the_last_validation_and_its_advice_continues(invoke, text_file,
+                                                                                             tmp_path):
     run_dir, checkpoints = tmp_path / "r", tmp_path / "r" / "checkpoints"
     code, _, err = invoke("train.py", *TINY, "+callbacks.poison._target_=test_reliability.PoisonWeights",
                           "+callbacks.poison.at=22", "+callbacks.poison.value=1e30", "dataset=text",
                           f"data.path={text_file}", f"hydra.run.dir={run_dir}")
     assert_one_line_error(code, err, "the training loss is nan at step 22: training stopped",
-                          f"{checkpoints / 'last.ckpt'} holds step 21, the state at the stop",
-                          "continue from the best validation (step 15) with a lower learning rate in a new run, "
-                          "python train.py model=tiny")
-    command = shlex.split(err.split("in a new run, ")[1])  # the run's overrides (not its directory), best.ckpt
-    assert command[-2:] == [f"ckpt_path={checkpoints / 'best.ckpt'}", "optim.lr=0.0015"]
-    assert f"data.path={text_file}" in command and not any(c.startswith("hydra.") for c in command)
-    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 21 and last["state_dict"]["model.tok_emb.weight"].eq(1e30).all()
-    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["global_step"] == 15  # best stays the best
+                          f"python train.py resume={run_dir} optim.lr=0.0015")
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 15  # not the poisoned state
     record = json.loads((run_dir / "status.json").read_text())
-    assert record["status"] == "failed" and record["steps"] == 21
-    code, _, err = invoke(*command[1:], "callbacks.poison.at=0", f"hydra.run.dir={tmp_path / 'next'}")  # it works
+    assert record["status"] == "failed" and record["steps"] == 15  # as last.ckpt holds it
+    # (a run with a test-only callback is not resumed: resume= refuses recorded _target_ overrides) its state goes on
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", "optim.lr=0.0015",
+                          f"ckpt_path={checkpoints / 'last.ckpt'}", f"hydra.run.dir={tmp_path / 'next'}")
     assert code == 0, err
-    best = torch.load(tmp_path / "next" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert best["global_step"] == 30 and best["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.0015
+    last = torch.load(tmp_path / "next" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 30 and last["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 0.0015
 
 
 # ---- generate.py ---------------------------------------------------------------------------
