@@ -13,11 +13,20 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from frosty_lm.config import FrostyError, Stopped, is_int, must
+from frosty_lm.config import FrostyError, is_int, must
 from frosty_lm.corpus import CharTokenizer, WindowIndex
 from frosty_lm.generation import check_sampling, default_prompt, sample_text
 
 log = logging.getLogger("frosty")
+
+
+class Stopped(Exception):
+    """Training stopped at a step boundary on Ctrl-C (signum): Lightning's exception path (as for its SIGTERMException)
+    runs every callback's on_exception, where BestAndLastCheckpoint saves last.ckpt, and then re-raises it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 class EveryNValidations(L.Callback):

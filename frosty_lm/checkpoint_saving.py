@@ -12,8 +12,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from frosty_lm.callbacks import Stopped
 from frosty_lm.checkpoint import read_safely, same_file
-from frosty_lm.config import Stopped
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # (reading the umask means setting it: set back at once)

@@ -1,14 +1,10 @@
-"""A run's settings, their checks and Frosty's errors, without torch: train.py checks a composed config here in
-seconds, before torch and Lightning load, and names the key and the fix (FrostyError: the entry points print it as
-one `error:` line, exit status 1, no traceback). The nodes' schemas are here: ModelConfig is the model's settings,
-and GPTConfig adds the vocabulary size (model.py builds the GPT from it); the options default to the seed's
-architecture: learned positions, LayerNorm, GELU, an untied head."""
+"""A run's settings and their checks, without torch: the nodes' schemas (Hydra checks types as the config
+composes), the ranges (check_config, in seconds, before torch loads), and FrostyError, whose message names the fix."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,24 +15,6 @@ if TYPE_CHECKING:
 
 class FrostyError(Exception):
     """A problem with the user's input (config, corpus, checkpoint, prompt). Its message names the fix."""
-
-
-class NonFiniteLoss(FrostyError):
-    """The training loss became NaN or infinite at `step` (counted from 1): training stopped before that step's
-    update, so no weights of it were saved."""
-
-    def __init__(self, loss: float, step: int) -> None:
-        super().__init__(f"the training loss is {loss} at step {step}: training stopped")
-        self.step = step
-
-
-class Stopped(Exception):
-    """Training stopped at a step boundary on Ctrl-C (signum): Lightning's exception path (as for its SIGTERMException)
-    runs every callback's on_exception, where BestAndLastCheckpoint saves last.ckpt, and then re-raises it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def must(fine: bool, key: str, value, what: str) -> None:
@@ -78,10 +56,8 @@ class ModelConfig:
             if not is_int(getattr(self, key)) or getattr(self, key) <= 0:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
         if self.n_embd % self.n_head:
-            raise ValueError(
-                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: choose n_embd as a "
-                f"multiple of n_head (e.g. model.n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))})"
-            )
+            raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: choose n_embd "
+                             f"as a multiple of n_head (e.g. model.n_embd={self.n_head * max(1, self.n_embd // self.n_head)})")
         if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout!r} must be a number in [0, 1), e.g. model.dropout=0.2")
         choices = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "activation": ("gelu", "relu2"),
@@ -125,15 +101,11 @@ class AdamWConfig:
 
 
 @dataclass
-class MuonConfig:
-    name: str
-    lr: float
+class MuonConfig(AdamWConfig):
     momentum: float
-    weight_decay: float
     adjust_lr_fn: str
     adamw_lr: float
     adamw_weight_decay: float
-    betas: list[float]
 
 
 @dataclass
@@ -143,9 +115,7 @@ class ConstantSchedule:
 
 
 @dataclass
-class CosineSchedule:
-    name: str
-    warmup_steps: int
+class CosineSchedule(ConstantSchedule):
     decay_steps: int
     min_lr_ratio: float
 
@@ -159,7 +129,7 @@ class DataConfig:
     batch_size: int
     val_fraction: float
     seed: int
-    path: str | None  # required by dataset=text; null in the others (conf/dataset/_base.yaml)
+    path: str | None  # dataset=text's file
     url: str | None
     sha256: str | None
     decode_errors: str
@@ -168,32 +138,16 @@ class DataConfig:
 FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
 
 
-def check_early(cfg: DictConfig) -> None:
-    """train.py's checks before torch and Lightning load: the config, and that the corpus file is there. A resume's
-    config is checked once composed; with ckpt_path, training reads the checkpoint first, and reports that first."""
-    from frosty_lm import corpus
-
-    if cfg.get("resume"):
-        return
-    check_config(cfg)
-    if not cfg.get("ckpt_path"):
-        data = cfg.data
-        file = corpus.locate(data.name, data.data_dir, data.get("path"), data.get("url"))
-        if file.exists():  # else it is downloaded when training starts
-            corpus.check_regular_file(file)
-
-
 def check_config(cfg: DictConfig) -> None:
-    """Fail in seconds, before the corpus is read, on what the config alone shows to be wrong. (The callbacks'
-    settings are checked where they are used, as conf/callbacks/ builds them.)"""
+    """What the config alone shows to be wrong, in seconds (callbacks.*: where conf/callbacks/ builds them)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     must(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
     must(cfg.get("threads") is None or is_int(cfg.threads) and cfg.threads > 0, "threads", cfg.get("threads"),
          "a positive integer, or null for all cores")
-    must(is_int(cfg.summary_sample_chars) and cfg.summary_sample_chars >= 0, "summary_sample_chars",
-         cfg.summary_sample_chars, "an integer >= 0")
+    chars = cfg.summary_sample_chars
+    must(is_int(chars) and chars >= 0, "summary_sample_chars", chars, "an integer >= 0")
     try:  # (after seed: data.seed is ${seed}, typed by the data node's schema)
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
@@ -274,17 +228,15 @@ def check_optim(optim: DictConfig) -> None:
 
 
 def check_data(batch_size, val_fraction, decode_errors) -> None:
-    """data.* settings that need no corpus (CharDataModule checks them too, for code that builds one)."""
-    must(is_int(batch_size) and batch_size > 0, "data.batch_size", batch_size, "a positive integer, e.g. "
-         "data.batch_size=32")
+    """data.* settings that need no corpus."""
+    must(is_int(batch_size) and batch_size > 0, "data.batch_size", batch_size, "a positive integer, e.g. 32")
     must(is_number(val_fraction) and 0 < val_fraction < 1, "data.val_fraction", val_fraction,
          "between 0 and 1, e.g. data.val_fraction=0.1")
     must(decode_errors in ("strict", "replace"), "data.decode_errors", decode_errors, "strict or replace")
 
 
 def check_scheduler(scheduler: Mapping) -> None:
-    """scheduler.* (conf/scheduler/); a cosine's min_lr_ratio below 0 would turn the lr negative, above 1 it would
-    not decay."""
+    """scheduler.*: a cosine's min_lr_ratio below 0 would turn the lr negative, above 1 it would not decay."""
     name = scheduler.get("name")
     must(name in ("constant", "cosine"), "scheduler.name", name, "constant or cosine (scheduler=constant | cosine)")
     warmup = scheduler.get("warmup_steps", 0)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, Subset, TensorDataset
 
 from frosty_lm import corpus
-from frosty_lm.config import FrostyError, check_data
+from frosty_lm.config import FrostyError
 from frosty_lm.corpus import CharTokenizer
 from frosty_lm.machine import check_fits
 
@@ -76,7 +76,6 @@ class CharDataModule(L.LightningDataModule):
                  val_fraction: float = 0.1, seed: int = 0, path: str | None = None, url: str | None = None,
                  sha256: str | None = None, decode_errors: str = "strict") -> None:
         super().__init__()
-        check_data(batch_size, val_fraction, decode_errors)
         self.name, self.data_dir, self.path, self.url, self.sha256 = name, data_dir, path, url, sha256
         self.block_size, self.batch_size, self.val_fraction = block_size, batch_size, val_fraction
         self.seed, self.decode_errors = seed, decode_errors

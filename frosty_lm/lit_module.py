@@ -14,11 +14,20 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.nn import functional as F
 
-from frosty_lm.config import GPTConfig, NonFiniteLoss
+from frosty_lm.config import FrostyError, GPTConfig
 from frosty_lm.model import build
 from frosty_lm.optim import group_settings, lr_lambda, make_optimizer, timed
 
 LN2 = math.log(2)
+
+
+class NonFiniteLoss(FrostyError):
+    """The training loss became NaN or infinite at `step` (counted from 1): training stopped before that step's
+    update, so no weights of it were saved."""
+
+    def __init__(self, loss: float, step: int) -> None:
+        super().__init__(f"the training loss is {loss} at step {step}: training stopped")
+        self.step = step
 
 
 class FrostyLM(L.LightningModule):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from frosty_lm.config import FrostyError, check_scheduler
+from frosty_lm.config import FrostyError
 from frosty_lm.machine import cpu_precision
 
 
@@ -136,7 +136,6 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
     It takes the steps done and, in a run limited by time, where its budget has got to (budget_step). The warm-up
     counts steps (it steadies the first updates, however long they take), ending by half the budget at the latest;
     the decay follows the budget."""
-    check_scheduler(dict(name=name, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio))
     if name == "cosine":
         warmup_steps = min(warmup_steps, decay_steps // 2)
 

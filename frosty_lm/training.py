@@ -20,13 +20,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm import resume
-from frosty_lm.callbacks import StopOnInterrupt
+from frosty_lm.callbacks import StopOnInterrupt, Stopped
 from frosty_lm.checkpoint import load_checkpoint
 from frosty_lm.checkpoint_saving import AtomicCheckpointIO
 from frosty_lm.cli import command_arg, error_line, in_sweep, parallel_jobs
-from frosty_lm.config import FrostyError, NonFiniteLoss, Stopped, check_config, is_int
+from frosty_lm.config import FrostyError, check_config, is_int
 from frosty_lm.data import CharDataModule
-from frosty_lm.lit_module import FrostyLM
+from frosty_lm.lit_module import FrostyLM, NonFiniteLoss
 from frosty_lm.machine import check_gpu_present, check_training_fits, precision_line
 from frosty_lm.progress import ProgressLines, job_log_only, keep_off_console
 from frosty_lm.status import RunLock, RunRecord, summarise

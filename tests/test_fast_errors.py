@@ -14,10 +14,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from conftest import CONF, ROOT, TINY, split_import_times
 from frosty_lm import corpus
 from frosty_lm.cli import command_arg
-from frosty_lm.config import FrostyError, check_early
+from frosty_lm.config import FrostyError
 from frosty_lm.data import CharDataModule
 from frosty_lm.machine import NATIVE_BF16, cpu_flags, torch_native_bf16
 from test_reliability import assert_one_line_error
+from train import check_early
 
 HEAVY = ("torch", "lightning", "pytorch_lightning", "lightning_fabric")
 
