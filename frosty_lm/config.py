@@ -56,8 +56,9 @@ class ModelConfig:
             if not is_int(getattr(self, key)) or getattr(self, key) <= 0:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
         if self.n_embd % self.n_head:
-            raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: choose n_embd "
-                             f"as a multiple of n_head (e.g. model.n_embd={self.n_head * max(1, self.n_embd // self.n_head)})")
+            example = self.n_head * max(1, round(self.n_embd / self.n_head))
+            raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: choose "
+                             f"n_embd as a multiple of n_head (e.g. model.n_embd={example})")
         if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout!r} must be a number in [0, 1), e.g. model.dropout=0.2")
         choices = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "activation": ("gelu", "relu2"),

@@ -1,10 +1,8 @@
-"""The machine a run trains on: its CPU precision (and the line that says why), its matmul peak, its memory and
-whether training fits in it. Neither Hydra nor torch at import: the model's code imports it, and resolving a config
-calls it before torch loads."""
+"""The machine a run trains on: its CPU precision (and the line that says why), its memory and whether training
+fits in it. Neither Hydra nor torch at import: resolving a config calls it before torch loads."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +13,7 @@ if TYPE_CHECKING:  # torch takes seconds to import: the functions that use it im
 
     from frosty_lm.model import GPT
 
-NATIVE_BF16 = ("avx512_bf16", "amx_tile")  # what torch.cpu's _is_avx512_bf16_supported, _is_amx_tile_supported read
+NATIVE_BF16 = ("avx512_bf16", "amx_tile")  # the flags torch's own bf16 checks read
 BELOW_BF16 = {  # values of torch's and oneDNN's instruction-set caps that are below native bf16
     "ATEN_CPU_CAPABILITY": {"default", "avx2"},
     "ONEDNN_MAX_CPU_ISA": {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"},
@@ -23,12 +21,10 @@ BELOW_BF16 = {  # values of torch's and oneDNN's instruction-set caps that are b
 
 
 def cpu_precision() -> str:
-    """trainer=cpu's precision: bf16 autocast where the CPU computes it natively, faster to the same loss
-    (docs/performance.md); else fp32. Resolved with the config: /proc/cpuinfo's flags spare loading torch."""
-    if isa_cap() is not None:
-        return "32-true"
-    flags = None if "torch" in sys.modules else cpu_flags()
-    native_bf16 = torch_native_bf16() if flags is None else any(flag in flags for flag in NATIVE_BF16)
+    """trainer=cpu's precision: bf16 autocast where the CPU computes it natively (its flags in /proc/cpuinfo),
+    faster to the same loss (docs/performance.md); else fp32."""
+    flags = cpu_flags()
+    native_bf16 = flags is not None and any(flag in flags for flag in NATIVE_BF16) and isa_cap() is None
     return "bf16-mixed" if native_bf16 else "32-true"
 
 
@@ -56,16 +52,8 @@ def precision_line(cfg: DictConfig, precision: str) -> str:
     return f"{precision}: as trainer.precision sets it"
 
 
-def torch_native_bf16() -> bool:
-    import torch
-
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private to torch: absent means no
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
 def cpu_flags() -> set[str] | None:
-    """The CPU's flags in /proc/cpuinfo (none outside x86, where torch reports neither flag either); None without
-    /proc/cpuinfo."""
+    """The CPU's flags in /proc/cpuinfo (none outside x86); None without /proc/cpuinfo (not Linux: fp32)."""
     try:
         with open("/proc/cpuinfo") as f:
             return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}

@@ -8,6 +8,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
 from conftest import CONF
+from frosty_lm import machine
 from frosty_lm.config import GPTConfig
 from frosty_lm.machine import BELOW_BF16, cpu_precision
 
@@ -71,8 +72,8 @@ def test_data_and_model_share_block_size_and_seed():
 def test_cpu_trainer_uses_bf16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected):
     for name in BELOW_BF16:  # no instruction-set cap (the variables that approximate an AVX2 CPU)
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    flags = {"avx512f"} | ({"avx512_bf16"} if avx512_bf16 else set()) | ({"amx_tile"} if amx else set())
+    monkeypatch.setattr(machine, "cpu_flags", lambda: flags)
     assert cpu_precision() == expected
     assert compose_train().trainer.precision == expected
     assert compose_train("trainer.precision=32-true").trainer.precision == "32-true"
@@ -86,13 +87,12 @@ def test_a_model_preset_is_the_same_model_on_every_machine(monkeypatch, native_b
     for name in BELOW_BF16:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16"} if native_bf16 else set())
     for preset in ("tiny", "small", "medium", "large"):
         model = OmegaConf.to_container(compose_train(f"model={preset}", f"trainer={trainer}").model, resolve=True)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: not native_bf16)
+        monkeypatch.setattr(machine, "cpu_flags", lambda: set() if native_bf16 else {"avx512_bf16"})
         other = OmegaConf.to_container(compose_train(f"model={preset}", "trainer=cpu").model, resolve=True)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+        monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16"} if native_bf16 else set())
         assert model == other, preset
     assert compose_train(f"trainer={trainer}").model.n_layer == 2
 

@@ -129,7 +129,7 @@ def test_the_precision_line_says_why(monkeypatch):
                                                  ("ONEDNN_MAX_CPU_ISA", "AVX2", True),
                                                  ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", False)])
 def test_an_instruction_set_capped_below_bf16_trains_in_fp32_and_says_so(monkeypatch, name, value, capped):
-    from frosty_lm.machine import cpu_precision, torch_native_bf16
+    from frosty_lm.machine import NATIVE_BF16, cpu_flags, cpu_precision
 
     for other in BELOW_BF16:
         monkeypatch.delenv(other, raising=False)
@@ -140,7 +140,7 @@ def test_an_instruction_set_capped_below_bf16_trains_in_fp32_and_says_so(monkeyp
         assert precision_line(auto, "32-true") == (f"fp32 (32-true): {name}={value} caps torch's CPU kernels below "
                                                    "native bf16")
     else:
-        assert cpu_precision() == ("bf16-mixed" if torch_native_bf16() else "32-true")
+        assert cpu_precision() == ("bf16-mixed" if set(NATIVE_BF16) & (cpu_flags() or set()) else "32-true")
 
 
 def test_the_train_val_gap_waits_for_two_validations_and_compares_the_same_stretch():
