@@ -119,7 +119,7 @@ def main() -> None:
     flops = module.model.flops_per_char() * B * T  # per step: nanoGPT's estimate, as the training log's
     batches = RandomWindows(data, T, B, seed=0)
     dtype = compute_dtype(precision)  # what A and B compute in; C computes in fp32
-    peak32 = matmul_peak(torch.float32, device) / 1e9  # as the training log's: the best over a few sizes
+    peak32 = matmul_peak(torch.float32, device) / 1e9  # the best over a few sizes
     peak = peak32 if dtype == torch.float32 else matmul_peak(dtype, device) / 1e9
     n = args.warmup + args.steps
 

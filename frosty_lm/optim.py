@@ -1,9 +1,6 @@
 """The optimizer a run trains with (conf/optim/): AdamW for every weight (optim=adamw), or torch.optim.Muon for the
-blocks' weight matrices and AdamW for the rest (optim=muon); and its learning-rate schedule (conf/scheduler/).
-
-Lightning's automatic optimization wants one optimizer: MuonWithAdamW is one, so that the schedule, gradient
-clipping and checkpoints see one; manual optimization would mean doing those by hand, each a place for a resumed
-run to differ from an uninterrupted one."""
+blocks' weight matrices and AdamW for the rest (optim=muon, one optimizer for Lightning's automatic optimization:
+its schedule, gradient clipping and checkpoints); and its learning-rate schedule (conf/scheduler/)."""
 from __future__ import annotations
 
 import math
@@ -132,10 +129,8 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
               min_lr_ratio: float = 0.1) -> Callable[..., float]:
     """The lr multiplier (for torch's LambdaLR). constant: linear warm-up, then the base lr. cosine: warm-up (at
     most half of decay_steps, so that short runs still decay), then cosine decay to min_lr_ratio at decay_steps.
-
-    It takes the steps done and, in a run limited by time, where its budget has got to (budget_step). The warm-up
-    counts steps (it steadies the first updates, however long they take), ending by half the budget at the latest;
-    the decay follows the budget."""
+    In a run limited by time it also takes where the budget has got to (budget_step): the warm-up counts steps,
+    ending by half the budget at the latest; the decay follows the budget."""
     if name == "cosine":
         warmup_steps = min(warmup_steps, decay_steps // 2)
 
