@@ -71,3 +71,13 @@ def test_the_training_benchmark_times_the_steps_it_names_when_the_corpus_is_shor
                         enable_model_summary=False, callbacks=[timer])
     trainer.fit(module, train_dataloaders=DataLoader(windows, batch_size=None))
     assert (timer.start_step, timer.steps) == (3, 7) and timer.seconds > 0
+
+
+def test_the_generation_benchmark_compares_with_a_commit_in_one_process(capsys):
+    """--baseline COMMIT: that commit's code (here this one's) imported beside this checkout's, alternating."""
+    from bench.generate_speed import against_baseline
+
+    against_baseline("HEAD", chars=20, rounds=2)
+    line = capsys.readouterr().out
+    assert line.startswith("small model, cached: this checkout ") and "HEAD " in line
+    assert 0.2 < float(line.rsplit(": ", 1)[1].removesuffix("x\n")) < 5  # the same code: near 1 on a quiet machine
