@@ -22,12 +22,7 @@ LN2 = math.log(2)
 
 
 class NonFiniteLoss(FrostyError):
-    """The training loss became NaN or infinite at `step` (counted from 1): training stopped before that step's
-    update, so no weights of it were saved."""
-
-    def __init__(self, loss: float, step: int) -> None:
-        super().__init__(f"the training loss is {loss} at step {step}: training stopped")
-        self.step = step
+    """The training loss became NaN or infinite: training stopped before that step's update."""
 
 
 class FrostyLM(L.LightningModule):
@@ -71,7 +66,7 @@ class FrostyLM(L.LightningModule):
         self.chars_per_batch = x.numel()
         _, loss = self(x, y)
         if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
-            raise NonFiniteLoss(loss.item(), self.global_step + 1)
+            raise NonFiniteLoss(f"the training loss is {loss.item()} at step {self.global_step + 1}: training stopped")
         if logs_written_at(self.trainer, self.global_step + 1):
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])

@@ -160,7 +160,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     except NonFiniteLoss as err:  # last.ckpt keeps the last validation's state: the stop's would give NaN again
-        lower, last = f"optim.lr={cfg.optim.lr / 2:g}", trainer.checkpoint_callback.last_model_path
+        lower, last = f"optim.lr={cfg.optim.lr / 2:g}", getattr(trainer.checkpoint_callback, "last_model_path", "")
         advice = (f"continue from the last validation's {last} with a lower learning rate, python train.py "
                   f"{command_arg('resume', Path(cfg.paths.output_dir))} {lower}" if last and Path(last).is_file()
                   else f"start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set")
