@@ -1,9 +1,7 @@
-"""The GPT: a character-level transformer in the style of nanoGPT, with a key/value cache for generation.
-
-Top to bottom: the cache and rotary embeddings, then CausalSelfAttention, MLP, Block, GPT and the Bigram baseline,
-each with its forward, which serves training and cached generation alike. Settings: GPTConfig (config.py).
-Shapes: B batch, T time (characters), C channels (n_embd), nh heads, hs head size, V vocabulary.
-"""
+"""The GPT: a character-level transformer in the style of nanoGPT, with a key/value cache for generation. Top to
+bottom: the cache and rotary embeddings, then CausalSelfAttention, MLP, Block, GPT and the Bigram baseline, each with
+its forward, which serves training and cached generation alike. Settings: GPTConfig (config.py).
+Shapes: B batch, T time (characters), C channels (n_embd), nh heads, hs head size, V vocabulary."""
 from __future__ import annotations
 
 import math
@@ -210,11 +208,9 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
                 input_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) character ids -> logits (B, T, V), loss (mean over targets != -1, or None).
-
-        input_pos: the position of idx's first character in its context. With a cache (self.new_cache()), the keys
-        and values of idx's positions are stored in it, and idx attends to the earlier positions stored there too.
-        """
+        """idx (B, T) character ids -> logits (B, T, V), loss (mean over targets != -1, or None). input_pos: the
+        position of idx's first character in its context. With a cache (self.new_cache()), the keys and values of
+        idx's positions are stored in it, and idx attends to the earlier positions stored there too."""
         B, T = idx.shape
         end = input_pos + T
         if end > self.cfg.block_size:
