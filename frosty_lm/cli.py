@@ -134,8 +134,8 @@ def _no_tips(record: logging.LogRecord) -> bool:
 
 def quiet_lightning() -> None:
     """Silence Lightning's advertisements and the warnings that do not apply: Frosty's training stream resumes exactly
-    without loader state, checkpoint directories are reused on purpose, an epoch is nominal, Frosty measures the GPU
-    peak Lightning lacks, and loader workers would only add processes. Lightning's lines go through Hydra's handlers
+    without loader state, checkpoint directories are reused on purpose, an epoch is nominal, a GPU whose peak Lightning
+    lacks gets no MFU, and loader workers would only add processes. Lightning's lines go through Hydra's handlers
     only (once on the console, and into train.log). Calling it again adds nothing."""
     lightning = logging.getLogger("lightning")  # its own console handler, beside Hydra's (the root logger's): each
     for handler in list(lightning.handlers):  # line would print twice, and once without the job's prefix
