@@ -8,14 +8,14 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.cli import exit_on_user_error, run_entry_point
 from frosty_lm.config import FrostyError, is_int, is_number, must
 from frosty_lm.corpus import CharTokenizer
 from frosty_lm.generation import check_sampling, default_prompt, stream_text
-from frosty_lm.run_dirs import BEST, LAST, best_run, newest_run, run_corpus, run_record
+from frosty_lm.run_dirs import BEST, all_runs, newest_run, run_record
 
 DATASETS = Path(__file__).resolve().parent / "conf" / "dataset"  # the named corpora
 
@@ -43,24 +43,45 @@ def choose_checkpoint(cfg: DictConfig) -> tuple[str | Path, str | None]:
 def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]:
     """The best.ckpt of the best finished run on corpus (None: the newest run's corpus); if there is none, of the
     newest run on it, said so."""
-    newest = newest_run(outputs_dir, corpus)
-    if newest is None and (corpus is None or newest_run(outputs_dir) is None):
+    runs = all_runs(outputs_dir)
+    if not runs:
         raise no_runs(outputs_dir)
-    if newest is None:
-        runs = {last.parents[1] for last in Path(outputs_dir).rglob(str(LAST))}
+    if corpus is not None and not any(on_corpus(run, corpus) for run in runs):
         on = sorted({found.split(":")[0] for found in map(run_corpus, runs) if found})  # text:FILE -> text
         what = (f"train one (`python train.py dataset={corpus}`)" if (DATASETS / f"{corpus}.yaml").is_file()
                 else f"its runs are on {', '.join(on)}" if on else "give a corpus it has runs on")
         raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: {what}, or leave out corpus= for the "
                           "newest run's corpus")
+    newest = [run for run in runs if corpus is None or on_corpus(run, corpus)][-1]
     corpus = run_corpus(newest) or corpus  # corpus=text: the runs on the newest one's file (text:FILE), not on any
-    best = best_run(outputs_dir, corpus) if corpus is not None else None
-    if best is not None:
-        runs = f"{best.among} finished run{'s' if best.among > 1 else ''}"
-        return best.run / BEST, f"using {best.run / BEST}: best of {runs} on {corpus}"
+    finished = [run for run in runs if corpus is not None and on_corpus(run, corpus) and (run / BEST).is_file()
+                and run_record(run).get("status") == "finished" and is_number(run_record(run).get("best_val_loss"))]
+    if finished:
+        best = min(finished, key=lambda run: run_record(run)["best_val_loss"])
+        runs = f"{len(finished)} finished run{'s' if len(finished) > 1 else ''}"
+        return best / BEST, f"using {best / BEST}: best of {runs} on {corpus}"
     path = has_best(newest, f"the newest run under {outputs_dir}/, {newest},")
     why = f"no finished run on {corpus}" if corpus else f"the newest run's corpus is unknown ({newest}/.hydra)"
     return path, f"{why}; using the newest run's {path} ({about(newest)})"
+
+
+def run_corpus(run: Path) -> str | None:
+    """The corpus a run trained on: data.name in its .hydra/config.yaml, with data.path if it names a file ("text:FILE",
+    so that two files do not compare); None if the file is missing, damaged or foreign."""
+    try:  # as written, nothing resolved: the file may come from someone else
+        data = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=False)["data"]
+        name, path = data["name"], data.get("path")
+    except Exception:  # unreadable, not YAML, not a mapping, no data.name: whatever the error, the corpus is unknown
+        return None
+    if not isinstance(name, str) or "${" in name:
+        return None
+    return f"{name}:{path}" if isinstance(path, str) and path and "${" not in path else name
+
+
+def on_corpus(run: Path, corpus: str) -> bool:
+    """Whether run trained on corpus: a name (frost, or text: any file) or a run's own "text:FILE"."""
+    found = run_corpus(run)
+    return found is not None and (found == corpus or found.startswith(f"{corpus}:"))
 
 
 def no_runs(outputs_dir: str) -> FrostyError:

@@ -1,12 +1,27 @@
-"""Train a character GPT: `python train.py model=small dataset=frost` (see conf/train.yaml)."""
+"""Train a character GPT: `python train.py model=small dataset=frost` (see conf/train.yaml). Checks the config,
+then fits (torch and Lightning are imported only then: they take seconds) and summarises the run."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
-from frosty_lm import corpus
-from frosty_lm.cli import exit_on_user_error, in_sweep, quiet_lightning, run_entry_point
-from frosty_lm.config import check_config
+from frosty_lm import cli, corpus
+from frosty_lm.cli import command_arg, error_line, exit_on_user_error, in_sweep, parallel_jobs
+from frosty_lm.config import FrostyError, check_config, is_int
+from frosty_lm.run_dirs import check_more_to_train, forget_refused_resume, resume_if_asked
+from frosty_lm.status import RunLock, RunRecord, summarise
+
+log = logging.getLogger("frosty")
 
 
 def check_early(cfg: DictConfig) -> None:
@@ -27,11 +42,190 @@ def check_early(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> float | None:
     if not in_sweep():  # a sweep's job: run_training checks the config, and records a failure in its status.json
         check_early(cfg)  # a bad config or a missing corpus: one line at once, before torch and Lightning load
-    from frosty_lm.training import run_training  # seconds: torch and Lightning
-
-    quiet_lightning()
+    cli.quiet_lightning()
     return run_training(cfg)
 
 
+def make(node: DictConfig, **kwargs):
+    """Hydra's instantiate, with a user error raised by the constructor (ours, Lightning's MisconfigurationException,
+    a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) as a FrostyError, not a report."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, FrostyError):
+            raise cause from None
+        if isinstance(cause, MisconfigurationException):
+            raise FrostyError(" ".join(str(cause).split())) from None
+        if isinstance(cause, (TypeError, ValueError)):
+            where = OmegaConf.select(node, "_target_", default="a config node")
+            raise FrostyError(f"{where}: {' '.join(str(cause).split())} (python train.py --cfg job shows every "
+                              "setting)") from None
+        raise
+
+
+def run_training(cfg: DictConfig) -> float | None:
+    """Train, checkpoint, summarise; returns the best val loss (what sweeps minimise), status.json following the run.
+    Ctrl-C or SIGTERM save last.ckpt, print the command that continues the run and exit 130 or 143; a sweep's job
+    returns None instead, and the sweep goes on."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from frosty_lm.callbacks import Stopped
+    from frosty_lm.progress import keep_off_console
+
+    keep_off_console(f"[job {HydraConfig.get().job.num}] " if parallel_jobs() > 1 else "")  # its directory: N_...
+    resumed = bool(cfg.get("resume"))
+    try:
+        cfg, start = resume_if_asked(cfg)
+        lock = RunLock(cfg.paths.output_dir)
+        lock.acquire()  # before anything of the run is written: a second trainer of it is refused
+    except BaseException:
+        if resumed:
+            forget_refused_resume()
+        raise
+    try:
+        record = RunRecord(cfg.paths.output_dir, resumed=resumed)
+        record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
+        try:
+            best = fit(cfg, record, start)
+        except (Stopped, SIGTERMException) as stop:
+            signum = stop.signum if isinstance(stop, Stopped) else signal.SIGTERM
+            record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}")
+            how = "" if signum == signal.SIGINT else " by SIGTERM"
+            log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how,
+                     record.data.get("steps", 0), command_arg("resume", Path(cfg.paths.output_dir)))
+            if in_sweep():
+                return None
+            sys.exit(128 + signum)
+        except BaseException as err:
+            if record.previous is not None and not record.training_started:
+                record.restore()  # a refused resume leaves the run's record as it was
+                forget_refused_resume()
+            elif isinstance(err, KeyboardInterrupt):
+                record.write(status="interrupted", error="stopped before training started",
+                             training_started=record.training_started)
+            else:  # the error as its line says it; steps and best val loss as the checkpoints kept them
+                record.write(status="failed", error=error_line(err) or (str(err) or type(err).__name__).splitlines()[0],
+                             training_started=record.training_started,
+                             **(record.checkpointed() if record.training_started else {}))
+            raise
+        record.write(status="finished")
+    finally:
+        lock.release()
+    return best
+
+
+def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
+    """The run itself; returns the best val loss. Ctrl-C or SIGTERM raise Stopped or SIGTERMException out of it.
+    start: the checkpoint resume= has read; Lightning is handed what was read, so the file is read once."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from frosty_lm.callbacks import StopOnInterrupt, Stopped
+    from frosty_lm.checkpoint import check_compatible, check_start_state, load_checkpoint
+    from frosty_lm.checkpoint_saving import AtomicCheckpointIO
+    from frosty_lm.data import CharDataModule
+    from frosty_lm.lit_module import FrostyLM, NonFiniteLoss
+    from frosty_lm.machine import check_gpu_present, check_training_fits, precision_line
+    from frosty_lm.progress import ProgressLines, job_log_only
+
+    check_config(cfg)  # before threads and seed reach torch
+    check_gpu_present(cfg.trainer.get("accelerator"))  # before the corpus is read
+    threads = cfg.get("threads")
+    if threads is None and parallel_jobs() > 1:  # a parallel sweep's job: its share of the cores
+        threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
+    if threads:
+        torch.set_num_threads(int(threads))
+    threads = torch.get_num_threads()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    resumed_run = start is not None
+    if start is None and cfg.ckpt_path:  # a clear error now, before the corpus is read, for a missing or unsafe file
+        start = load_checkpoint(cfg.ckpt_path)
+    datamodule: CharDataModule = make(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # its vocabulary, for the model
+    run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
+    model = FrostyLM(vocab=datamodule.tokenizer.chars, model=run_config["model"], optim=run_config["optim"],
+                     scheduler=run_config["scheduler"], logged_config=run_config,  # to TensorBoard's HPARAMS only
+                     config=OmegaConf.to_container(cfg, resolve=False))  # as composed, for resume= to compare
+    if start is not None:
+        check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
+                                model.hparams.optim)
+        check_start_state(cfg.ckpt_path, start, model)
+        if not resumed_run:  # (resume= has checked this before composing the run)
+            check_more_to_train(start, cfg, Path(cfg.ckpt_path))
+    if cfg.trainer.get("accelerator") == "cpu":
+        devices = cfg.trainer.get("devices")
+        check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
+    elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
+        check_training_fits(model.model, cfg.data.batch_size, gpu=True)
+    spawn_ranks_inside_sweep(cfg)
+    # the stop is checked after the other callbacks' work of a step (Lightning puts the checkpoints last)
+    callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [StopOnInterrupt()]
+    # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's jobs
+    # (bars would garble each other): progress lines take its place on the console
+    bars = parallel_jobs() == 1 and sys.stdout is not None and sys.stdout.isatty()  # None: started with it closed
+    callbacks = [c for c in callbacks if bars or not isinstance(c, ProgressBar)]
+    for lines in (c for c in callbacks if isinstance(c, ProgressLines)):
+        lines.on_console, lines.record = not bars, record
+    loggers = [make(c) for c in cfg.get("logger", {}).values() if c is not None]
+    checkpoint_io = AtomicCheckpointIO(loaded=(cfg.ckpt_path, start) if start is not None else None)
+    trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io],
+                              enable_progress_bar=bars)
+    # from here on the run's log says what it does (a refused resume adds no line of Frosty's to its train.log)
+    if resumed_run:
+        log.info("resuming %s from step %d", Path(cfg.paths.output_dir), start["global_step"])
+    log.info("torch threads: %d", threads)
+    log.info("model: %s parameters, vocabulary of %d characters", f"{model.model.num_params():,}",
+             len(model.hparams.vocab))
+    record.write(num_params=model.model.num_params())
+    log.info("precision: %s", precision_line(cfg, str(trainer.precision)))
+    per_step = cfg.data.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    log.info("effective batch: %d windows of %d characters per step (data.batch_size %d x %d processes x %d "
+             "accumulated); lr %g (not scaled with the batch)", per_step, cfg.model.block_size, cfg.data.batch_size,
+             trainer.world_size, trainer.accumulate_grad_batches, cfg.optim.lr, extra=job_log_only())
+    record.training_started = True
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
+    except NonFiniteLoss as err:  # last.ckpt keeps the last validation's state: the stop's would give NaN again
+        lower, last = f"optim.lr={cfg.optim.lr / 2:g}", getattr(trainer.checkpoint_callback, "last_model_path", "")
+        advice = (f"continue from the last validation's {last} with a lower learning rate, python train.py "
+                  f"{command_arg('resume', Path(cfg.paths.output_dir))} {lower}" if last and Path(last).is_file()
+                  else f"start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set")
+        raise FrostyError(f"{err}; {advice}") from None
+    except (Stopped, SIGTERMException):
+        record.write(steps=trainer.global_step)  # the steps done, as last.ckpt holds them
+        raise
+    except SystemExit as err:  # Lightning's answer to a Ctrl-C before StopOnInterrupt's handler: exit status 1
+        if isinstance(err.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        raise
+    best = float(model.best_val_loss)
+    record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
+    try:
+        summarise(trainer, cfg, best, datamodule.tokenizer.decode(datamodule.val_data[:2000].tolist()))
+    except KeyboardInterrupt:  # the run itself is complete and saved: Ctrl-C only cuts its summary short
+        log.info("summary skipped (Ctrl-C); the run is complete")
+    return best
+
+
+def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:
+    """Plain ddp starts the other ranks by re-running the command line, which inside a sweep re-runs the sweep:
+    there, unless SLURM or torchrun started them, ddp_spawn starts them from this job."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    externally_started = SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
+    if not in_sweep() or cfg.trainer.get("strategy") != "ddp" or externally_started:
+        return
+    log.info("inside a sweep: trainer.strategy=ddp_spawn instead of ddp")
+    cfg.trainer.strategy = "ddp_spawn"
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork", "forkserver"):
+        multiprocessing.set_start_method("spawn", force=True)  # a joblib (loky) worker's own method spawns nothing
+
+
 if __name__ == "__main__":
-    run_entry_point(main)
+    cli.run_entry_point(main)

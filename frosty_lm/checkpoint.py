@@ -1,8 +1,9 @@
 """Reading Frosty checkpoints: safely (weights_only: loading never runs code from the file), with the weight names
-of older versions brought up to date, and the model one describes. Torch only, so generate.py starts without
-Lightning; checkpoint_saving.py writes them in training."""
+of older versions brought up to date; the model one describes; whether one fits a run that starts from it. Torch
+only, so generate.py starts without Lightning; checkpoint_saving.py writes them in training."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 import warnings
@@ -12,6 +13,7 @@ import torch
 
 from frosty_lm.config import FrostyError, GPTConfig
 from frosty_lm.model import GPT, Bigram, build
+from frosty_lm.optim import optim_name
 
 # Older checkpoints name some block weights otherwise: by the modules that once held them (ffwd.net.0), or without
 # the attn. or mlp. of the module that holds them (blocks.0.qkv). Their names today, in this order:
@@ -97,3 +99,50 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tu
         raise FrostyError(f"{path} is damaged: its weights do not fit its model settings or vocabulary ({reason}); "
                           "use a checkpoint written by train.py") from None
     return model.eval(), vocab
+
+
+def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, optim: dict) -> None:
+    """A checkpoint to start from (hparams: its hyper_parameters) must share this run's vocabulary, model shape and
+    optimizer. A setting it does not record (written before the setting existed) was GPTConfig's default."""
+    if hparams["vocab"] != vocab:
+        raise FrostyError(f"{ckpt_path} was trained on another vocabulary ({len(hparams['vocab'])} characters, this "
+                          f"corpus has {len(vocab)}): start from a checkpoint of the same corpus")
+    defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
+    stored, wanted = {**defaults, **hparams["model"]}, {**defaults, **model}
+    for key in ("kind", "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "norm", "qk_norm",
+                "activation", "logit_softcap", "tie_weights"):
+        if stored.get(key) != wanted.get(key):
+            raise FrostyError(f"{ckpt_path} has model.{key}={stored.get(key)}, this run model.{key}={wanted.get(key)}: "
+                              f"use the checkpoint's model settings (model.{key}={stored.get(key)})")
+    trained, asked = optim_name(hparams.get("optim") or {}), optim_name(optim)
+    if trained != asked:
+        raise FrostyError(f"{ckpt_path} was trained with optim={trained}, this run asks for optim={asked}: start from "
+                          f"it with optim={trained}")
+
+
+def check_start_state(ckpt_path: str, ckpt: dict, module) -> None:
+    """A checkpoint to start from, before Lightning restores it: its weights fit this run's LightningModule (loaded
+    into it, as Lightning would) and are finite, and its optimizer and random states are well formed."""
+    state = ckpt["state_dict"]
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise FrostyError(f"{ckpt_path} holds weights that do not fit its model ({detail}): the file was edited or "
+                          "damaged; start from another checkpoint") from None
+    if missing or unexpected:
+        what = f"lacks {', '.join(missing[:3])}" if missing else f"has unknown {', '.join(unexpected[:3])}"
+        raise FrostyError(f"{ckpt_path} {what}: the file was edited or damaged; start from another checkpoint")
+    weights = (t for name, t in state.items() if t.is_floating_point() and name != "best_val_loss")  # inf: none yet
+    if not all(torch.isfinite(t).all() for t in weights):
+        raise FrostyError(f"{ckpt_path} holds NaN or infinite weights: training cannot go on from them; start from "
+                          "an earlier checkpoint (e.g. its run's best.ckpt), or anew")
+    optimizers = ckpt.get("optimizer_states")
+    if not (isinstance(optimizers, list) and len(optimizers) == 1 and isinstance(optimizers[0], dict)
+            and {"state", "param_groups"} <= optimizers[0].keys()):
+        raise FrostyError(f"{ckpt_path} holds no optimizer state to go on with: give a checkpoint written by train.py")
+    rng = ckpt.get("torch_rng_state")
+    if rng is not None and not (isinstance(rng, torch.Tensor) and rng.dtype == torch.uint8
+                                and rng.shape == torch.get_rng_state().shape):
+        raise FrostyError(f"{ckpt_path} holds a damaged random state (torch_rng_state): give a checkpoint written "
+                          "by train.py")

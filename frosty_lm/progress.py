@@ -70,7 +70,7 @@ def duration(seconds: float) -> str:
 
 class ProgressLines(L.Callback):
     """A line every `every_seconds` seconds of training or `every_n_steps` steps, whichever comes first (null:
-    never), one after each validation (also into `record`, training.fit's status.RunRecord), and the run's time
+    never), one after each validation (also into `record`, train.fit's status.RunRecord), and the run's time
     estimated from the `estimate_after` steps after the first (a warm-up, far slower on a GPU). Training time
     leaves out validation and checkpointing; characters/s counts every process's. Only the first process writes."""
 
@@ -84,7 +84,7 @@ class ProgressLines(L.Callback):
         must(is_int(estimate_after) and estimate_after > 0, key + "estimate_after", estimate_after,
              "a positive integer")
         self.every_seconds, self.every_n_steps, self.estimate_after = every_seconds, every_n_steps, estimate_after
-        self.on_console = True  # set by training.fit: False while the Rich bar shows the progress
+        self.on_console = True  # set by train.fit: False while the Rich bar shows the progress
         self.record = None
         self._reset(0)
 

@@ -1,54 +1,39 @@
-"""Run directories: where a run goes, never over another run; which run `resume=` continues; the newest run; the
-best finished run on a corpus (generate.py's default)."""
+"""Run directories: where a run goes (never over another run), which run resume= continues, the config it
+continues with (conf/ composed again with the run's recorded overrides), and the newest run."""
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
 
+from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from frosty_lm.cli import command_arg
-from frosty_lm.config import FrostyError, is_number
+from frosty_lm.config import FrostyError, is_int, max_time_seconds
 
 LAST = Path("checkpoints") / "last.ckpt"
 BEST = Path("checkpoints") / "best.ckpt"
 
 
-def newest_run(outputs_dir: str | Path, corpus: str | None = None) -> Path | None:
-    """The run under outputs_dir (runs and sweeps alike) whose last.ckpt was written most recently (on corpus if
-    given), or None: what resume=latest continues, and generate.py's run=latest samples."""
-    found = [p for p in Path(outputs_dir).rglob(str(LAST))
-             if p.is_file() and (corpus is None or on_corpus(p.parents[1], corpus))]
-    return max(found, key=lambda p: p.stat().st_mtime).parents[1] if found else None
+def all_runs(outputs_dir: str | Path) -> list[Path]:
+    """The runs under outputs_dir (runs and sweeps alike) that hold a last.ckpt, the most recently written last."""
+    found = [p for p in Path(outputs_dir).rglob(str(LAST)) if p.is_file()]
+    return [p.parents[1] for p in sorted(found, key=lambda p: p.stat().st_mtime)]
 
 
-class BestRun(NamedTuple):
-    """The best finished run on a corpus, and how many finished runs on it there were."""
-    run: Path
-    val_loss: float
-    steps: int | None
-    corpus: str
-    among: int
-
-
-def best_run(outputs_dir: str | Path, corpus: str) -> BestRun | None:
-    """The finished run on corpus under outputs_dir with the lowest best val loss (status.json) and a best.ckpt,
-    or None; runs whose status.json or .hydra/config.yaml is missing, damaged or foreign are left out."""
-    finished = []
-    for ckpt in sorted(Path(outputs_dir).rglob(str(BEST))):
-        run = ckpt.parents[1]
-        record = run_record(run)
-        loss, steps = record.get("best_val_loss"), record.get("steps")
-        if ckpt.is_file() and record.get("status") == "finished" and is_number(loss) and on_corpus(run, corpus):
-            finished.append(BestRun(run, float(loss), int(steps) if is_number(steps) else None, corpus, 0))
-    return min(finished, key=lambda found: found.val_loss)._replace(among=len(finished)) if finished else None
+def newest_run(outputs_dir: str | Path) -> Path | None:
+    """What resume=latest continues, and generate.py's run=latest samples."""
+    runs = all_runs(outputs_dir)
+    return runs[-1] if runs else None
 
 
 def run_record(run: Path) -> dict:
@@ -58,25 +43,6 @@ def run_record(run: Path) -> dict:
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return {}
     return record if isinstance(record, dict) else {}
-
-
-def run_corpus(run: Path) -> str | None:
-    """The corpus a run trained on: data.name in its .hydra/config.yaml, with data.path if it names a file ("text:FILE",
-    so that two files do not compare); None if the file is missing, damaged or foreign."""
-    try:  # as written, nothing resolved: the file may come from someone else
-        data = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=False)["data"]
-        name, path = data["name"], data.get("path")
-    except Exception:  # unreadable, not YAML, not a mapping, no data.name: whatever the error, the corpus is unknown
-        return None
-    if not isinstance(name, str) or "${" in name:
-        return None
-    return f"{name}:{path}" if isinstance(path, str) and path and "${" not in path else name
-
-
-def on_corpus(run: Path, corpus: str) -> bool:
-    """Whether run trained on corpus: a name (frost, or text: any file) or a run's own "text:FILE"."""
-    found = run_corpus(run)
-    return found is not None and (found == corpus or found.startswith(f"{corpus}:"))
 
 
 def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
@@ -163,3 +129,140 @@ def make_dir(path: str, key: str) -> None:
     if free < 2**20:  # Hydra writes the config next, before any of Frosty's code could say so in one line
         raise FrostyError(f"no space left on the device: {path} has {free // 1024} KiB free: free some space, or "
                           f"choose another disk with {key}")
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+WRITE_KEYS = ("dirpath", "save_dir", "default_root_dir", "name", "version", "sub_dir", "filename")
+FOLLOWS_CONF = ("callbacks", "logger")  # what a resumed run takes from today's conf/: they watch training only
+ABSENT = object()
+
+
+def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
+    """resume=: compose conf/ again with the overrides the run recorded and this command's (Hydra has already put
+    this job in the run's directory), to go on from its last.ckpt; nothing in the checkpoint is composed or
+    instantiated. Returns the config and the checkpoint read (None without resume=)."""
+    if not cfg.get("resume"):
+        return cfg, None
+    if cfg.get("ckpt_path"):
+        raise FrostyError(f"resume={cfg.resume} and ckpt_path={cfg.ckpt_path} conflict: resume= continues a run in its "
+                          "own directory, ckpt_path= starts a new run from a checkpoint; give one")
+    from frosty_lm.checkpoint import load_checkpoint  # torch: seconds
+
+    hydra = HydraConfig.get()
+    run = Path(hydra.runtime.output_dir)
+    last = run / LAST
+    ckpt = load_checkpoint(last)
+    stored = ckpt["hyper_parameters"].get("config")
+    if not isinstance(stored, dict):
+        raise FrostyError(f"{last} records no run config (an older Frosty's checkpoint): start a new run from it with "
+                          f"ckpt_path={last} and the run's overrides")
+    parser = OverridesParser.create()
+    recorded = [o for o in recorded_overrides(run, hydra.output_subdir) if not o.startswith("resume=")]
+    try:
+        parsed = parser.parse_overrides(recorded)
+    except HydraException as err:
+        raise FrostyError(f"cannot resume {run}: its recorded overrides do not parse ({' '.join(str(err).split())}): "
+                          "the run's .hydra/ was edited or damaged") from None
+    check_recorded(parsed, run)
+    new = [o for o in parser.parse_overrides(list(hydra.overrides.task)) if o.key_or_group != "resume"]
+    for override in new:
+        if override.key_or_group in hydra.runtime.choices:
+            raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
+                              f"(leave {override.key_or_group}= out); override single keys instead (e.g. "
+                              "trainer.max_steps=5000)")
+    given = [f"+{o.input_line}" if o.input_line.startswith("+") and not o.input_line.startswith("++")
+             else o.input_line for o in new]  # +key=: a key of the run's own groups (Muon's), set or added
+    try:
+        cfg, resume = compose(hydra.job.config_name, [*recorded, *given]), cfg.resume
+    except HydraException as err:
+        why = " ".join(str(err).split())
+        raise FrostyError(f"{run}'s recorded overrides and this command's do not compose with conf/: {why}") from None
+    changed = [key for key in differences(stored, OmegaConf.to_container(cfg, resolve=False))
+               if not key.startswith(FOLLOWS_CONF) and key not in ("resume", "ckpt_path")
+               and not any(key == o.key_or_group or key.startswith(o.key_or_group + ".") for o in new)]
+    if changed:  # conf/ changed since the run started
+        key = changed[0]
+        was, now = OmegaConf.select(OmegaConf.create(stored), key), OmegaConf.select(cfg, key)
+        more = f" (and {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" if changed[1:] else ""
+        raise FrostyError(f"cannot resume {run}: conf/ now gives {key}={now} where the run recorded {key}={was}{more}; "
+                          f"add {key}={was} to the command to go on as it trained")
+    cfg.resume, cfg.ckpt_path = resume, str(last)
+    check_more_to_train(ckpt, cfg, run)
+    return cfg, ckpt  # (train.fit checks the config, as for a new run)
+
+
+def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
+    """The overrides a run was started with, then those of each of its resumes but this one, oldest first."""
+    first = run / ".hydra" / "overrides.yaml"
+    if not first.is_file():
+        raise FrostyError(f"cannot resume {run}: it has no .hydra/overrides.yaml (not a run of train.py): start a new "
+                          f"run from it with ckpt_path={run / LAST} and the run's overrides")
+    overrides = []
+    for file in [first, *sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))]:
+        if this_subdir and file.parent == run / this_subdir:
+            continue
+        try:
+            listed = OmegaConf.to_container(OmegaConf.load(file))
+        except Exception:  # not YAML, not UTF-8, unreadable: the same answer
+            listed = None
+        if not (isinstance(listed, list) and all(isinstance(o, str) for o in listed)):
+            raise FrostyError(f"{file} is not a list of overrides (damaged or edited): resume only runs of train.py")
+        overrides += listed
+    return overrides
+
+
+def check_recorded(overrides: list, run: Path) -> None:
+    """A run directory may come from someone else: its recorded overrides may not run code (Hydra's keys, a
+    `_target_`), call a resolver, download from a URL that conf/ does not name, or write outside the run."""
+    urls = set(re.findall(r"^url:\s*(\S+)", "\n".join(f.read_text() for f in (CONF / "dataset").glob("*.yaml")),
+                          flags=re.MULTILINE))
+    for override in overrides:
+        key, value = override.key_or_group, override.value()
+        why = None
+        if key.startswith("hydra") or any(part.startswith("_") for part in re.split(r"[./]", key)):
+            why = f"sets {key}"
+        elif re.search(r"\$\{[^}]*:", override.input_line):
+            why = "calls a resolver"
+        elif key == "paths.output_dir" or (key.startswith(("callbacks.", "logger.", "trainer.", "paths."))
+                                           and key.endswith(WRITE_KEYS) and isinstance(value, str)
+                                           and (value.startswith("/") or ".." in Path(value).parts)):
+            why = "writes outside the run's directory"
+        elif key == "data.url" and value not in urls:
+            why = "downloads from a URL that conf/ does not name"
+        if why:
+            raise FrostyError(f"cannot resume {run}: its recorded override {override.input_line} {why}; resume only "
+                              f"runs you trust (or start a new run from its weights with ckpt_path={run / LAST})")
+
+
+def differences(old, new, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two plain configs (a key on one side only differs)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [found for key in sorted(set(old) | set(new), key=str)
+                for found in differences(old.get(key, ABSENT), new.get(key, ABSENT), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.removesuffix(".")]
+
+
+def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
+    """A run already at its step or time limit is refused with the key to raise, rather than ending without a step."""
+    step, max_steps = ckpt.get("global_step"), cfg.trainer.max_steps
+    if not (is_int(step) and step >= 0):
+        raise FrostyError(f"{run} holds a damaged step count (global_step={step!r}): give a checkpoint written by "
+                          "train.py")
+    if isinstance(max_steps, int) and step >= max_steps:
+        raise FrostyError(f"{run} is at step {step} and trainer.max_steps={max_steps}: nothing to train; give a larger "
+                          f"trainer.max_steps (e.g. trainer.max_steps={2 * max_steps})")
+    max_time = cfg.trainer.get("max_time")
+    elapsed = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train")
+    if max_time and elapsed is not None and elapsed >= max_time_seconds(max_time):
+        raise FrostyError(f"{run} has trained {elapsed:.0f} s and trainer.max_time={max_time}: nothing to train; "
+                          "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")
+
+
+def forget_refused_resume() -> None:
+    """A resume refused before training leaves its run as it found it: the config Hydra saved for it goes too."""
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    subdir = hydra.output_subdir
+    if subdir and Path(subdir).parent.name == ".hydra" and Path(subdir).name.startswith("resumed-"):
+        shutil.rmtree(Path(hydra.runtime.output_dir) / subdir, ignore_errors=True)

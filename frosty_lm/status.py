@@ -62,7 +62,7 @@ class RunRecord:
             self.data = {}
         earlier = self.data.get("wall_time_s")
         self.earlier_wall_time = earlier if isinstance(earlier, (int, float)) else 0.0
-        self.training_started = False  # set by training.fit
+        self.training_started = False  # set by train.fit
 
     def write(self, **fields) -> None:
         if rank() != 0:  # in a multi-process run, the first process keeps the record

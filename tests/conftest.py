@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import frosty_lm.cli  # noqa: F401  (registers the resolver and the schemas that conf/ uses)
+from frosty_lm.cli import run_entry_point  # (at import: the resolver and the schemas that conf/ uses)
 
 ROOT = Path(__file__).resolve().parents[1]
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # tests side by side (pytest -n): each worker's torch its share of the
@@ -152,7 +152,7 @@ def call_entry_point(script: str, args: list[str], monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
     monkeypatch.setenv("FROSTY_DEBUG", "0")
     try:
-        module.run_entry_point(module.main)
+        run_entry_point(module.main)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     return 0

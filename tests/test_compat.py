@@ -28,8 +28,8 @@ def test_an_old_checkpoint_fits_a_run_with_the_default_model_options():
 
     import pytest
 
+    from frosty_lm.checkpoint import check_compatible
     from frosty_lm.config import FrostyError, GPTConfig
-    from frosty_lm.resume import check_compatible
 
     hparams = torch.load(OLD, weights_only=True)["hyper_parameters"]
     assert "position" not in hparams["model"]  # written before the model options existed

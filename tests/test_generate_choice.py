@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from conftest import run
-from frosty_lm.run_dirs import best_run, newest_run, run_to_resume
+from frosty_lm.config import FrostyError
+from frosty_lm.run_dirs import newest_run, run_to_resume
+from generate import default_checkpoint
 from test_reliability import assert_one_line_error
 
 CHOOSE = "(choose with run=latest|DIR or ckpt_path=FILE)"
@@ -118,10 +120,12 @@ def test_damaged_and_foreign_run_files_are_skipped(tmp_path):
                                 ("j", "status.json", b'{"status": "finished", "best_val_loss": NaN}')]:
         (fake_run(outputs, name, "frost", "finished", 1.0, 100, age=1) / file).write_bytes(content)
     (fake_run(outputs, "k", "frost", "finished", 1.0, 100, age=1) / ".hydra" / "config.yaml").unlink()
-    found = best_run(outputs, "frost")
-    assert (found.run, found.val_loss, found.steps, found.corpus, found.among) == (outputs / "a", 2.0, 100, "frost", 1)
-    assert best_run(outputs, "yoda") is None
-    assert newest_run(outputs, "yoda") is None and newest_run(outputs) is not None
+    assert default_checkpoint(str(outputs), "frost") == (outputs / "a" / "checkpoints" / "best.ckpt",
+                                                          f"using {outputs / 'a/checkpoints/best.ckpt'}: best of 1 "
+                                                          "finished run on frost")
+    with pytest.raises(FrostyError, match="no run on corpus yoda"):
+        default_checkpoint(str(outputs), "yoda")
+    assert newest_run(outputs) is not None
 
 
 @pytest.mark.parametrize("args, fragments", [

@@ -117,7 +117,7 @@ def test_a_run_whose_settings_conf_no_longer_gives_is_refused_naming_them(invoke
 def test_the_best_run_search_reads_a_planted_config_without_resolving_it(trained_run, tmp_path, monkeypatch):
     """generate.py's choice of run reads each run's .hydra/config.yaml as written: a planted resolver is not
     called (here it would read the environment and make the run look like one on the corpus asked for)."""
-    from frosty_lm.run_dirs import on_corpus, run_corpus
+    from generate import on_corpus, run_corpus
 
     run_dir = received(trained_run, tmp_path)
     config = run_dir / ".hydra" / "config.yaml"
