@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from frosty_lm import cli, corpus
 from frosty_lm.cli import command_arg, error_line, exit_on_user_error, in_sweep, parallel_jobs
 from frosty_lm.config import FrostyError, check_config, is_int
-from frosty_lm.run_dirs import check_more_to_train, forget_refused_resume, resume_if_asked
+from frosty_lm.run_dirs import forget_refused_resume, resume_if_asked
 from frosty_lm.status import RunLock, RunRecord, summarise
 
 log = logging.getLogger("frosty")
@@ -126,7 +126,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from frosty_lm.callbacks import StopOnInterrupt, Stopped
-    from frosty_lm.checkpoint import check_compatible, check_start_state, load_checkpoint
+    from frosty_lm.checkpoint import check_compatible, check_more_to_train, check_start_state, load_checkpoint
     from frosty_lm.checkpoint_saving import AtomicCheckpointIO
     from frosty_lm.data import CharDataModule
     from frosty_lm.lit_module import FrostyLM, NonFiniteLoss

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from frosty_lm.config import FrostyError, GPTConfig
+from frosty_lm.config import FrostyError, GPTConfig, is_int, max_time_seconds
 from frosty_lm.model import GPT, Bigram, build
 from frosty_lm.optim import optim_name
 
@@ -146,3 +146,19 @@ def check_start_state(ckpt_path: str, ckpt: dict, module) -> None:
                                 and rng.shape == torch.get_rng_state().shape):
         raise FrostyError(f"{ckpt_path} holds a damaged random state (torch_rng_state): give a checkpoint written "
                           "by train.py")
+
+
+def check_more_to_train(ckpt: dict, cfg, run: Path) -> None:
+    """A run already at its step or time limit is refused with the key to raise, rather than ending without a step."""
+    step, max_steps = ckpt.get("global_step"), cfg.trainer.max_steps
+    if not (is_int(step) and step >= 0):
+        raise FrostyError(f"{run} holds a damaged step count (global_step={step!r}): give a checkpoint written by "
+                          "train.py")
+    if isinstance(max_steps, int) and step >= max_steps:
+        raise FrostyError(f"{run} is at step {step} and trainer.max_steps={max_steps}: nothing to train; give a larger "
+                          f"trainer.max_steps (e.g. trainer.max_steps={2 * max_steps})")
+    max_time = cfg.trainer.get("max_time")
+    elapsed = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train")
+    if max_time and elapsed is not None and elapsed >= max_time_seconds(max_time):
+        raise FrostyError(f"{run} has trained {elapsed:.0f} s and trainer.max_time={max_time}: nothing to train; "
+                          "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")

@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
 from frosty_lm.cli import command_arg
-from frosty_lm.config import FrostyError, is_int, max_time_seconds
+from frosty_lm.config import FrostyError
 
 LAST = Path("checkpoints") / "last.ckpt"
 BEST = Path("checkpoints") / "best.ckpt"
@@ -30,10 +30,8 @@ def all_runs(outputs_dir: str | Path) -> list[Path]:
     return [p.parents[1] for p in sorted(found, key=lambda p: p.stat().st_mtime)]
 
 
-def newest_run(outputs_dir: str | Path) -> Path | None:
-    """What resume=latest continues, and generate.py's run=latest samples."""
-    runs = all_runs(outputs_dir)
-    return runs[-1] if runs else None
+def newest_run(outputs_dir: str | Path) -> Path | None:  # what resume=latest continues, generate.py's run=latest
+    return (all_runs(outputs_dir) or [None])[-1]
 
 
 def run_record(run: Path) -> dict:
@@ -46,7 +44,7 @@ def run_record(run: Path) -> dict:
 
 
 def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
-    """resume=latest|RUN_DIR: the run directory, which holds last.ckpt (RunDirectory makes it Hydra's run directory)."""
+    """resume=latest|RUN_DIR: the run directory, which holds last.ckpt."""
     if resume == "latest":
         run = newest_run(outputs_dir)
         if run is None:
@@ -70,41 +68,44 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
 
 
 class RunDirectory(Callback):
-    """Hydra callback: Hydra writes the config into the run directory before train.py's code runs, so this refuses
-    first, in one line, what would end in Hydra's report or touch another run; makes resume='s run Hydra's run
-    directory; and makes the run's (or the sweep's) directory."""
+    """Hydra callback, before Hydra writes into the run directory: refuses in one line what would touch another run,
+    makes resume='s run Hydra's run directory, and makes the run's (or the sweep's) directory."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
-        resume = config.get("resume")
-        try:
-            if resume:
-                resumed = run_to_resume(resume, config.paths.outputs_dir)
-                refuse_links(resumed)
-                given = {o.lstrip("+~").split("=", 1)[0] for o in config.hydra.overrides.hydra}
-                # (Lightning's ddp gives the other ranks the run's own directory and an output_subdir of theirs)
-                if "hydra.run.dir" in given and Path(str(config.hydra.run.dir)).resolve() != resumed.resolve():
-                    raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
-                                      f"hydra.run.dir={config.hydra.run.dir}")
-                with read_write(config.hydra):  # the run's own directory; its new config beside the first one
-                    config.hydra.run.dir = str(resumed)
-                    if "hydra.output_subdir" not in given:
-                        config.hydra.output_subdir = f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
-            run = str(config.hydra.run.dir)
-            if not resume and any((Path(run) / "checkpoints").glob("*.ckpt")):  # (killed before one: reusable)
-                raise FrostyError(f"{run} already holds a run: choose another hydra.run.dir, or continue that run "
-                                  f"with {command_arg('resume', run)}")
-            make_dir(run, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
-        except FrostyError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(1)
+        or_exit(self.prepare, config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            make_dir(str(config.hydra.sweep.dir), "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
-        except FrostyError as err:
-            print(f"error: {err}", file=sys.stderr, flush=True)
-            sys.exit(1)
+        or_exit(make_dir, str(config.hydra.sweep.dir), "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
+
+    @staticmethod
+    def prepare(config: DictConfig) -> None:
+        resume = config.get("resume")
+        if resume:
+            resumed = run_to_resume(resume, config.paths.outputs_dir)
+            refuse_links(resumed)
+            given = {o.lstrip("+~").split("=", 1)[0] for o in config.hydra.overrides.hydra}
+            # (Lightning's ddp gives the other ranks the run's own directory and an output_subdir of theirs)
+            if "hydra.run.dir" in given and Path(str(config.hydra.run.dir)).resolve() != resumed.resolve():
+                raise FrostyError(f"resume={resume} continues that run in its own directory: leave out "
+                                  f"hydra.run.dir={config.hydra.run.dir}")
+            with read_write(config.hydra):  # the run's own directory; its new config beside the first one
+                config.hydra.run.dir = str(resumed)
+                if "hydra.output_subdir" not in given:
+                    config.hydra.output_subdir = f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+        run = str(config.hydra.run.dir)
+        if not resume and any((Path(run) / "checkpoints").glob("*.ckpt")):  # (killed before one: reusable)
+            raise FrostyError(f"{run} already holds a run: choose another hydra.run.dir, or continue that run "
+                              f"with {command_arg('resume', run)}")
+        make_dir(run, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
+
+
+def or_exit(func, *args) -> None:  # a Hydra callback's error would be Hydra's report
+    try:
+        func(*args)
+    except FrostyError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def refuse_links(run: Path) -> None:
@@ -138,24 +139,22 @@ ABSENT = object()
 
 
 def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
-    """resume=: compose conf/ again with the overrides the run recorded and this command's (Hydra has already put
-    this job in the run's directory), to go on from its last.ckpt; nothing in the checkpoint is composed or
-    instantiated. Returns the config and the checkpoint read (None without resume=)."""
+    """resume=: conf/ composed again with the run's recorded overrides and this command's, and its last.ckpt as read
+    (nothing in it is composed or instantiated); without resume=, (cfg, None)."""
     if not cfg.get("resume"):
         return cfg, None
     if cfg.get("ckpt_path"):
         raise FrostyError(f"resume={cfg.resume} and ckpt_path={cfg.ckpt_path} conflict: resume= continues a run in its "
                           "own directory, ckpt_path= starts a new run from a checkpoint; give one")
-    from frosty_lm.checkpoint import load_checkpoint  # torch: seconds
+    from frosty_lm.checkpoint import check_more_to_train, load_checkpoint  # torch: seconds
 
     hydra = HydraConfig.get()
     run = Path(hydra.runtime.output_dir)
-    last = run / LAST
-    ckpt = load_checkpoint(last)
+    ckpt = load_checkpoint(last := run / LAST)
     stored = ckpt["hyper_parameters"].get("config")
-    if not isinstance(stored, dict):
-        raise FrostyError(f"{last} records no run config (an older Frosty's checkpoint): start a new run from it with "
-                          f"ckpt_path={last} and the run's overrides")
+    if not isinstance(stored, dict):  # an older Frosty's checkpoint
+        raise FrostyError(f"{last} records no run config (an older Frosty's checkpoint): start a new run from it "
+                          f"with ckpt_path={last}")
     parser = OverridesParser.create()
     recorded = [o for o in recorded_overrides(run, hydra.output_subdir) if not o.startswith("resume=")]
     try:
@@ -242,27 +241,10 @@ def differences(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.removesuffix(".")]
 
 
-def check_more_to_train(ckpt: dict, cfg: DictConfig, run: Path) -> None:
-    """A run already at its step or time limit is refused with the key to raise, rather than ending without a step."""
-    step, max_steps = ckpt.get("global_step"), cfg.trainer.max_steps
-    if not (is_int(step) and step >= 0):
-        raise FrostyError(f"{run} holds a damaged step count (global_step={step!r}): give a checkpoint written by "
-                          "train.py")
-    if isinstance(max_steps, int) and step >= max_steps:
-        raise FrostyError(f"{run} is at step {step} and trainer.max_steps={max_steps}: nothing to train; give a larger "
-                          f"trainer.max_steps (e.g. trainer.max_steps={2 * max_steps})")
-    max_time = cfg.trainer.get("max_time")
-    elapsed = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {}).get("train")
-    if max_time and elapsed is not None and elapsed >= max_time_seconds(max_time):
-        raise FrostyError(f"{run} has trained {elapsed:.0f} s and trainer.max_time={max_time}: nothing to train; "
-                          "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")
-
-
 def forget_refused_resume() -> None:
     """A resume refused before training leaves its run as it found it: the config Hydra saved for it goes too."""
     if not HydraConfig.initialized():
         return
     hydra = HydraConfig.get()
-    subdir = hydra.output_subdir
-    if subdir and Path(subdir).parent.name == ".hydra" and Path(subdir).name.startswith("resumed-"):
+    if (subdir := hydra.output_subdir) and Path(subdir).match(".hydra/resumed-*"):
         shutil.rmtree(Path(hydra.runtime.output_dir) / subdir, ignore_errors=True)
