@@ -1,7 +1,6 @@
-"""The GPT: a character-level transformer in the style of nanoGPT, with a key/value cache for generation. Top to
-bottom: the cache and rotary embeddings, then CausalSelfAttention, MLP, Block, GPT and the Bigram baseline, each with
-its forward, which serves training and cached generation alike. Settings: GPTConfig (config.py).
-Shapes: B batch, T time (characters), C channels (n_embd), nh heads, hs head size, V vocabulary."""
+"""The GPT, a character-level transformer in nanoGPT's style. Top to bottom: the key/value cache, rotary embeddings,
+CausalSelfAttention, MLP, Block, GPT and the Bigram baseline, each with one forward for training and cached
+generation. Settings: GPTConfig (config.py). Shapes: B batch, T length, C n_embd, nh heads, hs head size, V vocab"""
 from __future__ import annotations
 
 import math
@@ -23,8 +22,7 @@ class KVCache:
         self.v: torch.Tensor | None = None
 
     def store(self, input_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at positions input_pos .. input_pos + T - 1 -> the keys and values of
-        positions 0 .. input_pos + T - 1."""
+        """Store k, v (B, nh, T, hs) at input_pos .. input_pos + T - 1 -> the keys and values of 0 .. that end."""
         if input_pos == 0:  # a new context: (re)allocate for its batch, dtype and device
             B, nh, _, hs = k.shape
             self.k = k.new_empty(B, nh, self.block_size, hs)
@@ -45,8 +43,7 @@ def rope_tables(block_size: int, head_size: int, base: float = 10000.0) -> tuple
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of x (B, nh, T, hs): each pair (x1[i], x2[i]) of its two halves turned by its
-    position's angle; cos, sin (T, hs / 2) of x's positions."""
+    """Rotary embedding of x (B, nh, T, hs): each pair of its halves turned by its position's angle (cos, sin)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
@@ -57,8 +54,7 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
-def make_norm(cfg: GPTConfig, size: int) -> nn.Module:
-    """LayerNorm (with a bias if model.bias) or RMSNorm (a weight only), as model.norm says."""
+def make_norm(cfg: GPTConfig, size: int) -> nn.Module:  # model.norm: LayerNorm (a bias with model.bias) or RMSNorm
     return RMSNorm(size, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(size, bias=cfg.bias)
 
 
@@ -104,8 +100,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
                 input_pos: int = 0) -> torch.Tensor:
-        """x (B, T, C) at positions input_pos .. input_pos + T - 1 -> (B, T, C). With a cache, x's keys and values
-        are stored in it, and x attends to the earlier positions it holds too."""
+        """x (B, T, C) at input_pos .. input_pos + T - 1 -> (B, T, C); a cache stores x's keys and values, and x
+        attends to the earlier positions it holds too."""
         B, T, C = x.shape
         q, k, v = self.heads(x, rope)
         if cache is not None:
@@ -120,8 +116,7 @@ class CausalSelfAttention(nn.Module):
         return dropout(self.proj(y), self.dropout, self.training)
 
     def attention_weights(self, x: torch.Tensor, rope: tuple | None = None) -> torch.Tensor:
-        """What forward's x (without a cache) attends to: softmax(q k^T / sqrt(hs)) under the causal mask, from
-        the q and k forward computes; (B, nh, T, T) in fp32."""
+        """What forward's x (no cache) attends to: the causal softmax(q k^T / sqrt(hs)), (B, nh, T, T) in fp32."""
         q, k, _ = self.heads(x, rope)
         scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
         causal = torch.ones(x.size(1), x.size(1), dtype=torch.bool, device=x.device).tril()
@@ -208,11 +203,9 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
                 input_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) character ids -> logits (B, T, V), loss (mean over targets != -1, or None). input_pos: the
-        position of idx's first character in its context. With a cache (self.new_cache()), the keys and values of
-        idx's positions are stored in it, and idx attends to the earlier positions stored there too."""
-        B, T = idx.shape
-        end = input_pos + T
+        """idx (B, T) character ids at input_pos .. -> logits (B, T, V), loss (mean over targets != -1, or None).
+        A cache (self.new_cache()) stores idx's keys and values, and idx attends to the earlier positions it holds."""
+        end = input_pos + idx.size(1)
         if end > self.cfg.block_size:
             raise ValueError(f"sequence of {end} characters is longer than block_size={self.cfg.block_size}")
         x = self.tok_emb(idx)  # (B, T, C)
@@ -229,8 +222,7 @@ class GPT(nn.Module):
 
 
 class Bigram(nn.Module):
-    """The seed's starting point, a baseline beside the GPT: the next character's logits are the row of a V x V
-    table that the current character picks. GPT's interface: it trains, checkpoints and generates alike."""
+    """The seed's starting point, a baseline with GPT's interface: the current character picks the next's logits."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -241,15 +233,14 @@ class Bigram(nn.Module):
     def num_params(self) -> int:
         return self.tok_emb.weight.numel()
 
-    def flops_per_char(self) -> int:
-        return 0  # a lookup, no matmul
+    def flops_per_char(self) -> int:  # a lookup, no matmul
+        return 0
 
-    def new_cache(self) -> list[KVCache]:
-        return []  # nothing to keep: the next character depends on the current one only
+    def new_cache(self) -> list[KVCache]:  # nothing to keep: the next character depends on the current one only
+        return []
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
                 input_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) -> logits (B, T, V), loss: as GPT.forward."""
         logits = self.tok_emb(idx)  # (B, T, V)
         return logits, loss_of(logits, targets)
 
