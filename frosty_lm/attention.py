@@ -1,10 +1,8 @@
-"""What attention looks at: the attention weights of every layer and head over a prompt, drawn as one panel per
-layer and head with the prompt's characters on both axes.
+"""What attention looks at: the attention weights of every layer and head over a prompt, one panel each, with the
+prompt's characters on both axes. The weights are the model's own: a forward pre-hook on each CausalSelfAttention
+asks it for them over its input. AttentionImage puts the same picture in TensorBoard's IMAGES tab.
 
     python -m frosty_lm.attention ckpt_path=outputs/runs/.../best.ckpt prompt="Whose woods" [out=attention.png]
-
-The weights are the ones the model computes: a forward pre-hook on each CausalSelfAttention asks it for its weights
-over the input it is given. AttentionImage puts the same picture in TensorBoard's IMAGES tab.
 """
 import io
 import sys

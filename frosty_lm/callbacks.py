@@ -30,10 +30,9 @@ class Stopped(Exception):
 
 
 class EveryNValidations(L.Callback):
-    """Extras of a validation (a text sample, the attention maps, sample/copied), done in at_validation at every
-    `every_n_validations`-th validation and at the run's last: samples are generated character by character, and
-    at every validation would take a large share of a short run's time. The count is checkpointed, so a resumed
-    run keeps the cadence."""
+    """A validation's extras (a text sample, the attention maps, sample/copied), in at_validation at every
+    `every_n_validations`-th validation and the last: sampling is character by character, and at every validation
+    would take a large share of a short run. The count is checkpointed, so a resumed run keeps the cadence."""
 
     name = ""  # the callback's node in conf/callbacks/default.yaml, for its errors
 
@@ -63,8 +62,7 @@ class EveryNValidations(L.Callback):
 
 
 class SampleText(EveryNValidations):
-    """A sample from a fixed prompt and seed in TensorBoard (a code block, so its line breaks survive Markdown),
-    to compare across steps and runs."""
+    """A sample from a fixed prompt and seed in TensorBoard, to compare across steps and runs."""
 
     name = "sample_text"
 
@@ -81,7 +79,7 @@ class SampleText(EveryNValidations):
         if not trainer.is_global_zero:
             return
         experiment = getattr(trainer.logger, "experiment", None)
-        if hasattr(experiment, "add_text"):  # only TensorBoard shows text
+        if hasattr(experiment, "add_text"):  # only TensorBoard shows text; a code block keeps its line breaks
             experiment.add_text("sample", f"```\n{self.sample(pl_module)}\n```", global_step=trainer.global_step)
 
     def sample(self, pl_module) -> str:
@@ -123,8 +121,7 @@ class CopiedShare(EveryNValidations):
 
 
 class EarlyStop(EarlyStopping):
-    """Lightning's EarlyStopping on val/loss, off unless patience is set: training stops after `patience`
-    validations in a row without a new best val loss (by more than min_delta), and the run counts as finished."""
+    """Lightning's EarlyStopping on val/loss, off unless patience is set; a run it stops counts as finished."""
 
     def __init__(self, patience: int | None = None, min_delta: float = 0.0) -> None:
         must(patience is None or is_int(patience) and patience > 0, "callbacks.early_stopping.patience", patience,
@@ -134,8 +131,7 @@ class EarlyStop(EarlyStopping):
         self.enabled = patience is not None
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A resumed run keeps the patience it is given now (Lightning would restore the stored one), and a run
-        whose early stopping was off counts from the resume."""
+        """Keeps this run's patience, not the stored one; a changed one (e.g. early stopping was off) counts anew."""
         patience = self.patience
         super().load_state_dict(state_dict)
         if self.patience != patience:

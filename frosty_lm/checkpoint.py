@@ -78,9 +78,8 @@ def same_file(path: str | Path) -> str:
 
 
 def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tuple[GPT | Bigram, str]:
-    """The model (the GPT, or the bigram baseline) with the checkpoint's weights (in eval mode), and its
-    vocabulary; a FrostyError if the file's contents disagree with themselves (an edited vocabulary, model
-    settings or weights)."""
+    """The model (the GPT, or the bigram baseline) with the checkpoint's weights, in eval mode, and its vocabulary; a
+    FrostyError if the file's contents disagree with themselves (an edited vocabulary, model settings or weights)."""
     hparams = ckpt["hyper_parameters"]
     vocab = hparams["vocab"]
     if not isinstance(vocab, str) or len(vocab) < 2 or list(vocab) != sorted(set(vocab)):

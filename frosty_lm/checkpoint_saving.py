@@ -61,9 +61,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class BestAndLastCheckpoint(ModelCheckpoint):
     """ModelCheckpoint for best.ckpt; last.ckpt is always the last state, written after every validation and when
-    training ends or is stopped (Lightning's save_last writes it only when the metric improved). At a NaN stop it stays
-    the last validation's: the state at the stop would give NaN again.
-    The state is kept under ModelCheckpoint's key, so runs checkpointed by ModelCheckpoint resume with their score."""
+    training ends or is stopped (Lightning's save_last writes it only when the metric improved). At a NaN stop it
+    stays the last validation's: the state at the stop would give NaN again."""
 
     def __init__(self, save_last: bool | None = None, **kwargs) -> None:
         super().__init__(save_last=False, **kwargs)
@@ -71,13 +70,12 @@ class BestAndLastCheckpoint(ModelCheckpoint):
         self.last_step: int | None = None  # the global step of the last last.ckpt this process wrote
 
     @property
-    def state_key(self) -> str:
+    def state_key(self) -> str:  # ModelCheckpoint's, so runs it checkpointed resume with their score
         return "ModelCheckpoint" + super().state_key.removeprefix(type(self).__qualname__)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A run directory that was moved or copied keeps its best score and its best.ckpt and last.ckpt (Lightning
-        would forget the score and fork best-v1.ckpt, last-v1.ckpt). A new run from another run's checkpoint
-        (ckpt_path=) starts its own best."""
+        """A moved or copied run directory keeps its best score, best.ckpt and last.ckpt (Lightning would forget the
+        score and fork best-v1.ckpt, last-v1.ckpt); a new run from a checkpoint (ckpt_path=) starts its own best."""
         old, new = state_dict.get("dirpath"), self.dirpath
         best = state_dict.get("best_model_path") or ""
         if old and new and old != new and best and (Path(new) / Path(best).name).is_file():

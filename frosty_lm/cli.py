@@ -58,8 +58,7 @@ FILE_ERRORS = {
 
 
 def error_line(err: BaseException) -> str | None:
-    """One line for an error that comes down to the file system or to memory, however deep in the chain of
-    exceptions it sits; None for any other error."""
+    """One line for an error down to the file system or memory, however deep in the exception chain; else None."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -135,10 +134,9 @@ def _no_tips(record: logging.LogRecord) -> bool:
 def quiet_lightning() -> None:
     """Silence Lightning's advertisements and the warnings that do not apply: Frosty's training stream resumes exactly
     without loader state, checkpoint directories are reused on purpose, an epoch is nominal, a GPU whose peak Lightning
-    lacks gets no MFU, and loader workers would only add processes. Lightning's lines go through Hydra's handlers
-    only (once on the console, and into train.log). Calling it again adds nothing."""
-    lightning = logging.getLogger("lightning")  # its own console handler, beside Hydra's (the root logger's): each
-    for handler in list(lightning.handlers):  # line would print twice, and once without the job's prefix
+    lacks gets no MFU, and loader workers would only add processes. Calling it again adds nothing."""
+    lightning = logging.getLogger("lightning")  # its lines go through Hydra's handlers only: with its own console
+    for handler in list(lightning.handlers):  # handler too, each would print twice, once without the job's prefix
         lightning.removeHandler(handler)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
     warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec).*")
@@ -147,9 +145,8 @@ def quiet_lightning() -> None:
                                               r"from|FLOPs not found for|does not have many workers).*")
 
 
-# At import, not only in train.py: sweep launchers that run jobs in worker processes resolve the hydra node there;
-# joblib's workers import train.py, submitit's import run_dirs (which imports this) with the Hydra callbacks they
-# unpickle. The schemas are each node's keys and types (frosty_lm/config.py), checked as the config composes.
+# At import, not only in train.py: sweep workers resolve the hydra node too (joblib's import train.py; submitit's import
+# run_dirs, which imports this, with the callbacks they unpickle). The schemas (config.py): each node's keys and types.
 OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
 for group, name, node in (("model", "gpt", ModelConfig), ("optim", "adamw", AdamWConfig), ("optim", "muon", MuonConfig),
                           ("scheduler", "constant", ConstantSchedule), ("scheduler", "cosine", CosineSchedule)):

@@ -32,8 +32,7 @@ def is_number(value) -> bool:
 
 @dataclass
 class ModelConfig:
-    """The model node (conf/model/) and Hydra's schema for it (schema/model/gpt, registered by cli.py): a value
-    of the wrong type is refused as the config composes, a value out of range here."""
+    """The model node (conf/model/) and Hydra's schema/model/gpt: types checked as the config composes, ranges here."""
 
     block_size: int = 256  # longest context the model attends over
     n_layer: int = 6
@@ -90,9 +89,8 @@ class GPTConfig(ModelConfig):
         super().__post_init__()
 
 
-# Hydra's schemas of the other nodes Frosty reads (cli.py registers them in the group schema/): their keys and
-# types, checked as the config composes; their values come from conf/, and check_config checks the ranges.
-# trainer.* has none: it is Lightning's Trainer's arguments.
+# Hydra's schemas of the other nodes Frosty reads (cli.py registers them under schema/): keys and types, checked as the
+# config composes; the values come from conf/, their ranges checked by check_config. trainer.* has none (Lightning's).
 @dataclass
 class AdamWConfig:
     name: str

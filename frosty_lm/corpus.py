@@ -54,8 +54,7 @@ def check_regular_file(file: Path) -> None:
 
 def resolve(name: str, data_dir: str, path: str | None = None, url: str | None = None,
             sha256: str | None = None) -> Path:
-    """The local file of a corpus (as locate says), downloaded from url on first use; checked against sha256 when
-    the corpus has one."""
+    """A corpus's local file (as locate says), downloaded from url on first use, checked against sha256 if given."""
     file = locate(name, data_dir, path, url)
     if not file.exists():
         download(url, file, sha256)

@@ -14,12 +14,9 @@ from frosty_lm.machine import check_fits
 
 
 class RandomWindows(IterableDataset):
-    """Batches of random windows of block_size + 1 characters, endlessly.
-
-    Batch i depends only on (seed, rank, i), and iteration starts at start_batch(): a run resumed at
-    step s continues exactly the stream an uninterrupted run would have seen, with no sampler state
-    to save. One "epoch" is as many batches as it takes to draw about as many characters as the split holds.
-    """
+    """Batches of random windows of block_size + 1 characters, endlessly. Batch i depends only on (seed, rank, i) and
+    iteration starts at start_batch(): a resumed run continues exactly the stream an uninterrupted one would have seen,
+    with no sampler state to save. An "epoch" is as many batches as draw about as many characters as the split holds."""
 
     def __init__(self, data: torch.Tensor, block_size: int, batch_size: int, seed: int,
                  rank: int = 0, start_batch: Callable[[], int] = lambda: 0) -> None:
@@ -43,11 +40,8 @@ class RandomWindows(IterableDataset):
 
 
 def fixed_windows(data: torch.Tensor, block_size: int) -> TensorDataset:
-    """Non-overlapping windows that predict every character of data after the first exactly once.
-
-    Window j has inputs data[jT : jT+T] and targets data[jT+1 : jT+T+1]. The remainder is covered by a
-    last window over the final T + 1 characters whose already-counted targets are masked with -1.
-    """
+    """Non-overlapping windows predicting each character after the first exactly once: window j maps data[jT : jT+T]
+    to data[jT+1 : jT+T+1]; a last one over the final T + 1 characters masks its already-counted targets with -1."""
     T, n_targets = block_size, len(data) - 1
     full = n_targets // T
     x = data[: full * T].view(full, T).long()
@@ -61,13 +55,11 @@ def fixed_windows(data: torch.Tensor, block_size: int) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def windows(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
-    """A batch's windows (ThroughputMonitor's samples)."""
+def windows(batch: tuple[torch.Tensor, torch.Tensor]) -> int:  # a batch's windows (ThroughputMonitor's samples)
     return batch[0].size(0)
 
 
-def characters(batch: tuple[torch.Tensor, torch.Tensor]) -> int:
-    """A batch's characters trained on (ThroughputMonitor's items)."""
+def characters(batch: tuple[torch.Tensor, torch.Tensor]) -> int:  # characters trained on (ThroughputMonitor's items)
     return batch[0].numel()
 
 

@@ -1,6 +1,5 @@
 """Decoding: the sampling settings' checks, picking a character from logits (greedy, temperature, top-k, top-p), the
-loop with its key/value cache, and text from a prompt, whole or a character at a time. Torch only: generate.py
-starts without Lightning."""
+loop with a key/value cache, text from a prompt, whole or streamed. Torch only: generate.py starts without Lightning."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -41,8 +40,7 @@ def check_text(value, key: str) -> None:
     raise FrostyError(f"{key}={typed} was read as {what}, not text: quote it, '{key}=\"{typed}\"'")
 
 
-def typed_value(key: str) -> str | None:
-    """The value of key=VALUE as typed on the command line (Hydra's overrides), if it was given there."""
+def typed_value(key: str) -> str | None:  # VALUE of key=VALUE as typed in Hydra's command-line overrides, if given
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
@@ -78,8 +76,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 @contextmanager
 def without_onednn() -> Iterator[None]:
-    """Run tensor ops on the CPU without oneDNN, whose set-up per call costs more than a generation step's small
-    ops. The flag is process-wide: restored on exit."""
+    """CPU ops without oneDNN, whose set-up per call outweighs a generation step's small ops (a process-wide flag)."""
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
@@ -92,13 +89,10 @@ def without_onednn() -> Iterator[None]:
 def generate(model: Model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, generator: torch.Generator | None = None,
              use_cache: bool = True) -> Iterator[torch.Tensor]:
-    """Yield max_new_tokens next characters (each (B,)) after the context idx (B, T).
-
-    The model sees at most block_size characters. When the context fills the block, it is cropped to its last
-    block_size // 2 characters and the cache is refilled from them (from position 0), so each new character costs
-    one position most of the time. use_cache=False re-runs the whole context for every character (the same output,
-    slower: the reference for tests and benchmarks).
-    """
+    """Yield max_new_tokens next characters (each (B,)) after the context idx (B, T). The model sees at most
+    block_size characters: a full context is cropped to its last block_size // 2 and the cache refilled from them
+    (from position 0), so a new character costs one position most of the time. use_cache=False re-runs the whole
+    context per character (the same output, slower: the reference for tests and benchmarks)."""
     block_size = model.cfg.block_size
     context = idx[:, -block_size:]
     cache = model.new_cache() if use_cache else None

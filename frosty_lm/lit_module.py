@@ -1,5 +1,4 @@
-"""The GPT (or the bigram baseline) as a LightningModule: loss, exact validation, the optimizer, logging (the
-scalars, and TensorBoard's HPARAMS tab)."""
+"""The GPT (or the bigram baseline) as a LightningModule: loss, exact validation, optimizer, scalars, HPARAMS tab."""
 from __future__ import annotations
 
 import math
@@ -27,11 +26,9 @@ class NonFiniteLoss(FrostyError):
 
 class FrostyLM(L.LightningModule):
     """Hyperparameters are plain containers (str, numbers, dicts), so checkpoints load with weights_only=True.
-
-    vocab: the characters, in id order. model: GPTConfig's fields but vocab_size. optim, scheduler: the run's
-    optim.* and scheduler.*. config: the run's whole config as composed, before interpolation, which `resume=`
-    compares with what it composes. logged_config: the same resolved, for TensorBoard's HPARAMS tab only.
-    """
+    vocab: the characters, in id order. model: GPTConfig's fields but vocab_size. optim, scheduler: optim.* and
+    scheduler.*. config: the whole config as composed, before interpolation, which `resume=` compares with what it
+    composes. logged_config: the same resolved, for TensorBoard's HPARAMS tab only."""
 
     def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, config: dict | None = None,
                  logged_config: dict | None = None) -> None:
@@ -52,13 +49,11 @@ class FrostyLM(L.LightningModule):
         if self.model.cfg.compile and self.compiled is None:  # (Lightning calls this hook at every fit)
             self.compiled = torch.compile(self.model.forward)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """The model's forward, compiled with model.compile: logits, loss (GPT.forward)."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):  # GPT.forward: logits, loss
         return (self.model if self.compiled is None else self.compiled)(idx, targets)
 
     @property
-    def flops_per_batch(self) -> int:
-        """Training FLOPs of a batch (batch x block_size x GPT.flops_per_char), for Lightning's ThroughputMonitor."""
+    def flops_per_batch(self) -> int:  # training FLOPs of the last batch, for Lightning's ThroughputMonitor
         return self.chars_per_batch * self.flops_per_char
 
     def training_step(self, batch, batch_idx):
@@ -157,9 +152,8 @@ HPARAMS = (
 
 
 def select(config: dict, prefix: str = "") -> dict:
-    """The config's keys that HPARAMS lists, flattened (model.n_layer), less Hydra's (_target_), with the values
-    TensorBoard shows: None as "null"; a boolean as "true" or "false" (torch's hparams would store 0.0 or 1.0); a
-    list (optim.betas) as a string."""
+    """The config's keys that HPARAMS lists, flattened (model.n_layer), less Hydra's (_target_), as TensorBoard shows
+    them: None as "null", a boolean as "true"/"false" (torch would store 0.0/1.0), a list (optim.betas) as text."""
     params = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
@@ -175,9 +169,8 @@ def select(config: dict, prefix: str = "") -> dict:
 
 @rank_zero_only
 def log_hparams(loggers: list[Logger], config: dict, metrics: dict, step: int) -> None:
-    """The run's hyperparameters, once, through each logger's log_hyperparams: in TensorBoard's HPARAMS tab with
-    `metrics` as its metric columns (their values: the scalars of those tags), and in its hparams.yaml (which
-    Lightning wrote empty at the start)."""
+    """The run's hyperparameters, once, via each logger's log_hyperparams: in TensorBoard's HPARAMS tab with `metrics`
+    as its columns (their values: those tags' scalars), and in its hparams.yaml (which Lightning wrote empty)."""
     params = select(config)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):

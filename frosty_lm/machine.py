@@ -52,8 +52,7 @@ def precision_line(cfg: DictConfig, precision: str) -> str:
     return f"{precision}: as trainer.precision sets it"
 
 
-def cpu_flags() -> set[str] | None:
-    """The CPU's flags in /proc/cpuinfo (none outside x86); None without /proc/cpuinfo (not Linux: fp32)."""
+def cpu_flags() -> set[str] | None:  # /proc/cpuinfo's flags (none outside x86); None without it (not Linux: fp32)
     try:
         with open("/proc/cpuinfo") as f:
             return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
@@ -78,8 +77,7 @@ def available_memory() -> int | None:
     return max(0, min(known)) if known else None
 
 
-def meminfo(path: str, field: str) -> int | None:
-    """A `Field: N kB` line of a /proc file, in bytes."""
+def meminfo(path: str, field: str) -> int | None:  # a `Field: N kB` line of a /proc file, in bytes
     try:
         with open(path) as f:
             return next((int(line.split()[1]) * 1024 for line in f if line.startswith(field)), None)
@@ -87,8 +85,7 @@ def meminfo(path: str, field: str) -> int | None:
         return None
 
 
-def read_number(path: str) -> int | None:
-    """A file's one integer (a cgroup's memory.max holds `max` where there is no limit: None)."""
+def read_number(path: str) -> int | None:  # a file's one integer; None for a cgroup's memory.max of `max` (no limit)
     try:
         return int(Path(path).read_text().split()[0])
     except (OSError, ValueError, IndexError):

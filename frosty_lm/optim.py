@@ -128,9 +128,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
 def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | None = None,
               min_lr_ratio: float = 0.1) -> Callable[..., float]:
     """The lr multiplier (for torch's LambdaLR). constant: linear warm-up, then the base lr. cosine: warm-up (at
-    most half of decay_steps, so that short runs still decay), then cosine decay to min_lr_ratio at decay_steps.
-    In a run limited by time it also takes where the budget has got to (budget_step): the warm-up counts steps,
-    ending by half the budget at the latest; the decay follows the budget."""
+    most half of decay_steps, so that short runs still decay), then cosine decay to min_lr_ratio at decay_steps. A
+    run limited by time also gives budget_step: warm-up counts steps but ends by half the budget; decay follows it."""
     if name == "cosine":
         warmup_steps = min(warmup_steps, decay_steps // 2)
 

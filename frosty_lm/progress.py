@@ -19,8 +19,7 @@ FILE_ONLY = {"file_only": True}  # logging's `extra=`: the line goes to train.lo
 
 
 class StepProgressBar(RichProgressBar):
-    """One bar over the whole run (global step out of max_steps), not one per epoch: Frosty's runs are measured in
-    steps, and an epoch is only a nominal pass over the corpus."""
+    """One bar over the whole run (global step of max_steps), not one per epoch: an epoch is only a nominal pass."""
 
     @property
     def total_train_batches(self):
@@ -40,8 +39,7 @@ class StepProgressBar(RichProgressBar):
 
 
 def keep_off_console(prefix: str = "") -> None:
-    """The console's log handlers drop the lines logged with extra=FILE_ONLY, and start every line with prefix (in
-    a parallel sweep, the job's name: its lines interleave with the other jobs')."""
+    """Console handlers drop FILE_ONLY lines and prefix each (a parallel sweep's job name, as jobs interleave)."""
     for handler in logging.getLogger().handlers:
         if type(handler) is not logging.StreamHandler:  # the console only; train.log is a FileHandler
             continue
@@ -63,16 +61,14 @@ class _Prefixed(logging.Formatter):
         return "\n".join(self.prefix + line for line in self.inner.format(record).split("\n"))
 
 
-def duration(seconds: float) -> str:
-    """3725.2 -> '1:02:05'; 65 -> '01:05'."""
+def duration(seconds: float) -> str:  # 3725.2 -> '1:02:05'; 65 -> '01:05'
     return str(timedelta(seconds=round(seconds))).removeprefix("0:")
 
 
 class ProgressLines(L.Callback):
-    """A line every `every_seconds` seconds of training or `every_n_steps` steps, whichever comes first (null:
-    never), one after each validation (also into `record`, train.fit's status.RunRecord), and the run's time
-    estimated from the `estimate_after` steps after the first (a warm-up, far slower on a GPU). Training time
-    leaves out validation and checkpointing; characters/s counts every process's. Only the first process writes."""
+    """Rank 0's lines: every `every_seconds` of training or `every_n_steps` steps, whichever first (null: never), one
+    per validation (also into `record`, train.fit's RunRecord), and the run's time estimated from the `estimate_after`
+    steps after the first (a warm-up, far slower on a GPU). Training time leaves out validation and checkpointing."""
 
     def __init__(self, every_seconds: float | None = 30.0, every_n_steps: int | None = None,
                  estimate_after: int = 10) -> None:
@@ -128,7 +124,7 @@ class ProgressLines(L.Callback):
         self._enter("ended")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.chars += batch[0].numel() * trainer.world_size
+        self.chars += batch[0].numel() * trainer.world_size  # every process's
         # Lightning's loss of a batch is divided by accumulate_grad_batches: a step's batches add up to its loss
         loss = outputs.get("loss") if isinstance(outputs, dict) else None
         if loss is not None:  # summed without a sync: read only when a line is written
@@ -204,8 +200,7 @@ class ProgressLines(L.Callback):
         left = timer.time_remaining() if timer is not None else None
         return min(seconds, max(0.0, float(left))) if left is not None and math.isfinite(left) else seconds
 
-    def _step_time(self, now: float) -> float:
-        """Mean seconds per training step, the first (warm-up) left out once there are others."""
+    def _step_time(self, now: float) -> float:  # mean seconds a step, the first (warm-up) left out once there are more
         if self.steps == 1:
             return self._train_time(now)
         return (self._train_time(now) - self._first_step) / (self.steps - 1)
@@ -217,6 +212,5 @@ class ProgressLines(L.Callback):
 
 
 def job_log_only() -> dict | None:
-    """logging's `extra=` for lines that, in a parallel sweep, go to the job's train.log only (not the console,
-    where every job's lines interleave)."""
+    """logging's `extra=` for lines that a parallel sweep keeps to the job's train.log, off the interleaved console."""
     return FILE_ONLY if parallel_jobs() > 1 else None

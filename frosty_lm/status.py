@@ -1,6 +1,5 @@
-"""How a run stands and ends: its status.json, the lock of a run being trained, the summary that ends a run, and the
-one that ends a sweep. Lightning and torch are imported inside the functions that need them: Hydra loads this
-module (SweepSummary) before train.py checks its config."""
+"""How a run stands and ends: its status.json, the lock of a run being trained, and the summaries that end a run and a
+sweep. Lightning and torch are imported where used: Hydra loads SweepSummary before train.py checks its config."""
 from __future__ import annotations
 
 import json
@@ -26,8 +25,7 @@ say = partial(print, file=sys.stderr, flush=True)  # the sweep's lines
 log = logging.getLogger("frosty")
 
 
-def alive(pid) -> bool:
-    """Whether a process with this pid exists on this host."""
+def alive(pid) -> bool:  # whether a process with this pid exists on this host
     try:
         os.kill(int(pid), 0)
     except PermissionError:  # it exists, under another user
@@ -37,18 +35,16 @@ def alive(pid) -> bool:
     return True
 
 
-def rank() -> int:
-    """This process's rank in a multi-process run (0 alone)."""
+def rank() -> int:  # this process's rank in a multi-process run (0 alone)
     from lightning.pytorch.utilities import rank_zero_only
 
     return rank_zero_only.rank
 
 
 class RunRecord:
-    """status.json in a run directory: running (with pid and host), finished, interrupted or failed, and the numbers
-    the report needs. A run killed hard stays "running"; the report tells it from a live one by its pid. A resumed
-    run continues its record (its start, its overrides and the resuming command's, wall time summed, `resumes`
-    listing each); restore() puts the earlier record back where the resume fails before training starts."""
+    """status.json in a run directory: running (pid, host), finished, interrupted or failed, and the report's numbers.
+    A run killed hard stays "running": the report tells it by its pid. A resume continues the record (its start,
+    overrides plus the resume's, summed wall time, a `resumes` entry); restore() reverts it if training never began."""
 
     def __init__(self, run_dir: str | Path, resumed: bool = False) -> None:
         self.path = Path(run_dir) / "status.json"
@@ -111,8 +107,7 @@ class RunRecord:
 
 
 class RunLock:
-    """A run is trained by one process at a time: the operating system's lock on .lock in its directory (filelock),
-    released when the process ends, however it ends."""
+    """One process trains a run at a time: the OS's lock (filelock) on its .lock, released however the process ends."""
 
     def __init__(self, run_dir: str | Path) -> None:
         from filelock import FileLock
@@ -135,9 +130,8 @@ class RunLock:
 
 
 def summarise(trainer, cfg: DictConfig, loss: float, text: str) -> None:
-    """The best checkpoint, val loss, average training speed, a sample from a prompt out of the run's own corpus
-    (text: the validation split's start), and the generate.py command that continues it. In a parallel sweep the
-    sample and the command go to the job's train.log only."""
+    """The best checkpoint, val loss, training speed, a sample from a prompt out of the run's corpus (text: the val
+    split's start) and the generate.py command that continues it; in a parallel sweep those two go to train.log only."""
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
     from frosty_lm.generation import default_prompt, sample_text
     from frosty_lm.progress import ProgressLines, duration, job_log_only
@@ -174,8 +168,7 @@ def corpus_prompt(text: str, words: int = 3) -> str:
 
 
 def generate_command(path: Path, prompt: str, seed: int) -> str:
-    """The shell command that samples from path as the summary did (the prompt Hydra-quoted: commas and quotes
-    pass; a blank one is generate.py's default)."""
+    """The shell command to sample from path as the summary did (prompt Hydra-quoted; blank: generate.py's default)."""
     command = f"python generate.py {command_arg('ckpt_path', path)}"
     if prompt.strip():
         command += " " + command_arg("prompt", prompt, quoted=True)
@@ -188,9 +181,8 @@ def _end_sweep(signum, frame) -> None:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: at the end of a sweep, one line for the sweep and one per job that failed, was interrupted
-    or was killed (its record says running, its process is gone); exit status 1 if any failed or was killed, else
-    130 (143 for SIGTERM) if any was interrupted."""
+    """Hydra callback ending a sweep: a line for it, one per job failed, interrupted or killed (recorded running, its
+    process gone); exit status 1 if any failed or was killed, else 130 (143 for SIGTERM) if any was interrupted."""
 
     _previous = None  # the SIGTERM handler before a joblib sweep's, put back at its end
 
