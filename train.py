@@ -42,7 +42,6 @@ def check_early(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> float | None:
     if not in_sweep():  # a sweep's job: run_training checks the config, and records a failure in its status.json
         check_early(cfg)  # a bad config or a missing corpus: one line at once, before torch and Lightning load
-    cli.quiet_lightning()
     return run_training(cfg)
 
 
@@ -75,6 +74,7 @@ def run_training(cfg: DictConfig) -> float | None:
     from frosty_lm.callbacks import Stopped
     from frosty_lm.progress import keep_off_console
 
+    cli.quiet_lightning()  # once Lightning is imported: it adds its console handler then
     keep_off_console(f"[job {HydraConfig.get().job.num}] " if parallel_jobs() > 1 else "")  # its directory: N_...
     resumed = bool(cfg.get("resume"))
     try:
@@ -198,7 +198,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
                   else f"start again with a lower learning rate ({lower}), and keep trainer.gradient_clip_val set")
         raise FrostyError(f"{err}; {advice}") from None
     except (Stopped, SIGTERMException):
-        record.write(steps=trainer.global_step)  # the steps done, as last.ckpt holds them
+        record.data["steps"] = trainer.global_step  # as last.ckpt holds them: written with the status, at once
         raise
     except SystemExit as err:  # Lightning's answer to a Ctrl-C before StopOnInterrupt's handler: exit status 1
         if isinstance(err.__context__, KeyboardInterrupt):
