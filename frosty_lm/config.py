@@ -1,11 +1,11 @@
-"""A run's settings and their checks, without torch: the nodes' schemas (Hydra checks types as the config
-composes), the ranges (check_config, in seconds, before torch loads), and FrostyError, whose message names the fix."""
+"""A run's settings and their checks, without torch: each node's schema (Hydra checks the types as the config
+composes, its __post_init__ the ranges: check_config builds each before torch loads), and FrostyError."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -89,8 +89,11 @@ class GPTConfig(ModelConfig):
         super().__post_init__()
 
 
-# Hydra's schemas of the other nodes Frosty reads (cli.py registers them under schema/): keys and types, checked as the
-# config composes; the values come from conf/, their ranges checked by check_config. trainer.* has none (Lightning's).
+# The schemas of the other nodes Frosty reads (cli.py registers them under schema/): Hydra checks the keys and types as
+# the config composes, __post_init__ the ranges (check_config builds each). trainer.* has none: it is Lightning's.
+FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
+
+
 @dataclass
 class AdamWConfig:
     name: str
@@ -98,13 +101,33 @@ class AdamWConfig:
     weight_decay: float
     betas: list[float]
 
+    def __post_init__(self) -> None:
+        must(is_number(self.lr) and 0 < self.lr <= FLOAT32_MAX, "optim.lr", self.lr,
+             "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
+        must(is_number(self.weight_decay) and 0 <= self.weight_decay <= FLOAT32_MAX, "optim.weight_decay",
+             self.weight_decay, "a number >= 0 (at most 3.4e38)")
+        betas = list(self.betas) if isinstance(self.betas, Sequence) and not isinstance(self.betas, str) else self.betas
+        must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
+             "optim.betas", betas, "two numbers in [0, 1), e.g. optim.betas=[0.9,0.99]")
+
 
 @dataclass
-class MuonConfig(AdamWConfig):
+class MuonConfig(AdamWConfig):  # lr and weight_decay: Muon's; adamw_*: AdamW's, for the weights Muon leaves
     momentum: float
     adjust_lr_fn: str
     adamw_lr: float
     adamw_weight_decay: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        must(is_number(self.adamw_lr) and 0 < self.adamw_lr <= FLOAT32_MAX, "optim.adamw_lr", self.adamw_lr,
+             "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
+        must(is_number(self.adamw_weight_decay) and 0 <= self.adamw_weight_decay <= FLOAT32_MAX,
+             "optim.adamw_weight_decay", self.adamw_weight_decay, "a number >= 0 (at most 3.4e38)")
+        must(is_number(self.momentum) and 0 <= self.momentum < 1, "optim.momentum", self.momentum,
+             "a number in [0, 1), e.g. 0.95")
+        must(self.adjust_lr_fn in ("original", "match_rms_adamw"), "optim.adjust_lr_fn", self.adjust_lr_fn,
+             "original or match_rms_adamw")
 
 
 @dataclass
@@ -112,11 +135,22 @@ class ConstantSchedule:
     name: str
     warmup_steps: int
 
+    def __post_init__(self) -> None:
+        must(is_int(self.warmup_steps) and self.warmup_steps >= 0, "scheduler.warmup_steps", self.warmup_steps,
+             "an integer >= 0, e.g. 100")
+
 
 @dataclass
 class CosineSchedule(ConstantSchedule):
     decay_steps: int
-    min_lr_ratio: float
+    min_lr_ratio: float  # below 0 the lr would turn negative, above 1 it would not decay
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        must(is_int(self.decay_steps) and self.decay_steps > 0, "scheduler.decay_steps", self.decay_steps,
+             "a positive integer (it defaults to trainer.max_steps)")
+        must(is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "scheduler.min_lr_ratio",
+             self.min_lr_ratio, "a number in [0, 1]: the share of the lr that the decay ends at, e.g. 0.1")
 
 
 @dataclass
@@ -133,8 +167,19 @@ class DataConfig:
     sha256: str | None
     decode_errors: str
 
+    def __post_init__(self) -> None:  # the settings that need no corpus
+        must(is_int(self.batch_size) and self.batch_size > 0, "data.batch_size", self.batch_size,
+             "a positive integer, e.g. 32")
+        must(is_number(self.val_fraction) and 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
+             "between 0 and 1, e.g. data.val_fraction=0.1")
+        must(self.decode_errors in ("strict", "replace"), "data.decode_errors", self.decode_errors,
+             "strict or replace")
 
-FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
+
+SCHEMAS = {"model": {"gpt": ModelConfig}, "optim": {"adamw": AdamWConfig, "muon": MuonConfig},
+           "scheduler": {"constant": ConstantSchedule, "cosine": CosineSchedule}, "data": {None: DataConfig}}
+CHOICES = {"optim": "adamw or muon (optim=adamw | optim=muon)",
+           "scheduler": "constant or cosine (scheduler=constant | cosine)"}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -155,21 +200,19 @@ def check_config(cfg: DictConfig) -> None:
             key = missing.group(1) if "." in missing.group(1) else err.full_key
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
-    for node in ("model", "optim", "scheduler", "data"):
+    check_trainer(cfg.trainer)  # first: scheduler.decay_steps follows trainer.max_steps
+    for node, schemas in SCHEMAS.items():  # each node's schema, built from its values: __post_init__ checks them
         if cfg.get(node) is None:  # ~scheduler, or scheduler=null
             raise FrostyError(f"{node} is not set: choose one of its options, {node}=NAME (python train.py --help)")
-        schema = OmegaConf.get_type(cfg[node])
-        settings = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else list(cfg[node])
+        name = cfg[node].get("name") if node in CHOICES else next(iter(schemas))
+        must(name in schemas, f"{node}.name", name, CHOICES.get(node, ""))
+        settings = [f.name for f in dataclasses.fields(schemas[name])]
         for key in (key for key in cfg[node] if key not in settings):  # added with +NODE.KEY=..., beyond the schema
             raise FrostyError(f"{node}.{key} is not a setting of {node} ({', '.join(sorted(settings))})")
-    try:
-        ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
-    except (TypeError, ValueError) as err:
-        raise FrostyError(str(err)) from None
-    check_optim(cfg.optim)
-    check_data(cfg.data.batch_size, cfg.data.val_fraction, cfg.data.decode_errors)
-    check_trainer(cfg.trainer)
-    check_scheduler(cfg.scheduler)
+        try:
+            schemas[name](**OmegaConf.to_container(cfg[node], resolve=True))
+        except (TypeError, ValueError) as err:
+            raise FrostyError(str(err)) from None
 
 
 def check_trainer(trainer: DictConfig) -> None:
@@ -203,46 +246,3 @@ def max_time_seconds(max_time) -> float | None:
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     must(total > 0, "trainer.max_time", max_time, f"longer than no time: {example}")
     return float(total)
-
-
-def check_optim(optim: DictConfig) -> None:
-    """optim.* (conf/optim/); no name: adamw, as configs stored before optim=muon."""
-    name = optim.get("name") or "adamw"
-    must(name in ("adamw", "muon"), "optim.name", name, "adamw or muon (optim=adamw | optim=muon)")
-    muon = name == "muon"  # Muon's lr and weight decay, and AdamW's for the other weights
-    for key in ("lr", "adamw_lr")[: 2 if muon else 1]:
-        must(is_number(optim.get(key)) and 0 < optim[key] <= FLOAT32_MAX, f"optim.{key}", optim.get(key),
-             "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
-    for key in ("weight_decay", "adamw_weight_decay")[: 2 if muon else 1]:
-        must(is_number(optim.get(key)) and 0 <= optim[key] <= FLOAT32_MAX, f"optim.{key}", optim.get(key),
-             "a number >= 0 (at most 3.4e38)")
-    betas = optim.get("betas")
-    betas = list(betas) if isinstance(betas, Sequence) and not isinstance(betas, str) else betas  # a ListConfig
-    must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
-         "optim.betas", betas, "two numbers in [0, 1), e.g. optim.betas=[0.9,0.99]")
-    if muon:
-        momentum, adjust = optim.get("momentum"), optim.get("adjust_lr_fn")
-        must(is_number(momentum) and 0 <= momentum < 1, "optim.momentum", momentum, "a number in [0, 1), e.g. 0.95")
-        must(adjust in ("original", "match_rms_adamw"), "optim.adjust_lr_fn", adjust, "original or match_rms_adamw")
-
-
-def check_data(batch_size, val_fraction, decode_errors) -> None:
-    """data.* settings that need no corpus."""
-    must(is_int(batch_size) and batch_size > 0, "data.batch_size", batch_size, "a positive integer, e.g. 32")
-    must(is_number(val_fraction) and 0 < val_fraction < 1, "data.val_fraction", val_fraction,
-         "between 0 and 1, e.g. data.val_fraction=0.1")
-    must(decode_errors in ("strict", "replace"), "data.decode_errors", decode_errors, "strict or replace")
-
-
-def check_scheduler(scheduler: Mapping) -> None:
-    """scheduler.*: a cosine's min_lr_ratio below 0 would turn the lr negative, above 1 it would not decay."""
-    name = scheduler.get("name")
-    must(name in ("constant", "cosine"), "scheduler.name", name, "constant or cosine (scheduler=constant | cosine)")
-    warmup = scheduler.get("warmup_steps", 0)
-    must(is_int(warmup) and warmup >= 0, "scheduler.warmup_steps", warmup, "an integer >= 0, e.g. 100")
-    if name == "cosine":
-        decay, ratio = scheduler.get("decay_steps"), scheduler.get("min_lr_ratio", 0.1)
-        must(is_int(decay) and decay > 0, "scheduler.decay_steps", decay,
-             "a positive integer (it defaults to trainer.max_steps)")
-        must(is_number(ratio) and 0 <= ratio <= 1, "scheduler.min_lr_ratio", ratio,
-             "a number in [0, 1]: the share of the lr that the decay ends at, e.g. 0.1")
