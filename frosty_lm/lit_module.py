@@ -93,10 +93,11 @@ class FrostyLM(L.LightningModule):
             return
         self.best_val_loss = torch.minimum(self.best_val_loss, val_loss.to(self.best_val_loss))
         best = {"best/val_loss": self.best_val_loss.item(), "best/val_bpc": self.best_val_loss.item() / LN2}
-        if not self._hparams_logged and self.logger is not None:
-            log_hparams(self.loggers, self.logged_config or {}, best, self.global_step)  # HPARAMS tab: below
+        if not self._hparams_logged and self.logger is not None:  # HPARAMS tab, with best's first points: below
+            log_hparams(self.loggers, self.logged_config or {}, best, self.global_step)
             self._hparams_logged = True
-        self.log_dict(best)
+        else:
+            self.log_dict(best)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["torch_rng_state"] = torch.get_rng_state()  # dropout's random stream, for exact resume
@@ -169,8 +170,9 @@ def select(config: dict, prefix: str = "") -> dict:
 
 @rank_zero_only
 def log_hparams(loggers: list[Logger], config: dict, metrics: dict, step: int) -> None:
-    """The run's hyperparameters, once, via each logger's log_hyperparams: in TensorBoard's HPARAMS tab with `metrics`
-    as its columns (their values: those tags' scalars), and in its hparams.yaml (which Lightning wrote empty)."""
+    """The run's hyperparameters, once, via each logger's log_hyperparams, and `metrics`' first points at step:
+    TensorBoard's log_hyperparams writes them itself, as its HPARAMS tab's columns (their values: those tags'
+    scalars), then its hparams.yaml (which Lightning wrote empty); other loggers get them as metrics."""
     params = select(config)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -178,3 +180,4 @@ def log_hparams(loggers: list[Logger], config: dict, metrics: dict, step: int) -
             save_hparams_to_yaml(Path(logger.log_dir) / logger.NAME_HPARAMS_FILE, logger.hparams)
         else:
             logger.log_hyperparams(params)
+            logger.log_metrics(metrics, step=step)

@@ -184,6 +184,9 @@ def test_tensorboard_has_curves_hparams_with_best_val_loss_and_samples(trained_r
     val = [e.value for e in events.Scalars("val/loss")]
     best = [e.value for e in events.Scalars("best/val_loss")]
     assert len(val) == 2 and best[-1] == pytest.approx(min(val))  # validation at steps 15 and 30
+    steps = [e.step for e in events.Scalars("val/loss")]  # best's first point once, by the HPARAMS tab's writer
+    assert [e.step for e in events.Scalars("best/val_loss")] == steps
+    assert [e.step for e in events.Scalars("best/val_bpc")] == steps
     assert [e.value for e in events.Scalars("val/bpc")] == pytest.approx([v / 0.6931471805599453 for v in val])
     plugins = events.PluginTagToContent("hparams")
     experiment = plugins["_hparams_/experiment"].decode("latin-1")
