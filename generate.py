@@ -46,18 +46,20 @@ def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]
     runs = all_runs(outputs_dir)
     if not runs:
         raise no_runs(outputs_dir)
-    if corpus is not None and not any(on_corpus(run, corpus) for run in runs):
-        on = sorted({found.split(":")[0] for found in map(run_corpus, runs) if found})  # text:FILE -> text
+    corpora = {run: run_corpus(run) for run in runs}  # each run's .hydra/config.yaml, read once
+    if corpus is not None and not any(on_corpus(found, corpus) for found in corpora.values()):
+        on = sorted({found.split(":")[0] for found in corpora.values() if found})  # text:FILE -> text
         what = (f"train one (`python train.py dataset={corpus}`)" if (DATASETS / f"{corpus}.yaml").is_file()
                 else f"its runs are on {', '.join(on)}" if on else "give a corpus it has runs on")
         raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: {what}, or leave out corpus= for the "
                           "newest run's corpus")
-    newest = [run for run in runs if corpus is None or on_corpus(run, corpus)][-1]
-    corpus = run_corpus(newest) or corpus  # corpus=text: the runs on the newest one's file (text:FILE), not on any
-    finished = [run for run in runs if corpus is not None and on_corpus(run, corpus) and (run / BEST).is_file()
-                and run_record(run).get("status") == "finished" and is_number(run_record(run).get("best_val_loss"))]
+    newest = [run for run in runs if corpus is None or on_corpus(corpora[run], corpus)][-1]
+    corpus = corpora[newest] or corpus  # corpus=text: the runs on the newest one's file (text:FILE), not on any
+    records = {run: run_record(run) for run in runs if corpus is not None and on_corpus(corpora[run], corpus)}
+    finished = {run: record["best_val_loss"] for run, record in records.items() if (run / BEST).is_file()
+                and record.get("status") == "finished" and is_number(record.get("best_val_loss"))}
     if finished:
-        best = min(finished, key=lambda run: run_record(run)["best_val_loss"])
+        best = min(finished, key=finished.get)
         runs = f"{len(finished)} finished run{'s' if len(finished) > 1 else ''}"
         return best / BEST, f"using {best / BEST}: best of {runs} on {corpus}"
     path = has_best(newest, f"the newest run under {outputs_dir}/, {newest},")
@@ -78,9 +80,8 @@ def run_corpus(run: Path) -> str | None:
     return f"{name}:{path}" if isinstance(path, str) and path and "${" not in path else name
 
 
-def on_corpus(run: Path, corpus: str) -> bool:
-    """Whether run trained on corpus: a name (frost, or text: any file) or a run's own "text:FILE"."""
-    found = run_corpus(run)
+def on_corpus(found: str | None, corpus: str) -> bool:
+    """Whether a run's corpus (run_corpus) is corpus: a name (frost, or text: any file) or a run's "text:FILE"."""
     return found is not None and (found == corpus or found.startswith(f"{corpus}:"))
 
 

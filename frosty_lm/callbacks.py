@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from frosty_lm.config import FrostyError, is_int, must
 from frosty_lm.corpus import CharTokenizer, WindowIndex
-from frosty_lm.generation import check_sampling, default_prompt, sample_text
+from frosty_lm.generation import check_sampling, prompt_in, sample_text
 
 log = logging.getLogger("frosty")
 
@@ -84,7 +84,7 @@ class SampleText(EveryNValidations):
 
     def sample(self, pl_module) -> str:
         vocab = pl_module.hparams.vocab
-        prompt = "".join(ch for ch in self.prompt if ch in vocab) or default_prompt(vocab)
+        prompt = prompt_in(vocab, self.prompt)
         return sample_text(pl_module.model, vocab, prompt, self.max_new_tokens, self.temperature,
                            self.top_k, self.top_p, self.seed)
 
@@ -115,7 +115,7 @@ class CopiedShare(EveryNValidations):
                 logger.log_metrics({"sample/copied": share}, step=trainer.global_step)
 
     def measure(self, model, vocab: str) -> float | None:
-        prompt = "".join(ch for ch in self.prompt if ch in vocab) or default_prompt(vocab)
+        prompt = prompt_in(vocab, self.prompt)
         text = sample_text(model, vocab, prompt, self.chars, self.temperature, seed=self.seed)[len(prompt):]
         return self.index.copied_share(np.asarray(CharTokenizer(vocab).encode(text), dtype=np.int64))
 

@@ -115,6 +115,11 @@ def default_prompt(vocab: str) -> str:
     return "\n" if "\n" in vocab else vocab[0]
 
 
+def prompt_in(vocab: str, prompt: str) -> str:
+    """prompt less its characters outside vocab; default_prompt if none is left (a fixed prompt, any corpus)."""
+    return "".join(ch for ch in prompt if ch in vocab) or default_prompt(vocab)
+
+
 def sampled_ids(model: Model, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                 use_cache: bool = True) -> Iterator[torch.Tensor]:

@@ -177,7 +177,7 @@ def plot(runs: list[Run], path: Path, title: str, x: str = "step") -> None:
 def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
     """A sample from each run's best.ckpt, all with the same prompt, seed and temperature: they compare by eye."""
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-    from frosty_lm.generation import default_prompt, sample_text
+    from frosty_lm.generation import prompt_in, sample_text
 
     parts = [f"## Samples ({chars} characters from each run's best.ckpt; prompt {prompt!r}, seed {seed}, "
              "temperature 0.8)\n"]
@@ -190,7 +190,7 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
         except FrostyError as err:
             body = f"(no sample: {err})"
         else:
-            start = "".join(ch for ch in prompt if ch in vocab) or default_prompt(vocab)
+            start = prompt_in(vocab, prompt)
             body = "```\n" + sample_text(model, vocab, start, chars, temperature=0.8, seed=seed).strip("\n") + "\n```"
         parts.append(f"### {run.name}\n\n{body}\n")
     return "\n".join(parts)

@@ -125,4 +125,4 @@ def test_the_best_run_search_reads_a_planted_config_without_resolving_it(trained
     planted["data"]["name"] = "${oc.env:CORPUS}"
     config.write_text(yaml.safe_dump(planted))
     monkeypatch.setenv("CORPUS", "frost")
-    assert run_corpus(run_dir) is None and not on_corpus(run_dir, "frost")
+    assert run_corpus(run_dir) is None and not on_corpus(run_corpus(run_dir), "frost")
