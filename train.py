@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm import cli, corpus
 from frosty_lm.cli import command_arg, error_line, exit_on_user_error, in_sweep, parallel_jobs
-from frosty_lm.config import FrostyError, check_config, is_int
+from frosty_lm.config import FrostyError, GPTConfig, check_config, is_int
 from frosty_lm.run_dirs import forget_refused_resume, resume_if_asked
 from frosty_lm.status import RunLock, RunRecord, summarise
 
@@ -45,9 +45,9 @@ def main(cfg: DictConfig) -> float | None:
     return run_training(cfg)
 
 
-def make(node: DictConfig, **kwargs):
-    """Hydra's instantiate, with a user error raised by the constructor (ours, Lightning's MisconfigurationException,
-    a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) as a FrostyError, not a report."""
+def make(node: DictConfig, key: str, **kwargs):
+    """Hydra's instantiate of the config node at key, with a user error raised by the constructor (ours, Lightning's
+    MisconfigurationException, a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) as a FrostyError."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
@@ -56,11 +56,8 @@ def make(node: DictConfig, **kwargs):
         cause = err.__cause__
         if isinstance(cause, FrostyError):
             raise cause from None
-        if isinstance(cause, MisconfigurationException):
-            raise FrostyError(" ".join(str(cause).split())) from None
-        if isinstance(cause, (TypeError, ValueError)):
-            where = OmegaConf.select(node, "_target_", default="a config node")
-            raise FrostyError(f"{where}: {' '.join(str(cause).split())} (python train.py --cfg job shows every "
+        if isinstance(cause, (MisconfigurationException, TypeError, ValueError)):
+            raise FrostyError(f"{key}: {' '.join(str(cause).split())} (python train.py --cfg job shows every "
                               "setting)") from None
         raise
 
@@ -122,6 +119,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     start: the checkpoint resume= has read; Lightning is handed what was read, so the file is read once."""
     import lightning as L
     import torch
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -145,10 +143,16 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     resumed_run = start is not None
     if start is None and cfg.ckpt_path:  # a clear error now, before the corpus is read, for a missing or unsafe file
         start = load_checkpoint(cfg.ckpt_path)
-    datamodule: CharDataModule = make(cfg.data)
+    datamodule: CharDataModule = make(cfg.data, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")  # its vocabulary, for the model
     run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
+    model_cfg = GPTConfig(vocab_size=len(datamodule.tokenizer), **run_config["model"])
+    if cfg.trainer.get("accelerator") == "cpu":
+        devices = cfg.trainer.get("devices")
+        check_training_fits(model_cfg, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
+    elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
+        check_training_fits(model_cfg, cfg.data.batch_size, gpu=True)
     model = FrostyLM(vocab=datamodule.tokenizer.chars, model=run_config["model"], optim=run_config["optim"],
                      scheduler=run_config["scheduler"], logged_config=run_config,  # to TensorBoard's HPARAMS only
                      config=OmegaConf.to_container(cfg, resolve=False))  # as composed, for resume= to compare
@@ -158,24 +162,20 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
         check_start_state(cfg.ckpt_path, start, model)
         if not resumed_run:  # (resume= has checked this before composing the run)
             check_more_to_train(start, cfg, Path(cfg.ckpt_path))
-    if cfg.trainer.get("accelerator") == "cpu":
-        devices = cfg.trainer.get("devices")
-        check_training_fits(model.model, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
-    elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
-        check_training_fits(model.model, cfg.data.batch_size, gpu=True)
     spawn_ranks_inside_sweep(cfg)
     # the stop is checked after the other callbacks' work of a step (Lightning puts the checkpoints last)
-    callbacks = [make(c) for c in cfg.get("callbacks", {}).values() if c is not None] + [StopOnInterrupt()]
+    callbacks = [make(c, f"callbacks.{key}") for key, c in cfg.get("callbacks", {}).items() if c is not None]
+    callbacks.append(interrupt := StopOnInterrupt())
     # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's jobs
     # (bars would garble each other): progress lines take its place on the console
     bars = parallel_jobs() == 1 and sys.stdout is not None and sys.stdout.isatty()  # None: started with it closed
     callbacks = [c for c in callbacks if bars or not isinstance(c, ProgressBar)]
     for lines in (c for c in callbacks if isinstance(c, ProgressLines)):
         lines.on_console, lines.record = not bars, record
-    loggers = [make(c) for c in cfg.get("logger", {}).values() if c is not None]
+    loggers = [make(c, f"logger.{key}") for key, c in cfg.get("logger", {}).items() if c is not None]
     checkpoint_io = AtomicCheckpointIO(loaded=(cfg.ckpt_path, start) if start is not None else None)
-    trainer: L.Trainer = make(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[checkpoint_io],
-                              enable_progress_bar=bars)
+    trainer: L.Trainer = make(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                              plugins=[checkpoint_io], enable_progress_bar=bars)
     # from here on the run's log says what it does (a refused resume adds no line of Frosty's to its train.log)
     if resumed_run:
         log.info("resuming %s from step %d", Path(cfg.paths.output_dir), start["global_step"])
@@ -191,6 +191,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     record.training_started = True
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
+    except MisconfigurationException as err:  # a setting Lightning checks only as it trains (a callback's monitor)
+        raise FrostyError(" ".join(str(err).split())) from None
     except NonFiniteLoss as err:  # last.ckpt keeps the last validation's state: the stop's would give NaN again
         lower, last = f"optim.lr={cfg.optim.lr / 2:g}", getattr(trainer.checkpoint_callback, "last_model_path", "")
         advice = (f"continue from the last validation's {last} with a lower learning rate, python train.py "
@@ -204,6 +206,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
         if isinstance(err.__context__, KeyboardInterrupt):
             raise KeyboardInterrupt from None
         raise
+    finally:
+        interrupt.teardown()
     best = float(model.best_val_loss)
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
     try:

@@ -123,6 +123,8 @@ def parse(argv: list[str]) -> dict[str, str]:
     for key in ("ckpt_path", "prompt"):
         if not args.get(key):
             raise FrostyError(f"{key}= is missing: python -m frosty_lm.attention ckpt_path=FILE prompt=TEXT")
+    if not args["out"].lower().endswith(".png"):  # never written over a checkpoint or any other file by mistake
+        raise FrostyError(f"out={args['out']}: the image is a PNG: give a file name ending in .png")
     if len(args["prompt"]) > MAX_PROMPT:
         raise FrostyError(f"the prompt has {len(args['prompt'])} characters: give at most {MAX_PROMPT}, or the "
                           "panels are unreadable")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from frosty_lm.config import FrostyError, is_int, must
+from frosty_lm.config import is_int, is_number, must
 from frosty_lm.corpus import CharTokenizer, WindowIndex
 from frosty_lm.generation import check_sampling, prompt_in, sample_text
 
@@ -96,8 +96,9 @@ class CopiedShare(EveryNValidations):
 
     def __init__(self, window: int = 32, chars: int = 1000, prompt: str = "\n", temperature: float = 0.8,
                  seed: int = 0, every_n_validations: int = 4) -> None:
-        if not isinstance(window, int) or window < 1 or not isinstance(chars, int) or chars < 1:
-            raise FrostyError(f"callbacks.copied: window={window!r} and chars={chars!r} must be positive integers")
+        check_sampling(dict(prompt=prompt, temperature=temperature, seed=seed), prefix="callbacks.copied.")
+        for key, value in (("window", window), ("chars", chars)):
+            must(is_int(value) and value >= 1, f"callbacks.copied.{key}", value, "a positive integer")
         super().__init__(every_n_validations)
         self.window, self.chars, self.prompt, self.temperature, self.seed = window, chars, prompt, temperature, seed
         self.index: WindowIndex | None = None
@@ -126,6 +127,8 @@ class EarlyStop(EarlyStopping):
     def __init__(self, patience: int | None = None, min_delta: float = 0.0) -> None:
         must(patience is None or is_int(patience) and patience > 0, "callbacks.early_stopping.patience", patience,
              "a positive integer (validations without improvement), or null for no early stopping")
+        must(is_number(min_delta) and min_delta >= 0, "callbacks.early_stopping.min_delta", min_delta,
+             "a number >= 0 (the least decrease of val/loss that counts as an improvement)")
         super().__init__(monitor="val/loss", mode="min", patience=patience or 1, min_delta=min_delta, verbose=False,
                          check_on_train_epoch_end=False)  # checked after every validation
         self.enabled = patience is not None
@@ -176,10 +179,9 @@ class StopOnInterrupt(L.Callback):
         if received:
             raise Stopped(signal.SIGINT)
 
-    def teardown(self, trainer, pl_module, stage) -> None:
+    def teardown(self, trainer=None, pl_module=None, stage=None) -> None:
+        """Puts the handler from before back: Lightning calls it after a fit that ends, train.fit after one that
+        stops (after on_exception, where last.ckpt is saved: a second Ctrl-C during that save exits at once)."""
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self.teardown(trainer, pl_module, "fit")

@@ -68,7 +68,8 @@ def error_line(err: BaseException) -> str | None:
         if isinstance(err, MemoryError) or "can't allocate memory" in str(err) or type(err).__name__ == (
                 "OutOfMemoryError"):  # torch's, on the CPU and on a GPU
             return ("out of memory (more than the start's estimate, or a limit such as ulimit -v or a container's): "
-                    "lower data.batch_size or model.block_size; last.ckpt keeps the last validation's state")
+                    "lower data.batch_size, model.block_size or the model's size; the checkpoints written before "
+                    "it are kept")
         err = err.__cause__ or err.__context__
     return None
 

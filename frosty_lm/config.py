@@ -30,6 +30,9 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+MAX_SIZE = 2**24
+
+
 @dataclass
 class ModelConfig:
     """The model node (conf/model/) and Hydra's schema/model/gpt: types checked as the config composes, ranges here."""
@@ -51,9 +54,9 @@ class ModelConfig:
     kind: str = "gpt"  # gpt | bigram: the next character from the current one only (a table; the seed's start)
 
     def __post_init__(self) -> None:
-        for key in ("block_size", "n_layer", "n_head", "n_embd"):
-            if not is_int(getattr(self, key)) or getattr(self, key) <= 0:
-                raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer")
+        for key in ("block_size", "n_layer", "n_head", "n_embd"):  # (larger sizes would overflow torch's)
+            if not is_int(getattr(self, key)) or not 0 < getattr(self, key) <= MAX_SIZE:
+                raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer (at most 2**24)")
         if self.n_embd % self.n_head:
             example = self.n_head * max(1, round(self.n_embd / self.n_head))
             raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: choose "
@@ -193,6 +196,7 @@ def check_config(cfg: DictConfig) -> None:
     chars = cfg.summary_sample_chars
     must(is_int(chars) and chars >= 0, "summary_sample_chars", chars, "an integer >= 0")
     try:  # (after seed: data.seed is ${seed}, typed by the data node's schema)
+        check_trainer(cfg.trainer)  # first: scheduler.decay_steps follows trainer.max_steps
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as err:
         missing = re.search(r"Missing mandatory value: (\S+)", str(err))
@@ -200,7 +204,9 @@ def check_config(cfg: DictConfig) -> None:
             key = missing.group(1) if "." in missing.group(1) else err.full_key
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
-    check_trainer(cfg.trainer)  # first: scheduler.decay_steps follows trainer.max_steps
+    window = OmegaConf.select(cfg, "callbacks.throughput.window_size", default=None)  # Lightning asserts it
+    must(window is None or is_int(window) and window >= 2, "callbacks.throughput.window_size", window,
+         "an integer >= 2 (the batches each value averages over)")
     for node, schemas in SCHEMAS.items():  # each node's schema, built from its values: __post_init__ checks them
         if cfg.get(node) is None:  # ~scheduler, or scheduler=null
             raise FrostyError(f"{node} is not set: choose one of its options, {node}=NAME (python train.py --help)")

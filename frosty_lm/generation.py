@@ -18,7 +18,7 @@ GREEDY_BELOW = 1e-6  # a temperature this small picks the most likely character 
 def check_sampling(settings, prefix: str = "") -> None:
     """Sampling settings, where given: generate.py's, and the validation sample's (prefix callbacks.sample_text.)."""
     rules = {"max_new_tokens": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-             "seed": (is_int, "an integer"),
+             "seed": (lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
              "temperature": (lambda v: is_number(v) and v >= 0, "a number >= 0 (0 means greedy decoding)"),
              "top_k": (lambda v: v is None or is_int(v) and v >= 1, "an integer >= 1, or null for no cut"),
              "top_p": (lambda v: v is None or is_number(v) and 0 < v <= 1,

@@ -6,12 +6,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from frosty_lm.config import FrostyError
+from frosty_lm.config import FrostyError, GPTConfig
 
 if TYPE_CHECKING:  # torch takes seconds to import: the functions that use it import it
     from omegaconf import DictConfig
-
-    from frosty_lm.model import GPT
 
 NATIVE_BF16 = ("avx512_bf16", "amx_tile")  # the flags torch's own bf16 checks read
 BELOW_BF16 = {  # values of torch's and oneDNN's instruction-set caps that are below native bf16
@@ -121,14 +119,22 @@ def check_gpu_present(accelerator: str | None) -> None:
                           "CUDA build of torch")
 
 
-def check_training_fits(model: GPT, batch_size: int, processes: int = 1, gpu: bool = False) -> None:
+def check_training_fits(cfg: GPTConfig, batch_size: int, processes: int = 1, gpu: bool = False) -> None:
     """Refuses training that would not fit in this machine's memory, in `processes` processes (gpu: on the GPU,
-    one per process). The estimate is fp32's: under bf16 autocast the activations take less."""
-    c, n_params = model.cfg, model.num_params()
-    needed = training_memory(n_params, batch_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.vocab_size,
-                             1 if gpu else processes)
-    check_fits(needed, f"training (batch {batch_size} x {c.block_size} characters, {n_params:,} parameters)",
-               "lower data.batch_size or model.block_size", gpu)
+    one per process), before the model is built. The estimate is fp32's: under bf16 autocast activations take less."""
+    import torch
+
+    from frosty_lm.model import build
+
+    with torch.device("meta"):  # the model's size, without its memory
+        n_params = build(cfg).num_params()
+    copies = 1 if gpu else processes
+    needed = training_memory(n_params, batch_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
+                             cfg.vocab_size, copies)
+    fix = ("choose a smaller model (model.n_embd, model.n_layer): its weights, gradients and AdamW's state take most "
+           "of it" if 2 * 16 * n_params * copies > needed else "lower data.batch_size or model.block_size")
+    check_fits(needed, f"training (batch {batch_size} x {cfg.block_size} characters, {n_params:,} parameters)", fix,
+               gpu)
 
 
 def check_fits(needed: int, what: str, fix: str, gpu: bool = False) -> None:

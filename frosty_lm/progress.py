@@ -62,6 +62,8 @@ class _Prefixed(logging.Formatter):
 
 
 def duration(seconds: float) -> str:  # 3725.2 -> '1:02:05'; 65 -> '01:05'
+    if not seconds < 100 * 365 * 86400:  # (an ETA of trainer.max_steps=10000000000000000)
+        return "over 100 years"
     return str(timedelta(seconds=round(seconds))).removeprefix("0:")
 
 

@@ -133,7 +133,8 @@ def make_dir(path: str, key: str) -> None:
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-WRITE_KEYS = ("dirpath", "save_dir", "default_root_dir", "name", "version", "sub_dir", "filename")
+DIR_KEYS = ("dirpath", "save_dir", "default_root_dir")  # a directory of its own: outside the run, wherever it is
+NAME_KEYS = ("name", "version", "sub_dir", "filename")  # a name inside the run's directories
 FOLLOWS_CONF = ("callbacks", "logger")  # what a resumed run takes from today's conf/: they watch training only
 ABSENT = object()
 
@@ -222,9 +223,9 @@ def check_recorded(overrides: list, run: Path) -> None:
             why = f"sets {key}"
         elif re.search(r"\$\{[^}]*:", override.input_line):
             why = "calls a resolver"
-        elif key == "paths.output_dir" or (key.startswith(("callbacks.", "logger.", "trainer.", "paths."))
-                                           and key.endswith(WRITE_KEYS) and isinstance(value, str)
-                                           and (value.startswith("/") or ".." in Path(value).parts)):
+        elif key == "paths.output_dir" or key.startswith(("callbacks.", "logger.", "trainer.")) and (
+                key.endswith(DIR_KEYS) or key.endswith(NAME_KEYS) and isinstance(value, str) and (
+                    "${" in value or value.startswith(("/", "~")) or ".." in Path(value).parts)):
             why = "writes outside the run's directory"
         elif key == "data.url" and value not in urls:
             why = "downloads from a URL that conf/ does not name"

@@ -64,7 +64,8 @@ class RunRecord:
         if rank() != 0:  # in a multi-process run, the first process keeps the record
             return
         self.data.update(fields, wall_time_s=round(self.earlier_wall_time + time.time() - self.started, 1))
-        self._replace(json.dumps(self.data, indent=2).encode())
+        finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in self.data.items()}
+        self._replace(json.dumps(finite, indent=2).encode())  # (NaN and Infinity are not JSON)
 
     def _replace(self, content: bytes) -> None:
         tmp = self.path.with_suffix(".tmp")

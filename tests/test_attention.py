@@ -65,11 +65,19 @@ def test_the_command_writes_a_png_per_layer_and_head(trained_run, tmp_path, caps
     (["prompt=x"], "ckpt_path= is missing"),
     (["ckpt_path=a.ckpt", "prompt=" + "x" * 65], "give at most 64"),
     (["ckpt_path=a.ckpt", "prompt=x", "colour=red"], "'colour=red': give ckpt_path=FILE prompt=TEXT"),
+    (["ckpt_path=a.ckpt", "prompt=x", "out=a.ckpt"], "out=a.ckpt: the image is a PNG: give a file name ending in .png"),
 ])
 def test_bad_arguments_are_one_line(args, message, capsys):
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_out_never_writes_over_a_checkpoint(trained_run, capsys):
+    best = trained_run / "checkpoints" / "best.ckpt"
+    before = best.read_bytes()
+    assert main([f"ckpt_path={best}", "prompt=Snow", f"out={best}"]) == 1
+    assert best.read_bytes() == before and "give a file name ending in .png" in capsys.readouterr().err
 
 
 def test_the_last_validation_puts_the_maps_in_tensorboards_images(trained_run):

@@ -153,6 +153,14 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_with_the_numbers(invoke, t
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+def test_a_model_too_large_to_build_is_refused_before_it_is_built(invoke, text_file, tmp_path):
+    """Sized on torch's meta device: 48 layers of width 65,536 (2.5e12 parameters) are refused, not allocated."""
+    code, _, err = invoke("train.py", *TINY, "model.n_embd=65536", "model.n_head=2", "model.n_layer=48",
+                          "dataset=text", f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "parameters) needs about", "choose a smaller model (model.n_embd, model.n_layer)")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_a_corpus_that_cannot_fit_in_memory_is_refused_before_it_is_read(invoke, text_file, tmp_path, monkeypatch):
     import frosty_lm.machine as machine
 
@@ -252,5 +260,5 @@ def test_running_out_of_memory_during_training_is_one_line(invoke, text_file, tm
     monkeypatch.setattr(FrostyLM, "training_step", no_memory)
     code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "out of memory", "lower data.batch_size or model.block_size")
+    assert_one_line_error(code, err, "out of memory", "lower data.batch_size, model.block_size or the model's size")
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "failed"

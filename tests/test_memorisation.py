@@ -54,11 +54,19 @@ def test_the_callback_measures_a_fixed_seeded_sample():
     assert callback.measure(model, vocab) < 0.2
 
 
-def test_bad_settings_are_one_line():
+@pytest.mark.parametrize("setting, message", [
+    ({"window": 0}, r"callbacks.copied.window=0 must be a positive integer"),
+    ({"chars": "many"}, r"callbacks.copied.chars='many' must be a positive integer"),
+    ({"temperature": -1.0}, r"callbacks.copied.temperature=-1.0 must be a number >= 0"),
+    ({"temperature": float("nan")}, r"callbacks.copied.temperature=nan must be a number >= 0"),
+    ({"seed": "abc"}, r"callbacks.copied.seed='abc' must be an integer in \[0, 2\*\*32\)"),
+    ({"seed": 2**70}, r"callbacks.copied.seed=1180591620717411303424 must be an integer in"),
+])
+def test_bad_settings_are_one_line(setting, message):
     from frosty_lm.config import FrostyError
 
-    with pytest.raises(FrostyError, match="window=0 and chars=1000 must be positive integers"):
-        CopiedShare(window=0)
+    with pytest.raises(FrostyError, match=message):
+        CopiedShare(**setting)
 
 
 @pytest.mark.parametrize("window", [1, 2, 3, 5, 8, 13, 32, 33])

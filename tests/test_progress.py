@@ -73,6 +73,7 @@ def test_duration_reads_as_clock_time():
     assert duration(5) == "00:05"
     assert duration(65.4) == "01:05"
     assert duration(3725) == "1:02:05"
+    assert duration(1e16) == duration(float("inf")) == "over 100 years"  # (timedelta overflows)
 
 
 def test_file_only_lines_stay_off_the_console_and_a_prefix_starts_every_console_line(tmp_path):

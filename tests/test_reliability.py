@@ -76,8 +76,21 @@ SLOW = pytest.mark.slow  # each family of checks keeps one or two cases in the d
         (["optim.lr=1e39"], "optim.lr=1e+39 must be a positive number (at most 3.4e38"),
         pytest.param(["trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan must be a number >= 0",
                      marks=SLOW),
-        pytest.param(["trainer.devices=-5"],
-                     "lightning.pytorch.Trainer: `devices` selected with `CPUAccelerator` should be", marks=SLOW),
+        pytest.param(["trainer.devices=-5"], "trainer: `devices` selected with `CPUAccelerator` should be",
+                     marks=SLOW),
+        (["trainer.max_steps=1e3"], "trainer.max_steps=1000.0 must be a positive integer"),  # not the interpolation's
+        (["model.n_embd=100000000000000000000"], "model.n_embd=100000000000000000000 must be a positive integer (at"),
+        (["callbacks.throughput.window_size=0"], "callbacks.throughput.window_size=0 must be an integer >= 2"),
+        pytest.param(["callbacks.copied.seed=abc"], "callbacks.copied.seed='abc' must be an integer in [0, 2**32)",
+                     marks=SLOW),
+        pytest.param(["callbacks.sample_text.seed=1180591620717411303424"],
+                     "callbacks.sample_text.seed=1180591620717411303424 must be an integer in [0, 2**32)", marks=SLOW),
+        pytest.param(["callbacks.copied.temperature=nan"], "callbacks.copied.temperature=nan must be a number >= 0",
+                     marks=SLOW),
+        pytest.param(["callbacks.early_stopping.min_delta=-1"],
+                     "callbacks.early_stopping.min_delta=-1 must be a number >= 0", marks=SLOW),
+        pytest.param(["callbacks.model_checkpoint.save_top_k=-5"],
+                     "callbacks.model_checkpoint: Invalid value for save_top_k=-5. Must be >= -1", marks=SLOW),
         (["~scheduler"], "scheduler is not set: choose one of its options, scheduler=NAME"),
         (["trainer.accelerator=foo"], "You selected an invalid accelerator name: `accelerator='foo'`"),
         pytest.param(["trainer.precision=17"], "Precision 17 is invalid", marks=SLOW),
@@ -237,6 +250,13 @@ def test_nan_loss_stops_the_run_with_its_step(invoke, text_file, tmp_path):
     assert not list((tmp_path / "r" / "checkpoints").glob("*.ckpt"))
 
 
+def test_a_setting_lightning_checks_only_as_it_trains_is_one_line(invoke, text_file, tmp_path):
+    code, _, err = invoke("train.py", *TINY, "callbacks.model_checkpoint.monitor=foo", "dataset=text",
+                          f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "`ModelCheckpoint(monitor='foo')` could not find the monitored key")
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "failed"
+
+
 class PoisonWeights(L.Callback):
     """Test-only: sets the token embedding to `value` before step `at`: NaN makes the weights themselves NaN, a
     huge finite value makes that step's forward overflow (finite weights, a NaN loss)."""
@@ -358,6 +378,8 @@ def test_generate_without_any_checkpoint(invoke, tmp_path, monkeypatch):
         ("top_p=nan", "top_p=nan must be a number in (0, 1]"),
         ("max_new_tokens=1.5", "max_new_tokens=1.5 must be an integer"),
         ("seed=abc", "seed='abc' must be an integer"),
+        ("seed=-1", "seed=-1 must be an integer in [0, 2**32)"),
+        ("seed=1180591620717411303424", "seed=1180591620717411303424 must be an integer in [0, 2**32)"),
         ("top_k=true", "top_k=True must be an integer"),
         ("device=tpu9000", "device='tpu9000' cannot be used here"),
     ],

@@ -50,6 +50,10 @@ def test_a_recorded_override_that_would_unpickle_a_file_is_refused(invoke, train
     ("logger.tensorboard.name=../../escaped", "writes outside the run's directory"),
     ("callbacks.model_checkpoint.dirpath=/tmp/elsewhere", "writes outside the run's directory"),
     ("paths.output_dir=/tmp/elsewhere", "writes outside the run's directory"),
+    ("callbacks.model_checkpoint.dirpath=elsewhere", "writes outside the run's directory"),  # relative to the cwd
+    ("callbacks.model_checkpoint.dirpath=${paths.outputs_dir}", "writes outside the run's directory"),
+    ("logger.tensorboard.save_dir=elsewhere", "writes outside the run's directory"),
+    ("logger.tensorboard.name=${paths.outputs_dir}", "writes outside the run's directory"),
     ("data.url=https://example.com/evil.txt", "downloads from a URL that conf/ does not name"),
     ("hydra.run.dir=/tmp/elsewhere", "sets hydra.run.dir"),
 ])

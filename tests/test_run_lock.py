@@ -68,3 +68,13 @@ def test_a_failed_resume_leaves_the_record_and_a_resume_continues_it(invoke, tex
     assert "resumes" not in record  # the list of resumes: the one that trained, not the refused one
     assert [r["overrides"] for r in resumed["resumes"]] == [[f"resume={run_dir}", "trainer.max_steps=20",
                                                               f"data.path={moved}"]]
+
+
+def test_status_json_stays_json_when_a_number_is_not_finite(tmp_path):
+    """A NaN or infinite best val loss (an edited checkpoint) is written as null: NaN and Infinity are not JSON."""
+    from frosty_lm.status import RunRecord
+
+    record = RunRecord(tmp_path)
+    record.write(status="finished", best_val_loss=float("nan"), eta_s=float("inf"), steps=3)
+    written = json.loads((tmp_path / "status.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert (written["best_val_loss"], written["eta_s"], written["steps"]) == (None, None, 3)

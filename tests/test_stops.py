@@ -193,6 +193,28 @@ def test_a_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint_written(tmp
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 2 * INTERVAL
 
 
+class SecondSignalWhileSaving(SignalAt):
+    """Test-only: Ctrl-C after training step `step`, and again while the stop saves last.ckpt."""
+
+    def on_save_checkpoint(self, trainer, *args) -> None:
+        if trainer.interrupted:
+            signal.raise_signal(self.signum)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_the_stop_saves_exits_at_once(tmp_path):
+    (tmp_path / "corpus.txt").write_text(poem())
+    run_dir = tmp_path / "r"
+    result = run("train.py", *RISING, f"data.path={tmp_path / 'corpus.txt'}", f"hydra.run.dir={run_dir}",
+                 "+callbacks.signal._target_=test_stops.SecondSignalWhileSaving",
+                 f"+callbacks.signal.signum={int(signal.SIGINT)}", f"+callbacks.signal.step={INTERVAL + 2}",
+                 cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.rstrip().splitlines()[-1] == ("interrupted again: exiting now; last.ckpt is the last one "
+                                                       "written")
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == INTERVAL
+
+
 @pytest.mark.slow
 def test_early_stopping_stops_after_patience_validations_and_keeps_the_best(invoke, rising_corpus, tmp_path):
     run_dir = tmp_path / "run"
