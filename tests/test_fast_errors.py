@@ -76,6 +76,14 @@ def test_a_command_line_that_does_not_compose_is_hydras_own_message_before_torch
     assert not packages & set(HEAVY) and not list(tmp_path.iterdir())  # no run directory either
 
 
+def test_a_group_set_to_null_is_hydras_error_with_its_stack_trace(tmp_path):
+    """Hydra does not take null for a group (docs/troubleshooting.md says so, and what to write instead)."""
+    code, err, packages = train_importing("callbacks=null", cwd=tmp_path)
+    assert code == 1 and err.rstrip().endswith("ValueError: Config group override must be a string or a list. "
+                                               "Got NoneType"), err
+    assert not packages & set(HEAVY) and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("key, value", [
     ("resume", "outputs/sweeps/2026-11-26/10-00-00-000000/dropout=0.2,n_layer=4"),  # a sweep job's directory
     ("resume", "/runs/a b/c"), ("ckpt_path", "outputs/runs/x_frost_small/checkpoints/best.ckpt"),

@@ -128,6 +128,15 @@ def test_damaged_and_foreign_run_files_are_skipped(tmp_path):
     assert newest_run(outputs) is not None
 
 
+def test_a_corpus_without_runs_lists_the_corpora_with_runs_and_their_files(tmp_path):
+    outputs = tmp_path / "outputs"
+    fake_run(outputs, "a", "frost", "finished", 2.0, 100, age=2)
+    fake_run(outputs, "b", "text\n  path: /data/poems.txt", "finished", 2.0, 100, age=1)
+    with pytest.raises(FrostyError, match="its runs are on frost, text:/data/poems.txt, or leave out corpus="):
+        default_checkpoint(str(outputs), "poems")
+    assert default_checkpoint(str(outputs), "text:/data/poems.txt")[0] == outputs / "b" / "checkpoints" / "best.ckpt"
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["run=latest"], ["no best.ckpt found under", "python train.py"]),
     (["corpus=yoda"], ["no run on corpus yoda under", "python train.py dataset=yoda"]),
