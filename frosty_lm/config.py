@@ -30,9 +30,6 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-MAX_SIZE = 2**24
-
-
 @dataclass
 class ModelConfig:
     """The model node (conf/model/) and Hydra's schema/model/gpt: types checked as the config composes, ranges here."""
@@ -55,7 +52,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for key in ("block_size", "n_layer", "n_head", "n_embd"):  # (larger sizes would overflow torch's)
-            if not is_int(getattr(self, key)) or not 0 < getattr(self, key) <= MAX_SIZE:
+            if not is_int(getattr(self, key)) or not 0 < getattr(self, key) <= 2**24:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer (at most 2**24)")
         if self.n_embd % self.n_head:
             example = self.n_head * max(1, round(self.n_embd / self.n_head))
@@ -205,8 +202,7 @@ def check_config(cfg: DictConfig) -> None:
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
         raise FrostyError(str(err).splitlines()[0]) from None
     window = OmegaConf.select(cfg, "callbacks.throughput.window_size", default=None)  # Lightning asserts it
-    must(window is None or is_int(window) and window >= 2, "callbacks.throughput.window_size", window,
-         "an integer >= 2 (the batches each value averages over)")
+    must(window is None or is_int(window) and window > 1, "callbacks.throughput.window_size", window, "an integer >= 2")
     for node, schemas in SCHEMAS.items():  # each node's schema, built from its values: __post_init__ checks them
         if cfg.get(node) is None:  # ~scheduler, or scheduler=null
             raise FrostyError(f"{node} is not set: choose one of its options, {node}=NAME (python train.py --help)")

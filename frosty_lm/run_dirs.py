@@ -133,8 +133,7 @@ def make_dir(path: str, key: str) -> None:
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-DIR_KEYS = ("dirpath", "save_dir", "default_root_dir")  # a directory of its own: outside the run, wherever it is
-NAME_KEYS = ("name", "version", "sub_dir", "filename")  # a name inside the run's directories
+DIR_KEYS, NAME_KEYS = ("dirpath", "save_dir", "default_root_dir"), ("name", "version", "sub_dir", "filename")
 FOLLOWS_CONF = ("callbacks", "logger")  # what a resumed run takes from today's conf/: they watch training only
 ABSENT = object()
 
@@ -224,8 +223,8 @@ def check_recorded(overrides: list, run: Path) -> None:
         elif re.search(r"\$\{[^}]*:", override.input_line):
             why = "calls a resolver"
         elif key == "paths.output_dir" or key.startswith(("callbacks.", "logger.", "trainer.")) and (
-                key.endswith(DIR_KEYS) or key.endswith(NAME_KEYS) and isinstance(value, str) and (
-                    "${" in value or value.startswith(("/", "~")) or ".." in Path(value).parts)):
+                key.endswith(DIR_KEYS) or key.endswith(NAME_KEYS) and isinstance(value, str) and (  # a dir of its own,
+                    "${" in value or value.startswith(("/", "~")) or ".." in Path(value).parts)):  # or a name out of it
             why = "writes outside the run's directory"
         elif key == "data.url" and value not in urls:
             why = "downloads from a URL that conf/ does not name"
