@@ -83,7 +83,7 @@ class ProgressLines(L.Callback):
              "a positive integer")
         self.every_seconds, self.every_n_steps, self.estimate_after = every_seconds, every_n_steps, estimate_after
         self.on_console = True  # set by train.fit: False while the Rich bar shows the progress
-        self.record = None
+        self.record, self.validated = None, None  # the last validation's fields, for the record once it saved
         self._reset(0)
 
     def _reset(self, step: int) -> None:  # at the start of training, from trainer.global_step
@@ -114,16 +114,13 @@ class ProgressLines(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._reset(trainer.global_step)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._phase == "val":
-            self._enter("train")
-
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking and self._phase == "train":
             self._enter("val")
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._enter("ended")
+        self._record_validation()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.chars += batch[0].numel() * trainer.world_size  # every process's
@@ -181,10 +178,21 @@ class ProgressLines(L.Callback):
         note = "new best" if val <= best else f"best {best:.4f}"
         log.info("validation at step %d: val loss %.4f (%.4f bpc), %s", trainer.global_step, val, val / math.log(2),
                  note, extra=self._where)
-        if self.record is not None:
-            eta = self.eta(trainer, time.monotonic())
-            self.record.write(steps=trainer.global_step, best_val_loss=best,
-                              eta_s=round(eta, 1) if eta is not None else None)
+        eta = self.eta(trainer, time.monotonic())
+        self.validated = {"steps": trainer.global_step, "best_val_loss": best, "eta_s": eta and round(eta, 1)}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._phase == "val":
+            self._enter("train")
+        self._record_validation()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._record_validation()
+
+    def _record_validation(self) -> None:  # once its checkpoints are written (Lightning saves them after
+        if self.validated is not None and self.record is not None:  # on_validation_end): status.json says what
+            self.record.write(**self.validated)  # they hold, never more, also after kill -9
+        self.validated = None
 
     def eta(self, trainer, now: float) -> float | None:
         """Seconds left: the remaining steps at this run's mean step time, plus the remaining validations at their

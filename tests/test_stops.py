@@ -2,6 +2,7 @@
 at its best val loss: a finished run, Ctrl-C (exit status 130) and SIGTERM (`kill`, a scheduler before
 preemption: exit status 143), and a stopped run resumes from where it stopped."""
 import json
+import os
 import re
 import signal
 from pathlib import Path
@@ -213,6 +214,32 @@ def test_a_second_ctrl_c_while_the_stop_saves_exits_at_once(tmp_path):
     assert result.stderr.rstrip().splitlines()[-1] == ("interrupted again: exiting now; last.ckpt is the last one "
                                                        "written")
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == INTERVAL
+
+
+class DieAfterValidation(L.Callback):
+    """Test-only: the process ends at once (as kill -9 would) at the end of the validation at step `step`, after
+    the other callbacks' work there and before the checkpoints' (Lightning runs checkpoint callbacks last)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            os._exit(9)
+
+
+@pytest.mark.slow
+def test_status_json_is_never_ahead_of_the_checkpoints_after_a_hard_kill(tmp_path):
+    (tmp_path / "corpus.txt").write_text(poem())
+    run_dir = tmp_path / "r"
+    result = run("train.py", *RISING, f"data.path={tmp_path / 'corpus.txt'}", f"hydra.run.dir={run_dir}",
+                 "+callbacks.die._target_=test_stops.DieAfterValidation", f"+callbacks.die.step={2 * INTERVAL}",
+                 cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
+    assert result.returncode == 9, result.stderr
+    record = json.loads((run_dir / "status.json").read_text())
+    last = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
+    assert record["status"] == "running" and record["steps"] == last["global_step"] == INTERVAL
+    assert record["best_val_loss"] == pytest.approx(float(last["state_dict"]["best_val_loss"]), rel=1e-6)
 
 
 @pytest.mark.slow
