@@ -1,6 +1,6 @@
 """What the entry points share: a user error is one `error:` line and exit status 1 (a sweep's job returns instead);
 Ctrl-C before training is one line and 130; key=value printed to paste back; Lightning quieted; sweep or not; and,
-at import, what conf/ needs registered: the resolver frosty_cpu_precision and the nodes' schemas."""
+at import, what conf/ needs registered: the resolvers frosty_cpu_precision and frosty_dirname, the nodes' schemas."""
 from __future__ import annotations
 
 import errno
@@ -149,6 +149,7 @@ def quiet_lightning() -> None:
 # At import, not only in train.py: sweep workers resolve the hydra node too (joblib's import train.py; submitit's import
 # run_dirs, which imports this, with the callbacks they unpickle). The schemas (config.py): each node's keys and types.
 OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
+OmegaConf.register_new_resolver("frosty_dirname", lambda name: name.replace("/", "_"), replace=True)  # a sweep job's
 for group, name, node in (("model", "gpt", ModelConfig), ("optim", "adamw", AdamWConfig), ("optim", "muon", MuonConfig),
                           ("scheduler", "constant", ConstantSchedule), ("scheduler", "cosine", CosineSchedule)):
     ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)

@@ -52,9 +52,10 @@ class Run:
 
     @property
     def never_trained(self) -> bool:
-        """A single run that failed before training: nothing to compare (a sweep's failed job is a result)."""
+        """A single run that failed before training: nothing to compare (a sweep's or search's job is a result)."""
+        hydra = self.path / ".hydra" / "hydra.yaml"  # Hydra's record of the job says if it was a sweep's
         return (self.status.get("status") == "failed" and self.status.get("training_started") is False
-                and not (self.path.parent / "multirun.yaml").is_file())
+                and not (hydra.is_file() and "\n  mode: MULTIRUN\n" in hydra.read_text(errors="replace")))
 
     def state(self) -> str:
         """status.json's status; "killed" for a "running" run whose process on this host is gone."""
@@ -201,27 +202,25 @@ class OneLineParser(argparse.ArgumentParser):  # a bad argument: one line and ex
         self.exit(1, f"error: {message} ({self.prog} --help lists the arguments)\n")
 
 
-def count(text: str) -> int:
-    if not text.isdigit():  # --samples N: an integer >= 0
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
-    return int(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m frosty_lm.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="sweep or run directories (or outputs/)")
     parser.add_argument("--out", type=Path, default=None, help="where report.md and val_loss.png go")
     parser.add_argument("--x", choices=("step", "time"), default="step", help="the plot's x axis (default: step)")
-    parser.add_argument("--samples", type=count, default=200, metavar="N",
+    parser.add_argument("--samples", type=int, default=200, metavar="N",
                         help="characters sampled from each run's best.ckpt, same prompt and seed for all (0: none)")
     parser.add_argument("--prompt", default="\n", help="the samples' prompt (default: a line break)")
     parser.add_argument("--seed", type=int, default=0, help="the samples' seed")
     args = parser.parse_args(argv)
+    if args.samples < 0:
+        parser.error(f"argument --samples: '{args.samples}' is not an integer >= 0")
     found = find_runs(args.paths)
     runs = [run for run in found if not run.never_trained]
     if len(runs) < len(found):
         print(f"left out {len(found) - len(runs)} single runs that failed before training (status.json says why)",
               file=sys.stderr)
+    for run in (run for run in runs if args.x == "time" and run.curves and not run.times):
+        print(f"{run.path}: no wall times (the csv logger keeps none): left out of the time plot", file=sys.stderr)
     out = args.out or (args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else Path("."))
     try:
         if not runs:

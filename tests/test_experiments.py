@@ -171,13 +171,22 @@ def test_report_leaves_out_single_runs_that_never_trained_but_keeps_a_sweeps_fai
     record(tmp_path / "runs" / "ok", status="finished", best_val_loss=2.5, steps=10)
     record(tmp_path / "runs" / "no_corpus", status="failed", error="corpus missing", training_started=False)
     record(tmp_path / "runs" / "nan", status="failed", error="nan", training_started=True)
-    (tmp_path / "sweep").mkdir()
-    (tmp_path / "sweep" / "multirun.yaml").write_text("{}")
     record(tmp_path / "sweep" / "n_head=3", status="failed", error="not divisible", training_started=False)
+    (tmp_path / "sweep" / "n_head=3" / ".hydra").mkdir()  # as Hydra records a sweep's or a search's job
+    (tmp_path / "sweep" / "n_head=3" / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n  x: 1\n")
     assert report_main([str(tmp_path)]) == 0
     out, err = capsys.readouterr()
     assert "ok" in out and "nan" in out and "n_head=3" in out and "no_corpus" not in out
     assert "left out 1 single runs that failed before training" in err
+
+
+def test_a_time_plot_names_the_runs_it_has_no_wall_times_for(tmp_path, capsys):
+    run_dir = tmp_path / "csv_run"
+    (run_dir / "csv").mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"status": "finished", "best_val_loss": 2.5, "steps": 20}))
+    (run_dir / "csv" / "metrics.csv").write_text("step,val/loss\n10,3.0\n20,2.5\n")
+    assert report_main([str(run_dir), "--x", "time", "--samples", "0"]) == 0
+    assert f"{run_dir}: no wall times (the csv logger keeps none): left out of the time plot" in capsys.readouterr().err
 
 
 def test_report_shows_the_best_step_overfitting_samples_side_by_side_and_plots_against_time(
@@ -234,6 +243,9 @@ def test_sweep_jobs_are_named_by_their_number_and_overrides():
         assert cfg.hydra.job.override_dirname == "model.dropout=0.2,model=tiny"
         cfg.hydra.job.num = 3  # (the launcher's)
         assert cfg.hydra.sweep.subdir == "3_model.dropout=0.2,model=tiny"
+        cfg = compose("train", overrides=["callbacks.sample_text.prompt=a/b"], return_hydra_config=True)
+        cfg.hydra.job.num = 3
+        assert cfg.hydra.sweep.subdir == "3_callbacks.sample_text.prompt=a_b"  # one directory, not a/ and b
         cfg = compose("train", overrides=["model.dropout=0.2", "hydra.sweep.subdir=${hydra.job.num}"],
                       return_hydra_config=True)  # the fix for names over 255 bytes (docs/experiments.md)
         cfg.hydra.job.num = 3
