@@ -43,7 +43,7 @@ def choose_checkpoint(cfg: DictConfig) -> tuple[str | Path, str | None]:
 def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]:
     """The best.ckpt of the best finished run on corpus (None: the newest run's corpus); if there is none, of the
     newest run on it, said so."""
-    runs = all_runs(outputs_dir)
+    runs = all_runs(outputs_dir, BEST)  # (a run with callbacks.model_checkpoint.save_last=false has no last.ckpt)
     if not runs:
         raise no_runs(outputs_dir)
     corpora = {run: run_corpus(run) for run in runs}  # each run's .hydra/config.yaml, read once

@@ -24,10 +24,10 @@ LAST = Path("checkpoints") / "last.ckpt"
 BEST = Path("checkpoints") / "best.ckpt"
 
 
-def all_runs(outputs_dir: str | Path) -> list[Path]:
-    """The runs under outputs_dir (runs and sweeps alike) that hold a last.ckpt, the most recently written last."""
-    found = [p for p in Path(outputs_dir).rglob(str(LAST)) if p.is_file()]
-    return [p.parents[1] for p in sorted(found, key=lambda p: p.stat().st_mtime)]
+def all_runs(outputs_dir: str | Path, holding: Path = LAST) -> list[Path]:
+    """The runs under outputs_dir (runs and sweeps alike) that hold `holding`, by their last checkpoint's time."""
+    found = [p.parents[1] for p in Path(outputs_dir).rglob(str(holding)) if p.is_file()]
+    return sorted(found, key=lambda run: (run / (LAST if (run / LAST).is_file() else holding)).stat().st_mtime)
 
 
 def newest_run(outputs_dir: str | Path) -> Path | None:  # what resume=latest continues, generate.py's run=latest

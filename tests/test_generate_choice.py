@@ -128,6 +128,13 @@ def test_damaged_and_foreign_run_files_are_skipped(tmp_path):
     assert newest_run(outputs) is not None
 
 
+def test_a_run_without_last_ckpt_is_still_chosen_by_its_best(tmp_path):
+    outputs = tmp_path / "outputs"
+    run_dir = fake_run(outputs, "a", "frost", "finished", 2.0, 100, age=1)
+    (run_dir / "checkpoints" / "last.ckpt").unlink()  # callbacks.model_checkpoint.save_last=false
+    assert default_checkpoint(str(outputs), None)[0] == run_dir / "checkpoints" / "best.ckpt"
+
+
 def test_a_corpus_without_runs_lists_the_corpora_with_runs_and_their_files(tmp_path):
     outputs = tmp_path / "outputs"
     fake_run(outputs, "a", "frost", "finished", 2.0, 100, age=2)
