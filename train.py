@@ -163,7 +163,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
         if not resumed_run:  # (resume= has checked this before composing the run)
             check_more_to_train(start, cfg, Path(cfg.ckpt_path))
     spawn_ranks_inside_sweep(cfg)
-    # the stop is checked after the other callbacks' work of a step (Lightning puts the checkpoints last)
+    # the stop is checked as a step starts, after the other callbacks' work there (status.json's record)
     callbacks = [make(c, f"callbacks.{key}") for key, c in cfg.get("callbacks", {}).items() if c is not None]
     callbacks.append(interrupt := StopOnInterrupt())
     # the Rich bar on a terminal only (piped, it prints once, at the end), and not beside a parallel sweep's jobs

@@ -151,9 +151,10 @@ class EarlyStop(EarlyStopping):
 
 
 class StopOnInterrupt(L.Callback):
-    """Ctrl-C during fit stops training at the end of the step, as Lightning stops on SIGTERM (every process at the
-    same step), and last.ckpt is saved on the way out; a second Ctrl-C exits at once, status 130. Set when training
-    starts (after Lightning records the handlers it restores at fit's end); before, Ctrl-C is a KeyboardInterrupt."""
+    """Ctrl-C during fit stops training before the next step (every process at the same step): the step, and its
+    validation and checkpoints if one is due, are done, so a resumed run misses none; last.ckpt is saved on the way
+    out, and a second Ctrl-C exits at once, status 130. Set when training starts (after Lightning records the handlers
+    it restores at fit's end); before, Ctrl-C is a KeyboardInterrupt."""
 
     def __init__(self) -> None:
         self.received = False
@@ -171,7 +172,7 @@ class StopOnInterrupt(L.Callback):
         print("\ninterrupted: stopping after this step and saving last.ckpt (Ctrl-C again to exit now)",
               file=sys.stderr, flush=True)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         received = int(self.received)
         if trainer.world_size > 1:  # one collective per step, as Lightning's own SIGTERM check
             received = int(trainer.strategy.reduce(torch.tensor(received, device=trainer.strategy.root_device),

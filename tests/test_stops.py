@@ -105,6 +105,27 @@ def test_a_signal_in_training_stops_at_the_step_saves_last_ckpt_and_says_how_to_
     assert not (run_dir / "checkpoints/best.ckpt").exists()  # no validation before the stop
 
 
+def test_a_ctrl_c_at_a_validations_step_stops_after_that_validation(invoke, text_file, tmp_path, monkeypatch):
+    """The signal comes with step 10, where a validation is due: the run validates and checkpoints step 10, then
+    stops; a resumed run's curve has every validation of an uninterrupted one."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    run_dir = tmp_path / "run"
+    common = ["model=tiny", "data.batch_size=8", "trainer.val_check_interval=10", "dataset=text",
+              f"data.path={text_file}", f"hydra.run.dir={run_dir}"]
+    code, out, err = invoke("train.py", *common, "trainer.max_steps=30",
+                            "+callbacks.signal._target_=test_stops.SignalAt",
+                            f"+callbacks.signal.signum={int(signal.SIGINT)}", "+callbacks.signal.step=10")
+    assert code == 130 and "interrupted at step 10; last.ckpt saved" in out + err, err
+    assert [step for step, _ in read_logs(run_dir)[0]["val/loss"]] == [10]
+    assert torch.load(run_dir / "checkpoints/best.ckpt", weights_only=True)["global_step"] == 10
+    overrides = run_dir / ".hydra" / "overrides.yaml"  # the test's callback goes: a resume refuses a _target_
+    kept = [line for line in overrides.read_text().splitlines(True) if "callbacks.signal" not in line]
+    overrides.write_text("".join(kept))
+    code, out, err = invoke("train.py", f"resume={run_dir}")
+    assert code == 0, err
+    assert [step for step, _ in read_logs(run_dir)[0]["val/loss"]] == [10, 20, 30]
+
+
 def stop_mid_run(run_dir: Path, corpus: Path, signum: signal.Signals) -> tuple[int, str, int]:
     """Start a long run on the rising corpus, send it signum once its val loss has turned up (a checkpoint at
     step 20 or later: the best is at step 10) and wait for it to end. Returns its exit status, its output and
