@@ -177,7 +177,7 @@ class StopOnInterrupt(L.Callback):
         if trainer.world_size > 1:  # one collective per step, as Lightning's own SIGTERM check
             received = int(trainer.strategy.reduce(torch.tensor(received, device=trainer.strategy.root_device),
                                                    reduce_op="max"))
-        if received:
+        if received and batch_idx % trainer.accumulate_grad_batches == 0:  # a step's first batch: none accumulated
             raise Stopped(signal.SIGINT)
 
     def teardown(self, trainer=None, pl_module=None, stage=None) -> None:

@@ -108,11 +108,11 @@ def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, opt
                           f"corpus has {len(vocab)}): start from a checkpoint of the same corpus")
     defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
     stored, wanted = {**defaults, **hparams["model"]}, {**defaults, **model}
-    for key in ("kind", "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "norm", "qk_norm",
-                "activation", "logit_softcap", "tie_weights"):
-        if stored.get(key) != wanted.get(key):
-            raise FrostyError(f"{ckpt_path} has model.{key}={stored.get(key)}, this run model.{key}={wanted.get(key)}: "
-                              f"use the checkpoint's model settings (model.{key}={stored.get(key)})")
+    keys = ("kind", "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "norm", "qk_norm", "activation",
+            "logit_softcap", "tie_weights")
+    if differ := [key for key in keys if stored.get(key) != wanted.get(key)]:  # every one, to fix in one go
+        theirs, ours = (" ".join(f"model.{key}={side.get(key)}" for key in differ) for side in (stored, wanted))
+        raise FrostyError(f"{ckpt_path} has {theirs}, this run {ours}: use the checkpoint's model settings ({theirs})")
     trained, asked = optim_name(hparams.get("optim") or {}), optim_name(optim)
     if trained != asked:
         raise FrostyError(f"{ckpt_path} was trained with optim={trained}, this run asks for optim={asked}: start from "

@@ -201,7 +201,7 @@ class ProgressLines(L.Callback):
             return None
         remaining = max(0, trainer.max_steps - trainer.global_step)
         seconds = remaining * self._step_time(now)
-        interval = trainer.val_check_interval  # (a fraction of an epoch: no validations counted)
+        interval = trainer.val_check_interval // trainer.accumulate_grad_batches  # in steps (batches in Lightning)
         if self.validations and isinstance(interval, int) and interval and remaining:
             end = trainer.global_step + remaining  # a validation every interval steps, and one after the last
             validations = end // interval - trainer.global_step // interval + (end % interval != 0)

@@ -16,9 +16,10 @@ from frosty_lm.report import Run
 from frosty_lm.status import corpus_prompt, generate_command
 
 
-def fake_trainer(global_step: int, max_steps: int = 100, val_check_interval: int = 10) -> SimpleNamespace:
+def fake_trainer(global_step: int, max_steps: int = 100, val_check_interval: int = 10,
+                 accumulate_grad_batches: int = 1) -> SimpleNamespace:  # val_check_interval: in batches, as Lightning's
     return SimpleNamespace(global_step=global_step, max_steps=max_steps, val_check_interval=val_check_interval,
-                           callbacks=[])
+                           accumulate_grad_batches=accumulate_grad_batches, callbacks=[])
 
 
 def lines_after(steps: int, train_seconds: float, validations: int = 0, val_seconds: float = 0.0,
@@ -41,6 +42,9 @@ def test_eta_is_the_remaining_steps_at_the_mean_step_time_plus_the_remaining_val
     # max_steps not a multiple of the interval: one more validation after the last step (95)
     assert lines_after(20, 10.0, 2, 4.0).eta(fake_trainer(20, max_steps=95), 0.0) == pytest.approx(37.5 + 8 * 2)
     assert lines_after(20, 10.0, 2, 4.0).eta(fake_trainer(100), 0.0) == 0
+    # 2 batches a step: Lightning's interval of 20 batches is train.py's 10 steps, the same validations
+    assert lines_after(20, 10.0, 2, 4.0).eta(fake_trainer(20, val_check_interval=20, accumulate_grad_batches=2),
+                                             0.0) == pytest.approx(40 + 8 * 2)
 
 
 def test_eta_leaves_out_the_first_steps_warm_up():

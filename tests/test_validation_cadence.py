@@ -157,3 +157,16 @@ def test_a_run_checkpointed_without_the_cadence_resumes_at_the_default_one(invok
     val, samples = extras_steps(run_dir)
     assert val == [15, 30, 45, 60, 75, 90, 105, 120]
     assert samples == [30, 90, 120]  # the first run's last; then the 4th validation from the resume, and the last
+
+
+def test_val_check_interval_counts_steps_also_when_gradients_accumulate(invoke, text_file, tmp_path):
+    """Lightning's val_check_interval counts batches: train.py gives it steps x accumulate_grad_batches, so that
+    validations come every N optimizer steps, at step boundaries, as the docs say."""
+    from frosty_lm.report import read_logs
+
+    run_dir = tmp_path / "run"
+    code, _, err = invoke("train.py", "model=tiny", "data.batch_size=8", "dataset=text", f"data.path={text_file}",
+                          "trainer.max_steps=10", "trainer.val_check_interval=5", "+trainer.accumulate_grad_batches=2",
+                          f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    assert [step for step, _ in read_logs(run_dir)[0]["val/loss"]] == [5, 10]
