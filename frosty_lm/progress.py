@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
+from lightning.pytorch.utilities import rank_zero_only
 
 from frosty_lm.cli import parallel_jobs
 from frosty_lm.config import is_int, is_number, must
@@ -39,7 +40,8 @@ class StepProgressBar(RichProgressBar):
 
 
 def keep_off_console(prefix: str = "") -> None:
-    """Console handlers drop FILE_ONLY lines and prefix each (a parallel sweep's job name, as jobs interleave)."""
+    """Console handlers drop FILE_ONLY lines and the other ranks' lines of Frosty's (rank 0 speaks for the run), and
+    prefix each (a parallel sweep's job name, as jobs interleave)."""
     for handler in logging.getLogger().handlers:
         if type(handler) is not logging.StreamHandler:  # the console only; train.log is a FileHandler
             continue
@@ -49,7 +51,7 @@ def keep_off_console(prefix: str = "") -> None:
 
 
 def _off_console(record: logging.LogRecord) -> bool:
-    return not getattr(record, "file_only", False)
+    return not getattr(record, "file_only", False) and (record.name != "frosty" or rank_zero_only.rank == 0)
 
 
 class _Prefixed(logging.Formatter):

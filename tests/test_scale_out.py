@@ -40,6 +40,7 @@ def test_ddp_cpu_run_matches_a_single_process_evaluation(text_file, tmp_path):
     result = run("train.py", *DDP, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     output = result.stdout + result.stderr
     assert "effective batch: 16 windows of 32 characters per step (data.batch_size 8 x 2 processes" in output
+    assert output.count("torch threads:") == 1 and output.count("best checkpoint:") == 1  # rank 0 speaks for the run
     assert sorted(p.name for p in run_dir.rglob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # logs from rank 0 only
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
