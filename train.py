@@ -122,6 +122,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from torch.multiprocessing import ProcessRaisedException
 
     from frosty_lm.callbacks import StopOnInterrupt, Stopped
     from frosty_lm.checkpoint import check_compatible, check_more_to_train, check_start_state, load_checkpoint
@@ -195,6 +196,10 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     except MisconfigurationException as err:  # a setting Lightning checks only as it trains (a callback's monitor)
         raise FrostyError(" ".join(str(err).split())) from None
+    except ProcessRaisedException as err:  # ddp_spawn's ranks (in a sweep): a rank's exception comes back as text,
+        last = str(err).strip().splitlines()[-1]  # e.g. frosty_lm.callbacks.Stopped: SIGINT; torch ends the other
+        raise FrostyError(f"a process of the run ended with {last}: ddp_spawn ended the others at once, so the run "
+                          "keeps its last validation's checkpoints") from None  # ranks at once, before they save
     except NonFiniteLoss as err:  # last.ckpt keeps the last validation's state: the stop's would give NaN again
         lower, last = f"optim.lr={cfg.optim.lr / 2:g}", getattr(trainer.checkpoint_callback, "last_model_path", "")
         advice = (f"continue from the last validation's {last} with a lower learning rate, python train.py "

@@ -1,5 +1,6 @@
 """The multi-process path on the CPU: DDP over 2 gloo processes, alone and inside a sweep; submitit's local launcher."""
 import json
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -84,3 +85,20 @@ def test_gpu_trainers_and_slurm_launcher_compose():
     assert (ddp.trainer.strategy, ddp.trainer.accelerator, ddp.trainer.devices) == ("ddp", "gpu", -1)
     assert slurm.hydra.launcher.tasks_per_node == 4  # one task per GPU
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+@pytest.mark.slow
+def test_a_ctrl_c_stop_of_a_ddp_job_inside_a_sweep_is_one_line(text_file, tmp_path):
+    """ddp_spawn's ranks raise in child processes, and torch ends the others at once (no last.ckpt of the stop):
+    the job fails with one line that says so, and the sweep says which, with no traceback."""
+    sweep = tmp_path / "sweep"
+    result = run("train.py", "-m", *DDP, "dataset=text", f"data.path={text_file}", f"hydra.sweep.dir={sweep}",
+                 "hydra/launcher=basic", "+callbacks.signal._target_=test_stops.SignalAt",
+                 f"+callbacks.signal.signum={int(signal.SIGINT)}", "+callbacks.signal.step=3", cwd=tmp_path,
+                 env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    (job,) = [p for p in sweep.iterdir() if p.is_dir()]
+    record = json.loads((job / "status.json").read_text())
+    said = "a process of the run ended with frosty_lm.callbacks.Stopped: SIGINT: ddp_spawn ended the others at once"
+    assert record["status"] == "failed" and record["error"].startswith(said)
+    assert f"failed: {job.name}: {said}" in result.stderr
