@@ -159,7 +159,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
                      config=OmegaConf.to_container(cfg, resolve=False))  # as composed, for resume= to compare
     if start is not None:
         check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
-                                model.hparams.optim)
+                         model.hparams.optim)
         check_start_state(cfg.ckpt_path, start, model)
         if not resumed_run:  # (resume= has checked this before composing the run)
             check_more_to_train(start, cfg, Path(cfg.ckpt_path))
@@ -196,10 +196,10 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path or None, weights_only=True)
     except MisconfigurationException as err:  # a setting Lightning checks only as it trains (a callback's monitor)
         raise FrostyError(" ".join(str(err).split())) from None
-    except ProcessRaisedException as err:  # ddp_spawn's ranks (in a sweep): a rank's exception comes back as text,
-        last = str(err).strip().splitlines()[-1]  # e.g. frosty_lm.callbacks.Stopped: SIGINT; torch ends the other
+    except ProcessRaisedException as err:  # ddp_spawn's ranks (in a sweep): one's exception, as text (torch ended
+        last = str(err).strip().splitlines()[-1]  # the others before they saved), e.g. ...callbacks.Stopped: SIGINT
         raise FrostyError(f"a process of the run ended with {last}: ddp_spawn ended the others at once, so the run "
-                          "keeps its last validation's checkpoints") from None  # ranks at once, before they save
+                          "keeps its last validation's checkpoints") from None
     except NonFiniteLoss as err:  # last.ckpt keeps the last validation's state: the stop's would give NaN again
         lower, last = f"optim.lr={cfg.optim.lr / 2:g}", getattr(trainer.checkpoint_callback, "last_model_path", "")
         advice = (f"continue from the last validation's {last} with a lower learning rate, python train.py "
