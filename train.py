@@ -175,9 +175,9 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
         lines.on_console, lines.record = not bars, record
     loggers = [make(c, f"logger.{key}") for key, c in cfg.get("logger", {}).items() if c is not None]
     checkpoint_io = AtomicCheckpointIO(loaded=(cfg.ckpt_path, start) if start is not None else None)
-    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # Lightning's interval counts batches, Frosty's steps
+    accumulate = cfg.trainer.get("accumulate_grad_batches") or 1  # Lightning's interval counts batches, Frosty's steps
     trainer: L.Trainer = make(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
-                              plugins=[checkpoint_io], enable_progress_bar=bars,
+                              plugins=[checkpoint_io], enable_progress_bar=bars, accumulate_grad_batches=accumulate,
                               val_check_interval=cfg.trainer.val_check_interval * accumulate)
     # from here on the run's log says what it does (a refused resume adds no line of Frosty's to its train.log)
     if resumed_run:

@@ -170,3 +170,9 @@ def test_val_check_interval_counts_steps_also_when_gradients_accumulate(invoke, 
                           f"hydra.run.dir={run_dir}")
     assert code == 0, err
     assert [step for step, _ in read_logs(run_dir)[0]["val/loss"]] == [5, 10]
+    code, _, err = invoke("train.py", "model=tiny", "data.batch_size=8", "dataset=text", f"data.path={text_file}",
+                          "trainer.max_steps=4", "trainer.val_check_interval=2",
+                          "+trainer.accumulate_grad_batches=null",  # null: Lightning's default, one batch a step
+                          f"hydra.run.dir={tmp_path / 'null'}")
+    assert code == 0, err
+    assert [step for step, _ in read_logs(tmp_path / "null")[0]["val/loss"]] == [2, 4]
