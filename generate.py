@@ -56,8 +56,8 @@ def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]
     newest = [run for run in runs if corpus is None or on_corpus(corpora[run], corpus)][-1]
     corpus = corpora[newest] or corpus  # corpus=text: the runs on the newest one's file (text:FILE), not on any
     records = {run: run_record(run) for run in runs if corpus is not None and on_corpus(corpora[run], corpus)}
-    finished = {run: record["best_val_loss"] for run, record in records.items() if (run / BEST).is_file()
-                and record.get("status") == "finished" and is_number(record.get("best_val_loss"))}
+    finished = {run: record["best_val_loss"] for run, record in records.items()  # (each holds a best.ckpt)
+                if record.get("status") == "finished" and is_number(record.get("best_val_loss"))}
     if finished:
         best = min(finished, key=finished.get)
         runs = f"{len(finished)} finished run{'s' if len(finished) > 1 else ''}"
