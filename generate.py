@@ -12,9 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.cli import exit_on_user_error, run_entry_point
-from frosty_lm.config import FrostyError, is_int, is_number, must
-from frosty_lm.corpus import CharTokenizer
-from frosty_lm.generation import check_sampling, default_prompt, stream_text
+from frosty_lm.config import FrostyError, is_int, is_number
+from frosty_lm.generation import check_prompt, check_sampling, default_prompt, stream_text
 from frosty_lm.run_dirs import BEST, all_runs, newest_run, run_record
 
 DATASETS = Path(__file__).resolve().parent / "conf" / "dataset"  # the named corpora
@@ -127,13 +126,8 @@ def main(cfg: DictConfig) -> None:
     if chosen:
         print(f"{chosen}, {score(ckpt)} (choose with run=latest|DIR or ckpt_path=FILE)", file=sys.stderr, flush=True)
     model, vocab = model_from_checkpoint(ckpt, path)
-    must(is_int(cfg.num_samples) and cfg.num_samples >= 1, "num_samples", cfg.num_samples, "an integer >= 1")
     prompt = cfg.prompt or default_prompt(vocab)  # documented: empty starts from a line break (or the first character)
-    unknown = CharTokenizer(vocab).unknown(prompt)
-    if unknown:
-        raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "
-                          "remove or replace them")
-    top_k = None if cfg.top_k is None else min(cfg.top_k, len(vocab))
+    check_prompt(vocab, prompt)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         if torch.device(device).type == "meta":  # tensors without data: nothing to sample from
@@ -142,17 +136,12 @@ def main(cfg: DictConfig) -> None:
     except (RuntimeError, ValueError, AssertionError) as err:
         raise FrostyError(f"device={device!r} cannot be used here ({' '.join(str(err).split())[:120]}): "
                           "use device=cpu, or device=cuda on a machine with a GPU") from None
-    with torch.inference_mode():
-        idx = torch.tensor([CharTokenizer(vocab).encode(prompt)[-model.cfg.block_size:]], device=device)
-        if not torch.isfinite(model(idx)[0]).all():
-            raise FrostyError(f"{path} gives non-finite predictions (its weights hold NaN or inf): use another "
-                              "checkpoint, e.g. the run's best.ckpt")
     try:
         for i in range(cfg.num_samples):
             if i:
                 print(f"--- sample {i + 1} ---", file=sys.stderr, flush=True)
             print(prompt, end="")
-            for ch in stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, top_k, cfg.top_p,
+            for ch in stream_text(model, vocab, prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
                                   cfg.seed + i):
                 print(ch, end="", flush=True)
             print(flush=True)

@@ -145,7 +145,6 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     if start is None and cfg.ckpt_path:  # a clear error now, before the corpus is read, for a missing or unsafe file
         start = load_checkpoint(cfg.ckpt_path)
     datamodule: CharDataModule = make(cfg.data, "data")
-    datamodule.prepare_data()
     datamodule.setup("fit")  # its vocabulary, for the model
     run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
     model_cfg = GPTConfig(vocab_size=len(datamodule.tokenizer), **run_config["model"])

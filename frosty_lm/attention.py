@@ -1,6 +1,6 @@
 """What attention looks at: the attention weights of every layer and head over a prompt, one panel each, with the
 prompt's characters on both axes. The weights are the model's own: a forward pre-hook on each CausalSelfAttention
-asks it for them over its input. AttentionImage puts the same picture in TensorBoard's IMAGES tab.
+asks it for them over its input. callbacks.AttentionImage puts the same picture in TensorBoard's IMAGES tab.
 
     python -m frosty_lm.attention ckpt_path=outputs/runs/.../best.ckpt prompt="Whose woods" [out=attention.png]
 """
@@ -10,10 +10,9 @@ from pathlib import Path
 
 import torch
 
-from frosty_lm.callbacks import EveryNValidations
 from frosty_lm.config import FrostyError
 from frosty_lm.corpus import CharTokenizer
-from frosty_lm.generation import check_text
+from frosty_lm.generation import check_prompt
 from frosty_lm.model import GPT, CausalSelfAttention
 
 MAX_PROMPT = 64  # characters: beyond this the panels are unreadable
@@ -91,28 +90,6 @@ def rgb_pixels(maps: torch.Tensor, prompt: str):
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-class AttentionImage(EveryNValidations):
-    """Every few validations, the attention maps over a fixed prompt (less its characters outside the vocabulary,
-    at most MAX_PROMPT) in TensorBoard's IMAGES tab, tag "attention"."""
-
-    name = "attention_image"
-
-    def __init__(self, prompt: str = "Whose woods these are I think I know.", every_n_validations: int = 4) -> None:
-        check_text(prompt, "callbacks.attention_image.prompt")
-        super().__init__(every_n_validations)
-        self.prompt = prompt
-
-    def at_validation(self, trainer, pl_module) -> None:
-        experiment = getattr(trainer.logger, "experiment", None) if trainer.is_global_zero else None
-        vocab = pl_module.hparams.vocab
-        prompt = "".join(ch for ch in self.prompt if ch in vocab)[-MAX_PROMPT:]
-        # only TensorBoard shows images; the bigram has no attention
-        if not hasattr(experiment, "add_image") or len(prompt) < 2 or not isinstance(pl_module.model, GPT):
-            return
-        image = rgb_pixels(attention_maps(pl_module.model, vocab, prompt), prompt)
-        experiment.add_image("attention", image, global_step=trainer.global_step, dataformats="HWC")
-
-
 def parse(argv: list[str]) -> dict[str, str]:
     args = {"out": "attention.png"}
     for arg in argv:
@@ -137,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
         model, vocab = model_from_checkpoint(load_checkpoint(args["ckpt_path"]), args["ckpt_path"])
-        if not all(torch.isfinite(p).all() for p in model.parameters()):  # the maps would be NaN: a blank image
-            raise FrostyError(f"{args['ckpt_path']}'s weights hold NaN or inf: use another checkpoint, e.g. the "
-                              "run's best.ckpt")
-        if unknown := CharTokenizer(vocab).unknown(args["prompt"]):
-            raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "
-                              "remove or replace them")
+        check_prompt(vocab, args["prompt"])
         maps = attention_maps(model, vocab, args["prompt"])
         Path(args["out"]).write_bytes(png_bytes(maps, args["prompt"]))
     except FrostyError as err:

@@ -1,5 +1,5 @@
-"""Lightning callbacks: early stopping, the cadence of a validation's extras, its text sample
-and sample/copied, Ctrl-C. (Best and last checkpoints: checkpoint_saving.py; progress: progress.py.)"""
+"""Lightning callbacks: early stopping, the cadence of a validation's extras (its text sample, sample/copied,
+the attention maps), Ctrl-C. (Best and last checkpoints: checkpoint_saving.py; progress: progress.py.)"""
 from __future__ import annotations
 
 import logging
@@ -13,9 +13,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
+from frosty_lm.attention import MAX_PROMPT, attention_maps, rgb_pixels
 from frosty_lm.config import is_int, is_number, must
 from frosty_lm.corpus import CharTokenizer, WindowIndex
-from frosty_lm.generation import check_sampling, prompt_in, sample_text
+from frosty_lm.generation import check_sampling, check_text, prompt_in, sample_text
+from frosty_lm.machine import check_fits
+from frosty_lm.model import GPT
 
 log = logging.getLogger("frosty")
 
@@ -105,7 +108,10 @@ class CopiedShare(EveryNValidations):
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and hasattr(trainer.datamodule, "train_data"):
-            self.index = WindowIndex(trainer.datamodule.train_data.numpy(), self.window)
+            data = trainer.datamodule.train_data
+            check_fits(24 * len(data), f"indexing the {len(data):,} training characters for sample/copied",
+                       "turn sample/copied off with callbacks.copied=null, or train on a smaller file")  # (its peak)
+            self.index = WindowIndex(data.numpy(), self.window)
 
     def at_validation(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero or self.index is None or not trainer.loggers:
@@ -119,6 +125,28 @@ class CopiedShare(EveryNValidations):
         prompt = prompt_in(vocab, self.prompt)
         text = sample_text(model, vocab, prompt, self.chars, self.temperature, seed=self.seed)[len(prompt):]
         return self.index.copied_share(np.asarray(CharTokenizer(vocab).encode(text), dtype=np.int64))
+
+
+class AttentionImage(EveryNValidations):
+    """Every few validations, the attention maps over a fixed prompt (less its characters outside the vocabulary,
+    at most attention.MAX_PROMPT) in TensorBoard's IMAGES tab, tag "attention"."""
+
+    name = "attention_image"
+
+    def __init__(self, prompt: str = "Whose woods these are I think I know.", every_n_validations: int = 4) -> None:
+        check_text(prompt, "callbacks.attention_image.prompt")
+        super().__init__(every_n_validations)
+        self.prompt = prompt
+
+    def at_validation(self, trainer, pl_module) -> None:
+        experiment = getattr(trainer.logger, "experiment", None) if trainer.is_global_zero else None
+        vocab = pl_module.hparams.vocab
+        prompt = "".join(ch for ch in self.prompt if ch in vocab)[-MAX_PROMPT:]
+        # only TensorBoard shows images; the bigram has no attention
+        if not hasattr(experiment, "add_image") or len(prompt) < 2 or not isinstance(pl_module.model, GPT):
+            return
+        image = rgb_pixels(attention_maps(pl_module.model, vocab, prompt), prompt)
+        experiment.add_image("attention", image, global_step=trainer.global_step, dataformats="HWC")
 
 
 class EarlyStop(EarlyStopping):
@@ -174,7 +202,7 @@ class StopOnInterrupt(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         received = int(self.received)
-        if trainer.world_size > 1:  # one collective per step, as Lightning's own SIGTERM check
+        if trainer.world_size > 1:  # one collective per batch, as Lightning's own SIGTERM check
             received = int(trainer.strategy.reduce(torch.tensor(received, device=trainer.strategy.root_device),
                                                    reduce_op="max"))
         if received and batch_idx % trainer.accumulate_grad_batches == 0:  # a step's first batch: none accumulated

@@ -78,8 +78,9 @@ def same_file(path: str | Path) -> str:
 
 
 def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tuple[GPT | Bigram, str]:
-    """The model (the GPT, or the bigram baseline) with the checkpoint's weights, in eval mode, and its vocabulary; a
-    FrostyError if the file's contents disagree with themselves (an edited vocabulary, model settings or weights)."""
+    """The model (the GPT, or the bigram baseline) with the weights of a checkpoint that load_checkpoint read, in eval
+    mode, and its vocabulary; a FrostyError if the file's contents disagree with themselves (an edited vocabulary,
+    model settings or weights) or its weights are not finite."""
     hparams = ckpt["hyper_parameters"]
     vocab = hparams["vocab"]
     if not isinstance(vocab, str) or len(vocab) < 2 or list(vocab) != sorted(set(vocab)):
@@ -87,8 +88,7 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tu
                           "stores; use a checkpoint written by train.py")
     try:
         model = build(GPTConfig(vocab_size=len(vocab), **hparams["model"]))
-        state = {k.removeprefix("model."): v for k, v in current_names(ckpt["state_dict"]).items()
-                 if k.startswith("model.")}
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         model.load_state_dict(state)  # strict: the names and shapes the options give (no pos_emb with rope, ...)
         if isinstance(model, GPT) and model.cfg.tie_weights and not torch.equal(state["head.weight"],
                                                                                 state["tok_emb.weight"]):
@@ -97,6 +97,8 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tu
         reason = " ".join(str(err).split())[:200]
         raise FrostyError(f"{path} is damaged: its weights do not fit its model settings or vocabulary ({reason}); "
                           "use a checkpoint written by train.py") from None
+    if not all(torch.isfinite(p).all() for p in model.parameters()):  # its samples and maps would be NaN
+        raise FrostyError(f"{path} holds NaN or infinite weights: use another checkpoint, e.g. the run's best.ckpt")
     return model.eval(), vocab
 
 

@@ -60,9 +60,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint for best.ckpt; last.ckpt is always the last state, written after every validation and when
-    training ends or is stopped (Lightning's save_last writes it only when the metric improved). At a NaN stop it
-    stays the last validation's: the state at the stop would give NaN again."""
+    """ModelCheckpoint for best.ckpt; with save_last (as conf/callbacks/ sets it), last.ckpt is always the last state,
+    written after every validation and when training ends or is stopped (Lightning's writes it only on improvement).
+    At a NaN stop it stays the last validation's: the state at the stop would give NaN again."""
 
     def __init__(self, save_last: bool | None = None, **kwargs) -> None:
         super().__init__(save_last=False, **kwargs)

@@ -148,15 +148,15 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def encode_tensor(self, text: str):
-        """The whole text as one compact tensor: uint8 when the vocabulary fits a byte (through str.translate, a
-        byte a character, rather than a Python list of ints, many times larger), else int32."""
+        """The whole text as one compact tensor, never a Python list of ints (many times larger): uint8 when the
+        vocabulary fits a byte (through str.translate, a byte a character), else int32."""
         import torch  # here: train.py checks corpus paths before torch loads
 
-        if len(self) > 256:
-            return torch.tensor(self.encode(text), dtype=torch.int32)
         missing = set(text) - self.stoi.keys()
         if missing:
             self.encode("".join(sorted(missing)))  # the same error as encode()
+        if len(self) > 256:
+            return torch.from_numpy(np.fromiter(map(self.stoi.__getitem__, text), dtype=np.int32, count=len(text)))
         ids = text.translate({ord(ch): i for i, ch in enumerate(self.chars)}).encode("latin-1")
         return torch.frombuffer(bytearray(ids), dtype=torch.uint8)
 

@@ -111,7 +111,11 @@ class CharDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """Every val window once in all: with several processes, each evaluates every world_size-th window
         (no padding, unlike a DistributedSampler), and the loss totals are summed across processes."""
-        val_set = self.val_set
-        if self.trainer is not None and self.trainer.world_size > 1:
-            val_set = Subset(val_set, range(self.trainer.global_rank, len(val_set), self.trainer.world_size))
+        val_set, world_size = self.val_set, self.trainer.world_size if self.trainer is not None else 1
+        if len(val_set) < world_size:  # a process without a window would skip validation and leave the others waiting
+            raise FrostyError(f"the val split has {len(val_set)} windows of model.block_size={self.block_size}, fewer "
+                              f"than the run's {world_size} processes: raise data.val_fraction or lower "
+                              "model.block_size")
+        if world_size > 1:
+            val_set = Subset(val_set, range(self.trainer.global_rank, len(val_set), world_size))
         return DataLoader(val_set, batch_size=self.batch_size, shuffle=False, generator=torch.Generator())

@@ -16,8 +16,9 @@ GREEDY_BELOW = 1e-6  # a temperature this small picks the most likely character 
 
 
 def check_sampling(settings, prefix: str = "") -> None:
-    """Sampling settings, where given: generate.py's, and the validation sample's (prefix callbacks.sample_text.)."""
+    """Sampling settings, where given: generate.py's, and a callback's (prefix callbacks.sample_text., ...)."""
     rules = {"max_new_tokens": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+             "num_samples": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
              "seed": (lambda v: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
              "temperature": (lambda v: is_number(v) and v >= 0, "a number >= 0 (0 means greedy decoding)"),
              "top_k": (lambda v: v is None or is_int(v) and v >= 1, "an integer >= 1, or null for no cut"),
@@ -50,6 +51,12 @@ def typed_value(key: str) -> str | None:  # VALUE of key=VALUE as typed in Hydra
         if sep and name == key:
             return value
     return None
+
+
+def check_prompt(vocab: str, prompt: str) -> None:
+    if unknown := CharTokenizer(vocab).unknown(prompt):
+        raise FrostyError(f"prompt characters not in the checkpoint's vocabulary: {', '.join(map(repr, unknown))}; "
+                          "remove or replace them")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

@@ -91,7 +91,7 @@ class FrostyLM(L.LightningModule):
         self.log("step", float(self.global_step))
         if self.trainer.sanity_checking:
             return
-        self.best_val_loss = torch.minimum(self.best_val_loss, val_loss.to(self.best_val_loss))
+        self.best_val_loss = torch.fmin(self.best_val_loss, val_loss.to(self.best_val_loss))  # NaN: not a best
         best = {"best/val_loss": self.best_val_loss.item(), "best/val_bpc": self.best_val_loss.item() / LN2}
         if not self._hparams_logged and self.logger is not None:  # HPARAMS tab, with best's first points: below
             log_hparams(self.loggers, self.logged_config or {}, best, self.global_step)
@@ -122,9 +122,12 @@ class FrostyLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def lr_factor(self) -> Callable[[int], float]:
-        """The lr multiplier by step; in a run limited by time, by the share of the budget spent too, as Lightning's
-        Timer counts it (kept in checkpoints: a resume goes on from it). Rank 0's time: every process, one lr."""
+        """The lr multiplier by step; in a run limited by time, a cosine's by the share of the budget spent too, as
+        Lightning's Timer counts it (kept in checkpoints: a resume goes on from it). Rank 0's time: every process, one
+        lr."""
         factor = lr_lambda(**self.hparams.scheduler)
+        if self.hparams.scheduler.get("name") != "cosine":  # constant: the steps alone
+            return factor
         try:
             trainer = self.trainer
         except RuntimeError:  # not attached to a Trainer (a plain training loop's)

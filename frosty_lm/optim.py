@@ -15,7 +15,7 @@ from frosty_lm.machine import cpu_precision
 
 
 def optim_name(optim: dict) -> str:
-    """optim.name; settings stored before optim was a config group have none: AdamW."""
+    """optim.name; an older Frosty's checkpoint records optim settings without one: AdamW's."""
     return optim.get("name") or "adamw"
 
 
@@ -129,7 +129,8 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
               min_lr_ratio: float = 0.1) -> Callable[..., float]:
     """The lr multiplier (for torch's LambdaLR). constant: linear warm-up, then the base lr. cosine: warm-up (at
     most half of decay_steps, so that short runs still decay), then cosine decay to min_lr_ratio at decay_steps. A
-    run limited by time also gives budget_step: warm-up counts steps but ends by half the budget; decay follows it."""
+    cosine run limited by time also gives budget_step: warm-up counts steps but ends by half the budget; decay
+    follows it."""
     if name == "cosine":
         warmup_steps = min(warmup_steps, decay_steps // 2)
 

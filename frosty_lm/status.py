@@ -169,7 +169,8 @@ def corpus_prompt(text: str, words: int = 3) -> str:
 
 
 def generate_command(path: Path, prompt: str, seed: int) -> str:
-    """The shell command to sample from path as the summary did (prompt Hydra-quoted; blank: generate.py's default)."""
+    """The shell command to sample from path with the summary's prompt (Hydra-quoted; blank: generate.py's default)
+    and seed."""
     command = f"python generate.py {command_arg('ckpt_path', path)}"
     if prompt.strip():
         command += " " + command_arg("prompt", prompt, quoted=True)

@@ -99,5 +99,5 @@ def test_a_checkpoint_with_nan_weights_is_one_line(tmp_path, capsys):
     torch.save({"hyper_parameters": {"vocab": VOCAB, "model": settings}, "state_dict": state}, path)
     assert main([f"ckpt_path={path}", "prompt=deep woods", f"out={out}"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "hold NaN or inf" in err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "holds NaN or infinite weights" in err
     assert not out.exists()

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from frosty_lm.checkpoint import model_from_checkpoint
+from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD = FIXTURES / "old_layout.ckpt"
@@ -18,7 +18,7 @@ def test_an_old_checkpoint_generates_what_it_generated_before(invoke):
 def test_old_weight_names_load_into_the_new_modules():
     state = torch.load(OLD, weights_only=True)["state_dict"]
     assert any(".attn.qkv." in k for k in state) and any(".ffwd.net.2." in k for k in state)  # really the old names
-    model, _ = model_from_checkpoint(torch.load(OLD, weights_only=True))
+    model, _ = model_from_checkpoint(load_checkpoint(OLD))  # as every caller reads one
     assert torch.equal(model.blocks[0].mlp.fc2.weight, state["model.blocks.0.ffwd.net.2.weight"])
     assert torch.equal(model.blocks[0].attn.qkv.bias, state["model.blocks.0.attn.qkv.bias"])
 

@@ -93,3 +93,17 @@ def test_download_with_wrong_sha256_is_not_kept(tmp_path):
 def test_failed_download_says_how_to_get_the_file(tmp_path):
     with pytest.raises(FrostyError, match="FROSTY_DATA_DIR"):
         corpus.resolve("poems", str(tmp_path), url=(tmp_path / "missing.txt").as_uri(), sha256=None)
+
+
+def test_a_val_split_with_fewer_windows_than_processes_is_refused(text_file):
+    """A process without a val window would skip validation and leave the others waiting in its reduce."""
+    from types import SimpleNamespace
+
+    dm = datamodule(text_file, val_fraction=0.02)
+    windows = len(dm.val_set)
+    dm.trainer = SimpleNamespace(world_size=windows, global_rank=windows - 1)
+    assert len(dm.val_dataloader().dataset) == 1  # one each
+    dm.trainer = SimpleNamespace(world_size=windows + 1, global_rank=0)
+    with pytest.raises(FrostyError, match=f"the val split has {windows} windows of model.block_size=16, fewer than "
+                                          f"the run's {windows + 1} processes: raise data.val_fraction"):
+        dm.val_dataloader()

@@ -262,3 +262,24 @@ def test_running_out_of_memory_during_training_is_one_line(invoke, text_file, tm
                           f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "out of memory", "lower data.batch_size, model.block_size or the model's size")
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_nan_val_loss_is_no_best(invoke, text_file, tmp_path, monkeypatch):
+    """A validation whose loss is NaN (e.g. an overflow under 16-bit precision) leaves the best val loss as it was."""
+    from frosty_lm.lit_module import FrostyLM
+
+    epoch_end = FrostyLM.on_validation_epoch_end
+
+    def nan_at_the_last(self):
+        if self.global_step == 30:
+            self._val_totals[0] = float("nan")
+        epoch_end(self)
+
+    monkeypatch.setattr(FrostyLM, "on_validation_epoch_end", nan_at_the_last)
+    run = tmp_path / "r"
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={run}")
+    assert code == 0, err
+    record = json.loads((run / "status.json").read_text())
+    best = torch.load(run / "checkpoints/best.ckpt", weights_only=True)
+    assert record["status"] == "finished" and record["steps"] == 30 and best["global_step"] == 15
+    assert record["best_val_loss"] == pytest.approx(float(best["state_dict"]["best_val_loss"]))

@@ -42,7 +42,7 @@ def longer_vocabulary(ckpt):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (nan_weights, "gives non-finite predictions"),
+    (nan_weights, "holds NaN or infinite weights: use another checkpoint"),
     (shuffled_vocabulary, "its vocabulary is not the sorted, distinct characters"),
     (wider_model, "its weights do not fit its model settings"),
     (missing_tensor, "its weights do not fit its model settings"),

@@ -22,3 +22,17 @@ for name in {MODEL_CODE!r}:
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_sampling_tools_import_no_lightning():
+    """generate.py's modules and the attention tool read checkpoints with torch alone: Lightning's import is most of a
+    start (docs/performance.md)."""
+    code = """
+import importlib, sys
+for name in ("frosty_lm.checkpoint", "frosty_lm.generation", "frosty_lm.attention"):
+    importlib.import_module(name)
+    if "lightning" in sys.modules:
+        sys.exit(f"{name} imports lightning")
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -76,3 +76,19 @@ def test_window_hashes_by_doubling_are_the_polynomial_hash(window):
     expected = [sum(int(ids[i + j]) * pow(base, window - 1 - j, 2**64) for j in range(window)) % 2**64
                 for i in range(len(ids) - window + 1)]
     assert corpus.window_hashes(ids, window).tolist() == expected
+
+
+def test_an_index_that_would_not_fit_in_memory_is_refused_with_the_fix(monkeypatch):
+    from types import SimpleNamespace
+
+    import frosty_lm.machine as machine
+    from frosty_lm.config import FrostyError
+
+    data = torch.zeros(1000, dtype=torch.uint8)
+    trainer = SimpleNamespace(is_global_zero=True, datamodule=SimpleNamespace(train_data=data))
+    monkeypatch.setattr(machine, "available_memory", lambda: 10 * len(data))  # less than the index's peak
+    with pytest.raises(FrostyError, match="indexing the 1,000 training characters for sample/copied needs about .* "
+                                          "turn sample/copied off with callbacks.copied=null"):
+        CopiedShare().on_train_start(trainer, None)
+    monkeypatch.setattr(machine, "available_memory", lambda: 100 * len(data))
+    CopiedShare().on_train_start(trainer, None)

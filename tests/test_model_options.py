@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 import frosty_lm.generation as generation
 from conftest import CONF, TINY
-from frosty_lm.checkpoint import model_from_checkpoint
+from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.config import FrostyError, GPTConfig, check_config
 from frosty_lm.model import GPT
 from test_reliability import assert_one_line_error
@@ -90,7 +90,7 @@ def test_the_defaults_give_the_weights_logits_and_training_of_the_code_before_th
 
 
 def test_an_old_checkpoint_loads_with_the_default_options_and_computes_what_it_did():
-    ckpt = torch.load(Path(__file__).parent / "fixtures/old_layout.ckpt", weights_only=True)
+    ckpt = load_checkpoint(Path(__file__).parent / "fixtures/old_layout.ckpt")
     assert "position" not in ckpt["hyper_parameters"]["model"]  # written before the options
     model, vocab = model_from_checkpoint(ckpt)
     defaults = GPTConfig(vocab_size=2)

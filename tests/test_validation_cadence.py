@@ -8,8 +8,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import QUICK, TINY, poem
-from frosty_lm.attention import AttentionImage
-from frosty_lm.callbacks import CopiedShare, EveryNValidations, SampleText
+from frosty_lm.callbacks import AttentionImage, CopiedShare, EveryNValidations, SampleText
 from frosty_lm.config import FrostyError
 from test_reliability import assert_one_line_error
 
