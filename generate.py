@@ -14,7 +14,8 @@ from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.cli import exit_on_user_error, run_entry_point
 from frosty_lm.config import FrostyError, is_int, is_number
 from frosty_lm.generation import check_prompt, check_sampling, default_prompt, stream_text
-from frosty_lm.run_dirs import BEST, all_runs, newest_run, run_record
+from frosty_lm.run_dirs import BEST, all_runs, newest_run
+from frosty_lm.status import run_record
 
 DATASETS = Path(__file__).resolve().parent / "conf" / "dataset"  # the named corpora
 
@@ -31,7 +32,7 @@ def choose_checkpoint(cfg: DictConfig) -> tuple[str | Path, str | None]:
     outputs = cfg.paths.outputs_dir
     if cfg.get("run") not in (None, ""):  # latest: the run resume=latest continues
         latest = cfg.run == "latest"
-        run = newest_run(outputs) if latest else Path(str(cfg.run))
+        run = newest_run(outputs) if latest else Path(str(cfg.run)).expanduser()
         if run is None:
             raise no_runs(outputs)
         path = has_best(run, f"run=latest, {run}," if latest else f"run={cfg.run}")
@@ -94,8 +95,10 @@ def has_best(run: Path, name: str) -> Path:
     """run's checkpoints/best.ckpt, or a FrostyError that starts with name."""
     if not (run / BEST).is_file():
         what = "does not exist" if not run.exists() else f"has no {BEST}"
-        raise FrostyError(f"{name} {what} (not a run directory of train.py, or a run stopped before its first "
-                          "validation): give a run directory that has one, or ckpt_path=FILE")
+        why = (f"a sweep's directory, whose jobs are runs: paths.outputs_dir={run} picks the best of them"
+               if any(run.glob(f"*/{BEST}")) else "not a run directory of train.py, or a run stopped before its "
+               "first validation")
+        raise FrostyError(f"{name} {what} ({why}): give a run directory that has one, or ckpt_path=FILE")
     return run / BEST
 
 

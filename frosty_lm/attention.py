@@ -6,6 +6,7 @@ asks it for them over its input. callbacks.AttentionImage puts the same picture 
 """
 import io
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from frosty_lm.model import GPT, CausalSelfAttention
 
 MAX_PROMPT = 64  # characters: beyond this the panels are unreadable
 SHOWN = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # characters drawn as a symbol
+warnings.filterwarnings("ignore", message="Glyph .* missing from font")  # drawn as a box: a warning per character
 
 
 def attention_maps(model: GPT, vocab: str, prompt: str) -> torch.Tensor:

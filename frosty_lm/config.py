@@ -30,6 +30,9 @@ def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: for settings that become float32
+
+
 @dataclass
 class ModelConfig:
     """The model node (conf/model/) and Hydra's schema/model/gpt: types checked as the config composes, ranges here."""
@@ -51,7 +54,8 @@ class ModelConfig:
     kind: str = "gpt"  # gpt | bigram: the next character from the current one only (a table; the seed's start)
 
     def __post_init__(self) -> None:
-        for key in ("block_size", "n_layer", "n_head", "n_embd"):  # (larger sizes would overflow torch's)
+        sizes = ("block_size", "n_layer", "n_head", "n_embd", "vocab_size")  # (larger would overflow torch's)
+        for key in (key for key in sizes if hasattr(self, key)):  # vocab_size: GPTConfig's
             if not is_int(getattr(self, key)) or not 0 < getattr(self, key) <= 2**24:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer (at most 2**24)")
         if self.n_embd % self.n_head:
@@ -73,25 +77,20 @@ class ModelConfig:
             raise ValueError(f"model.position=rope needs an even head size, model.n_embd / model.n_head = {head_size}: "
                              f"choose n_embd and n_head so that it is even (e.g. model.n_embd={2 * self.n_embd})")
         cap = self.logit_softcap
-        if cap is not None and not (is_number(cap) and cap > 0):
-            raise ValueError(f"model.logit_softcap={cap!r} must be a positive number (e.g. 30), or null for no cap")
+        if cap is not None and not (is_number(cap) and 0 < cap <= FLOAT32_MAX):
+            raise ValueError(f"model.logit_softcap={cap!r} must be a positive number (e.g. 30; at most 3.4e38), or "
+                             "null for no cap")
 
 
 @dataclass
 class GPTConfig(ModelConfig):
     """The model's settings and the corpus's vocabulary size: what model.py builds a model from."""
 
-    vocab_size: int = dataclasses.field(kw_only=True)
-
-    def __post_init__(self) -> None:
-        if not is_int(self.vocab_size) or self.vocab_size <= 0:
-            raise ValueError(f"model.vocab_size={self.vocab_size!r} must be a positive integer")
-        super().__post_init__()
+    vocab_size: int = dataclasses.field(kw_only=True)  # checked with the other sizes
 
 
 # The schemas of the other nodes Frosty reads (cli.py registers them under schema/): Hydra checks the keys and types as
 # the config composes, __post_init__ the ranges (check_config builds each). trainer.* has none: it is Lightning's.
-FLOAT32_MAX = float.fromhex("0x1.fffffep+127")  # torch.finfo(torch.float32).max: optimizer settings are float32 tensors
 
 
 @dataclass
@@ -232,9 +231,9 @@ def check_trainer(trainer: DictConfig) -> None:
     must(clip is None or is_number(clip) and clip >= 0, "trainer.gradient_clip_val", clip,
          "a number >= 0 (0 or null: no clipping), e.g. 1.0")
     max_time_seconds(trainer.get("max_time"))
-
-
-MAX_TIME = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")  # DD:HH:MM:SS, as Lightning's Timer reads it
+    if str(trainer.get("precision")) == "16-true":  # AdamW's epsilon rounds to 0 in float16: NaN at the first update
+        raise FrostyError("trainer.precision=16-true keeps the weights and AdamW's state in float16, where its first "
+                          "update gives NaN: use 16-mixed (on a GPU), bf16-mixed or 32-true")
 
 
 def max_time_seconds(max_time) -> float | None:
@@ -242,7 +241,7 @@ def max_time_seconds(max_time) -> float | None:
     if max_time is None:
         return None
     example = "a time budget DD:HH:MM:SS, e.g. trainer.max_time=00:00:03:00 (3 minutes), or null for none"
-    if not isinstance(max_time, str) or not MAX_TIME.fullmatch(max_time.strip()):
+    if not isinstance(max_time, str) or not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", max_time.strip()):
         raise FrostyError(f"trainer.max_time={max_time!r} must be {example}")
     days, hours, minutes, seconds = (int(part) for part in max_time.strip().split(":"))
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds

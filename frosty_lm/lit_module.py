@@ -109,6 +109,7 @@ class FrostyLM(L.LightningModule):
     def on_train_start(self) -> None:
         """A resumed run restores its optimizer and schedule with the settings they were started with: apply this
         run's optim.* (e.g. resume=... optim.lr=5e-4), so that what the checkpoint records is what trains."""
+        self.best_val_loss = self.best_val_loss.float()  # trainer.precision=bf16-true made every buffer bf16
         optimizer = self.trainer.optimizers[0]
         schedule = self.lr_schedulers()
         settings = group_settings(self.hparams.optim)  # one per param group, in order

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from frosty_lm.cli import run_entry_point
 from frosty_lm.config import FrostyError, is_int, is_number
-from frosty_lm.run_dirs import make_dir, run_record
-from frosty_lm.status import alive
+from frosty_lm.run_dirs import make_dir
+from frosty_lm.status import alive, run_record
 
 FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)
 # status.json's fields the report reads, in train.py's types: a damaged record's others are shown blank
@@ -79,7 +79,7 @@ def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[s
         times = {tag: sorted((e.wall_time - start, e.value) for e in points) for tag, points in scalars.items()}
     else:
         curves = {}
-        for metrics in sorted(run_dir.glob("**/metrics.csv")):
+        for metrics in sorted(run_dir.glob("**/metrics.csv"), key=lambda p: p.stat().st_mtime):  # a resume's last
             try:
                 with open(metrics, newline="", encoding="utf-8") as f:
                     rows = list(csv.DictReader(f))
@@ -212,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="\n", help="the samples' prompt (default: a line break)")
     parser.add_argument("--seed", type=int, default=0, help="the samples' seed")
     args = parser.parse_args(argv)
-    if args.samples < 0:
-        parser.error(f"argument --samples: '{args.samples}' is not an integer >= 0")
+    if args.samples < 0 or not 0 <= args.seed < 2**32:
+        parser.error(f"--samples takes an integer >= 0 (given {args.samples}), --seed one in [0, 2**32) (given "
+                     f"{args.seed})")
     found = find_runs(args.paths)
     runs = [run for run in found if not run.never_trained]
     if len(runs) < len(found):

@@ -2,7 +2,6 @@
 continues with (conf/ composed again with the run's recorded overrides), and the newest run."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -34,15 +33,6 @@ def newest_run(outputs_dir: str | Path) -> Path | None:  # what resume=latest co
     return (all_runs(outputs_dir) or [None])[-1]
 
 
-def run_record(run: Path) -> dict:
-    """The run's status.json (status.RunRecord) as a dict; {} if it is missing, damaged or foreign."""
-    try:
-        record = json.loads((run / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
     """resume=latest|RUN_DIR: the run directory, which holds last.ckpt."""
     if resume == "latest":
@@ -51,7 +41,7 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
             raise FrostyError(f"no run with {LAST} found under {outputs_dir}/: nothing to resume; "
                               "start one with `python train.py`")
     else:
-        run = Path(resume)
+        run = Path(resume).expanduser()
     if run.is_file():
         in_run = run.name == "last.ckpt" and run.parent.name == "checkpoints"
         run_of = f" (here {command_arg('resume', run.parents[1])})" if in_run else ""
@@ -163,7 +153,8 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         raise FrostyError(f"cannot resume {run}: its recorded overrides do not parse ({' '.join(str(err).split())}): "
                           "the run's .hydra/ was edited or damaged") from None
     check_recorded(parsed, run)
-    new = [o for o in parser.parse_overrides(list(hydra.overrides.task)) if o.key_or_group != "resume"]
+    new = [o for o in parser.parse_overrides(list(hydra.overrides.task))  # (a group as the run chose it: as it was)
+           if o.key_or_group != "resume" and not (o.key_or_group in hydra.runtime.choices and o.input_line in recorded)]
     for override in new:
         if override.key_or_group in hydra.runtime.choices:
             raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
@@ -171,8 +162,9 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
                               "trainer.max_steps=5000)")
     given = [f"+{o.input_line}" if o.input_line.startswith("+") and not o.input_line.startswith("++")
              else o.input_line for o in new]  # +key=: a key of the run's own groups (Muon's), set or added
+    resume = cfg.resume
     try:
-        cfg, resume = compose(hydra.job.config_name, [*recorded, *given]), cfg.resume
+        cfg = compose(hydra.job.config_name, [*recorded, *given])
     except HydraException as err:
         why = " ".join(str(err).split())
         raise FrostyError(f"{run}'s recorded overrides and this command's do not compose with conf/: {why}") from None
@@ -191,15 +183,16 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
 
 
 def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
-    """The overrides a run was started with, then those of each of its resumes but this one, oldest first."""
+    """The overrides a run was started with, then those of each of its resumes but this one, oldest first; a resume
+    that wrote no last.ckpt (killed, or failed, before its first) left it as it was: its overrides are not counted."""
     first = run / ".hydra" / "overrides.yaml"
     if not first.is_file():
         raise FrostyError(f"cannot resume {run}: it has no .hydra/overrides.yaml (not a run of train.py): start a new "
                           f"run from it with ckpt_path={run / LAST} and the run's overrides")
-    overrides = []
-    for file in [first, *sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))]:
-        if this_subdir and file.parent == run / this_subdir:
-            continue
+    overrides, saved = [], (run / LAST).stat().st_mtime
+    resumes = [file for file in sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))
+               if file.parent != run / (this_subdir or ".hydra") and file.stat().st_mtime <= saved]
+    for file in [first, *resumes]:
         try:
             listed = OmegaConf.to_container(OmegaConf.load(file))
         except Exception:  # not YAML, not UTF-8, unreadable: the same answer

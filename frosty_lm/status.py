@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.cli import command_arg
 from frosty_lm.config import FrostyError
-from frosty_lm.run_dirs import run_record
 
 say = partial(print, file=sys.stderr, flush=True)  # the sweep's lines
 log = logging.getLogger("frosty")
@@ -39,6 +38,15 @@ def rank() -> int:  # this process's rank in a multi-process run (0 alone)
     from lightning.pytorch.utilities import rank_zero_only
 
     return rank_zero_only.rank
+
+
+def run_record(run: Path) -> dict:
+    """The run's status.json (RunRecord) as a dict; {} if it is missing, damaged or foreign."""
+    try:
+        record = json.loads((run / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 class RunRecord:

@@ -214,7 +214,9 @@ def test_the_reports_bad_arguments_are_one_line(tmp_path, capsys):
     (tmp_path / "run" / "status.json").write_text('{"status": "fini')  # cut off: a row, status unknown
     (tmp_path / "a_file").write_text("")
     for args, message in ((["--x", "wall"], "argument --x: invalid choice: 'wall'"),
-                          (["--samples", "-5"], "argument --samples: '-5' is not an integer >= 0"),
+                          (["--samples", "-5"], "--samples takes an integer >= 0 (given -5), --seed one in"),
+                          (["--seed", str(2**64)], f"--samples takes an integer >= 0 (given 200), --seed one in [0, "
+                                                   f"2**32) (given {2**64})"),
                           ([], "the following arguments are required: paths")):
         with pytest.raises(SystemExit) as exit_:
             report_main([str(tmp_path), *args] if args else [])
@@ -271,3 +273,17 @@ def test_report_of_records_and_metrics_of_the_wrong_shape_shows_what_it_can(tmp_
     assert {name: row[-1] for name, row in rows.items()} == {"list": "unknown", "text": "unknown", "types": "unknown"}
     assert rows["types"][6] == "2.5000" and rows["types"][3] == "10"  # the best val loss and steps from metrics.csv
     assert rows["text"][6] == "2.5000"
+
+
+def test_a_resumed_csv_run_keeps_its_earlier_metrics(invoke, text_file, tmp_path):
+    """Lightning's CSVLogger clears a metrics.csv it writes again: each part of a run has its own version_N, and the
+    report reads them as one."""
+    from frosty_lm.report import read_logs
+
+    run = tmp_path / "r"
+    common = [*TINY, "logger=csv", "dataset=text", f"data.path={text_file}"]
+    assert invoke("train.py", *common, f"hydra.run.dir={run}")[0] == 0
+    code, _, err = invoke("train.py", f"resume={run}", "trainer.max_steps=45")
+    assert code == 0, err
+    assert sorted(p.parent.name for p in run.glob("csv/*/metrics.csv")) == ["version_0", "version_1"]
+    assert [step for step, _ in read_logs(run)[0]["val/loss"]] == [15, 30, 45]

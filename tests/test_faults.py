@@ -24,6 +24,8 @@ from test_reliability import assert_one_line_error
     ("optim.betas=[0.9]", "optim.betas=[0.9] must be two numbers in [0, 1)"),
     ("summary_sample_chars=-5", "summary_sample_chars=-5 must be an integer >= 0"),
     ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps=-1 must be an integer >= 0"),
+    ("trainer.precision=16-true", "trainer.precision=16-true keeps the weights and AdamW's state in float16"),
+    ("model.logit_softcap=1e39", "model.logit_softcap=1e+39 must be a positive number (e.g. 30; at most 3.4e38)"),
 ])
 def test_bad_values_are_refused_before_anything_runs(invoke, text_file, tmp_path, override, message):
     code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", override,
@@ -283,3 +285,16 @@ def test_a_nan_val_loss_is_no_best(invoke, text_file, tmp_path, monkeypatch):
     best = torch.load(run / "checkpoints/best.ckpt", weights_only=True)
     assert record["status"] == "finished" and record["steps"] == 30 and best["global_step"] == 15
     assert record["best_val_loss"] == pytest.approx(float(best["state_dict"]["best_val_loss"]))
+
+
+def test_bf16_true_keeps_the_best_val_loss_exact(invoke, text_file, tmp_path):
+    """trainer.precision=bf16-true makes the module's buffers bf16: the best val loss is kept in fp32 all the same,
+    so what status.json, the summary and generate.py report is a val loss that was measured."""
+    from frosty_lm.report import read_logs
+
+    run = tmp_path / "r"
+    code, _, err = invoke("train.py", *TINY, "trainer.precision=bf16-true", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={run}")
+    assert code == 0, err
+    measured = [value for _, value in read_logs(run)[0]["val/loss"]]
+    assert json.loads((run / "status.json").read_text())["best_val_loss"] == pytest.approx(min(measured), abs=1e-6)

@@ -150,12 +150,14 @@ def test_a_corpus_without_runs_lists_the_corpora_with_runs_and_their_files(tmp_p
     (["corpus=poems"], ["no run on corpus poems under", ": its runs are on frost, or leave out corpus="]),
     (["run={tmp}"], ["run=", "has no checkpoints/best.ckpt", "give a run directory that has one"]),
     (["run=nowhere"], ["run=nowhere does not exist"]),
+    (["run={tmp}/outputs/runs/d1"], ["has no checkpoints/best.ckpt (a sweep's directory, whose jobs are runs: "
+                             "paths.outputs_dir=", "picks the best of them)"]),
     (["ckpt_path=x.ckpt", "run=latest"], ["ckpt_path=x.ckpt and run=latest conflict", "give one of them"]),
     (["run=latest", "corpus=frost"], ["run=latest and corpus=frost conflict"]),
 ])
 def test_choice_errors_are_one_line(invoke, tmp_path, args, fragments):
     outputs = tmp_path / "outputs"
-    if "corpus=yoda" in args or "corpus=poems" in args:
+    if "corpus=yoda" in args or "corpus=poems" in args or "run={tmp}/outputs/runs/d1" in args:
         fake_run(outputs, "runs/d1/t1", "frost", "finished", 2.0, 100, age=1)
     code, out, err = generate(invoke, outputs, *(a.format(tmp=tmp_path) for a in args))
     assert_one_line_error(code, err, *fragments)

@@ -292,7 +292,8 @@ BAD = [
     (["model.position=sine"], "model.position='sine' must be one of: learned, rope"),
     (["model.norm=batchnorm"], "model.norm='batchnorm' must be one of: layernorm, rmsnorm"),
     (["model.activation=swish"], "model.activation='swish' must be one of: gelu, relu2"),
-    (["model.logit_softcap=0"], "model.logit_softcap=0.0 must be a positive number (e.g. 30), or null for no cap"),
+    (["model.logit_softcap=0"], "model.logit_softcap=0.0 must be a positive number (e.g. 30; at most 3.4e38), or "
+                                "null for no cap"),
     (["model.logit_softcap=-15.0"], "model.logit_softcap=-15.0 must be a positive number"),
     (["model.position=rope", "model.n_embd=30", "model.n_head=2"], "model.position=rope needs an even head size, "
                                                                     "model.n_embd / model.n_head = 15"),
