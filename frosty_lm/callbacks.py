@@ -206,6 +206,9 @@ class StopOnInterrupt(L.Callback):
             received = int(trainer.strategy.reduce(torch.tensor(received, device=trainer.strategy.root_device),
                                                    reduce_op="max"))
         if received and batch_idx % trainer.accumulate_grad_batches == 0:  # a step's first batch: none accumulated
+            progress = trainer.fit_loop.epoch_loop.batch_progress  # this batch is fetched, never trained: counted
+            progress.total.reset_on_restart()  # as it is not, or a resumed run's validations come a batch early
+            progress.current.reset_on_restart()
             raise Stopped(signal.SIGINT)
 
     def teardown(self, trainer=None, pl_module=None, stage=None) -> None:

@@ -105,19 +105,22 @@ def test_a_signal_in_training_stops_at_the_step_saves_last_ckpt_and_says_how_to_
     assert not (run_dir / "checkpoints/best.ckpt").exists()  # no validation before the stop
 
 
-def test_a_ctrl_c_at_a_validations_step_stops_after_that_validation(invoke, text_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("step", [10, 13])
+def test_a_ctrl_c_at_a_validations_step_stops_after_that_validation(invoke, text_file, tmp_path, monkeypatch, step):
     """The signal comes with step 10, where a validation is due: the run validates and checkpoints step 10, then
-    stops; a resumed run's curve has every validation of an uninterrupted one."""
+    stops; a resumed run's curve has every validation of an uninterrupted one, at the same steps (also after a stop
+    between validations, at step 13)."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     run_dir = tmp_path / "run"
     common = ["model=tiny", "data.batch_size=8", "trainer.val_check_interval=10", "dataset=text",
               f"data.path={text_file}", f"hydra.run.dir={run_dir}"]
     code, out, err = invoke("train.py", *common, "trainer.max_steps=30",
                             "+callbacks.signal._target_=test_stops.SignalAt",
-                            f"+callbacks.signal.signum={int(signal.SIGINT)}", "+callbacks.signal.step=10")
-    assert code == 130 and "interrupted at step 10; last.ckpt saved" in out + err, err
+                            f"+callbacks.signal.signum={int(signal.SIGINT)}", f"+callbacks.signal.step={step}")
+    assert code == 130 and f"interrupted at step {step}; last.ckpt saved" in out + err, err
     assert [step for step, _ in read_logs(run_dir)[0]["val/loss"]] == [10]
     assert torch.load(run_dir / "checkpoints/best.ckpt", weights_only=True)["global_step"] == 10
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == step
     overrides = run_dir / ".hydra" / "overrides.yaml"  # the test's callback goes: a resume refuses a _target_
     kept = [line for line in overrides.read_text().splitlines(True) if "callbacks.signal" not in line]
     overrides.write_text("".join(kept))
