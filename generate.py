@@ -49,7 +49,8 @@ def default_checkpoint(outputs_dir: str, corpus: str | None) -> tuple[Path, str]
     corpora = {run: run_corpus(run) for run in runs}  # each run's .hydra/config.yaml, read once
     if corpus is not None and not any(on_corpus(found, corpus) for found in corpora.values()):
         on = sorted({found for found in corpora.values() if found})  # each text:FILE too: corpus= takes it
-        what = (f"train one (`python train.py dataset={corpus}`)" if (DATASETS / f"{corpus}.yaml").is_file()
+        what = (f"train one (`python train.py dataset={corpus}{' data.path=FILE' * (corpus == 'text')}`)"
+                if (DATASETS / f"{corpus}.yaml").is_file()
                 else f"its runs are on {', '.join(on)}" if on else "give a corpus it has runs on")
         raise FrostyError(f"no run on corpus {corpus} under {outputs_dir}/: {what}, or leave out corpus= for the "
                           "newest run's corpus")

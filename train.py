@@ -89,7 +89,7 @@ def run_training(cfg: DictConfig) -> float | None:
             best = fit(cfg, record, start)
         except (Stopped, SIGTERMException) as stop:
             signum = stop.signum if isinstance(stop, Stopped) else signal.SIGTERM
-            record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}")
+            record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}", training_started=True)
             how = "" if signum == signal.SIGINT else " by SIGTERM"
             log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how,
                      record.data.get("steps", 0), command_arg("resume", Path(cfg.paths.output_dir)))
@@ -134,9 +134,11 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
 
     check_config(cfg)  # before threads and seed reach torch
     check_gpu_present(cfg.trainer.get("accelerator"))  # before the corpus is read
+    devices = cfg.trainer.get("devices")
+    devices = devices if cfg.trainer.get("accelerator") == "cpu" and is_int(devices) and devices > 0 else 1
     threads = cfg.get("threads")
-    if threads is None and parallel_jobs() > 1:  # a parallel sweep's job: its share of the cores
-        threads = max(1, (os.cpu_count() or 1) // parallel_jobs())
+    if threads is None and parallel_jobs() * devices > 1:  # a parallel sweep's job, a process of several: its share
+        threads = max(1, (os.cpu_count() or 1) // (parallel_jobs() * devices))  # of the cores
     if threads:
         torch.set_num_threads(int(threads))
     threads = torch.get_num_threads()
@@ -149,8 +151,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
     run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
     model_cfg = GPTConfig(vocab_size=len(datamodule.tokenizer), **run_config["model"])
     if cfg.trainer.get("accelerator") == "cpu":
-        devices = cfg.trainer.get("devices")
-        check_training_fits(model_cfg, cfg.data.batch_size, devices if is_int(devices) and devices > 0 else 1)
+        check_training_fits(model_cfg, cfg.data.batch_size, devices)
     elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
         check_training_fits(model_cfg, cfg.data.batch_size, gpu=True)
     model = FrostyLM(vocab=datamodule.tokenizer.chars, model=run_config["model"], optim=run_config["optim"],

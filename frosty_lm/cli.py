@@ -135,12 +135,13 @@ def _no_tips(record: logging.LogRecord) -> bool:
 def quiet_lightning() -> None:
     """Silence Lightning's advertisements and the warnings that do not apply: Frosty's training stream resumes exactly
     without loader state, checkpoint directories are reused on purpose, an epoch is nominal, a GPU whose peak Lightning
-    lacks gets no MFU, and loader workers would only add processes. Calling it again adds nothing."""
+    lacks gets no MFU, loader workers would only add processes, and the val loss is summed across processes already.
+    Calling it again adds nothing."""
     lightning = logging.getLogger("lightning")  # its lines go through Hydra's handlers only: with its own console
     for handler in list(lightning.handlers):  # handler too, each would print twice, once without the job's prefix
         lightning.removeHandler(handler)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
-    warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec).*")
+    warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec|sync_dist=True).*")
     warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|Checkpoint directory .* exists and is "
                                               r"not empty|smaller than the logging interval|The dirpath has changed "
                                               r"from|FLOPs not found for|does not have many workers).*")

@@ -128,9 +128,8 @@ def name_runs(runs: list[Run]) -> list[str]:
 
 
 def fmt(value, digits: int = 4) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+    return (f"{value:.{digits}f}" if isinstance(value, float) else "-" if value is None
+            else f"{value:,}" if isinstance(value, int) else str(value))
 
 
 def table(runs: list[Run]) -> str:
@@ -233,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     common = name_runs(runs)
     title = " ".join(common) or ", ".join(map(str, args.paths))
-    text = f"{len(runs)} runs" + (f"; all with: `{' '.join(common)}`" if common else "") + f"\n\n{table(runs)}\n"
+    text = f"{len(runs)} run{'s' * (len(runs) > 1)}" + (f"; all with: `{' '.join(common)}`" if common else "")
+    text += f"\n\n{table(runs)}\n"
     if args.samples > 0:
         text += "\n" + samples(runs, args.samples, args.prompt, args.seed)
     # written beside and renamed into place: a link planted at either name is replaced, not written through

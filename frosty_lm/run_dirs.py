@@ -160,11 +160,12 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
             raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
                               f"(leave {override.key_or_group}= out); override single keys instead (e.g. "
                               "trainer.max_steps=5000)")
-    given = [f"+{o.input_line}" if o.input_line.startswith("+") and not o.input_line.startswith("++")
-             else o.input_line for o in new]  # +key=: a key of the run's own groups (Muon's), set or added
+    # +key= (not +group=) as ++key=: by then the key may be in the run's groups (Muon's), so it is set or added
+    given = [f"+{o.input_line}" if o.is_add() and not (CONF / o.key_or_group).is_dir() else o.input_line
+             for o in [*parsed, *new]]
     resume = cfg.resume
     try:
-        cfg = compose(hydra.job.config_name, [*recorded, *given])
+        cfg = compose(hydra.job.config_name, given)
     except HydraException as err:
         why = " ".join(str(err).split())
         raise FrostyError(f"{run}'s recorded overrides and this command's do not compose with conf/: {why}") from None

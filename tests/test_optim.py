@@ -156,7 +156,8 @@ def test_a_resumed_muon_run_reaches_the_weights_of_an_uninterrupted_one(invoke, 
 @pytest.mark.slow
 def test_muon_settings_given_on_resume_train(invoke, text_file, tmp_path):
     """The resuming command is composed with the default optim=adamw before the run's own config is read: Muon's own
-    keys take a + (+optim.adamw_lr=...), the keys both options have do not (optim.lr=...)."""
+    keys take a + (+optim.adamw_lr=...), the keys both options have do not (optim.lr=...); the run then resumes again
+    with those settings recorded."""
     run_dir = tmp_path / "r"
     common = [*TINY, "optim=muon", "scheduler=constant", "dataset=text", f"data.path={text_file}"]
     assert invoke("train.py", *common, "trainer.max_steps=10", f"hydra.run.dir={run_dir}")[0] == 0
@@ -167,6 +168,9 @@ def test_muon_settings_given_on_resume_train(invoke, text_file, tmp_path):
     groups = c["optimizer_states"][0]["param_groups"]
     assert [g["lr"] for g in groups] == [0.05, 2e-3, 2e-3] == c["lr_schedulers"][0]["base_lrs"]
     assert groups[0]["momentum"] == 0.9 and [g["weight_decay"] for g in groups] == [0.01, 0.2, 0.0]
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=25")
+    assert code == 0, err
+    assert ckpt(run_dir)["optimizer_states"][0]["param_groups"][1]["lr"] == 2e-3
     code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=30", "optim=adamw")
     assert_one_line_error(code, err, "a resumed run keeps the config groups it was started with")
 

@@ -1,5 +1,6 @@
 """The multi-process path on the CPU: DDP over 2 gloo processes, alone and inside a sweep; submitit's local launcher."""
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def test_ddp_cpu_run_matches_a_single_process_evaluation(text_file, tmp_path):
     output = result.stdout + result.stderr
     assert "effective batch: 16 windows of 32 characters per step (data.batch_size 8 x 2 processes" in output
     assert output.count("torch threads:") == 1 and output.count("best checkpoint:") == 1  # rank 0 speaks for the run
+    assert f"torch threads: {max(1, (os.cpu_count() or 1) // 2)}" in output  # each process its share of the cores
+    assert "sync_dist" not in output  # (the val loss is summed across processes already)
     assert sorted(p.name for p in run_dir.rglob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # logs from rank 0 only
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"

@@ -100,7 +100,7 @@ def test_a_signal_in_training_stops_at_the_step_saves_last_ckpt_and_says_how_to_
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == before
     assert f"{said}; last.ckpt saved; continue with: python train.py resume={run_dir}" in out + err
     record = json.loads((run_dir / "status.json").read_text())
-    assert (record["status"], record["steps"]) == ("interrupted", 3)
+    assert (record["status"], record["steps"], record["training_started"]) == ("interrupted", 3, True)
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 3
     assert not (run_dir / "checkpoints/best.ckpt").exists()  # no validation before the stop
 
