@@ -101,3 +101,17 @@ def test_the_benchmarks_build_the_model_that_train_py_builds():
     from bench.common import model_preset
 
     assert model_preset("small", block_size=64) == {**dict(compose_train("model=small").model), "block_size": 64}
+
+
+def test_each_entry_points_help_names_what_it_takes():
+    """generate.py's --help lists its own keys, not train.py's config groups (which it does not take)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    helps = {script: subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                                    timeout=120).stdout for script in ("train.py", "generate.py")}
+    assert helps["train.py"].startswith("train.py: train a character GPT") and "model: " in helps["train.py"]
+    assert helps["generate.py"].startswith("generate.py: sample text") and "prompt: ''" in helps["generate.py"]
+    assert "Configuration groups" not in helps["generate.py"] and "model:" not in helps["generate.py"]
