@@ -75,7 +75,7 @@ def run_training(cfg: DictConfig) -> float | None:
     keep_off_console(f"[job {HydraConfig.get().job.num}] " if parallel_jobs() > 1 else "")  # its directory: N_...
     resumed = bool(cfg.get("resume"))
     try:
-        cfg, start = resume_if_asked(cfg)
+        cfg, start, overrides = resume_if_asked(cfg)
         lock = RunLock(cfg.paths.output_dir)
         lock.acquire()  # before anything of the run is written: a second trainer of it is refused
     except BaseException:
@@ -86,7 +86,7 @@ def run_training(cfg: DictConfig) -> float | None:
         record = RunRecord(cfg.paths.output_dir, resumed=resumed)
         record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
         try:
-            best = fit(cfg, record, start)
+            best = fit(cfg, record, start, overrides)
         except (Stopped, SIGTERMException) as stop:
             signum = stop.signum if isinstance(stop, Stopped) else signal.SIGTERM
             record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}", training_started=True)
@@ -114,9 +114,10 @@ def run_training(cfg: DictConfig) -> float | None:
     return best
 
 
-def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
+def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides: list[str] = ()) -> float:
     """The run itself; returns the best val loss. Ctrl-C or SIGTERM raise Stopped or SIGTERMException out of it.
-    start: the checkpoint resume= has read; Lightning is handed what was read, so the file is read once."""
+    start: the checkpoint resume= has read; Lightning is handed what was read, so the file is read once. overrides:
+    those that composed cfg, for the checkpoints (resume= composes conf/ with them again)."""
     import lightning as L
     import torch
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -156,7 +157,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None) -> float:
         check_training_fits(model_cfg, cfg.data.batch_size, gpu=True)
     model = FrostyLM(vocab=datamodule.tokenizer.chars, model=run_config["model"], optim=run_config["optim"],
                      scheduler=run_config["scheduler"], logged_config=run_config,  # to TensorBoard's HPARAMS only
-                     config=OmegaConf.to_container(cfg, resolve=False))  # as composed, for resume= to compare
+                     config=OmegaConf.to_container(cfg, resolve=False),  # as composed, for resume= to compare
+                     overrides=list(overrides))
     if start is not None:
         check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
                          model.hparams.optim)

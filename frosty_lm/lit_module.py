@@ -27,11 +27,12 @@ class NonFiniteLoss(FrostyError):
 class FrostyLM(L.LightningModule):
     """Hyperparameters are plain containers (str, numbers, dicts), so checkpoints load with weights_only=True.
     vocab: the characters, in id order. model: GPTConfig's fields but vocab_size. optim, scheduler: optim.* and
-    scheduler.*. config: the whole config as composed, before interpolation, which `resume=` compares with what it
-    composes. logged_config: the same resolved, for TensorBoard's HPARAMS tab only."""
+    scheduler.*. config: the whole config as composed, before interpolation, and overrides: the command-line
+    overrides that composed it, with which `resume=` composes conf/ again and compares. logged_config: the config
+    resolved, for TensorBoard's HPARAMS tab only."""
 
     def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, config: dict | None = None,
-                 logged_config: dict | None = None) -> None:
+                 overrides: list[str] | None = None, logged_config: dict | None = None) -> None:
         super().__init__()
         # the logger gets hparams with their metrics, below; the resolved config once, in the logger only
         self.save_hyperparameters(ignore=["logged_config"], logger=False)

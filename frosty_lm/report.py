@@ -79,7 +79,7 @@ def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[s
         times = {tag: sorted((e.wall_time - start, e.value) for e in points) for tag, points in scalars.items()}
     else:
         curves = {}
-        for metrics in sorted(run_dir.glob("**/metrics.csv"), key=lambda p: p.stat().st_mtime):  # a resume's last
+        for metrics in sorted(run_dir.glob("**/metrics.csv"), key=lambda p: (len(str(p)), str(p))):  # version_9, 10
             try:
                 with open(metrics, newline="", encoding="utf-8") as f:
                     rows = list(csv.DictReader(f))

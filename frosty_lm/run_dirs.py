@@ -128,11 +128,12 @@ FOLLOWS_CONF = ("callbacks", "logger")  # what a resumed run takes from today's 
 ABSENT = object()
 
 
-def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
-    """resume=: conf/ composed again with the run's recorded overrides and this command's, and its last.ckpt as read
-    (nothing in it is composed or instantiated); without resume=, (cfg, None)."""
+def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None, list[str]]:
+    """resume=: conf/ composed again with the overrides that composed the run's last.ckpt and this command's, its
+    last.ckpt as read (nothing in it is composed or instantiated), and those overrides, which the run's checkpoints
+    record from then on; without resume=, (cfg, None, this command's overrides)."""
     if not cfg.get("resume"):
-        return cfg, None
+        return cfg, None, list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     if cfg.get("ckpt_path"):
         raise FrostyError(f"resume={cfg.resume} and ckpt_path={cfg.ckpt_path} conflict: resume= continues a run in its "
                           "own directory, ckpt_path= starts a new run from a checkpoint; give one")
@@ -146,7 +147,13 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         raise FrostyError(f"{last} records no run config (an older Frosty's checkpoint): start a new run from it "
                           f"with ckpt_path={last}")
     parser = OverridesParser.create()
-    recorded = [o for o in recorded_overrides(run, hydra.output_subdir) if not o.startswith("resume=")]
+    recorded = ckpt["hyper_parameters"].get("overrides")  # those of the last.ckpt, not of a try that saved none
+    if recorded is None:  # an older Frosty's checkpoint: those Hydra recorded for the run and its resumes
+        recorded = recorded_overrides(run, hydra.output_subdir)
+    if not (isinstance(recorded, list) and all(isinstance(o, str) for o in recorded)):
+        raise FrostyError(f"{last} records its overrides in a form other than a list: the file was edited or "
+                          "damaged; start a new run from it with ckpt_path=")
+    recorded = [o for o in recorded if not o.startswith("resume=")]
     try:
         parsed = parser.parse_overrides(recorded)
     except HydraException as err:
@@ -180,19 +187,18 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
                           f"add {key}={was} to the command to go on as it trained")
     cfg.resume, cfg.ckpt_path = resume, str(last)
     check_more_to_train(ckpt, cfg, run)
-    return cfg, ckpt  # (train.fit checks the config, as for a new run)
+    return cfg, ckpt, given  # (train.fit checks the config, as for a new run)
 
 
 def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
-    """The overrides a run was started with, then those of each of its resumes but this one, oldest first; a resume
-    that wrote no last.ckpt (killed, or failed, before its first) left it as it was: its overrides are not counted."""
+    """The overrides a run was started with, then those of each of its resumes but this one, oldest first."""
     first = run / ".hydra" / "overrides.yaml"
     if not first.is_file():
         raise FrostyError(f"cannot resume {run}: it has no .hydra/overrides.yaml (not a run of train.py): start a new "
                           f"run from it with ckpt_path={run / LAST} and the run's overrides")
-    overrides, saved = [], (run / LAST).stat().st_mtime
+    overrides = []
     resumes = [file for file in sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))
-               if file.parent != run / (this_subdir or ".hydra") and file.stat().st_mtime <= saved]
+               if file.parent != run / (this_subdir or ".hydra")]
     for file in [first, *resumes]:
         try:
             listed = OmegaConf.to_container(OmegaConf.load(file))

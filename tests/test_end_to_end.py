@@ -202,8 +202,10 @@ def test_text_dataset_run_trains(trained_run):
     assert last["global_step"] == 30
     hparams = first["hyper_parameters"]
     assert hparams["vocab"] == "".join(sorted(set(Path(hparams["config"]["data"]["path"]).read_text())))
-    # the run config once, as composed (with its interpolations, for resume=); vocab, model, optim, scheduler
-    assert set(hparams) == {"vocab", "model", "optim", "scheduler", "config"}
+    # the run config once, as composed (with its interpolations, for resume=), and the overrides that composed it;
+    # vocab, model, optim, scheduler
+    assert set(hparams) == {"vocab", "model", "optim", "scheduler", "config", "overrides"}
+    assert "dataset=text" in hparams["overrides"] and not any(o.startswith("hydra.") for o in hparams["overrides"])
     assert hparams["config"]["scheduler"]["decay_steps"] == "${trainer.max_steps}"
 
 

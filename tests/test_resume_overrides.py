@@ -59,24 +59,21 @@ def test_a_sweeps_job_resumes_with_its_own_overrides(invoke, text_file, tmp_path
 
 def test_a_resume_that_saved_nothing_does_not_count_and_the_runs_own_groups_may_be_repeated(
         invoke, text_file, tmp_path, monkeypatch):
-    """A resume killed before its first checkpoint left the run as it was: its recorded overrides are left out of
-    the next resume, which goes on from last.ckpt's settings. The run's own command may be repeated with resume=
-    (its group choices, model=tiny, among them), and ~ in resume= is the home directory."""
-    import os
-    import time
-
+    """A resume composes conf/ with the overrides its last.ckpt records: a resume killed before its first checkpoint
+    (its overrides in .hydra/ all the same) does not count. The run's own command may be repeated with resume=
+    (its group choices, model=tiny and +sweep=dropout_depth, among them), and ~ in resume= is the home directory."""
     run_dir = tmp_path / "r"
-    common = [*TINY, "scheduler=constant", "dataset=text", f"data.path={text_file}"]
+    common = [*TINY, "scheduler=constant", "dataset=text", f"data.path={text_file}", "+sweep=dropout_depth"]
     assert invoke("train.py", *common, "trainer.max_steps=15", f"hydra.run.dir={run_dir}")[0] == 0
     killed = run_dir / ".hydra" / "resumed-2026-12-07_10-00-00-000000"  # what a kill -9 before a checkpoint leaves
     killed.mkdir()
     (killed / "overrides.yaml").write_text("- resume=latest\n- optim.lr=0.001\n- trainer.max_steps=300\n")
-    later = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime + 5
-    os.utime(killed / "overrides.yaml", (later, later))
-    assert time.time() > (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime
     monkeypatch.setenv("HOME", str(tmp_path))
     code, _, err = invoke("train.py", *common, 'resume="~/r"', "trainer.max_steps=20")
     assert code == 0, err
     recorded, groups, _ = optimizer_groups(run_dir)
     assert recorded["lr"] == 3e-3 and groups[0]["lr"] == 3e-3
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=25")  # and again: +sweep= once
+    assert code == 0, err
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 25 and ckpt["hyper_parameters"]["overrides"].count("+sweep=dropout_depth") == 1

@@ -13,10 +13,17 @@ from conftest import snapshot
 from test_reliability import assert_one_line_error, malicious_checkpoint
 
 
-def received(trained_run: Path, tmp_path: Path, *planted: str) -> Path:
-    """A copy of a finished run, with overrides planted in its .hydra/overrides.yaml."""
+def received(trained_run: Path, tmp_path: Path, *planted: str, older: bool = False) -> Path:
+    """A copy of a finished run, with overrides planted where resume= reads them: its last.ckpt's record of them, or
+    (older: an older Frosty's checkpoint, which has none) its .hydra/overrides.yaml."""
     run_dir = tmp_path / "received"
     shutil.copytree(trained_run, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    recorded = ckpt["hyper_parameters"].pop("overrides")
+    if not older:
+        ckpt["hyper_parameters"]["overrides"] = [*recorded, *planted]
+    torch.save(ckpt, last)
     overrides = run_dir / ".hydra" / "overrides.yaml"
     overrides.write_text(yaml.safe_dump([*yaml.safe_load(overrides.read_text()), *planted]))
     return run_dir
@@ -57,9 +64,10 @@ def test_a_recorded_override_that_would_unpickle_a_file_is_refused(invoke, train
     ("data.url=https://example.com/evil.txt", "downloads from a URL that conf/ does not name"),
     ("hydra.run.dir=/tmp/elsewhere", "sets hydra.run.dir"),
 ])
-def test_other_recorded_escapes_are_refused(invoke, trained_run, tmp_path, monkeypatch, planted, message):
+@pytest.mark.parametrize("older", [False, True])
+def test_other_recorded_escapes_are_refused(invoke, trained_run, tmp_path, monkeypatch, planted, message, older):
     monkeypatch.setenv("ELSEWHERE", str(tmp_path / "elsewhere"))
-    resume_is_refused(invoke, received(trained_run, tmp_path, planted), tmp_path, planted, message)
+    resume_is_refused(invoke, received(trained_run, tmp_path, planted, older=older), tmp_path, planted, message)
     assert not (tmp_path / "elsewhere").exists()
 
 
@@ -70,9 +78,18 @@ def test_other_recorded_escapes_are_refused(invoke, trained_run, tmp_path, monke
     ("- model.n_layer=[\n", "its recorded overrides do not parse"),
 ])
 def test_a_damaged_overrides_file_is_one_line(invoke, trained_run, tmp_path, content, message):
-    run_dir = received(trained_run, tmp_path)
+    run_dir = received(trained_run, tmp_path, older=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(content)
     resume_is_refused(invoke, run_dir, tmp_path, message)
+
+
+def test_a_checkpoints_damaged_record_of_its_overrides_is_one_line(invoke, trained_run, tmp_path):
+    run_dir = received(trained_run, tmp_path, older=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["hyper_parameters"]["overrides"] = {"model": "tiny"}
+    torch.save(ckpt, last)
+    resume_is_refused(invoke, run_dir, tmp_path, "last.ckpt records its overrides in a form other than a list")
 
 
 @pytest.mark.parametrize("link", ["hparams.yaml", "checkpoints", ".hydra"])
