@@ -114,7 +114,7 @@ def run_training(cfg: DictConfig) -> float | None:
     return best
 
 
-def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides: list[str] = ()) -> float:
+def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides: list[str] | None = None) -> float:
     """The run itself; returns the best val loss. Ctrl-C or SIGTERM raise Stopped or SIGTERMException out of it.
     start: the checkpoint resume= has read; Lightning is handed what was read, so the file is read once. overrides:
     those that composed cfg, for the checkpoints (resume= composes conf/ with them again)."""
@@ -158,7 +158,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
     model = FrostyLM(vocab=datamodule.tokenizer.chars, model=run_config["model"], optim=run_config["optim"],
                      scheduler=run_config["scheduler"], logged_config=run_config,  # to TensorBoard's HPARAMS only
                      config=OmegaConf.to_container(cfg, resolve=False),  # as composed, for resume= to compare
-                     overrides=list(overrides))
+                     overrides=list(overrides or []))
     if start is not None:
         check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
                          model.hparams.optim)
