@@ -198,7 +198,7 @@ def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
                           f"run from it with ckpt_path={run / LAST} and the run's overrides")
     overrides = []
     resumes = [file for file in sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))
-               if file.parent != run / (this_subdir or ".hydra")]
+               if not this_subdir or file.parent != run / this_subdir]
     for file in [first, *resumes]:
         try:
             listed = OmegaConf.to_container(OmegaConf.load(file))
