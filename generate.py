@@ -2,7 +2,6 @@
 Torch only, no Lightning, so that it starts quickly; the decoding itself is frosty_lm/generation.py."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,11 +10,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-from frosty_lm.cli import exit_on_user_error, run_entry_point
-from frosty_lm.config import FrostyError, is_int, is_number
-from frosty_lm.generation import check_prompt, check_sampling, default_prompt, stream_text
+from frosty_lm.cli import exit_on_user_error, run_entry_point, stdout_failed
+from frosty_lm.config import FrostyError, is_int, is_number, must
+from frosty_lm.generation import check_prompt, check_sampling, check_text, default_prompt, stream_text
 from frosty_lm.run_dirs import BEST, all_runs, newest_run
-from frosty_lm.status import run_record
+from frosty_lm.status import run_record, run_state
 
 DATASETS = Path(__file__).resolve().parent / "conf" / "dataset"  # the named corpora
 
@@ -87,13 +86,17 @@ def on_corpus(found: str | None, corpus: str) -> bool:
 
 
 def no_runs(outputs_dir: str) -> FrostyError:
-    where = f"{outputs_dir}/" if Path(outputs_dir).is_dir() else f"{outputs_dir} (no such directory)"
+    where = (f"{outputs_dir}/" if Path(outputs_dir).is_dir() else f"{outputs_dir} (not a directory)"
+             if Path(outputs_dir).exists() else f"{outputs_dir} (no such directory)")
     return FrostyError(f"no {BEST.name} found under {where}: train a model first with `python train.py`, "
                        "or give ckpt_path=PATH")
 
 
 def has_best(run: Path, name: str) -> Path:
     """run's checkpoints/best.ckpt, or a FrostyError that starts with name."""
+    if run.is_file():
+        raise FrostyError(f"{name} is a file, not a run directory: give ckpt_path={run} to sample from a checkpoint "
+                          "file")
     if not (run / BEST).is_file():
         what = "does not exist" if not run.exists() else f"has no {BEST}"
         why = (f"a sweep's directory, whose jobs are runs: paths.outputs_dir={run} picks the best of them"
@@ -105,8 +108,7 @@ def has_best(run: Path, name: str) -> Path:
 
 def about(run: Path) -> str:
     """'status finished, corpus frost'"""
-    status = run_record(run).get("status")
-    return f"status {status if isinstance(status, str) else 'unknown'}, corpus {run_corpus(run) or 'unknown'}"
+    return f"status {run_state(run_record(run))}, corpus {run_corpus(run) or 'unknown'}"
 
 
 def score(ckpt: dict) -> str:
@@ -125,11 +127,15 @@ def main(cfg: DictConfig) -> None:
         raise FrostyError("standard output is closed: generate.py writes its samples there; send it to a file "
                           "(> samples.txt) or a pipe")
     check_sampling(cfg)  # before a checkpoint is loaded
+    for key in ("ckpt_path", "run", "corpus", "device", "paths.outputs_dir"):  # names and paths: text, as typed
+        check_text(OmegaConf.select(cfg, key), key)
+    outputs = cfg.paths.outputs_dir
+    must(bool(outputs), "paths.outputs_dir", outputs, "a directory: where train.py puts runs")
     path, chosen = choose_checkpoint(cfg)
     ckpt = load_checkpoint(path)
+    model, vocab = model_from_checkpoint(ckpt, path)
     if chosen:
         print(f"{chosen}, {score(ckpt)} (choose with run=latest|DIR or ckpt_path=FILE)", file=sys.stderr, flush=True)
-    model, vocab = model_from_checkpoint(ckpt, path)
     prompt = cfg.prompt or default_prompt(vocab)  # documented: empty starts from a line break (or the first character)
     check_prompt(vocab, prompt)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,10 +156,7 @@ def main(cfg: DictConfig) -> None:
                 print(ch, end="", flush=True)
             print(flush=True)
     except OSError as err:  # the reader went away (generate.py | head), or e.g. a full disk behind generate.py > FILE
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        if not isinstance(err, BrokenPipeError):
-            raise FrostyError(f"cannot write the samples to standard output: {err.strerror or err}: send them to "
-                              "another file or disk") from None
+        stdout_failed(err)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 then fits (torch and Lightning are imported only then: they take seconds) and summarises the run."""
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -68,7 +69,7 @@ def run_training(cfg: DictConfig) -> float | None:
     returns None instead, and the sweep goes on."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from frosty_lm.callbacks import Stopped
+    from frosty_lm.callbacks import StopOnInterrupt, Stopped
     from frosty_lm.progress import keep_off_console
 
     cli.quiet_lightning()  # once Lightning is imported: it adds its console handler then
@@ -95,6 +96,8 @@ def run_training(cfg: DictConfig) -> float | None:
                      record.data.get("steps", 0), command_arg("resume", Path(cfg.paths.output_dir)))
             if in_sweep():
                 return None
+            # a Ctrl-C more while the process exits (its atexit hooks: TensorBoard's writer) exits at once
+            atexit.register(signal.signal, signal.SIGINT, StopOnInterrupt.exit_now)
             sys.exit(128 + signum)
         except BaseException as err:
             if record.previous is not None and not record.training_started:

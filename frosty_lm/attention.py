@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from frosty_lm.cli import run_entry_point
 from frosty_lm.config import FrostyError
 from frosty_lm.corpus import CharTokenizer
 from frosty_lm.generation import check_prompt
@@ -57,6 +58,7 @@ def draw(maps: torch.Tensor, prompt: str):
     size = T + gap
     panels = np.pad(maps.cpu().double().numpy(), ((0, 0), (0, 0), (gap, 0), (gap, 0)), constant_values=np.nan)
     mosaic = panels.transpose(0, 2, 1, 3).reshape(n_layer * size, n_head * size)  # layers down, heads across
+    mosaic = np.pad(mosaic, ((0, gap), (0, 0)), constant_values=np.nan)  # room below for the keys' characters
     inches = 0.12 * mosaic.shape[1] + 0.5, 0.12 * mosaic.shape[0] + 0.5  # 11 pixels per character at 90 dpi
     fig = Figure(figsize=inches, dpi=90)
     ax = fig.add_axes((0.01, 0.01, 0.98, 0.98))
@@ -72,7 +74,7 @@ def draw(maps: torch.Tensor, prompt: str):
             ax.text(gap - 1.5, top + i, ch, **text)
     for head in range(n_head):
         for i, ch in enumerate(labels):  # the keys, along the bottom of each column
-            ax.text(head * size + gap + i, n_layer * size + 0.8, ch, **text)
+            ax.text(head * size + gap + i, n_layer * size + 1, ch, **text)
     return fig
 
 
@@ -98,7 +100,8 @@ def parse(argv: list[str]) -> dict[str, str]:
         key, sep, value = arg.partition("=")
         if not sep or key not in ("ckpt_path", "prompt", "out"):
             raise FrostyError(f"{arg!r}: give ckpt_path=FILE prompt=TEXT [out=FILE.png]")
-        args[key] = value.strip('"')
+        quoted = len(value) > 1 and value[0] == value[-1] == '"'  # as Hydra's 'prompt="..."' (generate.py)
+        args[key] = value[1:-1] if quoted else value
     for key in ("ckpt_path", "prompt"):
         if not args.get(key):
             raise FrostyError(f"{key}= is missing: python -m frosty_lm.attention ckpt_path=FILE prompt=TEXT")
@@ -113,8 +116,12 @@ def parse(argv: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
     try:
-        args = parse(sys.argv[1:] if argv is None else argv)
+        args = parse(argv)
         model, vocab = model_from_checkpoint(load_checkpoint(args["ckpt_path"]), args["ckpt_path"])
         check_prompt(vocab, args["prompt"])
         maps = attention_maps(model, vocab, args["prompt"])
@@ -133,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_entry_point(lambda: sys.exit(main()))

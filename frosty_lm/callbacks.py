@@ -192,10 +192,14 @@ class StopOnInterrupt(L.Callback):
         if threading.current_thread() is threading.main_thread():  # Python sets handlers from the main thread only
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
+    @staticmethod
+    def exit_now(signum=None, frame=None) -> None:  # also train.py's handler as a stopped run exits
+        print("\ninterrupted again: exiting now; last.ckpt is the last one written", file=sys.stderr, flush=True)
+        os._exit(130)
+
     def _on_sigint(self, signum, frame) -> None:
         if self.received:
-            print("\ninterrupted again: exiting now; last.ckpt is the last one written", file=sys.stderr, flush=True)
-            os._exit(130)
+            self.exit_now()
         self.received = True
         print("\ninterrupted: stopping after this step and saving last.ckpt (Ctrl-C again to exit now)",
               file=sys.stderr, flush=True)

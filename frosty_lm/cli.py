@@ -3,6 +3,7 @@ Ctrl-C before training is one line and 130; key=value printed to paste back; Lig
 at import, what conf/ needs registered: the resolvers frosty_cpu_precision and frosty_dirname, the nodes' schemas."""
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import logging
@@ -111,6 +112,20 @@ def run_entry_point(main) -> None:
                                    "resume=RUN_DIR continues one)" if sweep else "nothing more was saved"),
               file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+class OneLineParser(argparse.ArgumentParser):  # a bad argument: one line and exit 1, as Frosty's other errors
+    def error(self, message: str):
+        self.exit(1, f"error: {message} ({self.prog} --help lists the arguments)\n")
+
+
+def stdout_failed(err: OSError) -> None:
+    """After a write to standard output failed: quiet if its reader went away (`| head`), else a FrostyError (a
+    full disk behind `> FILE`); either way no second error as Python flushes at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if not isinstance(err, BrokenPipeError):
+        raise FrostyError(f"cannot write to standard output: {err.strerror or err}: send it to another file or "
+                          "disk") from None
 
 
 def command_arg(key: str, value, quoted: bool = False) -> str:

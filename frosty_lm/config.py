@@ -19,7 +19,8 @@ class FrostyError(Exception):
 
 def must(fine: bool, key: str, value, what: str) -> None:
     if not fine:
-        raise FrostyError(f"{key}={'null' if value is None else repr(value)} must be {what}")  # as Hydra spells it
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+        raise FrostyError(f"{key}={shown} must be {what}")  # as Hydra spells it
 
 
 def is_int(value) -> bool:

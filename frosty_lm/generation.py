@@ -36,7 +36,8 @@ def check_text(value, key: str) -> None:
     a boolean, whose text ("100000.0", "True") is not what was typed."""
     if value is None or isinstance(value, str):
         return
-    what = "a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float)) else "a list"
+    what = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
+            else "a mapping" if hasattr(value, "keys") else "a list")
     typed = typed_value(key) or str(value)
     raise FrostyError(f"{key}={typed} was read as {what}, not text: quote it, '{key}=\"{typed}\"'")
 
@@ -46,7 +47,7 @@ def typed_value(key: str) -> str | None:  # VALUE of key=VALUE as typed in Hydra
 
     if not HydraConfig.initialized():
         return None
-    for override in HydraConfig.get().overrides.task:
+    for override in reversed(HydraConfig.get().overrides.task):  # the last given is the one Hydra applied
         name, sep, value = override.lstrip("+~").partition("=")
         if sep and name == key:
             return value

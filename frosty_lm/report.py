@@ -1,23 +1,22 @@
 """Compare runs: python -m frosty_lm.report PATH [PATH ...]
 
 PATH is a sweep or run directory, or any directory above runs (outputs/). Prints a markdown table, a row per run,
-and writes it to report.md, with val_loss.png, in --out (default: PATH if one, else here). Metrics come from each
+and writes it to report.md, with val_loss.png, in --out (default: PATH; several need --out). Metrics come from each
 run's TensorBoard event files, or its metrics.csv."""
 import argparse
 import csv
 import math
 import os
 import re
-import socket
 import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frosty_lm.cli import run_entry_point
+from frosty_lm.cli import OneLineParser, run_entry_point, stdout_failed
 from frosty_lm.config import FrostyError, is_int, is_number
 from frosty_lm.run_dirs import make_dir
-from frosty_lm.status import alive, run_record
+from frosty_lm.status import run_record, run_state
 
 FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)
 # status.json's fields the report reads, in train.py's types: a damaged record's others are shown blank
@@ -41,8 +40,7 @@ class Run:
         return [o for o in self.status.get("overrides", []) if not o.startswith(("hydra.", "+search", "+sweep"))]
 
     def gap(self) -> float | None:
-        """The last val loss minus the mean train loss since the validation before it (None before two: the train
-        losses would reach back to the untrained model)."""
+        """The last val loss minus the mean train loss since the validation before it (None before two validations)."""
         val = self.curves.get("val/loss", [])
         if len(val) < 2:
             return None
@@ -56,12 +54,6 @@ class Run:
         hydra = self.path / ".hydra" / "hydra.yaml"  # Hydra's record of the job says if it was a sweep's
         return (self.status.get("status") == "failed" and self.status.get("training_started") is False
                 and not (hydra.is_file() and "\n  mode: MULTIRUN\n" in hydra.read_text(errors="replace")))
-
-    def state(self) -> str:
-        """status.json's status; "killed" for a "running" run whose process on this host is gone."""
-        state = self.status.get("status", "unknown")
-        gone = self.status.get("host") == socket.gethostname() and not alive(self.status.get("pid"))
-        return "killed" if state == "running" and gone else state
 
 
 def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[float, float]]]]:
@@ -107,7 +99,7 @@ def find_runs(paths: list[Path]) -> list[Run]:
     runs = {}
     for root in paths:
         if not root.exists():
-            raise SystemExit(f"error: {root} does not exist: give a run or sweep directory, e.g. outputs/")
+            raise FrostyError(f"{root} does not exist: give a run or sweep directory, e.g. outputs/")
         for status_file in sorted({*root.glob("status.json"), *root.rglob("*/status.json")}):
             run_dir = status_file.parent
             if run_dir.resolve() not in runs:
@@ -121,7 +113,7 @@ def name_runs(runs: list[Run]) -> list[str]:
     common = set.intersection(*(set(r.overrides) for r in runs))
     root = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
     for run in runs:  # one run: its own name, not "."; a sweep's job (N_overrides) its number: the label has the rest
-        name = str(run.path.resolve().relative_to(root)) if len(runs) > 1 else run.path.name
+        name = str(run.path.resolve().relative_to(root)) if len(runs) > 1 else run.path.resolve().name
         run.name = re.sub(r"(^|/)(\d+)_[^/]*$", r"\1\2", name)
         run.label = " ".join(o for o in run.overrides if o not in common) or "(defaults)"
     return sorted(common)
@@ -147,7 +139,7 @@ def table(runs: list[Run]) -> str:
                fmt(run.status.get("steps") or max(logged_steps, default=None)), fmt(run.status.get("wall_time_s"), 1),
                fmt(sum(train) / len(train) if train else None), fmt(best),
                fmt(best / math.log(2) if best is not None else None), fmt(best_step), rose, fmt(run.gap()),
-               fmt(copied, 3), run.state()]
+               fmt(copied, 3), run_state(run.status)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return "\n".join(lines)
 
@@ -196,11 +188,6 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
     return "\n".join(parts)
 
 
-class OneLineParser(argparse.ArgumentParser):  # a bad argument: one line and exit 1, as Frosty's other errors
-    def error(self, message: str):
-        self.exit(1, f"error: {message} ({self.prog} --help lists the arguments)\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m frosty_lm.report", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="sweep or run directories (or outputs/)")
@@ -211,9 +198,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt", default="\n", help="the samples' prompt (default: a line break)")
     parser.add_argument("--seed", type=int, default=0, help="the samples' seed")
     args = parser.parse_args(argv)
-    if args.samples < 0 or not 0 <= args.seed < 2**32:
-        parser.error(f"--samples takes an integer >= 0 (given {args.samples}), --seed one in [0, 2**32) (given "
-                     f"{args.seed})")
+    if args.samples < 0:
+        parser.error(f"--samples {args.samples}: give an integer >= 0 (0: no samples)")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed {args.seed}: give an integer in [0, 2**32)")
+    if len(args.paths) > 1 and args.out is None:  # no report.md of the user's replaced in the current directory
+        parser.error("several PATHs: give --out DIR, where report.md and val_loss.png go")
+    try:
+        write_report(args)
+    except FrostyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_report(args: argparse.Namespace) -> None:
     found = find_runs(args.paths)
     runs = [run for run in found if not run.never_trained]
     if len(runs) < len(found):
@@ -221,15 +220,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     for run in (run for run in runs if args.x == "time" and run.curves and not run.times):
         print(f"{run.path}: no wall times (the csv logger keeps none): left out of the time plot", file=sys.stderr)
-    out = args.out or (args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else Path("."))
-    try:
-        if not runs:
-            raise FrostyError(f"no runs (directories with status.json) under {', '.join(map(str, args.paths))}: "
-                              "give a sweep or run directory of train.py")
-        make_dir(str(out), "--out DIR")
-    except FrostyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if not runs:
+        raise FrostyError(f"no runs (directories with status.json) under {', '.join(map(str, args.paths))}: give a "
+                          "sweep or run directory of train.py")
+    out = args.out or args.paths[0]
+    make_dir(str(out), "--out DIR")
     common = name_runs(runs)
     title = " ".join(common) or ", ".join(map(str, args.paths))
     text = f"{len(runs)} run{'s' * (len(runs) > 1)}" + (f"; all with: `{' '.join(common)}`" if common else "")
@@ -241,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(out / ".report.md.tmp", out / "report.md")
     plot(runs, out / ".val_loss.tmp.png", title, args.x)
     os.replace(out / ".val_loss.tmp.png", out / "val_loss.png")
-    print(text)
+    try:
+        print(text, flush=True)
+    except OSError as err:  # its reader went away (| head), or a full disk behind > FILE
+        stdout_failed(err)
     print(f"wrote {out / 'report.md'} and {out / 'val_loss.png'}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

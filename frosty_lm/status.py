@@ -18,20 +18,29 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.cli import command_arg
-from frosty_lm.config import FrostyError
+from frosty_lm.config import FrostyError, is_int
 
 say = partial(print, file=sys.stderr, flush=True)  # the sweep's lines
 log = logging.getLogger("frosty")
 
 
 def alive(pid) -> bool:  # whether a process with this pid exists on this host
+    if not is_int(pid) or pid <= 0:  # (0 and -1 would name this process's group, or every process)
+        return False
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except PermissionError:  # it exists, under another user
         return True
-    except (OSError, TypeError, ValueError):
+    except (OSError, OverflowError):
         return False
     return True
+
+
+def run_state(record: dict) -> str:
+    """status.json's status ("unknown" if none); "killed" for a "running" run whose process on this host is gone."""
+    state = record.get("status") if isinstance(record.get("status"), str) else "unknown"
+    gone = record.get("host") == socket.gethostname() and not alive(record.get("pid"))
+    return "killed" if state == "running" and gone else state
 
 
 def rank() -> int:  # this process's rank in a multi-process run (0 alone)

@@ -5,7 +5,7 @@ import torch
 from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from frosty_lm.attention import attention_maps, main
+from frosty_lm.attention import attention_maps, main, parse
 from frosty_lm.config import GPTConfig
 from frosty_lm.model import GPT
 
@@ -49,6 +49,22 @@ def test_tensorboards_pixels_are_the_png_that_the_command_writes():
     pixels = rgb_pixels(maps, prompt)
     assert pixels.dtype.name == "uint8" and pixels.shape == png.shape
     assert (pixels == (png * 255).round()).all()
+
+
+def test_every_label_is_inside_the_picture():  # the queries down the left, the keys along the bottom
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from frosty_lm.attention import draw
+
+    prompt = "deep woods"
+    fig = draw(attention_maps(tiny_model(), VOCAB, prompt), prompt)
+    FigureCanvasAgg(fig).draw()
+    texts = fig.axes[0].texts
+    picture = fig.bbox
+    assert len(texts) == 2 * 3 + 2 * len(prompt) + 3 * len(prompt)  # titles, queries per layer, keys per head
+    for text in texts:
+        box = text.get_window_extent()
+        assert picture.x0 <= box.x0 and box.x1 <= picture.x1 and picture.y0 <= box.y0 and box.y1 <= picture.y1, text
 
 
 def test_the_command_writes_a_png_per_layer_and_head(trained_run, tmp_path, capsys):
@@ -101,3 +117,9 @@ def test_a_checkpoint_with_nan_weights_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "holds NaN or infinite weights" in err
     assert not out.exists()
+
+
+def test_help_and_hydra_style_quotes(capsys):
+    assert main(["--help"]) == 0 and "ckpt_path=" in capsys.readouterr().out
+    assert parse(["ckpt_path=a.ckpt", 'prompt="Hi"'])["prompt"] == "Hi"  # Hydra's quotes, as generate.py reads them
+    assert parse(["ckpt_path=a.ckpt", 'prompt="'])["prompt"] == '"'  # a quote character itself

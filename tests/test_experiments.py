@@ -138,12 +138,13 @@ def test_a_sweep_with_an_option_that_does_not_exist_is_hydras_own_message_before
 
 
 def test_report_tells_a_killed_run_from_a_running_one(tmp_path, capsys):
-    for name, pid in (("gone", 999_999_999), ("alive", os.getpid())):
+    pids = {"gone": 999_999_999, "alive": os.getpid(), "zero": 0, "minus": -1, "huge": 10**20}  # (damaged records)
+    for name, pid in pids.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "status.json").write_text(json.dumps(
             {"status": "running", "pid": pid, "host": socket.gethostname(), "overrides": [f"seed={pid}"]}))
     rows = report_rows(capsys, tmp_path)
-    assert rows["gone"][-1] == "killed" and rows["alive"][-1] == "running"
+    assert {name: rows[name][-1] for name in pids} == {**dict.fromkeys(pids, "killed"), "alive": "running"}
 
 
 def test_the_report_replaces_links_planted_where_it_writes(tmp_path, capsys):
@@ -214,9 +215,9 @@ def test_the_reports_bad_arguments_are_one_line(tmp_path, capsys):
     (tmp_path / "run" / "status.json").write_text('{"status": "fini')  # cut off: a row, status unknown
     (tmp_path / "a_file").write_text("")
     for args, message in ((["--x", "wall"], "argument --x: invalid choice: 'wall'"),
-                          (["--samples", "-5"], "--samples takes an integer >= 0 (given -5), --seed one in"),
-                          (["--seed", str(2**64)], f"--samples takes an integer >= 0 (given 200), --seed one in [0, "
-                                                   f"2**32) (given {2**64})"),
+                          (["--samples", "-5"], "--samples -5: give an integer >= 0 (0: no samples)"),
+                          (["--seed", str(2**64)], f"--seed {2**64}: give an integer in [0, 2**32)"),
+                          ([str(tmp_path / "run")], "several PATHs: give --out DIR, where report.md and val_loss.png"),
                           ([], "the following arguments are required: paths")):
         with pytest.raises(SystemExit) as exit_:
             report_main([str(tmp_path), *args] if args else [])
@@ -228,6 +229,40 @@ def test_the_reports_bad_arguments_are_one_line(tmp_path, capsys):
     assert report_main([str(tmp_path), str(tmp_path / "run"), "--out", str(tmp_path), "--samples", "0"]) == 0  # twice
     rows = [line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| run | (")]
     assert len(rows) == 1 and rows[0].rstrip(" |").endswith("unknown"), rows
+
+
+@pytest.mark.parametrize("reader", ["gone", "/dev/full"])
+def test_the_reports_standard_output_failing(tmp_path, reader):
+    """A reader that went away (| head) ends it quietly, its report written; a full disk behind > FILE is one line."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "status.json").write_text('{"status": "finished"}')
+    command = [sys.executable, "-m", "frosty_lm.report", str(tmp_path / "run"), "--samples", "0"]
+    if reader == "gone":
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        done = subprocess.run(command, cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+        os.close(write_end)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert (tmp_path / "run" / "report.md").is_file()
+    else:
+        with open(reader, "w") as out:
+            done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert done.returncode == 1
+        assert done.stderr.strip() == ("error: cannot write to standard output: No space left on device: send it to "
+                                       "another file or disk"), done.stderr
+
+
+def test_a_run_reported_from_inside_is_named(tmp_path, capsys, monkeypatch):
+    (tmp_path / "poem-run").mkdir()
+    (tmp_path / "poem-run" / "status.json").write_text('{"status": "finished"}')
+    monkeypatch.chdir(tmp_path / "poem-run")
+    assert report_main([".", "--samples", "0"]) == 0
+    assert "| poem-run | (defaults) |" in capsys.readouterr().out
 
 
 def test_report_of_a_path_without_runs(tmp_path, capsys):

@@ -150,6 +150,7 @@ def test_a_corpus_without_runs_lists_the_corpora_with_runs_and_their_files(tmp_p
     (["corpus=poems"], ["no run on corpus poems under", ": its runs are on frost, or leave out corpus="]),
     (["run={tmp}"], ["run=", "has no checkpoints/best.ckpt", "give a run directory that has one"]),
     (["run=nowhere"], ["run=nowhere does not exist"]),
+    (["run={tmp}/x.ckpt"], ["run=", "x.ckpt is a file, not a run directory: give ckpt_path=", "x.ckpt to sample"]),
     (["run={tmp}/outputs/runs/d1"], ["has no checkpoints/best.ckpt (a sweep's directory, whose jobs are runs: "
                              "paths.outputs_dir=", "picks the best of them)"]),
     (["ckpt_path=x.ckpt", "run=latest"], ["ckpt_path=x.ckpt and run=latest conflict", "give one of them"]),
@@ -157,11 +158,23 @@ def test_a_corpus_without_runs_lists_the_corpora_with_runs_and_their_files(tmp_p
 ])
 def test_choice_errors_are_one_line(invoke, tmp_path, args, fragments):
     outputs = tmp_path / "outputs"
+    (tmp_path / "x.ckpt").write_bytes(b"")
     if "corpus=yoda" in args or "corpus=poems" in args or "run={tmp}/outputs/runs/d1" in args:
         fake_run(outputs, "runs/d1/t1", "frost", "finished", 2.0, 100, age=1)
     code, out, err = generate(invoke, outputs, *(a.format(tmp=tmp_path) for a in args))
     assert_one_line_error(code, err, *fragments)
     assert out == ""
+
+
+def test_a_damaged_best_ckpt_that_generate_chooses_is_one_line(invoke, trained_run, tmp_path):
+    outputs = tmp_path / "outputs"
+    run_dir = fake_run(outputs, "a", "frost", "finished", 2.0, 100, age=1, source=trained_run)
+    contents = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    torch.save({**contents, "state_dict": [1]}, run_dir / "checkpoints" / "best.ckpt")
+    for choice in ([], [f"run={run_dir}"]):  # the default choice, and run=
+        code, out, err = generate(invoke, outputs, *choice)
+        assert_one_line_error(code, err, f"{run_dir}/checkpoints/best.ckpt is damaged: its weights do not fit")
+        assert out == ""
 
 
 @pytest.mark.slow

@@ -77,7 +77,7 @@ def test_generate_py_samples_without_lightning_and_stops_quietly_when_its_pipe_c
 @pytest.mark.slow
 @pytest.mark.parametrize("stdout, message", [
     ("closed", "error: standard output is closed: generate.py writes its samples there"),
-    ("/dev/full", "error: cannot write the samples to standard output: No space left on device"),
+    ("/dev/full", "error: cannot write to standard output: No space left on device"),
 ])
 def test_an_output_that_cannot_be_written_is_one_line(trained_run, tmp_path, stdout, message):
     command = [sys.executable, str(ROOT / "generate.py"), f"ckpt_path={trained_run}/checkpoints/best.ckpt",

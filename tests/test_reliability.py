@@ -380,8 +380,12 @@ def test_generate_without_any_checkpoint(invoke, tmp_path, monkeypatch):
         ("seed=abc", "seed='abc' must be an integer"),
         ("seed=-1", "seed=-1 must be an integer in [0, 2**32)"),
         ("seed=1180591620717411303424", "seed=1180591620717411303424 must be an integer in [0, 2**32)"),
-        ("top_k=true", "top_k=True must be an integer"),
+        ("top_k=true", "top_k=true must be an integer"),
         ("device=tpu9000", "device='tpu9000' cannot be used here"),
+        ("device=1.5", "device=1.5 was read as a number, not text: quote it"),
+        ("ckpt_path=[a,b]", "ckpt_path=[a,b] was read as a list, not text"),
+        ("paths.outputs_dir=null", "paths.outputs_dir=null must be a directory"),
+        ("prompt={a:1}", "prompt={a:1} was read as a mapping, not text"),
     ],
 )
 def test_generate_refuses_bad_options(invoke, trained_run, option, message):

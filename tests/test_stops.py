@@ -241,6 +241,31 @@ def test_a_second_ctrl_c_while_the_stop_saves_exits_at_once(tmp_path):
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == INTERVAL
 
 
+class SecondSignalAsItExits(SignalAt):
+    """Test-only: Ctrl-C after training step `step`, and again as the stopped process exits (in an atexit hook, where
+    Python's own handler would print an ignored KeyboardInterrupt's traceback)."""
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        import atexit
+
+        atexit.register(signal.raise_signal, self.signum)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_as_the_stopped_run_exits_ends_it_at_once(tmp_path):
+    (tmp_path / "corpus.txt").write_text(poem())
+    run_dir = tmp_path / "r"
+    result = run("train.py", *RISING, f"data.path={tmp_path / 'corpus.txt'}", f"hydra.run.dir={run_dir}",
+                 "+callbacks.signal._target_=test_stops.SecondSignalAsItExits",
+                 f"+callbacks.signal.signum={int(signal.SIGINT)}", f"+callbacks.signal.step={INTERVAL + 2}",
+                 cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.rstrip().splitlines()
+    assert lines[-1] == "interrupted again: exiting now; last.ckpt is the last one written", result.stderr
+    assert f"interrupted at step {INTERVAL + 2}; last.ckpt saved" in result.stdout + result.stderr
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == INTERVAL + 2
+
+
 class DieAfterValidation(L.Callback):
     """Test-only: the process ends at once (as kill -9 would) at the end of the validation at step `step`, after
     the other callbacks' work there and before the checkpoints' (Lightning runs checkpoint callbacks last)."""
