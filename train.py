@@ -104,7 +104,7 @@ def run_training(cfg: DictConfig) -> float | None:
                 record.restore()  # a refused resume leaves the run's record as it was
                 forget_refused_resume()
             elif isinstance(err, KeyboardInterrupt):
-                record.write(status="interrupted", error="stopped before training started",
+                record.write(status="interrupted", error="stopped by SIGINT before the first step",
                              training_started=record.training_started)
             else:  # the error as its line says it; steps and best val loss as the checkpoints kept them
                 record.write(status="failed", error=error_line(err) or (str(err) or type(err).__name__).splitlines()[0],
@@ -161,10 +161,10 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
     model = FrostyLM(vocab=datamodule.tokenizer.chars, model=run_config["model"], optim=run_config["optim"],
                      scheduler=run_config["scheduler"], logged_config=run_config,  # to TensorBoard's HPARAMS only
                      config=OmegaConf.to_container(cfg, resolve=False),  # as composed, for resume= to compare
-                     overrides=list(overrides or []))
+                     overrides=list(overrides or []), corpus_sha256=datamodule.text_sha256)
     if start is not None:
         check_compatible(cfg.ckpt_path, start["hyper_parameters"], model.hparams.vocab, model.hparams.model,
-                         model.hparams.optim)
+                         model.hparams.optim, model.hparams.corpus_sha256 if resumed_run else None)
         check_start_state(cfg.ckpt_path, start, model)
         if not resumed_run:  # (resume= has checked this before composing the run)
             check_more_to_train(start, cfg, Path(cfg.ckpt_path))

@@ -102,12 +102,18 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tu
     return model.eval(), vocab
 
 
-def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, optim: dict) -> None:
+def check_compatible(ckpt_path: str, hparams: dict, vocab: str, model: dict, optim: dict,
+                     corpus_sha256: str | None = None) -> None:
     """A checkpoint to start from (hparams: its hyper_parameters) must share this run's vocabulary, model shape and
-    optimizer. A setting it does not record (written before the setting existed) was GPTConfig's default."""
+    optimizer, and to resume, its corpus's text (corpus_sha256; a checkpoint that records none passes). A setting it
+    does not record (written before the setting existed) was GPTConfig's default."""
     if hparams["vocab"] != vocab:
         raise FrostyError(f"{ckpt_path} was trained on another vocabulary ({len(hparams['vocab'])} characters, this "
                           f"corpus has {len(vocab)}): start from a checkpoint of the same corpus")
+    if corpus_sha256 and hparams.get("corpus_sha256") not in (None, corpus_sha256):
+        raise FrostyError(f"{ckpt_path} was trained on other text than its corpus file holds now (its sha256 differs): "
+                          "a resume would go on with another train/val split; put the file back as it was, or start a "
+                          f"new run from the checkpoint with ckpt_path={ckpt_path}")
     defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
     stored, wanted = {**defaults, **hparams["model"]}, {**defaults, **model}
     keys = ("kind", "block_size", "n_layer", "n_head", "n_embd", "bias", "position", "norm", "qk_norm", "activation",

@@ -1,5 +1,6 @@
 """What the entry points share: a user error is one `error:` line and exit status 1 (a sweep's job returns instead);
-Ctrl-C before training is one line and 130; key=value printed to paste back; Lightning quieted; sweep or not; and,
+Ctrl-C before training is one line and 130; standard output that fails; a directory to write in, made or refused in
+one line; key=value printed to paste back; Lightning quieted; sweep or not; and,
 at import, what conf/ needs registered: the resolvers frosty_cpu_precision and frosty_dirname, the nodes' schemas."""
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 import traceback
 import warnings
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -126,6 +129,21 @@ def stdout_failed(err: OSError) -> None:
     if not isinstance(err, BrokenPipeError):
         raise FrostyError(f"cannot write to standard output: {err.strerror or err}: send it to another file or "
                           "disk") from None
+
+
+def make_dir(path: str, key: str) -> None:
+    """Create path, writable, or a FrostyError naming why not and the key that moves it."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        why = "a file is in the way" if isinstance(err, FileExistsError) else err.strerror or err
+        raise FrostyError(f"cannot create {path}: {why}: choose a writable directory with {key}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise FrostyError(f"cannot write to {path}: choose a writable directory with {key}")
+    free = shutil.disk_usage(path).free
+    if free < 2**20:  # Hydra writes the config next, before any of Frosty's code could say so in one line
+        raise FrostyError(f"no space left on the device: {path} has {free // 1024} KiB free: free some space, or "
+                          f"choose another disk with {key}")
 
 
 def command_arg(key: str, value, quoted: bool = False) -> str:

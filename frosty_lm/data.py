@@ -1,6 +1,7 @@
 """The corpus as a LightningDataModule: vocabulary, contiguous train/val split, batches of windows."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 
 import lightning as L
@@ -88,6 +89,7 @@ class CharDataModule(L.LightningDataModule):
         text = corpus.read_text(file, self.decode_errors)
         self.tokenizer = CharTokenizer.from_text(text)
         data = self.tokenizer.encode_tensor(text)
+        self.text_sha256 = hashlib.sha256(data.numpy()).hexdigest()  # the text, given its vocabulary
         n_val = int(len(data) * self.val_fraction)
         self.train_data, self.val_data = data[: len(data) - n_val], data[len(data) - n_val :]
         for split, part in (("train", self.train_data), ("val", self.val_data)):
@@ -95,7 +97,8 @@ class CharDataModule(L.LightningDataModule):
                 raise FrostyError(
                     f"the {split} split of {file} has {len(part)} characters, fewer than "
                     f"model.block_size + 1 = {self.block_size + 1}: lower model.block_size"
-                    + (" or raise data.val_fraction" if split == "val" else " or use a longer corpus")
+                    + (" or raise data.val_fraction" if split == "val"
+                       else ", lower data.val_fraction or use a longer corpus")
                 )
         self.val_set = fixed_windows(self.val_data, self.block_size)
 

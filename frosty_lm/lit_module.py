@@ -29,10 +29,12 @@ class FrostyLM(L.LightningModule):
     vocab: the characters, in id order. model: GPTConfig's fields but vocab_size. optim, scheduler: optim.* and
     scheduler.*. config: the whole config as composed, before interpolation, and overrides: the command-line
     overrides that composed it, with which `resume=` composes conf/ again and compares. logged_config: the config
-    resolved, for TensorBoard's HPARAMS tab only."""
+    resolved, for TensorBoard's HPARAMS tab only. corpus_sha256: the corpus's text (CharDataModule.text_sha256), which
+    a resume must find unchanged."""
 
     def __init__(self, vocab: str, model: dict, optim: dict, scheduler: dict, config: dict | None = None,
-                 overrides: list[str] | None = None, logged_config: dict | None = None) -> None:
+                 overrides: list[str] | None = None, logged_config: dict | None = None,
+                 corpus_sha256: str | None = None) -> None:
         super().__init__()
         # the logger gets hparams with their metrics, below; the resolved config once, in the logger only
         self.save_hyperparameters(ignore=["logged_config"], logger=False)

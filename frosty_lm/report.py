@@ -13,9 +13,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frosty_lm.cli import OneLineParser, run_entry_point, stdout_failed
+from frosty_lm.cli import OneLineParser, make_dir, run_entry_point, stdout_failed
 from frosty_lm.config import FrostyError, is_int, is_number
-from frosty_lm.run_dirs import make_dir
 from frosty_lm.status import run_record, run_state
 
 FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)

@@ -16,8 +16,9 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from frosty_lm.cli import command_arg
+from frosty_lm.cli import command_arg, make_dir
 from frosty_lm.config import FrostyError
+from frosty_lm.status import RunLock
 
 LAST = Path("checkpoints") / "last.ckpt"
 BEST = Path("checkpoints") / "best.ckpt"
@@ -87,6 +88,11 @@ class RunDirectory(Callback):
         if not resume and any((Path(run) / "checkpoints").glob("*.ckpt")):  # (killed before one: reusable)
             raise FrostyError(f"{run} already holds a run: choose another hydra.run.dir, or continue that run "
                               f"with {command_arg('resume', run)}")
+        if not resume and RunLock(run).held():  # (a resume's config goes to a directory of its own)
+            raise FrostyError(f"{run} is being trained by another process: choose another hydra.run.dir")
+        if resume and not os.access(run, os.W_OK | os.X_OK):
+            raise FrostyError(f"cannot write to {run}: make it writable to resume it, or start a new run from its "
+                              f"weights with {command_arg('ckpt_path', Path(run) / LAST)}")
         make_dir(run, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
 
 
@@ -105,21 +111,6 @@ def refuse_links(run: Path) -> None:
         if link is not None:
             raise FrostyError(f"cannot resume {run}: {link} is a symbolic link, which could make the run write "
                               "outside its directory; replace it with the file itself")
-
-
-def make_dir(path: str, key: str) -> None:
-    """Create path, writable, or a FrostyError naming why not and the key that moves it."""
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        why = "a file is in the way" if isinstance(err, FileExistsError) else err.strerror or err
-        raise FrostyError(f"cannot create {path}: {why}: choose a writable directory with {key}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise FrostyError(f"cannot write to {path}: choose a writable directory with {key}")
-    free = shutil.disk_usage(path).free
-    if free < 2**20:  # Hydra writes the config next, before any of Frosty's code could say so in one line
-        raise FrostyError(f"no space left on the device: {path} has {free // 1024} KiB free: free some space, or "
-                          f"choose another disk with {key}")
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -185,6 +176,10 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None, list[str]
         more = f" (and {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" if changed[1:] else ""
         raise FrostyError(f"cannot resume {run}: conf/ now gives {key}={now} where the run recorded {key}={was}{more}; "
                           f"add {key}={was} to the command to go on as it trained")
+    saving = OmegaConf.select(cfg, "callbacks.model_checkpoint")  # (its checkpoints elsewhere: status.json ahead)
+    if not (saving and saving.get("save_last") and Path(str(saving.dirpath)).resolve() == last.parent.resolve()):
+        raise FrostyError(f"cannot resume {run} without writing its {LAST} as it trains: leave out the overrides of "
+                          "callbacks.model_checkpoint (dirpath, save_last) and callbacks")
     cfg.resume, cfg.ckpt_path = resume, str(last)
     check_more_to_train(ckpt, cfg, run)
     return cfg, ckpt, given  # (train.fit checks the config, as for a new run)

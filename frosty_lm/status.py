@@ -146,6 +146,17 @@ class RunLock:
     def release(self) -> None:
         self.lock.release()
 
+    def held(self) -> bool:  # whether another process trains the run now (its lock file there, and locked)
+        from filelock import Timeout
+
+        try:
+            if Path(self.lock.lock_file).is_file():
+                self.lock.acquire()
+                self.lock.release()
+        except Timeout:
+            return True
+        return False
+
 
 def summarise(trainer, cfg: DictConfig, loss: float, text: str) -> None:
     """The best checkpoint, val loss, training speed, a sample from a prompt out of the run's corpus (text: the val

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +79,70 @@ def test_status_json_stays_json_when_a_number_is_not_finite(tmp_path):
     record.write(status="finished", best_val_loss=float("nan"), eta_s=float("inf"), steps=3)
     written = json.loads((tmp_path / "status.json").read_text(), parse_constant=lambda name: pytest.fail(name))
     assert (written["best_val_loss"], written["eta_s"], written["steps"]) == (None, None, 3)
+
+
+@pytest.mark.slow
+def test_a_new_run_in_a_directory_being_trained_is_refused_before_anything_is_written(invoke, text_file, tmp_path):
+    """A run is written (its .hydra/ included) only by its trainer: a new run given its directory while it trains,
+    before its first checkpoint, is refused before Hydra writes into it."""
+    run_dir = tmp_path / "r"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- seed=3\n")  # the trainer's, as Hydra wrote them
+    trainer = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert trainer.stdout.readline().strip() == "held"
+        before = snapshot(run_dir)
+        code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={run_dir}")
+        assert_one_line_error(code, err, f"{run_dir} is being trained by another process: choose another hydra.run.dir")
+        assert snapshot(run_dir) == before
+    finally:
+        trainer.kill()
+        trainer.wait()
+
+
+@pytest.mark.slow
+def test_a_resume_keeps_writing_last_ckpt_where_the_run_keeps_it(invoke, text_file, tmp_path):
+    """Checkpoints moved or turned off by a resume's overrides would leave status.json ahead of last.ckpt, and a
+    later resume going on from the older last.ckpt: refused, the run untouched."""
+    run_dir = finished_run(invoke, text_file, tmp_path)
+    before = snapshot(run_dir / "checkpoints"), (run_dir / "status.json").read_text()
+    for override in (f"callbacks.model_checkpoint.dirpath={tmp_path / 'elsewhere'}", "callbacks.model_checkpoint=null",
+                     "callbacks.model_checkpoint.save_last=false"):
+        code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20", override)
+        assert_one_line_error(code, err, f"cannot resume {run_dir} without writing its checkpoints/last.ckpt as it "
+                                         "trains: leave out the overrides of callbacks.model_checkpoint")
+        assert (snapshot(run_dir / "checkpoints"), (run_dir / "status.json").read_text()) == before
+    assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.slow
+def test_a_resume_on_a_corpus_file_whose_text_changed_is_refused(invoke, text_file, tmp_path):
+    """Same characters, other text: the train/val split would change under the run (and best.ckpt be chosen across
+    two val sets). Refused, the run untouched; with the file put back, the run goes on."""
+    run_dir = finished_run(invoke, text_file, tmp_path)
+    original = text_file.read_text()
+    text_file.write_text("\n".join(reversed(original.splitlines())))
+    before = snapshot(run_dir / "checkpoints"), (run_dir / "status.json").read_text()
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20")
+    assert_one_line_error(code, err, "last.ckpt was trained on other text than its corpus file holds now",
+                          "put the file back as it was, or start a new run from the checkpoint with ckpt_path=")
+    assert (snapshot(run_dir / "checkpoints"), (run_dir / "status.json").read_text()) == before
+    code, _, err = invoke("train.py", f"ckpt_path={run_dir / 'checkpoints/last.ckpt'}", *TINY, "trainer.max_steps=20",
+                          "dataset=text", f"data.path={text_file}", f"hydra.run.dir={tmp_path / 'new'}")
+    assert code == 0, err  # a new run from its weights may train on other text
+    text_file.write_text(original)
+    assert invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20")[0] == 0
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_be_written_says_how_to_go_on(invoke, text_file, tmp_path, monkeypatch):
+    import os
+
+    run_dir = finished_run(invoke, text_file, tmp_path)
+    before = snapshot(run_dir)
+    writable = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != run_dir and writable(path, mode))  # read-only
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=20")
+    assert_one_line_error(code, err, f"cannot write to {run_dir}: make it writable to resume it, or start a new run "
+                                     f"from its weights with ckpt_path={run_dir}/checkpoints/last.ckpt")
+    assert snapshot(run_dir) == before

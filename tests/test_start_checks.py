@@ -164,12 +164,12 @@ def test_a_checkpoint_from_before_the_first_validation_resumes(invoke, trained_r
 
 
 def test_an_existing_directory_that_cannot_be_written_is_one_line(monkeypatch, tmp_path):
-    from frosty_lm import run_dirs
+    from frosty_lm import cli
     from frosty_lm.config import FrostyError
 
-    monkeypatch.setattr(run_dirs.os, "access", lambda path, mode: False)  # a read-only file system (root or not)
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # a read-only file system (root or not)
     with pytest.raises(FrostyError, match=f"cannot write to {tmp_path}: choose a writable directory with X=DIR"):
-        run_dirs.make_dir(str(tmp_path), "X=DIR")
+        cli.make_dir(str(tmp_path), "X=DIR")
 
 
 def test_an_empty_status_json_is_restored_as_it_was(tmp_path):

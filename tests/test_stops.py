@@ -352,3 +352,22 @@ def test_ctrl_c_to_the_report_is_one_line(trained_run, tmp_path):
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130 and output.strip() == "interrupted: nothing more was saved", output
+
+
+class InterruptAtSetup(L.Callback):
+    """Test-only: Ctrl-C as Lightning sets the run up, after train.py's checks and before the first step."""
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_before_the_first_step_is_recorded_as_such(invoke, text_file, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    run_dir = tmp_path / "run"
+    code, _, err = invoke("train.py", "model=tiny", "trainer.max_steps=30", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={run_dir}", "+callbacks.interrupt._target_=test_stops.InterruptAtSetup")
+    assert code == 130 and err.strip().endswith("interrupted: nothing more was saved") and "Traceback" not in err
+    record = json.loads((run_dir / "status.json").read_text())
+    assert (record["status"], record["error"], record["training_started"]) == (
+        "interrupted", "stopped by SIGINT before the first step", True)
+    assert not (run_dir / "checkpoints").exists()
