@@ -6,7 +6,8 @@ reference trains its 2,000 steps once, and its column is its val loss at its las
 launch) of the other two's last one in each budget. The runs are kept, for the plot of val loss against wall time:
 
     python bench/quality_per_minute.py --out outputs/quality_per_minute
-    python -m frosty_lm.report outputs/quality_per_minute/*_5min outputs/quality_per_minute/reference --x time
+    python -m frosty_lm.report outputs/quality_per_minute/*_5min outputs/quality_per_minute/reference --x time \
+        --out outputs/quality_per_minute
 """
 from __future__ import annotations
 

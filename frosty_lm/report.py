@@ -239,7 +239,8 @@ def write_report(args: argparse.Namespace) -> None:
         print(text, flush=True)
     except OSError as err:  # its reader went away (| head), or a full disk behind > FILE
         stdout_failed(err)
-    print(f"wrote {out / 'report.md'} and {out / 'val_loss.png'}", file=sys.stderr)
+    finally:
+        print(f"wrote {out / 'report.md'} and {out / 'val_loss.png'}", file=sys.stderr)
 
 
 if __name__ == "__main__":

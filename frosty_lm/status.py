@@ -117,8 +117,7 @@ class RunRecord:
                       if key.startswith("ModelCheckpoint") and isinstance(state, dict)), None)
         return {"steps": ckpt.get("global_step", 0), "best_val_loss": None if score is None else float(score)}
 
-    def restore(self) -> None:
-        """The record as it was before this process started: its bytes and its modification time."""
+    def restore(self) -> None:  # the record as it was before this process started: its bytes and modification time
         if self.previous is not None and rank() == 0:
             self._replace(self.previous)
             os.utime(self.path, ns=self._previous_times)
@@ -149,12 +148,14 @@ class RunLock:
     def held(self) -> bool:  # whether another process trains the run now (its lock file there, and locked)
         from filelock import Timeout
 
+        if any(os.environ.get(key, "0") != "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+            return False  # a rank of a multi-process run: rank 0 holds the lock for it
         try:
             if Path(self.lock.lock_file).is_file():
                 self.lock.acquire()
                 self.lock.release()
-        except Timeout:
-            return True
+        except OSError as err:  # Timeout (one); or e.g. another user's lock file, which acquire() reports as it trains
+            return isinstance(err, Timeout)
         return False
 
 

@@ -1,4 +1,5 @@
 """train.py and generate.py as a user runs them: through their entry points, in this process or in subprocesses."""
+import hashlib
 import io
 import json
 import math
@@ -8,6 +9,7 @@ import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -203,8 +205,11 @@ def test_text_dataset_run_trains(trained_run):
     hparams = first["hyper_parameters"]
     assert hparams["vocab"] == "".join(sorted(set(Path(hparams["config"]["data"]["path"]).read_text())))
     # the run config once, as composed (with its interpolations, for resume=), and the overrides that composed it;
-    # vocab, model, optim, scheduler
-    assert set(hparams) == {"vocab", "model", "optim", "scheduler", "config", "overrides"}
+    # vocab, model, optim, scheduler, and the corpus's text as a resume must find it (its ids' sha256)
+    assert set(hparams) == {"vocab", "model", "optim", "scheduler", "config", "overrides", "corpus_sha256"}
+    text = Path(hparams["config"]["data"]["path"]).read_text()
+    ids = np.array([hparams["vocab"].index(ch) for ch in text], dtype=np.uint8)
+    assert hparams["corpus_sha256"] == hashlib.sha256(ids.tobytes()).hexdigest()
     assert "dataset=text" in hparams["overrides"] and not any(o.startswith("hydra.") for o in hparams["overrides"])
     assert hparams["config"]["scheduler"]["decay_steps"] == "${trainer.max_steps}"
 

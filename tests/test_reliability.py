@@ -504,7 +504,8 @@ def test_a_checkpoint_of_an_older_frosty_starts_a_new_run_and_is_not_resumed(inv
     assert code == 0, err
     ckpt = torch.load(new / "checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
-    assert set(ckpt["hyper_parameters"]) == {"vocab", "model", "optim", "scheduler", "config", "overrides"}
+    assert set(ckpt["hyper_parameters"]) == {"vocab", "model", "optim", "scheduler", "config", "overrides",
+                                             "corpus_sha256"}
 
 
 def test_a_checkpoint_of_another_corpus_or_shape_is_refused(invoke, trained_run, tmp_path):

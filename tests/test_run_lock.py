@@ -146,3 +146,19 @@ def test_a_run_that_cannot_be_written_says_how_to_go_on(invoke, text_file, tmp_p
     assert_one_line_error(code, err, f"cannot write to {run_dir}: make it writable to resume it, or start a new run "
                                      f"from its weights with ckpt_path={run_dir}/checkpoints/last.ckpt")
     assert snapshot(run_dir) == before
+
+
+def test_a_run_is_held_only_for_other_trainers_not_for_its_own_ranks(tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    from frosty_lm.status import RunLock
+
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    assert not RunLock(tmp_path).held() and not (tmp_path / ".lock").exists()  # none: none made
+    with FileLock(tmp_path / ".lock"):  # its trainer, rank 0
+        assert RunLock(tmp_path).held()
+        monkeypatch.setenv("LOCAL_RANK", "1")  # the command line again, as Lightning's ddp starts rank 1
+        assert not RunLock(tmp_path).held()
+        monkeypatch.delenv("LOCAL_RANK")
+    assert not RunLock(tmp_path).held()  # released
