@@ -94,8 +94,8 @@ def run_training(cfg: DictConfig) -> float | None:
             how = "" if signum == signal.SIGINT else " by SIGTERM"
             log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how,
                      record.data.get("steps", 0), command_arg("resume", Path(cfg.paths.output_dir)))
-            if in_sweep():
-                return None
+            if in_sweep() and (signum == signal.SIGINT or parallel_jobs() > 1):  # the sweep goes on (a parallel
+                return None  # sweep's main process ends it on SIGTERM); jobs in this process: SIGTERM ends the sweep
             # a Ctrl-C more while the process exits (its atexit hooks: TensorBoard's writer) exits at once
             atexit.register(signal.signal, signal.SIGINT, StopOnInterrupt.exit_now)
             sys.exit(128 + signum)
@@ -221,6 +221,9 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
     finally:
         interrupt.teardown()
     best = float(model.best_val_loss)
+    if best == float("inf") and "val/loss" in trainer.callback_metrics:  # validations ran, and none was finite
+        raise FrostyError(f"the val loss was never finite: the weights diverged; start again with a lower learning "
+                          f"rate (optim.lr={cfg.optim.lr / 2:g}), and keep trainer.gradient_clip_val set")
     record.write(best_val_loss=best, **({"steps": trainer.global_step} if trainer.global_step else {}))
     try:
         summarise(trainer, cfg, best, datamodule.tokenizer.decode(datamodule.val_data[:2000].tolist()))

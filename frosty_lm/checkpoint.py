@@ -1,6 +1,7 @@
 """Reading Frosty checkpoints: safely (weights_only: loading never runs code from the file), with the weight names
-of older versions brought up to date; the model one describes; whether one fits a run that starts from it. Torch
-only, so generate.py starts without Lightning; checkpoint_saving.py writes them in training."""
+of older versions brought up to date; the model one describes; whether one fits a run that starts from it; the
+overrides of an older one's run. Torch only, so generate.py starts without Lightning; checkpoint_saving.py writes
+them in training."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from frosty_lm.config import FrostyError, GPTConfig, is_int, max_time_seconds
 from frosty_lm.model import GPT, Bigram, build
@@ -169,3 +171,24 @@ def check_more_to_train(ckpt: dict, cfg, run: Path) -> None:
     if max_time and elapsed is not None and elapsed >= max_time_seconds(max_time):
         raise FrostyError(f"{run} has trained {elapsed:.0f} s and trainer.max_time={max_time}: nothing to train; "
                           "give a longer trainer.max_time (DD:HH:MM:SS), or trainer.max_time=null")
+
+
+def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
+    """An older checkpoint records no overrides: those its run was started with, then those of each of its resumes
+    but this one, oldest first (Hydra's .hydra/ records)."""
+    first = run / ".hydra" / "overrides.yaml"
+    if not first.is_file():
+        raise FrostyError(f"cannot resume {run}: it has no .hydra/overrides.yaml (not a run of train.py): start a new "
+                          f"run from it with ckpt_path={run / 'checkpoints' / 'last.ckpt'} and the run's overrides")
+    overrides = []
+    resumes = [file for file in sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))
+               if not this_subdir or file.parent != run / this_subdir]
+    for file in [first, *resumes]:
+        try:
+            listed = OmegaConf.to_container(OmegaConf.load(file))
+        except Exception:  # not YAML, not UTF-8, unreadable: the same answer
+            listed = None
+        if not (isinstance(listed, list) and all(isinstance(o, str) for o in listed)):
+            raise FrostyError(f"{file} is not a list of overrides (damaged or edited): resume only runs of train.py")
+        overrides += listed
+    return overrides

@@ -94,9 +94,12 @@ def exit_on_user_error(func):
                 raise
             if message is None:
                 traceback.print_exc()  # an unexpected error: the traceback, then the sweep goes on
-            else:
-                print(f"error: {message}", file=sys.stderr, flush=True)
-            if sweep_job:
+            else:  # a parallel sweep's job's line says which job it is, as its progress lines do
+                job = f"[job {HydraConfig.get().job.num}] " if sweep_job and parallel_jobs() > 1 else ""
+                print(f"{job}error: {message}", file=sys.stderr, flush=True)
+            if sweep_job:  # into the job's train.log too (off the console: printed above)
+                logging.getLogger("frosty").error("error: %s", message or traceback.format_exc().strip(),
+                                                  extra={"file_only": True})
                 return None
             sys.exit(1)
 
@@ -112,7 +115,7 @@ def run_entry_point(main) -> None:
     except KeyboardInterrupt:
         sweep = any(arg in ("-m", "--multirun") for arg in sys.argv[1:])
         print("\ninterrupted: " + ("the sweep stopped; each run keeps the checkpoints it wrote (python train.py "
-                                   "resume=RUN_DIR continues one)" if sweep else "nothing more was saved"),
+                                   "'resume=\"RUN_DIR\"' continues one)" if sweep else "nothing more was saved"),
               file=sys.stderr, flush=True)
         sys.exit(130)
 

@@ -172,10 +172,8 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
 
     parts = [f"## Samples ({chars} characters from each run's best.ckpt; prompt {prompt!r}, seed {seed}, "
              "temperature 0.8)\n"]
-    for run in runs:
+    for run in (run for run in runs if (run.path / "checkpoints" / "best.ckpt").is_file()):
         best = run.path / "checkpoints" / "best.ckpt"
-        if not best.is_file():
-            continue
         try:
             model, vocab = model_from_checkpoint(load_checkpoint(best), best)
         except FrostyError as err:
@@ -184,7 +182,7 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
             start = prompt_in(vocab, prompt)
             body = "```\n" + sample_text(model, vocab, start, chars, temperature=0.8, seed=seed).strip("\n") + "\n```"
         parts.append(f"### {run.name}\n\n{body}\n")
-    return "\n".join(parts)
+    return "\n".join(parts) if parts[1:] else ""  # (no run with a best.ckpt: no section)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,8 +226,8 @@ def write_report(args: argparse.Namespace) -> None:
     title = " ".join(common) or ", ".join(map(str, args.paths))
     text = f"{len(runs)} run{'s' * (len(runs) > 1)}" + (f"; all with: `{' '.join(common)}`" if common else "")
     text += f"\n\n{table(runs)}\n"
-    if args.samples > 0:
-        text += "\n" + samples(runs, args.samples, args.prompt, args.seed)
+    if args.samples > 0 and (sampled := samples(runs, args.samples, args.prompt, args.seed)):
+        text += "\n" + sampled
     # written beside and renamed into place: a link planted at either name is replaced, not written through
     (out / ".report.md.tmp").write_text(text)
     os.replace(out / ".report.md.tmp", out / "report.md")

@@ -6,6 +6,8 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from frosty_lm.cli import command_arg, make_dir
+from frosty_lm.cli import command_arg, in_sweep, make_dir
 from frosty_lm.config import FrostyError
 from frosty_lm.status import RunLock
 
@@ -36,13 +38,15 @@ def newest_run(outputs_dir: str | Path) -> Path | None:  # what resume=latest co
 
 def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
     """resume=latest|RUN_DIR: the run directory, which holds last.ckpt."""
+    if resume == "":  # (as if not given, a new run would start)
+        raise FrostyError("resume= is empty: give resume=RUN_DIR or resume=latest")
     if resume == "latest":
         run = newest_run(outputs_dir)
         if run is None:
             raise FrostyError(f"no run with {LAST} found under {outputs_dir}/: nothing to resume; "
                               "start one with `python train.py`")
     else:
-        run = Path(resume).expanduser()
+        run = Path(str(resume)).expanduser()
     if run.is_file():
         in_run = run.name == "last.ckpt" and run.parent.name == "checkpoints"
         run_of = f" (here {command_arg('resume', run.parents[1])})" if in_run else ""
@@ -64,15 +68,20 @@ class RunDirectory(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
-        or_exit(self.prepare, config)
+        with or_exit():
+            self.prepare(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        or_exit(make_dir, str(config.hydra.sweep.dir), "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
+        sweep = str(config.hydra.sweep.dir)
+        with or_exit():
+            if any(Path(sweep).rglob("*.ckpt")):  # a new sweep's is named to the microsecond; one given may hold runs
+                raise FrostyError(f"{sweep} already holds a sweep's runs: choose another hydra.sweep.dir")
+            make_dir(sweep, "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
 
     @staticmethod
     def prepare(config: DictConfig) -> None:
         resume = config.get("resume")
-        if resume:
+        if resume is not None:
             resumed = run_to_resume(resume, config.paths.outputs_dir)
             refuse_links(resumed)
             given = {o.lstrip("+~").split("=", 1)[0] for o in config.hydra.overrides.hydra}
@@ -96,9 +105,10 @@ class RunDirectory(Callback):
         make_dir(run, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
 
 
-def or_exit(func, *args) -> None:  # a Hydra callback's error would be Hydra's report
+@contextmanager
+def or_exit() -> Iterator[None]:  # a Hydra callback's error would be Hydra's report
     try:
-        func(*args)
+        yield
     except FrostyError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -125,10 +135,12 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None, list[str]
     record from then on; without resume=, (cfg, None, this command's overrides)."""
     if not cfg.get("resume"):
         return cfg, None, list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    if in_sweep():  # a sweep's jobs are new runs, each in a directory of its own
+        raise FrostyError(f"resume={cfg.resume} continues one run: give it without -m")
     if cfg.get("ckpt_path"):
         raise FrostyError(f"resume={cfg.resume} and ckpt_path={cfg.ckpt_path} conflict: resume= continues a run in its "
                           "own directory, ckpt_path= starts a new run from a checkpoint; give one")
-    from frosty_lm.checkpoint import check_more_to_train, load_checkpoint  # torch: seconds
+    from frosty_lm.checkpoint import check_more_to_train, load_checkpoint, recorded_overrides  # torch: seconds
 
     hydra = HydraConfig.get()
     run = Path(hydra.runtime.output_dir)
@@ -183,26 +195,6 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None, list[str]
     cfg.resume, cfg.ckpt_path = resume, str(last)
     check_more_to_train(ckpt, cfg, run)
     return cfg, ckpt, given  # (train.fit checks the config, as for a new run)
-
-
-def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
-    """The overrides a run was started with, then those of each of its resumes but this one, oldest first."""
-    first = run / ".hydra" / "overrides.yaml"
-    if not first.is_file():
-        raise FrostyError(f"cannot resume {run}: it has no .hydra/overrides.yaml (not a run of train.py): start a new "
-                          f"run from it with ckpt_path={run / LAST} and the run's overrides")
-    overrides = []
-    resumes = [file for file in sorted((run / ".hydra").glob("resumed-*/overrides.yaml"))
-               if not this_subdir or file.parent != run / this_subdir]
-    for file in [first, *resumes]:
-        try:
-            listed = OmegaConf.to_container(OmegaConf.load(file))
-        except Exception:  # not YAML, not UTF-8, unreadable: the same answer
-            listed = None
-        if not (isinstance(listed, list) and all(isinstance(o, str) for o in listed)):
-            raise FrostyError(f"{file} is not a list of overrides (damaged or edited): resume only runs of train.py")
-        overrides += listed
-    return overrides
 
 
 def check_recorded(overrides: list, run: Path) -> None:

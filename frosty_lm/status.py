@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -29,10 +30,8 @@ def alive(pid) -> bool:  # whether a process with this pid exists on this host
         return False
     try:
         os.kill(pid, 0)
-    except PermissionError:  # it exists, under another user
-        return True
-    except (OSError, OverflowError):
-        return False
+    except (OSError, OverflowError) as err:
+        return isinstance(err, PermissionError)  # it exists, under another user
     return True
 
 
@@ -198,8 +197,7 @@ def corpus_prompt(text: str, words: int = 3) -> str:
 
 
 def generate_command(path: Path, prompt: str, seed: int) -> str:
-    """The shell command to sample from path with the summary's prompt (Hydra-quoted; blank: generate.py's default)
-    and seed."""
+    """The command that samples from path with the summary's prompt (blank: generate.py's default) and seed."""
     command = f"python generate.py {command_arg('ckpt_path', path)}"
     if prompt.strip():
         command += " " + command_arg("prompt", prompt, quoted=True)
@@ -220,7 +218,8 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """SIGTERM to a joblib sweep's main process ends it as an exception, so that joblib shuts its workers down
         (Python's default would leave them training); jobs run in this process stop by Lightning's own handler."""
-        if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
+        joblib = "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+        if joblib and OmegaConf.select(config, "hydra.launcher.n_jobs", default=1) != 1:  # (1: jobs in this process)
             self._previous = signal.signal(signal.SIGTERM, _end_sweep)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -228,7 +227,8 @@ class SweepSummary(Callback):
             signal.signal(signal.SIGTERM, self._previous)
         sweep = Path(config.hydra.sweep.dir)
         early = {"status": "failed", "error": "before training: see its train.log"}  # (it wrote no status.json)
-        records = {p.parent.name: run_record(p.parent) or early for p in sorted(sweep.glob("*/.hydra"))}
+        jobs = sorted(p.parent for p in sweep.rglob(".hydra") if p.is_dir())  # (hydra.sweep.subdir may nest them)
+        records = {str(job.relative_to(sweep)): run_record(job) or early for job in jobs}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
         killed = [name for name, r in records.items() if r.get("status") == "running" and not alive(r.get("pid"))]
         interrupted = [name for name, r in records.items() if r.get("status") == "interrupted"]
@@ -236,7 +236,7 @@ class SweepSummary(Callback):
         counts = {"failed": len(failed), "interrupted": len(interrupted), "killed": len(killed)}
         others = "".join(f", {n} {state}" for state, n in counts.items() if n)
         say(f"sweep {sweep}: {finished} of {len(records)} runs finished{others}; "
-            f"compare them with: python -m frosty_lm.report {sweep}")
+            f"compare them with: python -m frosty_lm.report {shlex.quote(str(sweep))}")
         for name in interrupted:
             say(f"interrupted: {name}: continue it with python train.py {command_arg('resume', sweep / name)}")
         for name, record in failed.items():

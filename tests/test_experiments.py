@@ -121,6 +121,13 @@ def test_a_failing_job_does_not_stop_the_sweep(text_file, tmp_path, capsys):
     assert "2 of 3 runs finished" in result.stderr
     failed = job_dir(sweep, "model.n_head=3").name
     assert f"failed: {failed}: model.n_embd=32 is not divisible by model.n_head=3" in result.stderr
+    number = failed.split("_")[0]  # jobs side by side: its line says which job it is, and its train.log has it
+    assert f"[job {number}] error: model.n_embd=32 is not divisible" in result.stderr
+    assert "error: model.n_embd=32 is not divisible" in (job_dir(sweep, "model.n_head=3") / "train.log").read_text()
+    again = run("train.py", "-m", *SWEEP, "dataset=text", f"data.path={text_file}", "model.n_head=3,2,4",
+                f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=False)  # the same directory: its runs are kept
+    assert again.returncode == 1 and again.stderr.strip() == (f"error: {sweep} already holds a sweep's runs: choose "
+                                                               "another hydra.sweep.dir"), again.stderr
     rows = report_rows(capsys, sweep)
     number = {n: job_dir(sweep, f"model.n_head={n}").name.split("_")[0] for n in (3, 2, 4)}
     assert {name: cells[-1] for name, cells in rows.items()} == {
@@ -323,3 +330,30 @@ def test_a_resumed_csv_run_keeps_its_earlier_metrics(invoke, text_file, tmp_path
     assert code == 0, err
     assert sorted(p.parent.name for p in run.glob("csv/*/metrics.csv")) == ["version_0", "version_1"]
     assert [step for step, _ in read_logs(run)[0]["val/loss"]] == [15, 30, 45]
+
+
+def test_the_sweep_summary_finds_jobs_at_any_depth(tmp_path, monkeypatch):
+    """hydra.sweep.subdir may nest a sweep's job directories: each job counts, a failed one too."""
+    from omegaconf import OmegaConf
+
+    from frosty_lm import status
+    from frosty_lm.status import SweepSummary
+
+    said = []
+    monkeypatch.setattr(status, "say", said.append)
+
+    for job, record in (("0/3", {"status": "failed", "error": "not divisible"}), ("1/2", {"status": "finished"})):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / "status.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit) as exit_:
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    err = "\n".join(said)
+    assert exit_.value.code == 1 and f"sweep {tmp_path}: 1 of 2 runs finished, 1 failed" in err
+    assert "failed: 0/3: not divisible" in err
+
+
+def test_resume_in_a_sweep_is_one_line_for_its_job(invoke, tmp_path):
+    code, _, err = invoke("train.py", "-m", "hydra/launcher=basic", "resume=latest", "trainer.max_steps=40,50",
+                          f"paths.outputs_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 1 and "Traceback" not in err
+    assert err.count("error: resume=latest continues one run: give it without -m") == 2, err

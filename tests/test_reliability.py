@@ -542,3 +542,16 @@ def test_a_failed_checkpoint_write_leaves_the_previous_file(tmp_path, monkeypatc
         io.save_checkpoint({"global_step": 2}, target)
     assert target.read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_run_whose_val_loss_is_never_finite_failed(invoke, text_file, tmp_path):
+    """The weights diverged in the first step: the run is not a finished run (a search counts it a failed trial,
+    generate.py's choice passes it over), and the line says what to change."""
+    run_dir = tmp_path / "run"
+    code, _, err = invoke("train.py", "model=tiny", "optim.lr=1e30", "scheduler=constant", "trainer.max_steps=1",
+                          "trainer.val_check_interval=1", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, "the val loss was never finite: the weights diverged; start again with a lower "
+                                     "learning rate (optim.lr=5e+29)")
+    record = json.loads((run_dir / "status.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("the val loss was never finite")

@@ -180,3 +180,9 @@ def test_an_empty_status_json_is_restored_as_it_was(tmp_path):
     record.write(status="running")
     record.restore()  # a refused resume of a run whose record was empty: empty again, no error
     assert (tmp_path / "status.json").read_bytes() == b""
+
+
+def test_an_empty_resume_is_refused_not_a_new_run(invoke, tmp_path):
+    code, _, err = invoke("train.py", "resume=", f"paths.outputs_dir={tmp_path}")
+    assert code == 1 and err.strip() == "error: resume= is empty: give resume=RUN_DIR or resume=latest"
+    assert not list(tmp_path.iterdir())  # no run directory

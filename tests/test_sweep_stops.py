@@ -60,3 +60,30 @@ def test_a_stopped_sweep_leaves_no_worker_behind(signum, to, code, text_file, tm
         else:  # joblib's shutdown ended its worker first: last.ckpt is its last validation's, or the stop's if the
             # worker got that far before its status.json said so (status.json's steps: the last validation's)
             assert record["status"] == "running" and (step % 10 == 0 or step > record.get("steps", 0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["hydra/launcher=basic", "hydra.launcher.n_jobs=1"])
+def test_sigterm_to_a_sweep_whose_jobs_run_in_its_process_ends_it_once_the_job_saved(launcher, text_file, tmp_path):
+    """There Lightning's own handler stops the job at its step (last.ckpt saved, interrupted, how to resume), and
+    the sweep ends with it, exit status 143: the next jobs do not start."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *TINY, "trainer.max_steps=100000",
+                             "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}",
+                             "model.dropout=0.0,0.1", launcher, f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
+    try:
+        deadline = time.time() + 120
+        while not list(sweep.glob("*/checkpoints/last.ckpt")):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    [job] = [p.parent for p in sweep.glob("*/status.json")]  # the second job never started
+    record = json.loads((job / "status.json").read_text())
+    assert (record["status"], record["error"]) == ("interrupted", "stopped by SIGTERM")
+    assert record["steps"] == torch.load(job / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert f"interrupted by SIGTERM at step {record['steps']}; last.ckpt saved; continue with" in out + err
