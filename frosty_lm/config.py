@@ -73,12 +73,10 @@ class ModelConfig:
         for key in ("bias", "compile", "qk_norm", "zero_init_proj", "tie_weights"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be one of: false, true")
-        head_size = self.n_embd // self.n_head
-        if self.position == "rope" and head_size % 2:
+        if self.position == "rope" and (head_size := self.n_embd // self.n_head) % 2:
             raise ValueError(f"model.position=rope needs an even head size, model.n_embd / model.n_head = {head_size}: "
                              f"choose n_embd and n_head so that it is even (e.g. model.n_embd={2 * self.n_embd})")
-        cap = self.logit_softcap
-        if cap is not None and not (is_number(cap) and 0 < cap <= FLOAT32_MAX):
+        if (cap := self.logit_softcap) is not None and not (is_number(cap) and 0 < cap <= FLOAT32_MAX):
             raise ValueError(f"model.logit_softcap={cap!r} must be a positive number (e.g. 30; at most 3.4e38), or "
                              "null for no cap")
 
@@ -90,8 +88,7 @@ class GPTConfig(ModelConfig):
     vocab_size: int = dataclasses.field(kw_only=True)  # checked with the other sizes
 
 
-# The schemas of the other nodes Frosty reads (cli.py registers them under schema/): Hydra checks the keys and types as
-# the config composes, __post_init__ the ranges (check_config builds each). trainer.* has none: it is Lightning's.
+# The other nodes' schemas, registered by cli.py as the model's (trainer.* has none: it is Lightning's).
 
 
 @dataclass
@@ -190,8 +187,10 @@ def check_config(cfg: DictConfig) -> None:
     must(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
     must(cfg.get("threads") is None or is_int(cfg.threads) and cfg.threads > 0, "threads", cfg.get("threads"),
          "a positive integer, or null for all cores")
-    chars = cfg.summary_sample_chars
-    must(is_int(chars) and chars >= 0, "summary_sample_chars", chars, "an integer >= 0")
+    must(is_int(chars := cfg.summary_sample_chars) and chars >= 0, "summary_sample_chars", chars, "an integer >= 0")
+    for node in (node for node in SCHEMAS if cfg.get(node) is None):  # ~scheduler, scheduler=null, ~model
+        group = "dataset" if node == "data" else node
+        raise FrostyError(f"{node} is not set: choose one of its options, {group}=NAME (python train.py --help)")
     try:  # (after seed: data.seed is ${seed}, typed by the data node's schema)
         check_trainer(cfg.trainer)  # first: scheduler.decay_steps follows trainer.max_steps
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -203,9 +202,9 @@ def check_config(cfg: DictConfig) -> None:
         raise FrostyError(str(err).splitlines()[0]) from None
     window = OmegaConf.select(cfg, "callbacks.throughput.window_size", default=None)  # Lightning asserts it
     must(window is None or is_int(window) and window > 1, "callbacks.throughput.window_size", window, "an integer >= 2")
+    must(cfg.data.block_size == cfg.model.block_size, "data.block_size", cfg.data.block_size,
+         f"model.block_size ({cfg.model.block_size}), which it follows: set model.block_size instead")
     for node, schemas in SCHEMAS.items():  # each node's schema, built from its values: __post_init__ checks them
-        if cfg.get(node) is None:  # ~scheduler, or scheduler=null
-            raise FrostyError(f"{node} is not set: choose one of its options, {node}=NAME (python train.py --help)")
         name = cfg[node].get("name") if node in CHOICES else next(iter(schemas))
         must(name in schemas, f"{node}.name", name, CHOICES.get(node, ""))
         settings = [f.name for f in dataclasses.fields(schemas[name])]
@@ -221,13 +220,14 @@ def check_trainer(trainer: DictConfig) -> None:
     """trainer.*: the keys Frosty reads, and those Lightning would only trip over mid-setup, with a traceback."""
     for key, low, what in (("max_steps", 1, "a positive integer"), ("val_check_interval", 1, "a positive integer"),
                            ("log_every_n_steps", 0, "an integer >= 0"),
-                           ("max_epochs", -1, "an integer >= -1 (-1: no limit; training length is max_steps)"),
+                           ("max_epochs", 1, "a positive integer, or -1 (no limit; training length is max_steps)"),
                            ("num_sanity_val_steps", -1, "an integer >= -1 (-1: the whole val split)"),
                            ("check_val_every_n_epoch", 1, "a positive integer, or null"),
                            ("accumulate_grad_batches", 1, "a positive integer")):
         value = trainer.get(key, 1 if key == "log_every_n_steps" else None)
         optional = key not in ("max_steps", "val_check_interval")
-        must(optional and value is None or is_int(value) and value >= low, f"trainer.{key}", value, what)
+        fine = is_int(value) and (value >= low or key == "max_epochs" and value == -1)
+        must(optional and value is None or fine, f"trainer.{key}", value, what)
     clip = trainer.get("gradient_clip_val")
     must(clip is None or is_number(clip) and clip >= 0, "trainer.gradient_clip_val", clip,
          "a number >= 0 (0 or null: no clipping), e.g. 1.0")
