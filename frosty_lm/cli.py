@@ -35,6 +35,8 @@ from frosty_lm.config import (
 )
 from frosty_lm.machine import cpu_precision
 
+FILE_ONLY = {"file_only": True}  # logging's `extra=`: the line goes to train.log, not to the console
+
 
 def in_sweep() -> bool:
     """Whether this is a job of a Hydra multirun (a sweep or a search)."""
@@ -99,7 +101,7 @@ def exit_on_user_error(func):
                 print(f"{job}error: {message}", file=sys.stderr, flush=True)
             if sweep_job:  # into the job's train.log too (off the console: printed above)
                 logging.getLogger("frosty").error("error: %s", message or traceback.format_exc().strip(),
-                                                  extra={"file_only": True})
+                                                  extra=FILE_ONLY)
                 return None
             sys.exit(1)
 

@@ -11,12 +11,11 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
-from frosty_lm.cli import parallel_jobs
+from frosty_lm.cli import FILE_ONLY, parallel_jobs
 from frosty_lm.config import is_int, is_number, must
 
 log = logging.getLogger("frosty")
 
-FILE_ONLY = {"file_only": True}  # logging's `extra=`: the line goes to train.log, not to the console
 
 
 class StepProgressBar(RichProgressBar):

@@ -172,8 +172,10 @@ def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
 
     parts = [f"## Samples ({chars} characters from each run's best.ckpt; prompt {prompt!r}, seed {seed}, "
              "temperature 0.8)\n"]
-    for run in (run for run in runs if (run.path / "checkpoints" / "best.ckpt").is_file()):
+    for run in runs:
         best = run.path / "checkpoints" / "best.ckpt"
+        if not best.is_file():
+            continue
         try:
             model, vocab = model_from_checkpoint(load_checkpoint(best), best)
         except FrostyError as err:

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -227,17 +228,24 @@ class SecondSignalWhileSaving(SignalAt):
             signal.raise_signal(self.signum)
 
 
-@pytest.mark.slow
-def test_a_second_ctrl_c_while_the_stop_saves_exits_at_once(tmp_path):
+def interrupted_twice(tmp_path: Path, callback: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """train.py with a test callback that sends Ctrl-C after step INTERVAL + 2 and again: it exits at once, 130, with
+    its line and no traceback."""
     (tmp_path / "corpus.txt").write_text(poem())
     run_dir = tmp_path / "r"
     result = run("train.py", *RISING, f"data.path={tmp_path / 'corpus.txt'}", f"hydra.run.dir={run_dir}",
-                 "+callbacks.signal._target_=test_stops.SecondSignalWhileSaving",
-                 f"+callbacks.signal.signum={int(signal.SIGINT)}", f"+callbacks.signal.step={INTERVAL + 2}",
-                 cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
+                 f"+callbacks.signal._target_=test_stops.{callback}", f"+callbacks.signal.signum={int(signal.SIGINT)}",
+                 f"+callbacks.signal.step={INTERVAL + 2}", cwd=tmp_path,
+                 env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.rstrip().splitlines()[-1] == ("interrupted again: exiting now; last.ckpt is the last one "
-                                                       "written")
+    last_line = result.stderr.rstrip().splitlines()[-1]
+    assert last_line == "interrupted again: exiting now; last.ckpt is the last one written", result.stderr
+    return result, run_dir
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_the_stop_saves_exits_at_once(tmp_path):
+    _, run_dir = interrupted_twice(tmp_path, "SecondSignalWhileSaving")
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == INTERVAL
 
 
@@ -253,15 +261,7 @@ class SecondSignalAsItExits(SignalAt):
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_as_the_stopped_run_exits_ends_it_at_once(tmp_path):
-    (tmp_path / "corpus.txt").write_text(poem())
-    run_dir = tmp_path / "r"
-    result = run("train.py", *RISING, f"data.path={tmp_path / 'corpus.txt'}", f"hydra.run.dir={run_dir}",
-                 "+callbacks.signal._target_=test_stops.SecondSignalAsItExits",
-                 f"+callbacks.signal.signum={int(signal.SIGINT)}", f"+callbacks.signal.step={INTERVAL + 2}",
-                 cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)}, check=False)
-    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.rstrip().splitlines()
-    assert lines[-1] == "interrupted again: exiting now; last.ckpt is the last one written", result.stderr
+    result, run_dir = interrupted_twice(tmp_path, "SecondSignalAsItExits")
     assert f"interrupted at step {INTERVAL + 2}; last.ckpt saved" in result.stdout + result.stderr
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == INTERVAL + 2
 
@@ -336,7 +336,6 @@ def test_early_stopping_is_off_by_default_and_its_patience_is_checked(invoke, te
 @pytest.mark.slow
 def test_ctrl_c_to_the_report_is_one_line(trained_run, tmp_path):
     """Not Python's KeyboardInterrupt traceback."""
-    import subprocess
     import sys
     import time
 
