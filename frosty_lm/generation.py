@@ -84,13 +84,35 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 @contextmanager
 def without_onednn() -> Iterator[None]:
-    """CPU ops without oneDNN, whose set-up per call outweighs a generation step's small ops (a process-wide flag)."""
+    """CPU ops without oneDNN, whose set-up per call outweighs a generation step's small ops. A process-wide flag:
+    set once per sample, since setting it around each character costs more than it saves."""
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:
         torch.backends.mkldnn.enabled = before
+
+
+@contextmanager
+def plain_attributes(model: torch.nn.Module) -> Iterator[None]:
+    """Each module's children, parameters and buffers, also as plain attributes: Python then finds them without
+    nn.Module.__getattr__, whose lookups are a large share of a small model's time per character. The same objects
+    under the same names, in the instance dicts only, and only until the block ends: state and forward are as they
+    were (a name that the module sets meanwhile, through nn.Module's own __setattr__, drops its copy)."""
+    copied = []
+    for module in model.modules():
+        named = [*module.named_children(), *module.named_parameters(recurse=False),
+                 *module.named_buffers(recurse=False)]
+        copies = {name: value for name, value in named if name not in module.__dict__}
+        module.__dict__.update(copies)
+        copied.append((module, copies))
+    try:
+        yield
+    finally:
+        for module, copies in copied:
+            for name in copies:
+                module.__dict__.pop(name, None)
 
 
 @torch.inference_mode()
@@ -106,8 +128,7 @@ def generate(model: Model, idx: torch.Tensor, max_new_tokens: int, temperature: 
     cache = model.new_cache() if use_cache else None
     cached = 0  # the positions of context that the cache holds: 0 .. cached - 1
     for _ in range(max_new_tokens):
-        with without_onednn():
-            logits = model(context[:, cached:], cache=cache, input_pos=cached)[0][:, -1]
+        logits = model(context[:, cached:], cache=cache, input_pos=cached)[0][:, -1]
         if cache is not None:
             cached = context.size(1)
         next_id = sample_next(logits.float(), temperature, top_k, top_p, generator)
@@ -131,14 +152,17 @@ def prompt_in(vocab: str, prompt: str) -> str:
 def sampled_ids(model: Model, vocab: str, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                 use_cache: bool = True) -> Iterator[torch.Tensor]:
-    """Yield the ids (1,) of the characters that follow prompt, on the model's device, as they are sampled."""
+    """Yield the ids (1,) of the characters that follow prompt, on the model's device, as they are sampled. Until
+    the last (or until it is closed), between characters too, the model is in eval mode, oneDNN is off and the
+    model's attributes are plain (plain_attributes)."""
     device = next(model.parameters()).device
     idx = torch.tensor([CharTokenizer(vocab).encode(prompt)], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
-        yield from generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
+        with without_onednn(), plain_attributes(model):
+            yield from generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
     finally:
         model.train(was_training)
 

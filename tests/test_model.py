@@ -140,13 +140,62 @@ def test_sampling_draws_what_torch_multinomial_draws():
     assert len(set(ours.tolist())) > 5  # a real sample, not one favourite
 
 
-def test_generation_leaves_onednn_as_it_was():
-    before = torch.backends.mkldnn.enabled
-    steps = generate(tiny(), torch.zeros(1, 1, dtype=torch.long), 3)
-    next(steps)
-    assert torch.backends.mkldnn.enabled == before  # between characters, the caller's setting holds
-    list(steps)
-    assert torch.backends.mkldnn.enabled == before
+def test_a_sample_leaves_onednn_and_train_mode_as_they_were():
+    from frosty_lm.generation import sampled_ids
+
+    model, before = tiny().train(), torch.backends.mkldnn.enabled
+    assert before  # torch's default, which a sample turns off while it runs
+    for stop_early in (False, True):
+        steps = sampled_ids(model, "abcdefghijk", "a", 3)
+        next(steps)
+        assert not torch.backends.mkldnn.enabled and not model.training
+        steps.close() if stop_early else list(steps)
+        assert torch.backends.mkldnn.enabled == before and model.training
+
+
+def test_a_sample_reads_the_modules_own_attributes_and_leaves_no_copy():
+    from frosty_lm.generation import sampled_ids
+
+    model = tiny(tie_weights=True)
+    before = {name: dict(m.__dict__) for name, m in model.named_modules()}
+    steps = sampled_ids(model, "abcdefghijk", "a", 40)
+    ids = [next(steps)]
+    block = model.blocks[0]
+    assert block.__dict__["attn"] is dict(block.named_children())["attn"]  # found without nn.Module.__getattr__
+    assert model.head.__dict__["weight"] is model.tok_emb.weight  # tied: one tensor
+    ids += list(steps)
+    assert {name: dict(m.__dict__) for name, m in model.named_modules()} == before
+    reference = generate(model, torch.zeros(1, 1, dtype=torch.long), 40, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.cat(ids), torch.cat(list(reference)))  # the same characters as without the copies
+
+
+def test_a_module_attribute_set_during_a_sample_is_the_one_read():
+    from frosty_lm.generation import plain_attributes
+
+    model = tiny()
+    with plain_attributes(model):
+        new = torch.nn.Parameter(torch.zeros_like(model.head.weight))
+        model.head.weight = new  # nn.Module's own __setattr__: the copy goes, the new parameter is read
+        assert model.head.weight is new and dict(model.head.named_parameters())["weight"] is new
+    assert model.head.weight is new and "weight" not in model.head.__dict__
+
+
+def test_a_sample_during_training_does_not_recompile_the_compiled_forward():
+    from frosty_lm.generation import sample_text
+
+    compiles = []
+
+    def counting_backend(graph, example_inputs):  # torch.compile's backend API: count, then run the graph as is
+        compiles.append(graph)
+        return graph.forward
+
+    model = tiny().train()
+    forward = torch.compile(model.forward, backend=counting_backend)
+    x = torch.randint(0, 11, (2, 16))
+    forward(x, x)[1].backward()
+    sample_text(model, "abcdefghijk", "a", 20)
+    forward(x, x)[1].backward()
+    assert len(compiles) == 1
 
 
 def test_top_k_and_top_p_restrict_the_choice():
