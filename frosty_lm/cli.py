@@ -23,6 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from frosty_lm.config import (
     AdamWConfig,
@@ -90,7 +91,11 @@ def exit_on_user_error(func):
         try:
             return func(*args, **kwargs)
         except Exception as err:
-            message = str(err) if isinstance(err, FrostyError) else error_line(err)
+            if isinstance(err, InterpolationResolutionError):  # ${...} typed in a value, and nothing by that name
+                message = (f"{err.full_key}: {str(err).splitlines()[0]}; ${{...}} in a value names another setting: "
+                           "for the characters themselves, escape them as \\${...}")
+            else:
+                message = str(err) if isinstance(err, FrostyError) else error_line(err)
             debugging = "1" in (os.environ.get("FROSTY_DEBUG"), os.environ.get("HYDRA_FULL_ERROR"))
             if debugging or (message is None and not sweep_job):
                 raise

@@ -89,8 +89,6 @@ class GPTConfig(ModelConfig):
 
 
 # The other nodes' schemas, registered by cli.py as the model's (trainer.* has none: it is Lightning's).
-
-
 @dataclass
 class AdamWConfig:
     name: str
@@ -169,8 +167,7 @@ class DataConfig:
              "a positive integer, e.g. 32")
         must(is_number(self.val_fraction) and 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
              "between 0 and 1, e.g. data.val_fraction=0.1")
-        must(self.decode_errors in ("strict", "replace"), "data.decode_errors", self.decode_errors,
-             "strict or replace")
+        must(self.decode_errors in ("strict", "replace"), "data.decode_errors", self.decode_errors, "strict or replace")
 
 
 SCHEMAS = {"model": {"gpt": ModelConfig}, "optim": {"adamw": AdamWConfig, "muon": MuonConfig},
@@ -182,7 +179,7 @@ CHOICES = {"optim": "adamw or muon (optim=adamw | optim=muon)",
 def check_config(cfg: DictConfig) -> None:
     """What the config alone shows to be wrong, in seconds (callbacks.*: where conf/callbacks/ builds them)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
     must(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
     must(cfg.get("threads") is None or is_int(cfg.threads) and cfg.threads > 0, "threads", cfg.get("threads"),
@@ -199,6 +196,8 @@ def check_config(cfg: DictConfig) -> None:
         if missing:  # the message names the key in full when an interpolation led to it
             key = missing.group(1) if "." in missing.group(1) else err.full_key
             raise FrostyError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
+        if isinstance(err, InterpolationResolutionError):
+            raise  # its line, with the key and how to escape ${, is exit_on_user_error's
         raise FrostyError(str(err).splitlines()[0]) from None
     window = OmegaConf.select(cfg, "callbacks.throughput.window_size", default=None)  # Lightning asserts it
     must(window is None or is_int(window) and window > 1, "callbacks.throughput.window_size", window, "an integer >= 2")

@@ -2,6 +2,7 @@
 fits in it. Neither Hydra nor torch at import: resolving a config calls it before torch loads."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -126,13 +127,17 @@ def check_training_fits(cfg: GPTConfig, batch_size: int, processes: int = 1, gpu
 
     from frosty_lm.model import build
 
-    with torch.device("meta"):  # the model's size, without its memory
-        n_params = build(cfg).num_params()
+    # the model's size without its memory (the meta device), from one block and two: the blocks are alike, and a
+    # deep model takes long to build even there
+    with torch.device("meta"):
+        one, two = (build(dataclasses.replace(cfg, n_layer=n)).num_params() for n in (1, 2))
+    n_params = one + (cfg.n_layer - 1) * (two - one)
     copies = 1 if gpu else processes
     needed = training_memory(n_params, batch_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
                              cfg.vocab_size, copies)
+    weights = 2 * 16 * n_params * copies > needed  # weights, gradients and AdamW's state: more than half
     fix = ("choose a smaller model (model.n_embd, model.n_layer): its weights, gradients and AdamW's state take most "
-           "of it" if 2 * 16 * n_params * copies > needed else "lower data.batch_size or model.block_size")
+           "of it" if weights else "lower data.batch_size, model.block_size or model.n_layer")
     check_fits(needed, f"training (batch {batch_size} x {cfg.block_size} characters, {n_params:,} parameters)", fix,
                gpu)
 

@@ -163,6 +163,25 @@ def test_a_model_too_large_to_build_is_refused_before_it_is_built(invoke, text_f
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
+def test_a_model_too_deep_to_build_is_refused_at_once(invoke, text_file, tmp_path):
+    code, _, err = invoke("train.py", *TINY, f"model.n_layer={2**24}", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "213,137,755,008 parameters) needs about", "model.n_layer")
+
+
+@pytest.mark.parametrize("options", [{}, {"tie_weights": True, "position": "rope", "qk_norm": True, "bias": False},
+                                     {"kind": "bigram"}])
+def test_the_memory_check_counts_the_parameters_of_the_model_it_would_build(monkeypatch, options):
+    import frosty_lm.machine as machine
+    from frosty_lm.config import GPTConfig
+    from frosty_lm.model import build
+
+    monkeypatch.setattr(machine, "available_memory", lambda: 1)
+    cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=5, n_head=2, n_embd=16, **options)
+    with pytest.raises(FrostyError, match=f"characters, {build(cfg).num_params():,} parameters\\) needs about"):
+        machine.check_training_fits(cfg, batch_size=4)
+
+
 def test_a_corpus_that_cannot_fit_in_memory_is_refused_before_it_is_read(invoke, text_file, tmp_path, monkeypatch):
     import frosty_lm.machine as machine
 
@@ -181,7 +200,7 @@ def test_a_model_that_would_not_fit_on_the_gpu_is_refused_with_the_numbers(invok
     code, _, err = invoke("train.py", *TINY, "trainer=gpu", "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "training (batch 8 x 32 characters,", "and the GPU has 0.0 GiB available: "
-                          "lower data.batch_size or model.block_size")
+                          "lower data.batch_size, model.block_size or model.n_layer")
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 

@@ -203,6 +203,15 @@ def test_text_dataset_needs_a_path(invoke, tmp_path):
     assert_one_line_error(code, err, "data.path has no value")
 
 
+@pytest.mark.parametrize("script, key", [("train.py", "callbacks.sample_text.prompt"), ("train.py", "model.n_layer"),
+                                         ("generate.py", "prompt")])
+def test_an_interpolation_of_nothing_names_its_key_and_the_escape(invoke, tmp_path, script, key):
+    code, out, err = invoke(script, f"{key}=${{nothing}}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, f"{key}: Interpolation key 'nothing' not found; ${{...}} in a value names "
+                                     "another setting: for the characters themselves, escape them as \\${...}")
+    assert out == "" and not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_invalid_utf8_can_be_replaced(invoke, tmp_path):
     path = corpus_case(tmp_path, "latin1")
     code, _, err = invoke("train.py", *TINY, "trainer.max_steps=2", "dataset=text", f"data.path={path}",
