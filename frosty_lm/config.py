@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -182,8 +183,8 @@ def check_config(cfg: DictConfig) -> None:
     from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
     must(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed, "an integer in [0, 2**32)")
-    must(cfg.get("threads") is None or is_int(cfg.threads) and cfg.threads > 0, "threads", cfg.get("threads"),
-         "a positive integer, or null for all cores")
+    must(cfg.get("threads") is None or is_int(cfg.threads) and 0 < cfg.threads <= (os.cpu_count() or 1), "threads",
+         cfg.get("threads"), f"a positive integer up to this machine's {os.cpu_count() or 1} cores, or null for all")
     must(is_int(chars := cfg.summary_sample_chars) and chars >= 0, "summary_sample_chars", chars, "an integer >= 0")
     for node in (node for node in SCHEMAS if cfg.get(node) is None):  # ~scheduler, scheduler=null, ~model
         group = "dataset" if node == "data" else node
@@ -227,6 +228,7 @@ def check_trainer(trainer: DictConfig) -> None:
         optional = key not in ("max_steps", "val_check_interval")
         fine = is_int(value) and (value >= low or key == "max_epochs" and value == -1)
         must(optional and value is None or fine, f"trainer.{key}", value, what)
+    must((n := trainer.get("accumulate_grad_batches") or 1) < 2**63, "trainer.accumulate_grad_batches", n, "< 2**63")
     clip = trainer.get("gradient_clip_val")
     must(clip is None or is_number(clip) and clip >= 0, "trainer.gradient_clip_val", clip,
          "a number >= 0 (0 or null: no clipping), e.g. 1.0")
@@ -243,7 +245,6 @@ def max_time_seconds(max_time) -> float | None:
     example = "a time budget DD:HH:MM:SS, e.g. trainer.max_time=00:00:03:00 (3 minutes), or null for none"
     if not isinstance(max_time, str) or not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", max_time.strip()):
         raise FrostyError(f"trainer.max_time={max_time!r} must be {example}")
-    days, hours, minutes, seconds = (int(part) for part in max_time.strip().split(":"))
-    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    total = sum(int(part) * unit for part, unit in zip(max_time.strip().split(":"), (86400, 3600, 60, 1)))
     must(total > 0, "trainer.max_time", max_time, f"longer than no time: {example}")
     return float(total)

@@ -14,7 +14,9 @@ from test_reliability import assert_one_line_error
 
 
 @pytest.mark.parametrize("override, message", [
-    ("threads=0", "threads=0 must be a positive integer, or null for all cores"),
+    ("threads=0", f"threads=0 must be a positive integer up to this machine's {os.cpu_count()} cores, or null"),
+    ("threads=100000", "threads=100000 must be a positive integer up to"),  # a thread each: memory runs out
+    (f"+trainer.accumulate_grad_batches={2**70}", f"trainer.accumulate_grad_batches={2**70} must be < 2**63"),
     ("threads=two", "threads='two' must be a positive integer"),
     ("seed=-1", "seed=-1 must be an integer in [0, 2**32)"),
     ("seed=abc", "seed='abc' must be an integer"),
@@ -32,6 +34,13 @@ def test_bad_values_are_refused_before_anything_runs(invoke, text_file, tmp_path
                           f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_max_time_is_read_as_lightnings_timer_reads_it():
+    from frosty_lm.config import max_time_seconds
+
+    assert max_time_seconds("01:02:03:04") == ((1 * 24 + 2) * 60 + 3) * 60 + 4
+    assert max_time_seconds(" 00:00:00:05 ") == 5.0 and max_time_seconds(None) is None
 
 
 def test_a_fifo_is_refused_as_a_corpus_and_as_a_checkpoint(invoke, tmp_path):
