@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, InterpolationResolutionError
 
 from frosty_lm.config import (
     AdamWConfig,
@@ -91,9 +91,13 @@ def exit_on_user_error(func):
         try:
             return func(*args, **kwargs)
         except Exception as err:
-            if isinstance(err, InterpolationResolutionError):  # ${...} typed in a value, and nothing by that name
-                message = (f"{err.full_key}: {str(err).splitlines()[0]}; ${{...}} in a value names another setting: "
-                           "for the characters themselves, escape them as \\${...}")
+            if isinstance(err, InterpolationResolutionError):  # a ${...} that resolves to nothing usable
+                typed = isinstance(err, InterpolationKeyError) and any("${" in arg for arg in sys.argv[1:])
+                message = f"{err.full_key}: {str(err).splitlines()[0]}" + (
+                    "; ${...} in a value names another setting: for the characters themselves, escape them as \\${...}"
+                    if typed else "")
+            elif isinstance(err, (ConfigAttributeError, ConfigKeyError)) and err.full_key:  # removed with ~KEY
+                message = f"{err.full_key} is not set: give it a value ({err.full_key}=...) rather than remove it"
             else:
                 message = str(err) if isinstance(err, FrostyError) else error_line(err)
             debugging = "1" in (os.environ.get("FROSTY_DEBUG"), os.environ.get("HYDRA_FULL_ERROR"))

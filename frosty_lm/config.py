@@ -186,7 +186,7 @@ def check_config(cfg: DictConfig) -> None:
     must(cfg.get("threads") is None or is_int(cfg.threads) and 0 < cfg.threads <= (os.cpu_count() or 1), "threads",
          cfg.get("threads"), f"a positive integer up to this machine's {os.cpu_count() or 1} cores, or null for all")
     must(is_int(chars := cfg.summary_sample_chars) and chars >= 0, "summary_sample_chars", chars, "an integer >= 0")
-    for node in (node for node in SCHEMAS if cfg.get(node) is None):  # ~scheduler, scheduler=null, ~model
+    for node in (node for node in (*SCHEMAS, "trainer") if cfg.get(node) is None):  # ~scheduler, scheduler=null
         group = "dataset" if node == "data" else node
         raise FrostyError(f"{node} is not set: choose one of its options, {group}=NAME (python train.py --help)")
     try:  # (after seed: data.seed is ${seed}, typed by the data node's schema)

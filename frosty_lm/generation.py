@@ -44,10 +44,12 @@ def check_text(value, key: str) -> None:
 
 def typed_value(key: str) -> str | None:  # VALUE of key=VALUE as typed in Hydra's command-line overrides, if given
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     if not HydraConfig.initialized():
         return None
-    for override in reversed(HydraConfig.get().overrides.task):  # the last given is the one Hydra applied
+    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task)  # as typed: a ${...} in one stays text
+    for override in reversed(overrides):  # the last given is the one Hydra applied
         name, sep, value = override.lstrip("+~").partition("=")
         if sep and name == key:
             return value

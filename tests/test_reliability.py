@@ -98,6 +98,8 @@ SLOW = pytest.mark.slow  # each family of checks keeps one or two cases in the d
         pytest.param(["callbacks.model_checkpoint.save_top_k=-5"],
                      "callbacks.model_checkpoint: Invalid value for save_top_k=-5. Must be >= -1", marks=SLOW),
         (["~scheduler"], "scheduler is not set: choose one of its options, scheduler=NAME"),
+        (["~seed"], "seed is not set: give it a value (seed=...) rather than remove it"),
+        pytest.param(["~summary_sample_chars"], "summary_sample_chars is not set: give it a value", marks=SLOW),
         (["trainer.accelerator=foo"], "You selected an invalid accelerator name: `accelerator='foo'`"),
         pytest.param(["trainer.precision=17"], "Precision 17 is invalid", marks=SLOW),
     ],
@@ -210,6 +212,19 @@ def test_an_interpolation_of_nothing_names_its_key_and_the_escape(invoke, tmp_pa
     assert_one_line_error(code, err, f"{key}: Interpolation key 'nothing' not found; ${{...}} in a value names "
                                      "another setting: for the characters themselves, escape them as \\${...}")
     assert out == "" and not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_a_removed_trainer_or_paths_is_one_line_without_the_escape_hint(invoke, tmp_path):
+    code, _, err = invoke("train.py", "~trainer", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "trainer is not set: choose one of its options, trainer=NAME")
+    code, _, err = invoke("train.py", "~paths", f"hydra.run.dir={tmp_path / 'r'}")  # conf/'s own ${paths...}
+    assert_one_line_error(code, err, "trainer.default_root_dir: Interpolation key 'paths.output_dir' not found")
+    assert "escape" not in err
+
+
+def test_an_override_holding_an_interpolation_does_not_hide_another_error(invoke, tmp_path):
+    code, out, err = invoke("generate.py", "prompt=1e5", "device=${nothing}", f"ckpt_path={tmp_path / 'none.ckpt'}")
+    assert_one_line_error(code, err, "prompt=1e5 was read as a number, not text: quote it")
 
 
 def test_invalid_utf8_can_be_replaced(invoke, tmp_path):
