@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm import cli, corpus
-from frosty_lm.cli import command_arg, error_line, exit_on_user_error, in_sweep, parallel_jobs
+from frosty_lm.cli import command_arg, exit_on_user_error, in_sweep, parallel_jobs, user_message
 from frosty_lm.config import FrostyError, GPTConfig, check_config, is_int
 from frosty_lm.run_dirs import forget_refused_resume, resume_if_asked
 from frosty_lm.status import RunLock, RunRecord, summarise
@@ -107,8 +107,8 @@ def run_training(cfg: DictConfig) -> float | None:
                 record.write(status="interrupted", error="stopped by SIGINT before the first step",
                              training_started=record.training_started)
             else:  # the error as its line says it; steps and best val loss as the checkpoints kept them
-                record.write(status="failed", error=error_line(err) or (str(err) or type(err).__name__).splitlines()[0],
-                             training_started=record.training_started,
+                line = user_message(err) or (str(err) or type(err).__name__).splitlines()[0]
+                record.write(status="failed", error=line, training_started=record.training_started,
                              **(record.checkpointed() if record.training_started else {}))
             raise
         record.write(status="finished")

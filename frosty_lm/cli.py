@@ -81,9 +81,27 @@ def error_line(err: BaseException) -> str | None:
     return None
 
 
+def user_message(err: BaseException) -> str | None:
+    """The line a user gets for err: a FrostyError's; an interpolation that resolves to nothing, or a key removed
+    with ~KEY, named; a file-system or memory error's (error_line); None for an unexpected error."""
+    if isinstance(err, FrostyError):
+        return str(err)
+    if isinstance(err, InterpolationResolutionError):
+        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        typed = [o for o in overrides if re.search(r"(?<!\\)\$\{", o)]  # a ${ typed, not escaped (\${)
+        key = err.full_key or (typed[0].split("=")[0].lstrip("+~") if typed else "")  # (a .get() names none)
+        line = str(err).splitlines()[0]
+        if typed and isinstance(err, InterpolationKeyError):
+            line += "; ${...} in a value names another setting: for the characters themselves, escape them as \\${...}"
+        return f"{key}: {line}" if key else line
+    if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and err.full_key:  # removed with ~KEY
+        return f"{err.full_key} is not set: give it a value ({err.full_key}=...) rather than remove it"
+    return error_line(err)
+
+
 def exit_on_user_error(func):
-    """A FrostyError, or a file-system or memory error (error_line), prints `error: ...` and exits 1 (FROSTY_DEBUG=1
-    or HYDRA_FULL_ERROR=1: raised). A sweep's failing job returns None, whatever the error: the sweep goes on."""
+    """An error with a user_message prints `error: ...` and exits 1 (FROSTY_DEBUG=1 or HYDRA_FULL_ERROR=1: raised).
+    A sweep's failing job returns None, whatever the error: the sweep goes on."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -91,15 +109,7 @@ def exit_on_user_error(func):
         try:
             return func(*args, **kwargs)
         except Exception as err:
-            if isinstance(err, InterpolationResolutionError):  # a ${...} that resolves to nothing usable
-                typed = isinstance(err, InterpolationKeyError) and any("${" in arg for arg in sys.argv[1:])
-                message = f"{err.full_key}: {str(err).splitlines()[0]}" + (
-                    "; ${...} in a value names another setting: for the characters themselves, escape them as \\${...}"
-                    if typed else "")
-            elif isinstance(err, (ConfigAttributeError, ConfigKeyError)) and err.full_key:  # removed with ~KEY
-                message = f"{err.full_key} is not set: give it a value ({err.full_key}=...) rather than remove it"
-            else:
-                message = str(err) if isinstance(err, FrostyError) else error_line(err)
+            message = user_message(err)
             debugging = "1" in (os.environ.get("FROSTY_DEBUG"), os.environ.get("HYDRA_FULL_ERROR"))
             if debugging or (message is None and not sweep_job):
                 raise

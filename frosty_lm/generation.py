@@ -39,7 +39,9 @@ def check_text(value, key: str) -> None:
     what = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
             else "a mapping" if hasattr(value, "keys") else "a list")
     typed = typed_value(key) or str(value)
-    raise FrostyError(f"{key}={typed} was read as {what}, not text: quote it, '{key}=\"{typed}\"'")
+    fix = ("${...} names another setting: for the characters themselves, escape them as \\${...}" if "${" in typed
+           else f"quote it, '{key}=\"{typed}\"'")
+    raise FrostyError(f"{key}={typed} was read as {what}, not text: {fix}")
 
 
 def typed_value(key: str) -> str | None:  # VALUE of key=VALUE as typed in Hydra's command-line overrides, if given
@@ -86,8 +88,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 @contextmanager
 def without_onednn() -> Iterator[None]:
-    """CPU ops without oneDNN, whose set-up per call outweighs a generation step's small ops. A process-wide flag:
-    set once per sample, since setting it around each character costs more than it saves."""
+    """CPU ops without oneDNN, whose set-up per call outweighs a generation step's small ops (a process-wide flag)."""
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
@@ -101,7 +102,8 @@ def plain_attributes(model: torch.nn.Module) -> Iterator[None]:
     """Each module's children, parameters and buffers, also as plain attributes: Python then finds them without
     nn.Module.__getattr__, whose lookups are a large share of a small model's time per character. The same objects
     under the same names, in the instance dicts only, and only until the block ends: state and forward are as they
-    were (a name that the module sets meanwhile, through nn.Module's own __setattr__, drops its copy)."""
+    were. Meanwhile the model must keep its tensors (a sample does): a parameter or module set anew drops its
+    copy, but a buffer set anew, a deleted attribute or .to() would leave a copy of the old one until the end."""
     copied = []
     for module in model.modules():
         named = [*module.named_children(), *module.named_parameters(recurse=False),
@@ -130,7 +132,8 @@ def generate(model: Model, idx: torch.Tensor, max_new_tokens: int, temperature: 
     cache = model.new_cache() if use_cache else None
     cached = 0  # the positions of context that the cache holds: 0 .. cached - 1
     for _ in range(max_new_tokens):
-        logits = model(context[:, cached:], cache=cache, input_pos=cached)[0][:, -1]
+        with without_onednn():
+            logits = model(context[:, cached:], cache=cache, input_pos=cached)[0][:, -1]
         if cache is not None:
             cached = context.size(1)
         next_id = sample_next(logits.float(), temperature, top_k, top_p, generator)
@@ -155,15 +158,15 @@ def sampled_ids(model: Model, vocab: str, prompt: str, max_new_tokens: int, temp
                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
                 use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield the ids (1,) of the characters that follow prompt, on the model's device, as they are sampled. Until
-    the last (or until it is closed), between characters too, the model is in eval mode, oneDNN is off and the
-    model's attributes are plain (plain_attributes)."""
+    the last (or until it is closed), between characters too, the model is in eval mode and its attributes are
+    plain (plain_attributes)."""
     device = next(model.parameters()).device
     idx = torch.tensor([CharTokenizer(vocab).encode(prompt)], dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
-        with without_onednn(), plain_attributes(model):
+        with plain_attributes(model):
             yield from generate(model, idx, max_new_tokens, temperature, top_k, top_p, generator, use_cache)
     finally:
         model.train(was_training)

@@ -133,8 +133,9 @@ def check_training_fits(cfg: GPTConfig, batch_size: int, processes: int = 1, gpu
         one, two = (build(dataclasses.replace(cfg, n_layer=n)).num_params() for n in (1, 2))
     n_params = one + (cfg.n_layer - 1) * (two - one)
     copies = 1 if gpu else processes
-    needed = training_memory(n_params, batch_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd,
-                             cfg.vocab_size, copies)
+    layers = cfg.n_layer if cfg.kind == "gpt" else 0  # a bigram model has no blocks
+    needed = training_memory(n_params, batch_size, cfg.block_size, layers, cfg.n_head, cfg.n_embd, cfg.vocab_size,
+                             copies)
     weights = 2 * 16 * n_params * copies > needed  # weights, gradients and AdamW's state: more than half
     fix = ("choose a smaller model (model.n_embd, model.n_layer): its weights, gradients and AdamW's state take most "
            "of it" if weights else "lower data.batch_size, model.block_size or model.n_layer")

@@ -51,6 +51,7 @@ def test_dropout_group_sets_model_dropout_and_a_key_still_overrides_it():
     assert compose_train("model.dropout=0.15").model.dropout == 0.15
     for experiment in ("seed_frosty", "speedrun", "yoda_dropout"):  # a preset leaves the dropout group its say
         assert compose_train(f"+experiment={experiment}", "dropout=heavy").model.dropout == 0.4
+    assert compose_train("+experiment=speedrun", "model=medium").model.dropout == 0.0  # its own, not medium's
 
 
 

@@ -178,6 +178,13 @@ def test_a_model_too_deep_to_build_is_refused_at_once(invoke, text_file, tmp_pat
     assert_one_line_error(code, err, "213,137,755,008 parameters) needs about", "model.n_layer")
 
 
+def test_a_bigram_model_is_sized_without_the_blocks_it_does_not_have():
+    from frosty_lm.config import GPTConfig
+    from frosty_lm.machine import check_training_fits
+
+    check_training_fits(GPTConfig(vocab_size=97, block_size=64, n_layer=2**24, kind="bigram"), batch_size=32)
+
+
 @pytest.mark.parametrize("options", [{}, {"tie_weights": True, "position": "rope", "qk_norm": True, "bias": False},
                                      {"kind": "bigram"}])
 def test_the_memory_check_counts_the_parameters_of_the_model_it_would_build(monkeypatch, options):

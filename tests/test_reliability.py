@@ -222,6 +222,39 @@ def test_a_removed_trainer_or_paths_is_one_line_without_the_escape_hint(invoke, 
     assert "escape" not in err
 
 
+@pytest.mark.parametrize("script, key", [("generate.py", "prompt"), ("train.py", "callbacks.sample_text.prompt")])
+def test_a_prompt_that_names_a_number_is_told_to_escape_not_to_quote(invoke, text_file, tmp_path, script, key):
+    corpus = ["dataset=text", f"data.path={text_file}"] if script == "train.py" else []
+    code, _, err = invoke(script, f"{key}=${{seed}}", *corpus, f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, f"{key}=${{seed}} was read as a number, not text: ${{...}} names another "
+                                     "setting: for the characters themselves, escape them as \\${...}")
+
+
+def test_an_interpolation_read_with_get_is_named_by_its_override(invoke, tmp_path):
+    code, _, err = invoke("train.py", "threads=${nothing}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "threads: Interpolation key 'nothing' not found; ${...} in a value names")
+
+
+def test_an_escaped_interpolation_does_not_bring_the_hint(invoke, tmp_path):
+    code, _, err = invoke("train.py", "~paths", "callbacks.sample_text.prompt=\\${x}", f"hydra.run.dir={tmp_path}")
+    assert_one_line_error(code, err, "trainer.default_root_dir: Interpolation key 'paths.output_dir' not found")
+    assert "escape" not in err
+
+
+def test_a_sweep_jobs_status_records_the_line_the_console_shows():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError
+
+    from frosty_lm.cli import user_message
+
+    cfg = OmegaConf.create({"seed": 1})
+    OmegaConf.set_struct(cfg, True)
+    with pytest.raises(ConfigAttributeError) as removed:
+        cfg.summary_sample_chars  # noqa: B018 (read, as train.py reads it)
+    assert user_message(removed.value) == ("summary_sample_chars is not set: give it a value "
+                                           "(summary_sample_chars=...) rather than remove it")
+
+
 def test_an_override_holding_an_interpolation_does_not_hide_another_error(invoke, tmp_path):
     code, out, err = invoke("generate.py", "prompt=1e5", "device=${nothing}", f"ckpt_path={tmp_path / 'none.ckpt'}")
     assert_one_line_error(code, err, "prompt=1e5 was read as a number, not text: quote it")
