@@ -76,6 +76,9 @@ class RunDirectory(Callback):
         with or_exit():
             if any(Path(sweep).rglob("*.ckpt")):  # a new sweep's is named to the microsecond; one given may hold runs
                 raise FrostyError(f"{sweep} already holds a sweep's runs: choose another hydra.sweep.dir")
+            if OmegaConf.select(config, "hydra.launcher.n_jobs") == 0:  # joblib's traceback says it has no meaning
+                raise FrostyError("hydra.launcher.n_jobs=0 must be the number of jobs at a time (1, 2, ...), or -1 "
+                                  "for one per core")
             make_dir(sweep, "paths.outputs_dir=DIR (or hydra.sweep.dir=DIR)")
 
     @staticmethod

@@ -352,6 +352,13 @@ def test_the_sweep_summary_finds_jobs_at_any_depth(tmp_path, monkeypatch):
     assert "failed: 0/3: not divisible" in err
 
 
+def test_a_sweep_of_zero_jobs_at_a_time_is_one_line_before_any_job(invoke, tmp_path):
+    code, _, err = invoke("train.py", "-m", "hydra.launcher.n_jobs=0", "seed=1,2", f"hydra.sweep.dir={tmp_path}")
+    assert code == 1 and err.strip() == ("error: hydra.launcher.n_jobs=0 must be the number of jobs at a time (1, "
+                                         "2, ...), or -1 for one per core")
+    assert not list(tmp_path.iterdir())
+
+
 def test_resume_in_a_sweep_is_one_line_for_its_job(invoke, tmp_path):
     code, _, err = invoke("train.py", "-m", "hydra/launcher=basic", "resume=latest", "trainer.max_steps=40,50",
                           f"paths.outputs_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
