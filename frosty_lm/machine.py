@@ -136,9 +136,9 @@ def check_training_fits(cfg: GPTConfig, batch_size: int, processes: int = 1, gpu
     layers = cfg.n_layer if cfg.kind == "gpt" else 0  # a bigram model has no blocks
     needed = training_memory(n_params, batch_size, cfg.block_size, layers, cfg.n_head, cfg.n_embd, cfg.vocab_size,
                              copies)
-    weights = 2 * 16 * n_params * copies > needed  # weights, gradients and AdamW's state: more than half
+    mostly_weights = 2 * 16 * n_params * copies > needed  # weights, gradients and AdamW's state: over half
     fix = ("choose a smaller model (model.n_embd, model.n_layer): its weights, gradients and AdamW's state take most "
-           "of it" if weights else "lower data.batch_size, model.block_size or model.n_layer")
+           "of it" if mostly_weights else "lower data.batch_size, model.block_size or model.n_layer")
     check_fits(needed, f"training (batch {batch_size} x {cfg.block_size} characters, {n_params:,} parameters)", fix,
                gpu)
 

@@ -89,8 +89,7 @@ class RunRecord:
         os.replace(tmp, self.path)
 
     def start(self, overrides: list[str]) -> None:
-        earlier = self.data.get("overrides", [])
-        earlier = earlier if isinstance(earlier, list) else []
+        earlier = self.data["overrides"] if isinstance(self.data.get("overrides"), list) else []
         added = [o for o in overrides if not o.startswith("resume=") and o not in earlier]
         self.data.pop("error", None)
         now = datetime.now().isoformat(timespec="seconds")
@@ -229,14 +228,15 @@ class SweepSummary(Callback):
         early = {"status": "failed", "error": "before training: see its train.log"}  # (it wrote no status.json)
         jobs = sorted(p.parent for p in sweep.rglob(".hydra") if p.is_dir())  # (hydra.sweep.subdir may nest them)
         records = {str(job.relative_to(sweep)): run_record(job) or early for job in jobs}
+        reportable = any(record is not early for record in records.values())  # the report reads status.json
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
         killed = [name for name, r in records.items() if r.get("status") == "running" and not alive(r.get("pid"))]
         interrupted = [name for name, r in records.items() if r.get("status") == "interrupted"]
         finished = sum(r.get("status") == "finished" for r in records.values())
         counts = {"failed": len(failed), "interrupted": len(interrupted), "killed": len(killed)}
         others = "".join(f", {n} {state}" for state, n in counts.items() if n)
-        say(f"sweep {sweep}: {finished} of {len(records)} runs finished{others}; "
-            f"compare them with: python -m frosty_lm.report {shlex.quote(str(sweep))}")
+        compare = f"; compare them with: python -m frosty_lm.report {shlex.quote(str(sweep))}" if reportable else ""
+        say(f"sweep {sweep}: {finished} of {len(records)} runs finished{others}{compare}")
         for name in interrupted:
             say(f"interrupted: {name}: continue it with python train.py {command_arg('resume', sweep / name)}")
         for name, record in failed.items():

@@ -350,6 +350,13 @@ def test_the_sweep_summary_finds_jobs_at_any_depth(tmp_path, monkeypatch):
     err = "\n".join(said)
     assert exit_.value.code == 1 and f"sweep {tmp_path}: 1 of 2 runs finished, 1 failed" in err
     assert "failed: 0/3: not divisible" in err
+    assert "compare them with: python -m frosty_lm.report" in err
+    for job in ("0/3", "1/2"):  # jobs that failed before training wrote no status.json: nothing for the report
+        (tmp_path / job / "status.json").unlink()
+    said.clear()
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert said[0] == f"sweep {tmp_path}: 0 of 2 runs finished, 2 failed"
 
 
 def test_a_sweep_of_zero_jobs_at_a_time_is_one_line_before_any_job(invoke, tmp_path):

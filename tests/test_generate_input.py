@@ -112,6 +112,17 @@ def test_a_temperature_too_small_to_divide_by_decodes_greedily(invoke, trained_r
     assert sample_next(logits, temperature=1e-40).tolist() == [1]
 
 
+def test_ctrl_c_while_generate_py_samples_is_one_line_and_exit_status_130(invoke, trained_run, monkeypatch):
+    from frosty_lm import generation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generation, "sample_next", interrupted)  # the first character, as a Ctrl-C would stop it
+    code, _, err = invoke("generate.py", f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}")
+    assert code == 130 and err.strip().endswith("interrupted: nothing more was saved") and "Traceback" not in err
+
+
 @pytest.mark.parametrize("typed, what", [("1e5", "a number"), ("42", "a number"), ("true", "a boolean")])
 def test_a_prompt_read_as_a_number_or_boolean_is_refused_before_a_checkpoint_loads(invoke, tmp_path, typed, what):
     """Hydra reads prompt=1e5 as 100000.0 and prompt=true as True: sampling from their text is not what was asked."""
