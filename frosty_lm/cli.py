@@ -92,7 +92,7 @@ def user_message(err: BaseException) -> str | None:
         key = err.full_key or (typed[0].split("=")[0].lstrip("+~") if typed else "")  # (a .get() names none)
         line = str(err).splitlines()[0]
         if typed and isinstance(err, InterpolationKeyError):
-            line += "; ${...} in a value names another setting: for the characters themselves, escape them as \\${...}"
+            line += "; ${...} in a value names another setting (generate.py's prompt writes the characters as \\${)"
         return f"{key}: {line}" if key else line
     if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and err.full_key:  # removed with ~KEY
         return f"{err.full_key} is not set: give it a value ({err.full_key}=...) rather than remove it"

@@ -39,8 +39,7 @@ def check_text(value, key: str) -> None:
     what = ("a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float))
             else "a mapping" if hasattr(value, "keys") else "a list")
     typed = typed_value(key) or str(value)
-    fix = ("${...} names another setting: for the characters themselves, escape them as \\${...}" if "${" in typed
-           else f"quote it, '{key}=\"{typed}\"'")
+    fix = "${...} names another setting" if "${" in typed else f"quote it, '{key}=\"{typed}\"'"
     raise FrostyError(f"{key}={typed} was read as {what}, not text: {fix}")
 
 

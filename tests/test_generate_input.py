@@ -112,6 +112,11 @@ def test_a_temperature_too_small_to_divide_by_decodes_greedily(invoke, trained_r
     assert sample_next(logits, temperature=1e-40).tolist() == [1]
 
 
+def test_an_escaped_interpolation_in_generate_pys_prompt_is_its_characters(invoke, trained_run):
+    code, _, err = invoke("generate.py", f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}", "prompt=a\\${x}")
+    assert_one_line_error(code, err, "prompt characters not in the checkpoint's vocabulary: '$', '{'")
+
+
 def test_ctrl_c_while_generate_py_samples_is_one_line_and_exit_status_130(invoke, trained_run, monkeypatch):
     from frosty_lm import generation
 

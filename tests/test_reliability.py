@@ -207,27 +207,27 @@ def test_text_dataset_needs_a_path(invoke, tmp_path):
 
 @pytest.mark.parametrize("script, key", [("train.py", "callbacks.sample_text.prompt"), ("train.py", "model.n_layer"),
                                          ("generate.py", "prompt")])
-def test_an_interpolation_of_nothing_names_its_key_and_the_escape(invoke, tmp_path, script, key):
+def test_an_interpolation_of_nothing_names_its_key_and_says_what_it_is(invoke, tmp_path, script, key):
     code, out, err = invoke(script, f"{key}=${{nothing}}", f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, f"{key}: Interpolation key 'nothing' not found; ${{...}} in a value names "
-                                     "another setting: for the characters themselves, escape them as \\${...}")
+                                     "another setting (generate.py's prompt writes the characters as \\${)")
     assert out == "" and not (tmp_path / "r" / "checkpoints").exists()
 
 
-def test_a_removed_trainer_or_paths_is_one_line_without_the_escape_hint(invoke, tmp_path):
+def test_a_removed_trainer_or_paths_is_one_line_without_the_interpolation_hint(invoke, tmp_path):
     code, _, err = invoke("train.py", "~trainer", f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, "trainer is not set: choose one of its options, trainer=NAME")
     code, _, err = invoke("train.py", "~paths", f"hydra.run.dir={tmp_path / 'r'}")  # conf/'s own ${paths...}
     assert_one_line_error(code, err, "trainer.default_root_dir: Interpolation key 'paths.output_dir' not found")
-    assert "escape" not in err
+    assert "names another setting" not in err
 
 
 @pytest.mark.parametrize("script, key", [("generate.py", "prompt"), ("train.py", "callbacks.sample_text.prompt")])
-def test_a_prompt_that_names_a_number_is_told_to_escape_not_to_quote(invoke, text_file, tmp_path, script, key):
+def test_a_prompt_that_names_a_number_is_not_told_to_quote_it(invoke, text_file, tmp_path, script, key):
     corpus = ["dataset=text", f"data.path={text_file}"] if script == "train.py" else []
     code, _, err = invoke(script, f"{key}=${{seed}}", *corpus, f"hydra.run.dir={tmp_path / 'r'}")
     assert_one_line_error(code, err, f"{key}=${{seed}} was read as a number, not text: ${{...}} names another "
-                                     "setting: for the characters themselves, escape them as \\${...}")
+                                     "setting")
 
 
 def test_an_interpolation_read_with_get_is_named_by_its_override(invoke, tmp_path):
@@ -235,10 +235,17 @@ def test_an_interpolation_read_with_get_is_named_by_its_override(invoke, tmp_pat
     assert_one_line_error(code, err, "threads: Interpolation key 'nothing' not found; ${...} in a value names")
 
 
-def test_an_escaped_interpolation_does_not_bring_the_hint(invoke, tmp_path):
+def test_an_escaped_interpolation_does_not_bring_the_interpolation_hint(invoke, tmp_path):
     code, _, err = invoke("train.py", "~paths", "callbacks.sample_text.prompt=\\${x}", f"hydra.run.dir={tmp_path}")
     assert_one_line_error(code, err, "trainer.default_root_dir: Interpolation key 'paths.output_dir' not found")
-    assert "escape" not in err
+    assert "names another setting" not in err
+
+
+def test_a_callbacks_prompt_cannot_hold_an_escaped_interpolation(invoke, text_file, tmp_path):
+    """Hydra's instantiate resolves the callback's config, and then the escaped value's ${x} again: one line."""
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}",
+                          "callbacks.sample_text.prompt=a\\${x}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "callbacks.sample_text.prompt: Interpolation key 'x' not found")
 
 
 def test_a_sweep_jobs_status_records_the_line_the_console_shows():
