@@ -79,38 +79,38 @@ def run_training(cfg: DictConfig) -> float | None:
         cfg, start, overrides = resume_if_asked(cfg)
         lock = RunLock(cfg.paths.output_dir)
         lock.acquire()  # before anything of the run is written: a second trainer of it is refused
+        record = RunRecord(cfg.paths.output_dir, resumed=resumed)  # (written whole or not at all)
+        record.start(overrides, command=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
     except BaseException:
         if resumed:
             forget_refused_resume()
         raise
     try:
-        record = RunRecord(cfg.paths.output_dir, resumed=resumed)
-        record.start(overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
-        try:
-            best = fit(cfg, record, start, overrides)
-        except (Stopped, SIGTERMException) as stop:
-            signum = stop.signum if isinstance(stop, Stopped) else signal.SIGTERM
-            record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}", training_started=True)
-            how = "" if signum == signal.SIGINT else " by SIGTERM"
-            log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how,
-                     record.data.get("steps", 0), command_arg("resume", Path(cfg.paths.output_dir)))
-            if in_sweep() and (signum == signal.SIGINT or parallel_jobs() > 1):  # the sweep goes on (a parallel
-                return None  # sweep's main process ends it on SIGTERM); jobs in this process: SIGTERM ends the sweep
-            # a Ctrl-C more while the process exits (its atexit hooks: TensorBoard's writer) exits at once
-            atexit.register(signal.signal, signal.SIGINT, StopOnInterrupt.exit_now)
-            sys.exit(128 + signum)
-        except BaseException as err:
-            if record.previous is not None and not record.training_started:
-                record.restore()  # a refused resume leaves the run's record as it was
-                forget_refused_resume()
-            elif isinstance(err, KeyboardInterrupt):
-                record.write(status="interrupted", error="stopped by SIGINT before the first step",
-                             training_started=record.training_started)
-            else:  # the error as its line says it; steps and best val loss as the checkpoints kept them
-                line = user_message(err) or (str(err) or type(err).__name__).splitlines()[0]
-                record.write(status="failed", error=line, training_started=record.training_started,
-                             **(record.checkpointed() if record.training_started else {}))
-            raise
+        best = fit(cfg, record, start, overrides)
+    except (Stopped, SIGTERMException) as stop:
+        signum = stop.signum if isinstance(stop, Stopped) else signal.SIGTERM
+        record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}", training_started=True)
+        how = "" if signum == signal.SIGINT else " by SIGTERM"
+        log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how,
+                 record.data.get("steps", 0), command_arg("resume", Path(cfg.paths.output_dir)))
+        if in_sweep() and (signum == signal.SIGINT or parallel_jobs() > 1):  # the sweep goes on (a parallel
+            return None  # sweep's main process ends it on SIGTERM); jobs in this process: SIGTERM ends the sweep
+        # a Ctrl-C more while the process exits (its atexit hooks: TensorBoard's writer) exits at once
+        atexit.register(signal.signal, signal.SIGINT, StopOnInterrupt.exit_now)
+        sys.exit(128 + signum)
+    except BaseException as err:
+        if record.previous is not None and not record.training_started:
+            record.restore()  # a refused resume leaves the run's record as it was
+            forget_refused_resume()
+        elif isinstance(err, KeyboardInterrupt):
+            record.write(status="interrupted", error="stopped by SIGINT before the first step",
+                         training_started=record.training_started)
+        else:  # the error as its line says it; steps and best val loss as the checkpoints kept them
+            line = user_message(err) or (str(err) or type(err).__name__).splitlines()[0]
+            record.write(status="failed", error=line, training_started=record.training_started,
+                         **(record.checkpointed() if record.training_started else {}))
+        raise
+    else:
         record.write(status="finished")
     finally:
         lock.release()

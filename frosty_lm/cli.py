@@ -60,6 +60,7 @@ FILE_ERRORS = {
     errno.EPERM: ("operation not permitted", "choose files and directories you may use (paths.outputs_dir=DIR)"),
     errno.EROFS: ("read-only file system", "put runs on a writable disk with paths.outputs_dir=DIR"),
     errno.EEXIST: ("a file is in the way", "move it, or put runs elsewhere with paths.outputs_dir=DIR"),
+    errno.EISDIR: ("a directory is in the way", "move it, or put runs elsewhere with paths.outputs_dir=DIR"),
     errno.ENOTDIR: ("not a directory", "move the file in the way, or put runs elsewhere with paths.outputs_dir=DIR"),
 }
 
@@ -70,8 +71,8 @@ def error_line(err: BaseException) -> str | None:
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in FILE_ERRORS:
-            what, fix = FILE_ERRORS[err.errno]
-            return f"{what}{f': {err.filename}' if err.filename else ''}: {fix}"
+            what, fix = FILE_ERRORS[err.errno]  # (a rename names its target second)
+            return f"{what}{f': {name}' if (name := err.filename2 or err.filename) else ''}: {fix}"
         if isinstance(err, MemoryError) or "can't allocate memory" in str(err) or type(err).__name__ == (
                 "OutOfMemoryError"):  # torch's, on the CPU and on a GPU
             return ("out of memory (more than the start's estimate, or a limit such as ulimit -v or a container's): "
@@ -139,6 +140,11 @@ def run_entry_point(main) -> None:
                                    "'resume=\"RUN_DIR\"' continues one)" if sweep else "nothing more was saved"),
               file=sys.stderr, flush=True)
         sys.exit(130)
+    except ValueError as err:  # Hydra refuses two modes at once (--cfg with -m, ...) before its own error report
+        if not str(err).startswith("Only one of --run"):
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 class OneLineParser(argparse.ArgumentParser):  # a bad argument: one line and exit 1, as Frosty's other errors

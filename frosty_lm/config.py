@@ -60,8 +60,9 @@ class ModelConfig:
         for key in (key for key in sizes if hasattr(self, key)):  # vocab_size: GPTConfig's
             if not is_int(getattr(self, key)) or not 0 < getattr(self, key) <= 2**24:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} must be a positive integer (at most 2**24)")
-        if self.n_embd % self.n_head:
-            example = self.n_head * max(1, round(self.n_embd / self.n_head))
+        if self.n_embd % self.n_head:  # (rope: a multiple of 2 * n_head, for an even head size)
+            step = self.n_head * (2 if self.position == "rope" else 1)
+            example = step * max(1, round(self.n_embd / step))
             raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: choose "
                              f"n_embd as a multiple of n_head (e.g. model.n_embd={example})")
         if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
@@ -120,8 +121,7 @@ class MuonConfig(AdamWConfig):  # lr and weight_decay: Muon's; adamw_*: AdamW's,
              "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
         must(is_number(self.adamw_weight_decay) and 0 <= self.adamw_weight_decay <= FLOAT32_MAX,
              "optim.adamw_weight_decay", self.adamw_weight_decay, "a number >= 0 (at most 3.4e38)")
-        must(is_number(self.momentum) and 0 <= self.momentum < 1, "optim.momentum", self.momentum,
-             "a number in [0, 1), e.g. 0.95")
+        must(is_number(self.momentum) and 0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
         must(self.adjust_lr_fn in ("original", "match_rms_adamw"), "optim.adjust_lr_fn", self.adjust_lr_fn,
              "original or match_rms_adamw")
 
@@ -164,10 +164,9 @@ class DataConfig:
     decode_errors: str
 
     def __post_init__(self) -> None:  # the settings that need no corpus
-        must(is_int(self.batch_size) and self.batch_size > 0, "data.batch_size", self.batch_size,
-             "a positive integer, e.g. 32")
+        must(is_int(self.batch_size) and self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
         must(is_number(self.val_fraction) and 0 < self.val_fraction < 1, "data.val_fraction", self.val_fraction,
-             "between 0 and 1, e.g. data.val_fraction=0.1")
+             "between 0 and 1, e.g. 0.1")
         must(self.decode_errors in ("strict", "replace"), "data.decode_errors", self.decode_errors, "strict or replace")
 
 
@@ -187,8 +186,8 @@ def check_config(cfg: DictConfig) -> None:
          cfg.get("threads"), f"a positive integer up to this machine's {os.cpu_count() or 1} cores, or null for all")
     must(is_int(chars := cfg.summary_sample_chars) and chars >= 0, "summary_sample_chars", chars, "an integer >= 0")
     for node in (node for node in (*SCHEMAS, "trainer") if cfg.get(node) is None):  # ~scheduler, scheduler=null
-        group = "dataset" if node == "data" else node
-        raise FrostyError(f"{node} is not set: choose one of its options, {group}=NAME (python train.py --help)")
+        raise FrostyError(f"{node} is not set: choose one of its options, {'dataset' if node == 'data' else node}=NAME "
+                          "(python train.py --help)")
     try:  # (after seed: data.seed is ${seed}, typed by the data node's schema)
         check_trainer(cfg.trainer)  # first: scheduler.decay_steps follows trainer.max_steps
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -208,30 +207,31 @@ def check_config(cfg: DictConfig) -> None:
         name = cfg[node].get("name") if node in CHOICES else next(iter(schemas))
         must(name in schemas, f"{node}.name", name, CHOICES.get(node, ""))
         settings = [f.name for f in dataclasses.fields(schemas[name])]
+        switch = f"{node}=NAME switches {node} with its settings, {node}.name alone does not"
         for key in (key for key in cfg[node] if key not in settings):  # added with +NODE.KEY=..., beyond the schema
-            raise FrostyError(f"{node}.{key} is not a setting of {node} ({', '.join(sorted(settings))})")
-        try:
+            other = any(key in s.__dataclass_fields__ for s in schemas.values())  # another option's: NODE.name=...
+            raise FrostyError(f"{node}.{key} is not a setting of {node} ({', '.join(sorted(settings))})"
+                              + f"; {switch}" * other)
+        try:  # a TypeError: an option's settings missing (after optim.name=muon); model and data have every key
             schemas[name](**OmegaConf.to_container(cfg[node], resolve=True))
         except (TypeError, ValueError) as err:
-            raise FrostyError(str(err)) from None
+            raise FrostyError(str(err) if isinstance(err, ValueError) else f"{node}.name={name}: {switch}") from None
 
 
 def check_trainer(trainer: DictConfig) -> None:
     """trainer.*: the keys Frosty reads, and those Lightning would only trip over mid-setup, with a traceback."""
-    for key, low, what in (("max_steps", 1, "a positive integer"), ("val_check_interval", 1, "a positive integer"),
-                           ("log_every_n_steps", 0, "an integer >= 0"),
+    for key, low, what in (("max_steps", 1, "a positive integer"), ("accumulate_grad_batches", 1, "a positive integer"),
+                           ("val_check_interval", 1, "a positive integer"), ("log_every_n_steps", 0, "an integer >= 0"),
                            ("max_epochs", 1, "a positive integer, or -1 (no limit; training length is max_steps)"),
                            ("num_sanity_val_steps", -1, "an integer >= -1 (-1: the whole val split)"),
-                           ("check_val_every_n_epoch", 1, "a positive integer, or null"),
-                           ("accumulate_grad_batches", 1, "a positive integer")):
+                           ("check_val_every_n_epoch", 1, "a positive integer, or null")):
         value = trainer.get(key, 1 if key == "log_every_n_steps" else None)
         optional = key not in ("max_steps", "val_check_interval")
         fine = is_int(value) and (value >= low or key == "max_epochs" and value == -1)
         must(optional and value is None or fine, f"trainer.{key}", value, what)
     must((n := trainer.get("accumulate_grad_batches") or 1) < 2**63, "trainer.accumulate_grad_batches", n, "< 2**63")
-    clip = trainer.get("gradient_clip_val")
-    must(clip is None or is_number(clip) and clip >= 0, "trainer.gradient_clip_val", clip,
-         "a number >= 0 (0 or null: no clipping), e.g. 1.0")
+    must((clip := trainer.get("gradient_clip_val")) is None or is_number(clip) and clip >= 0,
+         "trainer.gradient_clip_val", clip, "a number >= 0 (0 or null: no clipping), e.g. 1.0")
     max_time_seconds(trainer.get("max_time"))
     if str(trainer.get("precision")) == "16-true":  # AdamW's epsilon rounds to 0 in float16: NaN at the first update
         raise FrostyError("trainer.precision=16-true keeps the weights and AdamW's state in float16, where its first "

@@ -1,9 +1,11 @@
 """Decoding: the sampling settings' checks, picking a character from logits (greedy, temperature, top-k, top-p), the
-loop with a key/value cache, text from a prompt, whole or streamed. Torch only: generate.py starts without Lightning."""
+loop with a key/value cache, text from a prompt, whole or streamed; a run's closing sample's prompt and the command
+that continues it. Torch only: generate.py starts without Lightning."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -185,3 +187,20 @@ def sample_text(model: Model, vocab: str, prompt: str, max_new_tokens: int, temp
     ahead of Python instead of waiting for each character)."""
     ids = list(sampled_ids(model, vocab, prompt, max_new_tokens, temperature, top_k, top_p, seed))
     return prompt + (CharTokenizer(vocab).decode(torch.cat(ids).tolist()) if ids else "")
+
+
+def corpus_prompt(text: str, words: int = 3) -> str:
+    """The first words of text's first non-blank line after a line break (so it starts a line); "\n" if none."""
+    lines = [line.split() for line in text.split("\n")[1:]]
+    first = next((line for line in lines if line), None)
+    return " ".join(first[:words]) if first else "\n"
+
+
+def generate_command(path: Path, prompt: str, seed: int) -> str:
+    """The command that samples from path with the summary's prompt (blank: generate.py's default) and seed."""
+    from frosty_lm.cli import command_arg  # (Hydra's parser: generate.py has it loaded, a training run too)
+
+    command = f"python generate.py {command_arg('ckpt_path', path)}"
+    if prompt.strip():
+        command += " " + command_arg("prompt", prompt, quoted=True)
+    return f"{command} seed={seed}"

@@ -18,12 +18,11 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, read_write
 
-from frosty_lm.cli import command_arg, in_sweep, make_dir
+from frosty_lm.cli import command_arg, in_sweep, make_dir, user_message
 from frosty_lm.config import FrostyError
 from frosty_lm.status import RunLock
 
-LAST = Path("checkpoints") / "last.ckpt"
-BEST = Path("checkpoints") / "best.ckpt"
+LAST, BEST = Path("checkpoints") / "last.ckpt", Path("checkpoints") / "best.ckpt"
 
 
 def all_runs(outputs_dir: str | Path, holding: Path = LAST) -> list[Path]:
@@ -32,7 +31,7 @@ def all_runs(outputs_dir: str | Path, holding: Path = LAST) -> list[Path]:
     return sorted(found, key=lambda run: (run / (LAST if (run / LAST).is_file() else holding)).stat().st_mtime)
 
 
-def newest_run(outputs_dir: str | Path) -> Path | None:  # what resume=latest continues, generate.py's run=latest
+def newest_run(outputs_dir: str | Path) -> Path | None:  # what resume=latest continues
     return (all_runs(outputs_dir) or [None])[-1]
 
 
@@ -53,12 +52,14 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
         raise FrostyError(f"resume={resume} is a file: resume= takes a run's directory, the one holding {LAST}"
                           f"{run_of}; to start a new run from a checkpoint file, give ckpt_path={resume}")
     if not (run / LAST).is_file():
+        if (run / LAST.name).is_file():  # the run's checkpoints/ directory
+            raise FrostyError(f"resume={resume} takes the run's directory: {command_arg('resume', run.parent)}")
         if (run / BEST).is_file():  # last.ckpt deleted: the run cannot go on, but a new one can start from its best
             raise FrostyError(f"cannot resume {run}: it has no {LAST}, only {BEST}: start a new run from that, "
                               f"python train.py {command_arg('ckpt_path', run / BEST)} (with the run's overrides)")
         raise FrostyError(f"cannot resume {run}: it has no {LAST} (not a run of train.py, or one stopped before its "
-                          f"first checkpoint: start it again with {command_arg('hydra.run.dir', run)}); or use "
-                          "resume=latest")
+                          f"first checkpoint: start it again with {command_arg('hydra.run.dir', run)} and the "
+                          "overrides in its .hydra/overrides.yaml); or use resume=latest")
     return run
 
 
@@ -67,8 +68,8 @@ class RunDirectory(Callback):
     makes resume='s run Hydra's run directory, and makes the run's (or the sweep's) directory."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
         with or_exit():
+            HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: ${hydra:...} in hydra.run.dir
             self.prepare(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -97,9 +98,11 @@ class RunDirectory(Callback):
                 if "hydra.output_subdir" not in given:
                     config.hydra.output_subdir = f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
         run = str(config.hydra.run.dir)
-        if not resume and any((Path(run) / "checkpoints").glob("*.ckpt")):  # (killed before one: reusable)
+        if not resume and any(p for glob in ("*.ckpt", "checkpoints/*.ckpt") for p in Path(run).glob(glob)):
             raise FrostyError(f"{run} already holds a run: choose another hydra.run.dir, or continue that run "
                               f"with {command_arg('resume', run)}")
+        if not resume and (Path(run) / "multirun.yaml").is_file():  # Hydra's record of a sweep, at its top
+            raise FrostyError(f"{run} holds a sweep: choose another hydra.run.dir")
         if not resume and RunLock(run).held():  # (a resume's config goes to a directory of its own)
             raise FrostyError(f"{run} is being trained by another process: choose another hydra.run.dir")
         if resume and not os.access(run, os.W_OK | os.X_OK):
@@ -112,8 +115,10 @@ class RunDirectory(Callback):
 def or_exit() -> Iterator[None]:  # a Hydra callback's error would be Hydra's report
     try:
         yield
-    except FrostyError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+    except Exception as err:  # (a FrostyError; an interpolation that cannot resolve, e.g. after ~paths)
+        if user_message(err) is None:
+            raise
+        print(f"error: {user_message(err)}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
@@ -168,7 +173,10 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None, list[str]
     check_recorded(parsed, run)
     new = [o for o in parser.parse_overrides(list(hydra.overrides.task))  # (a group as the run chose it: as it was)
            if o.key_or_group != "resume" and not (o.key_or_group in hydra.runtime.choices and o.input_line in recorded)]
+    split = stored.get("data", {}).get("val_fraction")  # the run's train/val split stays, so its val losses compare
     for override in new:
+        if override.key_or_group == "data.val_fraction" and override.value() != split:
+            raise FrostyError(f"{override.input_line}: a resumed run keeps its val split, data.val_fraction={split}")
         if override.key_or_group in hydra.runtime.choices:
             raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
                               f"(leave {override.key_or_group}= out); override single keys instead (e.g. "
@@ -197,6 +205,8 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None, list[str]
                           "callbacks.model_checkpoint (dirpath, save_last) and callbacks")
     cfg.resume, cfg.ckpt_path = resume, str(last)
     check_more_to_train(ckpt, cfg, run)
+    if hydra.output_subdir:  # its resumed-* record: the config the run goes on with, not this command's alone
+        OmegaConf.save(cfg, run / hydra.output_subdir / "config.yaml")
     return cfg, ckpt, given  # (train.fit checks the config, as for a new run)
 
 

@@ -85,20 +85,24 @@ class RunRecord:
 
     def _replace(self, content: bytes) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_bytes(content)
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
-    def start(self, overrides: list[str]) -> None:
-        earlier = self.data["overrides"] if isinstance(self.data.get("overrides"), list) else []
-        added = [o for o in overrides if not o.startswith("resume=") and o not in earlier]
+    def start(self, overrides: list[str], command: list[str]) -> None:
+        """overrides: those that composed the run (a resume's: the checkpoint's and this command's); command: this
+        command's, for a resume's entry."""
+        keys = [o.lstrip("+~").split("=", 1)[0] for o in overrides]  # a key given again: its last value, once
         self.data.pop("error", None)
         now = datetime.now().isoformat(timespec="seconds")
         if self.previous is not None:  # a resume: when, and with which command's overrides
             resumes = self.data.get("resumes")
             self.data["resumes"] = [*(resumes if isinstance(resumes, list) else []),
-                                    {"started": now, "overrides": list(overrides)}]
-        self.write(status="running", pid=os.getpid(), host=socket.gethostname(), overrides=earlier + added,
-                   started=self.data.get("started") or now)
+                                    {"started": now, "overrides": list(command)}]
+        self.write(status="running", pid=os.getpid(), host=socket.gethostname(), started=self.data.get("started")
+                   or now, overrides=[o for i, o in enumerate(overrides) if keys[i] not in keys[i + 1:]])
 
     def checkpointed(self) -> dict:
         """steps and best_val_loss as last.ckpt holds them: after a failure between a validation's record and its
@@ -161,7 +165,7 @@ def summarise(trainer, cfg: DictConfig, loss: float, text: str) -> None:
     """The best checkpoint, val loss, training speed, a sample from a prompt out of the run's corpus (text: the val
     split's start) and the generate.py command that continues it; in a parallel sweep those two go to train.log only."""
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-    from frosty_lm.generation import default_prompt, sample_text
+    from frosty_lm.generation import corpus_prompt, default_prompt, generate_command, sample_text
     from frosty_lm.progress import ProgressLines, duration, job_log_only
 
     if rank() != 0:
@@ -188,19 +192,14 @@ def summarise(trainer, cfg: DictConfig, loss: float, text: str) -> None:
     log.info("continue from it with:\n  %s", generate_command(path, prompt, cfg.seed), extra=job_log_only())
 
 
-def corpus_prompt(text: str, words: int = 3) -> str:
-    """The first words of text's first non-blank line after a line break (so it starts a line); "\n" if none."""
-    lines = [line.split() for line in text.split("\n")[1:]]
-    first = next((line for line in lines if line), None)
-    return " ".join(first[:words]) if first else "\n"
-
-
-def generate_command(path: Path, prompt: str, seed: int) -> str:
-    """The command that samples from path with the summary's prompt (blank: generate.py's default) and seed."""
-    command = f"python generate.py {command_arg('ckpt_path', path)}"
-    if prompt.strip():
-        command += " " + command_arg("prompt", prompt, quoted=True)
-    return f"{command} seed={seed}"
+def failed_early(job: Path) -> dict:
+    """A sweep job without a status.json failed before its run began: its error as its train.log has it."""
+    try:
+        lines = (job / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    errors = [line.split("[ERROR] - error: ", 1)[1] for line in lines if "[frosty][ERROR] - error: " in line]
+    return {"status": "failed", "error": errors[-1] if errors else "before training: see its train.log"}
 
 
 def _end_sweep(signum, frame) -> None:
@@ -225,12 +224,12 @@ class SweepSummary(Callback):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
         sweep = Path(config.hydra.sweep.dir)
-        early = {"status": "failed", "error": "before training: see its train.log"}  # (it wrote no status.json)
         jobs = sorted(p.parent for p in sweep.rglob(".hydra") if p.is_dir())  # (hydra.sweep.subdir may nest them)
-        records = {str(job.relative_to(sweep)): run_record(job) or early for job in jobs}
-        reportable = any(record is not early for record in records.values())  # the report reads status.json
+        records = {str(job.relative_to(sweep)): run_record(job) for job in jobs}
+        reportable = any(records.values())  # the report reads status.json
+        records = {name: record or failed_early(sweep / name) for name, record in records.items()}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
-        killed = [name for name, r in records.items() if r.get("status") == "running" and not alive(r.get("pid"))]
+        killed = [name for name, r in records.items() if run_state(r) == "killed"]
         interrupted = [name for name, r in records.items() if r.get("status") == "interrupted"]
         finished = sum(r.get("status") == "finished" for r in records.values())
         counts = {"failed": len(failed), "interrupted": len(interrupted), "killed": len(killed)}

@@ -357,6 +357,14 @@ def test_the_sweep_summary_finds_jobs_at_any_depth(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert said[0] == f"sweep {tmp_path}: 0 of 2 runs finished, 2 failed"
+    assert "failed: 0/3: before training: see its train.log" in said  # nothing in its log says more
+    (tmp_path / "1/2/train.log").write_text("[2026-12-07 10:00:00,000][frosty][INFO] - torch threads: 2\n"
+                                            "[2026-12-07 10:00:01,000][frosty][ERROR] - error: resume=latest "
+                                            "continues one run: give it without -m\n")
+    said.clear()
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert "failed: 1/2: resume=latest continues one run: give it without -m" in said  # the line its log has
 
 
 def test_a_sweep_of_zero_jobs_at_a_time_is_one_line_before_any_job(invoke, tmp_path):
@@ -371,3 +379,5 @@ def test_resume_in_a_sweep_is_one_line_for_its_job(invoke, tmp_path):
                           f"paths.outputs_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert code == 1 and "Traceback" not in err
     assert err.count("error: resume=latest continues one run: give it without -m") == 2, err
+    job = next((tmp_path / "sweep").glob("0_*"))  # its train.log has the line, for the summary
+    assert "error: resume=latest continues one run" in (job / "train.log").read_text()

@@ -106,7 +106,7 @@ def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(invoke, t
     (run_dir / "checkpoints").mkdir(parents=True)  # what a kill during the first checkpoint write leaves
     (run_dir / "checkpoints" / ".last.ckpt.x.tmp").write_bytes(b"partial")
     code, _, err = invoke("train.py", f"resume={run_dir}")
-    assert_one_line_error(code, err, f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, f"hydra.run.dir={run_dir} and the overrides in its .hydra/overrides.yaml")
     code, _, err = invoke("train.py", *TINY, "trainer.max_steps=5", "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={run_dir}")
     assert code == 0, err

@@ -89,6 +89,16 @@ def test_run_latest_is_the_run_resume_latest_continues(invoke, outputs):
                                    f"frost), val loss 3.9000 at step 12 {CHOOSE}")
 
 
+def test_run_latest_without_last_ckpt_is_the_newest_run_by_its_best(invoke, trained_run, tmp_path):
+    outputs = tmp_path / "outputs"
+    fake_run(outputs, "older", "frost", "finished", 2.0, 100, age=9, source=trained_run)
+    newer = fake_run(outputs, "newer", "frost", "finished", 2.5, 50, age=9, source=trained_run)
+    (newer / "checkpoints" / "last.ckpt").unlink()  # callbacks.model_checkpoint.save_last=false
+    code, _, err = generate(invoke, outputs, "run=latest")
+    assert code == 0, err
+    assert err.splitlines()[0].startswith(f"using {newer}/checkpoints/best.ckpt: run=latest"), err
+
+
 def test_run_dir_picks_that_run(invoke, outputs):
     code, _, err = generate(invoke, outputs, f"run={outputs}/runs/d1/t1")
     assert code == 0, err

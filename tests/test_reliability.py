@@ -57,6 +57,10 @@ SLOW = pytest.mark.slow  # each family of checks keeps one or two cases in the d
         pytest.param(["model.block_size=600", "data.val_fraction=0.05"], "the val split of", marks=SLOW),
         pytest.param(["scheduler.decay_steps=0"], "scheduler.decay_steps=0 must be a positive integer", marks=SLOW),
         (["scheduler.name=linear"], "scheduler.name='linear' must be constant or cosine"),
+        (["scheduler.name=constant"], "scheduler.decay_steps is not a setting of scheduler (name, warmup_steps); "
+                                      "scheduler=NAME switches scheduler with its settings, scheduler.name alone"),
+        (["optim.name=muon"], "optim.name=muon: optim=NAME switches optim with its settings, optim.name alone"),
+        pytest.param(["model.position=rope", "model.n_head=3"], "(e.g. model.n_embd=36)", marks=SLOW),  # even heads
         pytest.param(["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be an integer >= 0", marks=SLOW),
         pytest.param(["scheduler.min_lr_ratio=-1"], "scheduler.min_lr_ratio=-1.0 must be a number in [0, 1]",
                      marks=SLOW),  # a negative lr
@@ -151,11 +155,26 @@ def test_a_setting_the_model_does_not_take_is_one_line_and_generate_takes_only_i
     assert code == 1 and "Could not override 'promt'" in err and "Traceback" not in err, err
 
 
+def test_a_removed_setting_that_conf_refers_to_and_two_modes_at_once_are_one_line(invoke, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke("train.py", "~paths")  # hydra.run.dir refers to paths.outputs_dir
+    assert_one_line_error(code, err, "hydra.run.dir: Interpolation key 'paths.outputs_dir' not found")
+    for script in ("train.py", "generate.py"):
+        code, _, err = invoke(script, "--cfg", "job", "--info")
+        assert_one_line_error(code, err, "Only one of --run, --multirun, --cfg, --info")
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_run_directory_in_use_is_refused_and_left_alone(invoke, earlier_run, text_file):
     before = snapshot(earlier_run)
     code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={earlier_run}")
     assert_one_line_error(code, err, "already holds a run", f"resume={earlier_run}")
     assert snapshot(earlier_run) == before
+    for inside in (earlier_run / "checkpoints", earlier_run.parent):  # its checkpoints' directory; a sweep's
+        (earlier_run.parent / "multirun.yaml").write_text("hydra: {}\n")
+        code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={inside}")
+        assert_one_line_error(code, err, "already holds a run" if inside.name == "checkpoints" else "holds a sweep")
+        assert snapshot(earlier_run) == before
 
 
 def test_runs_started_one_after_the_other_get_their_own_directories(invoke, text_file, tmp_path, monkeypatch):

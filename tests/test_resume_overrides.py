@@ -1,7 +1,10 @@
 """What a resumed run records is what it trains with: optimizer settings given on resume are applied to the
 restored optimizer, not only written into the checkpoint."""
+import json
+
 import pytest
 import torch
+import yaml
 
 from conftest import TINY, job_dir
 
@@ -77,3 +80,12 @@ def test_a_resume_that_saved_nothing_does_not_count_and_the_runs_own_groups_may_
     assert code == 0, err
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 25 and ckpt["hyper_parameters"]["overrides"].count("+sweep=dropout_depth") == 1
+    record = json.loads((run_dir / "status.json").read_text())  # the overrides that trained it, each key once
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in record["overrides"]]
+    assert len(keys) == len(set(keys)) and "trainer.max_steps=25" in record["overrides"], record["overrides"]
+    assert {o for o in common if not o.startswith("trainer.max_steps=")} <= set(record["overrides"])
+    assert not [o for o in record["overrides"] if o.startswith(("optim.lr=", "resume="))], record["overrides"]
+    assert record["resumes"][-1]["overrides"] == [f"resume={run_dir}", "trainer.max_steps=25"]
+    resumed = max(run_dir.glob(".hydra/resumed-*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    config = yaml.safe_load(resumed.read_text())  # the config the resume trained with, not the command's alone
+    assert config["model"]["n_embd"] == 32 and config["trainer"]["max_steps"] == 25, config

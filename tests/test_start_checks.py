@@ -110,6 +110,24 @@ def test_resume_of_a_checkpoint_file_says_to_give_its_run(invoke, trained_run):
                           f"(here resume={trained_run})", f"give ckpt_path={last}")
 
 
+def test_resume_of_a_runs_checkpoints_directory_says_to_give_the_run(invoke, trained_run):
+    code, _, err = invoke("train.py", f"resume={trained_run / 'checkpoints'}")
+    assert_one_line_error(code, err, "takes the run's directory: resume=" + str(trained_run))
+
+
+def test_a_status_json_that_is_a_directory_is_one_line_and_the_resume_leaves_nothing(invoke, trained_run, tmp_path):
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / "status.json").unlink()
+    (run_dir / "status.json").mkdir()
+    before = snapshot(run_dir)
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
+    assert_one_line_error(code, err, f"a directory is in the way: {run_dir / 'status.json'}")
+    after = snapshot(run_dir)
+    assert {p: v for p, v in after.items() if p.name != "train.log"} == {p: v for p, v in before.items()
+                                                                         if p.name != "train.log"}
+
+
 def test_a_checkpoints_file_in_the_run_directory_is_one_line(invoke, text_file, tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
