@@ -190,6 +190,14 @@ def command_arg(key: str, value, quoted: bool = False) -> str:
     return shlex.quote(f"{key}={text}")
 
 
+def generate_command(path: Path, prompt: str, seed: int) -> str:
+    """The command that samples from path with the summary's prompt (blank: generate.py's default) and seed."""
+    command = f"python generate.py {command_arg('ckpt_path', path)}"
+    if prompt.strip():
+        command += " " + command_arg("prompt", prompt, quoted=True)
+    return f"{command} seed={seed}"
+
+
 def _no_tips(record: logging.LogRecord) -> bool:
     message = record.getMessage()  # a tip, or Lightning's own line for a Ctrl-C that train.py reports itself
     return "Tip:" not in message and "Detected KeyboardInterrupt" not in message

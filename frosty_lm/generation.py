@@ -1,11 +1,10 @@
 """Decoding: the sampling settings' checks, picking a character from logits (greedy, temperature, top-k, top-p), the
-loop with a key/value cache, text from a prompt, whole or streamed; a run's closing sample's prompt and the command
-that continues it. Torch only: generate.py starts without Lightning."""
+loop with a key/value cache, text from a prompt, whole or streamed, and the prompt of a run's closing sample. Torch
+only: generate.py starts without Lightning."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
@@ -194,13 +193,3 @@ def corpus_prompt(text: str, words: int = 3) -> str:
     lines = [line.split() for line in text.split("\n")[1:]]
     first = next((line for line in lines if line), None)
     return " ".join(first[:words]) if first else "\n"
-
-
-def generate_command(path: Path, prompt: str, seed: int) -> str:
-    """The command that samples from path with the summary's prompt (blank: generate.py's default) and seed."""
-    from frosty_lm.cli import command_arg  # (Hydra's parser: generate.py has it loaded, a training run too)
-
-    command = f"python generate.py {command_arg('ckpt_path', path)}"
-    if prompt.strip():
-        command += " " + command_arg("prompt", prompt, quoted=True)
-    return f"{command} seed={seed}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from frosty_lm.cli import command_arg
+from frosty_lm.cli import command_arg, generate_command
 from frosty_lm.config import FrostyError, is_int
 
 say = partial(print, file=sys.stderr, flush=True)  # the sweep's lines
@@ -165,7 +165,7 @@ def summarise(trainer, cfg: DictConfig, loss: float, text: str) -> None:
     """The best checkpoint, val loss, training speed, a sample from a prompt out of the run's corpus (text: the val
     split's start) and the generate.py command that continues it; in a parallel sweep those two go to train.log only."""
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-    from frosty_lm.generation import corpus_prompt, default_prompt, generate_command, sample_text
+    from frosty_lm.generation import corpus_prompt, default_prompt, sample_text
     from frosty_lm.progress import ProgressLines, duration, job_log_only
 
     if rank() != 0:

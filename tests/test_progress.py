@@ -10,7 +10,8 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from frosty_lm.generation import corpus_prompt, generate_command
+from frosty_lm.cli import generate_command
+from frosty_lm.generation import corpus_prompt
 from frosty_lm.machine import BELOW_BF16, precision_line
 from frosty_lm.progress import FILE_ONLY, ProgressLines, duration, keep_off_console
 from frosty_lm.report import Run
