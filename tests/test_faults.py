@@ -333,3 +333,19 @@ def test_bf16_true_keeps_the_best_val_loss_exact(invoke, text_file, tmp_path):
     assert code == 0, err
     measured = [value for _, value in read_logs(run)[0]["val/loss"]]
     assert json.loads((run / "status.json").read_text())["best_val_loss"] == pytest.approx(min(measured), abs=1e-6)
+
+
+def test_a_run_is_finished_in_its_record_before_its_summary(invoke, text_file, tmp_path, monkeypatch):
+    """The summary samples from best.ckpt after training: a kill -9 there leaves the record as it is then."""
+    from frosty_lm import status
+
+    seen = {}
+
+    def summary(trainer, cfg, loss, text):
+        seen.update(json.loads((tmp_path / "r" / "status.json").read_text()))
+
+    monkeypatch.setattr(status, "summarise", summary)
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=5", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 0, err
+    assert seen["status"] == "finished" and seen["steps"] == 5, seen
