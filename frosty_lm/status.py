@@ -229,7 +229,7 @@ class SweepSummary(Callback):
         reportable = any(records.values())  # the report reads status.json
         records = {name: record or failed_early(sweep / name) for name, record in records.items()}
         failed = {name: r for name, r in records.items() if r.get("status") == "failed"}
-        killed = [name for name, r in records.items() if run_state(r) == "killed"]
+        killed = [name for name, r in records.items() if r.get("status") == "running" and not alive(r.get("pid"))]
         interrupted = [name for name, r in records.items() if r.get("status") == "interrupted"]
         finished = sum(r.get("status") == "finished" for r in records.values())
         counts = {"failed": len(failed), "interrupted": len(interrupted), "killed": len(killed)}
