@@ -12,12 +12,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm import cli, corpus
-from frosty_lm.cli import command_arg, exit_on_user_error, in_sweep, parallel_jobs, user_message
+from frosty_lm.cli import command_arg, exit_on_user_error, in_sweep, make, parallel_jobs, user_message
 from frosty_lm.config import FrostyError, GPTConfig, check_config, is_int
 from frosty_lm.run_dirs import forget_refused_resume, resume_if_asked
 from frosty_lm.status import RunLock, RunRecord, summarise
@@ -46,23 +44,6 @@ def main(cfg: DictConfig) -> float | None:
     return run_training(cfg)
 
 
-def make(node: DictConfig, key: str, **kwargs):
-    """Hydra's instantiate of the config node at key, with a user error raised by the constructor (ours, Lightning's
-    MisconfigurationException, a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) as a FrostyError."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, FrostyError):
-            raise cause from None
-        if isinstance(cause, (MisconfigurationException, TypeError, ValueError)):
-            raise FrostyError(f"{key}: {' '.join(str(cause).split())} (python train.py --cfg job shows every "
-                              "setting)") from None
-        raise
-
-
 def run_training(cfg: DictConfig) -> float | None:
     """Train, checkpoint, summarise; returns the best val loss (what sweeps minimise), status.json following the run.
     Ctrl-C or SIGTERM save last.ckpt, print the command that continues the run and exit 130 or 143; a sweep's job
@@ -89,10 +70,14 @@ def run_training(cfg: DictConfig) -> float | None:
         best = fit(cfg, record, start, overrides)
     except (Stopped, SIGTERMException) as stop:
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGTERM
-        record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}", training_started=True)
-        how = "" if signum == signal.SIGINT else " by SIGTERM"
-        log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how,
-                 record.data.get("steps", 0), command_arg("resume", Path(cfg.paths.output_dir)))
+        how, steps = "" if signum == signal.SIGINT else " by SIGTERM", record.data.get("steps", 0)
+        if steps >= cfg.trainer.max_steps:  # (SIGTERM in the final validation) every step trained and saved
+            record.write(status="finished")
+            log.info("stopped%s in the final validation at step %d: the run is trained; last.ckpt saved", how, steps)
+        else:
+            record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}", training_started=True)
+            log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how, steps,
+                     command_arg("resume", Path(cfg.paths.output_dir)))
         if in_sweep() and (signum == signal.SIGINT or parallel_jobs() > 1):  # the sweep goes on (a parallel
             return None  # sweep's main process ends it on SIGTERM); jobs in this process: SIGTERM ends the sweep
         # a Ctrl-C more while the process exits (its atexit hooks: TensorBoard's writer) exits at once

@@ -1,7 +1,7 @@
-"""What the entry points share: a user error is one `error:` line and exit status 1 (a sweep's job returns instead);
-Ctrl-C before training is one line and 130; standard output that fails; a directory to write in, made or refused in
-one line; key=value printed to paste back; Lightning quieted; sweep or not; and,
-at import, what conf/ needs registered: the resolvers frosty_cpu_precision and frosty_dirname, the nodes' schemas."""
+"""What the entry points share: a user error is one `error:` line and exit status 1 (a sweep's job returns instead),
+a config node's constructor's too (make); Ctrl-C before training is one line and 130; standard output that fails; a
+directory to write in, made or refused in one line; key=value printed to paste back; Lightning quieted; sweep or not;
+and, at import, what conf/ needs registered: the resolvers frosty_cpu_precision and frosty_dirname, the schemas."""
 from __future__ import annotations
 
 import argparse
@@ -20,9 +20,10 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, InterpolationResolutionError
 
 from frosty_lm.config import (
@@ -127,6 +128,22 @@ def exit_on_user_error(func):
 
     return wrapper
 
+
+def make(node: DictConfig, key: str, **kwargs):
+    """Hydra's instantiate of the config node at key, with a user error raised by the constructor (ours, Lightning's
+    MisconfigurationException, a bad argument's TypeError or ValueError, e.g. trainer.devices=-5) as a FrostyError."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, FrostyError):
+            raise cause from None
+        if isinstance(cause, (MisconfigurationException, TypeError, ValueError)):
+            raise FrostyError(f"{key}: {' '.join(str(cause).split())} (python train.py --cfg job shows every "
+                              "setting)") from None
+        raise
 
 def run_entry_point(main) -> None:
     """Run an entry point's main(); Ctrl-C that reaches it (during training a run stops itself at a step boundary)

@@ -106,6 +106,23 @@ def test_a_signal_in_training_stops_at_the_step_saves_last_ckpt_and_says_how_to_
     assert not (run_dir / "checkpoints/best.ckpt").exists()  # no validation before the stop
 
 
+def test_sigterm_in_the_final_validation_leaves_a_trained_run_finished(invoke, text_file, tmp_path, monkeypatch):
+    """SIGTERM with the last step stops within the final validation: every step is trained and in last.ckpt, so the
+    run is finished (a resume would have nothing to train), and the line says so rather than how to resume."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    run_dir = tmp_path / "run"
+    code, out, err = invoke("train.py", "model=tiny", "data.batch_size=8", "trainer.max_steps=30",
+                            "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}",
+                            f"hydra.run.dir={run_dir}", "+callbacks.signal._target_=test_stops.SignalAt",
+                            f"+callbacks.signal.signum={int(signal.SIGTERM)}", "+callbacks.signal.step=30")
+    assert code == 143 and "Traceback" not in err, err
+    assert ("stopped by SIGTERM in the final validation at step 30: the run is trained; last.ckpt saved" in out + err
+            and "continue with" not in out + err), out + err
+    record = json.loads((run_dir / "status.json").read_text())
+    assert (record["status"], record["steps"], record.get("error")) == ("finished", 30, None), record
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 30
+
+
 @pytest.mark.parametrize("step", [10, 13])
 def test_a_ctrl_c_at_a_validations_step_stops_after_that_validation(invoke, text_file, tmp_path, monkeypatch, step):
     """The signal comes with step 10, where a validation is due: the run validates and checkpoints step 10, then
