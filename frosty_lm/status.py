@@ -59,8 +59,8 @@ def run_record(run: Path) -> dict:
 
 class RunRecord:
     """status.json in a run directory: running (pid, host), finished, interrupted or failed, and the report's numbers.
-    A run killed hard stays "running": the report tells it by its pid. A resume continues the record (its start,
-    overrides plus the resume's, summed wall time, a `resumes` entry); restore() reverts it if training never began."""
+    A run killed hard stays "running": the report tells it by its pid. A resume continues the record (its start, the
+    overrides that compose it, summed wall time, a `resumes` entry); restore() reverts it if training never began."""
 
     def __init__(self, run_dir: str | Path, resumed: bool = False) -> None:
         self.path = Path(run_dir) / "status.json"

@@ -60,7 +60,7 @@ SLOW = pytest.mark.slow  # each family of checks keeps one or two cases in the d
         (["scheduler.name=constant"], "scheduler.decay_steps is not a setting of scheduler (name, warmup_steps); "
                                       "scheduler=NAME switches scheduler with its settings, scheduler.name alone"),
         (["optim.name=muon"], "optim.name=muon: optim=NAME switches optim with its settings, optim.name alone"),
-        pytest.param(["model.position=rope", "model.n_head=3"], "(e.g. model.n_embd=36)", marks=SLOW),  # even heads
+        pytest.param(["model.position=rope", "model.n_head=3"], "(e.g. model.n_embd=30)", marks=SLOW),  # even heads
         pytest.param(["scheduler.warmup_steps=-5"], "scheduler.warmup_steps=-5 must be an integer >= 0", marks=SLOW),
         pytest.param(["scheduler.min_lr_ratio=-1"], "scheduler.min_lr_ratio=-1.0 must be a number in [0, 1]",
                      marks=SLOW),  # a negative lr
