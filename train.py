@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from frosty_lm import cli, corpus
 from frosty_lm.cli import command_arg, exit_on_user_error, in_sweep, make, parallel_jobs, user_message
 from frosty_lm.config import FrostyError, GPTConfig, check_config, is_int
-from frosty_lm.run_dirs import forget_refused_resume, resume_if_asked
+from frosty_lm.run_dirs import LAST, forget_refused_resume, resume_if_asked
 from frosty_lm.status import RunLock, RunRecord, summarise
 
 log = logging.getLogger("frosty")
@@ -71,13 +71,15 @@ def run_training(cfg: DictConfig) -> float | None:
     except (Stopped, SIGTERMException) as stop:
         signum = stop.signum if isinstance(stop, Stopped) else signal.SIGTERM
         how, steps = "" if signum == signal.SIGINT else " by SIGTERM", record.data.get("steps", 0)
-        if steps >= cfg.trainer.max_steps:  # (SIGTERM in the final validation) every step trained and saved
+        saved = (Path(cfg.paths.output_dir) / LAST).is_file()  # (not with callbacks.model_checkpoint.save_last=false)
+        if steps >= cfg.trainer.max_steps:  # (SIGTERM in the final validation) every step trained
             record.write(status="finished")
-            log.info("stopped%s in the final validation at step %d: the run is trained; last.ckpt saved", how, steps)
+            log.info("stopped%s in the final validation at step %d: the run is trained%s", how, steps,
+                     "; last.ckpt saved" * saved)
         else:
             record.write(status="interrupted", error=f"stopped by {signal.Signals(signum).name}", training_started=True)
-            log.info("interrupted%s at step %d; last.ckpt saved; continue with: python train.py %s", how, steps,
-                     command_arg("resume", Path(cfg.paths.output_dir)))
+            log.info("interrupted%s at step %d; %s", how, steps, f"last.ckpt saved; continue with: python train.py "
+                     f"{command_arg('resume', Path(cfg.paths.output_dir))}" if saved else f"no {LAST} to continue from")
         if in_sweep() and (signum == signal.SIGINT or parallel_jobs() > 1):  # the sweep goes on (a parallel
             return None  # sweep's main process ends it on SIGTERM); jobs in this process: SIGTERM ends the sweep
         # a Ctrl-C more while the process exits (its atexit hooks: TensorBoard's writer) exits at once

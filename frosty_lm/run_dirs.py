@@ -39,19 +39,18 @@ def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:
     """resume=latest|RUN_DIR: the run directory, which holds last.ckpt."""
     if resume == "":  # (as if not given, a new run would start)
         raise FrostyError("resume= is empty: give resume=RUN_DIR or resume=latest")
-    if resume == "latest":
-        run = newest_run(outputs_dir)
-        if run is None:
-            raise FrostyError(f"no run with {LAST} found under {outputs_dir}/: nothing to resume; "
-                              "start one with `python train.py`")
-    else:
-        run = Path(str(resume)).expanduser()
+    run = newest_run(outputs_dir) if resume == "latest" else Path(str(resume)).expanduser()
+    if run is None:
+        raise FrostyError(f"no run with {LAST} found under {outputs_dir}/: nothing to resume; start one with "
+                          "`python train.py`")
     if run.is_file():
         in_run = run.name == "last.ckpt" and run.parent.name == "checkpoints"
         run_of = f" (here {command_arg('resume', run.parents[1])})" if in_run else ""
         raise FrostyError(f"resume={resume} is a file: resume= takes a run's directory, the one holding {LAST}"
                           f"{run_of}; to start a new run from a checkpoint file, give ckpt_path={resume}")
     if not (run / LAST).is_file():
+        if (run / "multirun.yaml").is_file():  # Hydra's record of a sweep, at its top
+            raise FrostyError(f"{run} is a sweep's directory: resume one of its jobs, resume={run}/JOB")
         if (run / LAST.name).is_file():  # the run's checkpoints/ directory
             raise FrostyError(f"resume={resume} takes the run's directory: {command_arg('resume', run.parent)}")
         if (run / BEST).is_file():  # last.ckpt deleted: the run cannot go on, but a new one can start from its best
@@ -75,7 +74,7 @@ class RunDirectory(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep = str(config.hydra.sweep.dir)
         with or_exit():
-            if any(Path(sweep).rglob("*.ckpt")):  # a new sweep's is named to the microsecond; one given may hold runs
+            if any(Path(sweep).rglob("*.ckpt")) or (Path(sweep) / "multirun.yaml").is_file():  # (one given: its runs)
                 raise FrostyError(f"{sweep} already holds a sweep's runs: choose another hydra.sweep.dir")
             if OmegaConf.select(config, "hydra.launcher.n_jobs") == 0:  # joblib's traceback says it has no meaning
                 raise FrostyError("hydra.launcher.n_jobs=0 must be the number of jobs at a time (1, 2, ...), or -1 "
@@ -98,9 +97,11 @@ class RunDirectory(Callback):
                 if "hydra.output_subdir" not in given:
                     config.hydra.output_subdir = f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
         run = str(config.hydra.run.dir)
-        if not resume and any(p for glob in ("*.ckpt", "checkpoints/*.ckpt") for p in Path(run).glob(glob)):
+        held = [p for glob in ("*.ckpt", "checkpoints/*.ckpt") for p in Path(run).glob(glob)]
+        if not resume and held:  # (hydra.run.dir=RUN/checkpoints: RUN's)
+            owner = held[0].parents[1] if held[0].parent.name == "checkpoints" else run
             raise FrostyError(f"{run} already holds a run: choose another hydra.run.dir, or continue that run "
-                              f"with {command_arg('resume', run)}")
+                              f"with {command_arg('resume', owner)}")
         if not resume and (Path(run) / "multirun.yaml").is_file():  # Hydra's record of a sweep, at its top
             raise FrostyError(f"{run} holds a sweep: choose another hydra.run.dir")
         if not resume and RunLock(run).held():  # (a resume's config goes to a directory of its own)
@@ -124,10 +125,9 @@ def or_exit() -> Iterator[None]:  # a Hydra callback's error would be Hydra's re
 
 def refuse_links(run: Path) -> None:
     """A run directory to resume may come from someone else: a symbolic link in it could send writes elsewhere."""
-    for below, dirs, files in os.walk(run):
-        link = next((Path(below) / name for name in [*dirs, *files] if (Path(below) / name).is_symlink()), None)
-        if link is not None:
-            raise FrostyError(f"cannot resume {run}: {link} is a symbolic link, which could make the run write "
+    paths = (Path(below) / name for below, dirs, files in os.walk(run) for name in [*dirs, *files])
+    if (link := next((path for path in paths if path.is_symlink()), None)) is not None:
+        raise FrostyError(f"cannot resume {run}: {link} is a symbolic link, which could make the run write "
                               "outside its directory; replace it with the file itself")
 
 
@@ -173,10 +173,7 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None, list[str]
     check_recorded(parsed, run)
     new = [o for o in parser.parse_overrides(list(hydra.overrides.task))  # (a group as the run chose it: as it was)
            if o.key_or_group != "resume" and not (o.key_or_group in hydra.runtime.choices and o.input_line in recorded)]
-    split = stored.get("data", {}).get("val_fraction")  # the run's train/val split stays, so its val losses compare
     for override in new:
-        if override.key_or_group == "data.val_fraction" and override.value() != split:
-            raise FrostyError(f"{override.input_line}: a resumed run keeps its val split, data.val_fraction={split}")
         if override.key_or_group in hydra.runtime.choices:
             raise FrostyError(f"{override.input_line}: a resumed run keeps the config groups it was started with "
                               f"(leave {override.key_or_group}= out); override single keys instead (e.g. "
@@ -199,6 +196,9 @@ def resume_if_asked(cfg: DictConfig) -> tuple[DictConfig, dict | None, list[str]
         more = f" (and {', '.join(changed[1:4])}{', ...' if len(changed) > 4 else ''})" if changed[1:] else ""
         raise FrostyError(f"cannot resume {run}: conf/ now gives {key}={now} where the run recorded {key}={was}{more}; "
                           f"add {key}={was} to the command to go on as it trained")
+    was = stored.get("data", {}).get("val_fraction")  # the run's val split stays: its val losses compare only on it
+    if (split := OmegaConf.select(cfg, "data.val_fraction")) != was:
+        raise FrostyError(f"data.val_fraction={split}: a resumed run keeps its val split, data.val_fraction={was}")
     saving = OmegaConf.select(cfg, "callbacks.model_checkpoint")  # (its checkpoints elsewhere: status.json ahead)
     if not (saving and saving.get("save_last") and Path(str(saving.dirpath)).resolve() == last.parent.resolve()):
         raise FrostyError(f"cannot resume {run} without writing its {LAST} as it trains: leave out the overrides of "

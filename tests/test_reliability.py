@@ -173,8 +173,18 @@ def test_a_run_directory_in_use_is_refused_and_left_alone(invoke, earlier_run, t
     for inside in (earlier_run / "checkpoints", earlier_run.parent):  # its checkpoints' directory; a sweep's
         (earlier_run.parent / "multirun.yaml").write_text("hydra: {}\n")
         code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}", f"hydra.run.dir={inside}")
-        assert_one_line_error(code, err, "already holds a run" if inside.name == "checkpoints" else "holds a sweep")
+        assert_one_line_error(code, err, *(("already holds a run", f"resume={earlier_run}")
+                                           if inside.name == "checkpoints" else ("holds a sweep",)))
         assert snapshot(earlier_run) == before
+    code, _, err = invoke("train.py", f"resume={earlier_run.parent}")  # a sweep's directory: one of its jobs
+    assert_one_line_error(code, err, f"{earlier_run.parent} is a sweep's directory: resume one of its jobs")
+    failed = earlier_run.parent / "failed_sweep"  # a sweep whose jobs all failed before a checkpoint
+    (failed / "0_seed=1" / ".hydra").mkdir(parents=True)
+    (failed / "multirun.yaml").write_text("hydra: {}\n")
+    code, _, err = invoke("train.py", "-m", *TINY, "dataset=text", f"data.path={text_file}", "seed=1,2",
+                          f"hydra.sweep.dir={failed}")  # its summary would count the earlier jobs
+    assert_one_line_error(code, err, "already holds a sweep's runs: choose another hydra.sweep.dir")
+    assert sorted(p.name for p in failed.iterdir()) == ["0_seed=1", "multirun.yaml"]
 
 
 def test_runs_started_one_after_the_other_get_their_own_directories(invoke, text_file, tmp_path, monkeypatch):

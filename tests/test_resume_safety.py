@@ -131,9 +131,11 @@ def test_a_run_whose_settings_conf_no_longer_gives_is_refused_naming_them(invoke
     resume_is_refused(invoke, run_dir, tmp_path, "conf/ now gives data.val_fraction=0.1 where the run recorded "
                       "data.val_fraction=0.2", "add data.val_fraction=0.2 to the command")
     before = snapshot(run_dir / "checkpoints")  # another split than the run's: its val losses would not compare
-    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40", "data.val_fraction=0.3")
-    assert_one_line_error(code, err, "data.val_fraction=0.3: a resumed run keeps its val split, data.val_fraction=0.2")
-    assert snapshot(run_dir / "checkpoints") == before
+    for split in ("data.val_fraction=0.3", "data={val_fraction:0.3}"):
+        code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40", split)
+        assert_one_line_error(code, err, "data.val_fraction=0.3: a resumed run keeps its val split, "
+                              "data.val_fraction=0.2")
+        assert snapshot(run_dir / "checkpoints") == before
     code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40", "data.val_fraction=0.2")
     assert code == 0, err
     assert torch.load(last, weights_only=True)["hyper_parameters"]["config"]["data"]["val_fraction"] == 0.2

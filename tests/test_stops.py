@@ -123,6 +123,17 @@ def test_sigterm_in_the_final_validation_leaves_a_trained_run_finished(invoke, t
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 30
 
 
+def test_a_stop_without_last_ckpt_says_there_is_nothing_to_continue_from(invoke, text_file, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    code, out, err = invoke("train.py", "model=tiny", "data.batch_size=8", "trainer.max_steps=30",
+                            "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}",
+                            f"hydra.run.dir={tmp_path / 'run'}", "callbacks.model_checkpoint.save_last=false",
+                            "+callbacks.signal._target_=test_stops.SignalAt",
+                            f"+callbacks.signal.signum={int(signal.SIGTERM)}", "+callbacks.signal.step=3")
+    assert code == 143 and "interrupted by SIGTERM at step 3; no checkpoints/last.ckpt to continue from" in out + err
+    assert "continue with" not in out + err and not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
+
+
 @pytest.mark.parametrize("step", [10, 13])
 def test_a_ctrl_c_at_a_validations_step_stops_after_that_validation(invoke, text_file, tmp_path, monkeypatch, step):
     """The signal comes with step 10, where a validation is due: the run validates and checkpoints step 10, then
