@@ -211,7 +211,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
     if best == float("inf") and "val/loss" in trainer.callback_metrics:  # validations ran, and none was finite
         raise FrostyError(f"the val loss was never finite: the weights diverged; start again with a lower learning "
                           f"rate (optim.lr={cfg.optim.lr / 2:g}), and keep trainer.gradient_clip_val set")
-    record.write(status="finished", best_val_loss=best, steps=trainer.global_step)
+    record.write(status="finished", best_val_loss=best,  # (ddp_spawn's trainer here trained nothing itself: 0)
+                 **({"steps": trainer.global_step} if trainer.global_step else {}))
     try:  # (finished: trained and saved, whatever becomes of the summary)
         summarise(trainer, cfg, best, datamodule.tokenizer.decode(datamodule.val_data[:2000].tolist()))
     except KeyboardInterrupt:  # the run itself is complete and saved: Ctrl-C only cuts its summary short

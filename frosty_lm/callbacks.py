@@ -181,31 +181,37 @@ class EarlyStop(EarlyStopping):
 class StopOnInterrupt(L.Callback):
     """Ctrl-C during fit stops training before the next step (every process at the same step): the step, and its
     validation and checkpoints if one is due, are done, so a resumed run misses none; last.ckpt is saved on the way
-    out, and a second Ctrl-C exits at once, status 130. Set when training starts (after Lightning records the handlers
-    it restores at fit's end); before, Ctrl-C is a KeyboardInterrupt."""
+    out, and a second Ctrl-C exits at once, status 130. So does SIGTERM in a run of several processes, in place of
+    Lightning's handler, whose broadcast from inside the handler can meet another collective and hang the run. Set
+    when training starts (after Lightning records the handlers it restores at fit's end); before, Ctrl-C is a
+    KeyboardInterrupt."""
 
     def __init__(self) -> None:
-        self.received = False
-        self._previous = None
+        self.received = 0  # the signal that stops the run (SIGTERM over SIGINT), 0 for none
+        self._previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}  # before fit's: Lightning sets its own
+        self._set: tuple = ()
 
     def on_train_start(self, trainer, pl_module) -> None:
         if threading.current_thread() is threading.main_thread():  # Python sets handlers from the main thread only
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._set = (signal.SIGINT, signal.SIGTERM) if trainer.world_size > 1 else (signal.SIGINT,)
+            self._previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+            for signum in self._set:
+                signal.signal(signum, self._on_signal)
 
     @staticmethod
     def exit_now(signum=None, frame=None) -> None:  # also train.py's handler as a stopped run exits
         print("\ninterrupted again: exiting now; last.ckpt is the last one written", file=sys.stderr, flush=True)
         os._exit(130)
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.received:
+    def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
             self.exit_now()
-        self.received = True
-        print("\ninterrupted: stopping after this step and saving last.ckpt (Ctrl-C again to exit now)",
-              file=sys.stderr, flush=True)
+        self.received = max(self.received, signum)
+        print(f"\n{'interrupted' if signum == signal.SIGINT else 'SIGTERM'}: stopping after this step and saving "
+              f"last.ckpt{' (Ctrl-C again to exit now)' * (signum == signal.SIGINT)}", file=sys.stderr, flush=True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        received = int(self.received)
+        received = self.received
         if trainer.world_size > 1:  # one collective per batch, as Lightning's own SIGTERM check
             received = int(trainer.strategy.reduce(torch.tensor(received, device=trainer.strategy.root_device),
                                                    reduce_op="max"))
@@ -213,11 +219,11 @@ class StopOnInterrupt(L.Callback):
             progress = trainer.fit_loop.epoch_loop.batch_progress  # this batch is fetched, never trained: counted
             progress.total.reset_on_restart()  # as it is not, or a resumed run's validations come a batch early
             progress.current.reset_on_restart()
-            raise Stopped(signal.SIGINT)
+            raise Stopped(received)
 
     def teardown(self, trainer=None, pl_module=None, stage=None) -> None:
-        """Puts the handler from before back: Lightning calls it after a fit that ends, train.fit after one that
+        """Puts the handlers from before fit back: Lightning calls it after a fit that ends, train.fit after one that
         stops (after on_exception, where last.ckpt is saved: a second Ctrl-C during that save exits at once)."""
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum in self._set:
+            signal.signal(signum, self._previous[signum])
+        self._set = ()

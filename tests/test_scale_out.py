@@ -1,4 +1,5 @@
 """The multi-process path on the CPU: DDP over 2 gloo processes, alone and inside a sweep; submitit's local launcher."""
+import contextlib
 import json
 import os
 import signal
@@ -105,3 +106,38 @@ def test_a_ctrl_c_stop_of_a_ddp_job_inside_a_sweep_is_one_line(text_file, tmp_pa
     said = "a process of the run ended with frosty_lm.callbacks.Stopped: SIGINT: ddp_spawn ended the others at once"
     assert record["status"] == "failed" and record["error"].startswith(said)
     assert f"failed: {job.name}: {said}" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["group", "main"])  # as SLURM sends it; `kill PID`
+def test_sigterm_stops_every_process_of_a_ddp_cpu_run_at_one_step(text_file, tmp_path, to):
+    """Frosty's handler, not Lightning's (whose broadcast inside the handler can meet another collective and hang
+    the run): every process stops at the same step, last.ckpt is saved there, exit status 143, and it resumes."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, as_from_a_shell
+
+    run_dir = tmp_path / "ddp"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *DDP, "trainer.max_steps=100000",
+                             "dataset=text", f"data.path={text_file}", f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=as_from_a_shell)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "checkpoints/last.ckpt").is_file():  # both processes train; a validation is near
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM) if to == "group" else proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143 and "Traceback" not in out, out
+    record = json.loads((run_dir / "status.json").read_text())
+    step = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
+    assert record["status"] == "interrupted" and record["steps"] == step, record
+    assert f"interrupted by SIGTERM at step {step}; last.ckpt saved" in out
+    run("train.py", f"resume={run_dir}", f"trainer.max_steps={step + 5}", cwd=tmp_path)
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == step + 5
