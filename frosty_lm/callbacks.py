@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities import rank_zero_only
 
 from frosty_lm.attention import MAX_PROMPT, attention_maps, rgb_pixels
 from frosty_lm.config import is_int, is_number, must
@@ -207,8 +208,9 @@ class StopOnInterrupt(L.Callback):
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             self.exit_now()
         self.received = max(self.received, signum)
-        print(f"\n{'interrupted' if signum == signal.SIGINT else 'SIGTERM'}: stopping after this step and saving "
-              f"last.ckpt{' (Ctrl-C again to exit now)' * (signum == signal.SIGINT)}", file=sys.stderr, flush=True)
+        if rank_zero_only.rank == 0:  # (a signal to the process group reaches every process: one line for the run)
+            print(f"\n{'interrupted' if signum == signal.SIGINT else 'SIGTERM'}: stopping after this step and saving "
+                  f"last.ckpt{' (Ctrl-C again to exit now)' * (signum == signal.SIGINT)}", file=sys.stderr, flush=True)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         received = self.received

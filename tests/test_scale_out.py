@@ -139,5 +139,6 @@ def test_sigterm_stops_every_process_of_a_ddp_cpu_run_at_one_step(text_file, tmp
     step = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"]
     assert record["status"] == "interrupted" and record["steps"] == step, record
     assert f"interrupted by SIGTERM at step {step}; last.ckpt saved" in out
+    assert out.count("SIGTERM: stopping after this step and saving last.ckpt") == 1, out  # rank 0's, for the run
     run("train.py", f"resume={run_dir}", f"trainer.max_steps={step + 5}", cwd=tmp_path)
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == step + 5
