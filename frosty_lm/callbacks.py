@@ -189,6 +189,7 @@ class StopOnInterrupt(L.Callback):
 
     def __init__(self) -> None:
         self.received = 0  # the signal that stops the run (SIGTERM over SIGINT), 0 for none
+        self._seen: set[int] = set()
         self._previous = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}  # before fit's: Lightning sets its own
         self._set: tuple = ()
 
@@ -205,9 +206,10 @@ class StopOnInterrupt(L.Callback):
         os._exit(130)
 
     def _on_signal(self, signum, frame) -> None:
-        if signum == signal.SIGINT and self.received == signal.SIGINT:
+        if signum == signal.SIGINT and signum in self._seen:
             self.exit_now()
-        self.received = max(self.received, signum)
+        self._seen.add(signum)
+        self.received = max(self._seen)
         if rank_zero_only.rank == 0:  # (a signal to the process group reaches every process: one line for the run)
             print(f"\n{'interrupted' if signum == signal.SIGINT else 'SIGTERM'}: stopping after this step and saving "
                   f"last.ckpt{' (Ctrl-C again to exit now)' * (signum == signal.SIGINT)}", file=sys.stderr, flush=True)

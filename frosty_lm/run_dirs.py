@@ -128,7 +128,7 @@ def refuse_links(run: Path) -> None:
     paths = (Path(below) / name for below, dirs, files in os.walk(run) for name in [*dirs, *files])
     if (link := next((path for path in paths if path.is_symlink()), None)) is not None:
         raise FrostyError(f"cannot resume {run}: {link} is a symbolic link, which could make the run write "
-                              "outside its directory; replace it with the file itself")
+                          "outside its directory; replace it with the file itself")
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
