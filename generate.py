@@ -13,7 +13,7 @@ from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
 from frosty_lm.cli import exit_on_user_error, run_entry_point, stdout_failed
 from frosty_lm.config import FrostyError, is_int, is_number, must
 from frosty_lm.generation import check_prompt, check_sampling, check_text, default_prompt, stream_text
-from frosty_lm.run_dirs import BEST, all_runs
+from frosty_lm.run_dirs import BEST, all_runs, newest_run
 from frosty_lm.status import run_record, run_state
 
 DATASETS = Path(__file__).resolve().parent / "conf" / "dataset"  # the named corpora
@@ -31,7 +31,7 @@ def choose_checkpoint(cfg: DictConfig) -> tuple[str | Path, str | None]:
     outputs = cfg.paths.outputs_dir
     if cfg.get("run") not in (None, ""):  # latest: the newest run's (by its last checkpoint: resume=latest's run)
         latest = cfg.run == "latest"
-        run = (all_runs(outputs, BEST) or [None])[-1] if latest else Path(str(cfg.run)).expanduser()
+        run = newest_run(outputs, BEST) if latest else Path(str(cfg.run)).expanduser()
         if run is None:
             raise no_runs(outputs)
         path = has_best(run, f"run=latest, {run}," if latest else f"run={cfg.run}")

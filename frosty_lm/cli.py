@@ -145,6 +145,7 @@ def make(node: DictConfig, key: str, **kwargs):
                               "setting)") from None
         raise
 
+
 def run_entry_point(main) -> None:
     """Run an entry point's main(); Ctrl-C that reaches it (during training a run stops itself at a step boundary)
     is one line and exit status 130. A console that cannot be written loses its log lines, not the run."""

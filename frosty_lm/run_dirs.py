@@ -31,8 +31,8 @@ def all_runs(outputs_dir: str | Path, holding: Path = LAST) -> list[Path]:
     return sorted(found, key=lambda run: (run / (LAST if (run / LAST).is_file() else holding)).stat().st_mtime)
 
 
-def newest_run(outputs_dir: str | Path) -> Path | None:  # what resume=latest continues
-    return (all_runs(outputs_dir) or [None])[-1]
+def newest_run(outputs_dir: str | Path, holding: Path = LAST) -> Path | None:  # resume=latest's; generate.py's: BEST
+    return (all_runs(outputs_dir, holding) or [None])[-1]
 
 
 def run_to_resume(resume: str, outputs_dir: str | Path) -> Path:

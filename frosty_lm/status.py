@@ -198,7 +198,8 @@ def failed_early(job: Path) -> dict:
         lines = (job / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         lines = []
-    errors = [line.split("[ERROR] - error: ", 1)[1] for line in lines if "[frosty][ERROR] - error: " in line]
+    marker = "[frosty][ERROR] - error: "  # exit_on_user_error's line, in Hydra's log format
+    errors = [line.split(marker, 1)[1] for line in lines if marker in line]
     return {"status": "failed", "error": errors[-1] if errors else "before training: see its train.log"}
 
 
