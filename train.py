@@ -141,10 +141,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
     datamodule.setup("fit")  # its vocabulary, for the model
     run_config = OmegaConf.to_container(cfg, resolve=True)  # plain containers: checkpoints load weights_only
     model_cfg = GPTConfig(vocab_size=len(datamodule.tokenizer), **run_config["model"])
-    if cfg.trainer.get("accelerator") == "cpu":
-        check_training_fits(model_cfg, cfg.data.batch_size, devices)
-    elif cfg.trainer.get("accelerator") in ("gpu", "cuda"):
-        check_training_fits(model_cfg, cfg.data.batch_size, gpu=True)
+    if cfg.trainer.get("accelerator") in ("cpu", "gpu", "cuda"):  # (auto, mps, ...: not estimated)
+        check_training_fits(model_cfg, cfg.data.batch_size, devices, gpu=cfg.trainer.accelerator != "cpu")
     model = FrostyLM(vocab=datamodule.tokenizer.chars, model=run_config["model"], optim=run_config["optim"],
                      scheduler=run_config["scheduler"], logged_config=run_config,  # to TensorBoard's HPARAMS only
                      config=OmegaConf.to_container(cfg, resolve=False),  # as composed, for resume= to compare

@@ -84,13 +84,10 @@ class SampleText(EveryNValidations):
             return
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_text"):  # only TensorBoard shows text; a code block keeps its line breaks
-            experiment.add_text("sample", f"```\n{self.sample(pl_module)}\n```", global_step=trainer.global_step)
-
-    def sample(self, pl_module) -> str:
-        vocab = pl_module.hparams.vocab
-        prompt = prompt_in(vocab, self.prompt)
-        return sample_text(pl_module.model, vocab, prompt, self.max_new_tokens, self.temperature,
-                           self.top_k, self.top_p, self.seed)
+            vocab = pl_module.hparams.vocab
+            sample = sample_text(pl_module.model, vocab, prompt_in(vocab, self.prompt), self.max_new_tokens,
+                                 self.temperature, self.top_k, self.top_p, self.seed)
+            experiment.add_text("sample", f"```\n{sample}\n```", global_step=trainer.global_step)
 
 
 class CopiedShare(EveryNValidations):

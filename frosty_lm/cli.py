@@ -26,15 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, InterpolationResolutionError
 
-from frosty_lm.config import (
-    AdamWConfig,
-    ConstantSchedule,
-    CosineSchedule,
-    DataConfig,
-    FrostyError,
-    ModelConfig,
-    MuonConfig,
-)
+from frosty_lm.config import SCHEMAS, FrostyError
 from frosty_lm.machine import cpu_precision
 
 FILE_ONLY = {"file_only": True}  # logging's `extra=`: the line goes to train.log, not to the console
@@ -240,7 +232,7 @@ def quiet_lightning() -> None:
 # run_dirs, which imports this, with the callbacks they unpickle). The schemas (config.py): each node's keys and types.
 OmegaConf.register_new_resolver("frosty_cpu_precision", cpu_precision, replace=True)
 OmegaConf.register_new_resolver("frosty_dirname", lambda name: name.replace("/", "_"), replace=True)  # a sweep job's
-for group, name, node in (("model", "gpt", ModelConfig), ("optim", "adamw", AdamWConfig), ("optim", "muon", MuonConfig),
-                          ("scheduler", "constant", ConstantSchedule), ("scheduler", "cosine", CosineSchedule)):
-    ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)
-ConfigStore.instance().store(group="schema", name="data", node=DataConfig, package="data")
+for group, options in SCHEMAS.items():  # schema/model/gpt, ...; the data node's: schema/data, at data
+    for name, node in options.items():
+        ConfigStore.instance().store(group="schema" if name is None else f"schema/{group}", name=name or group,
+                                     node=node, package=group if name is None else None)

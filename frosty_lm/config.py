@@ -99,10 +99,12 @@ class AdamWConfig:
     betas: list[float]
 
     def __post_init__(self) -> None:
-        must(is_number(self.lr) and 0 < self.lr <= FLOAT32_MAX, "optim.lr", self.lr,
-             "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
-        must(is_number(self.weight_decay) and 0 <= self.weight_decay <= FLOAT32_MAX, "optim.weight_decay",
-             self.weight_decay, "a number >= 0 (at most 3.4e38)")
+        for lr, decay in (("lr", "weight_decay"), ("adamw_lr", "adamw_weight_decay")):  # adamw_*: MuonConfig's
+            if hasattr(self, lr):
+                must(is_number(v := getattr(self, lr)) and 0 < v <= FLOAT32_MAX, f"optim.{lr}", v,
+                     "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
+                must(is_number(v := getattr(self, decay)) and 0 <= v <= FLOAT32_MAX, f"optim.{decay}", v,
+                     "a number >= 0 (at most 3.4e38)")
         betas = list(self.betas) if isinstance(self.betas, Sequence) and not isinstance(self.betas, str) else self.betas
         must(isinstance(betas, list) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas),
              "optim.betas", betas, "two numbers in [0, 1), e.g. optim.betas=[0.9,0.99]")
@@ -117,10 +119,6 @@ class MuonConfig(AdamWConfig):  # lr and weight_decay: Muon's; adamw_*: AdamW's,
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        must(is_number(self.adamw_lr) and 0 < self.adamw_lr <= FLOAT32_MAX, "optim.adamw_lr", self.adamw_lr,
-             "a positive number (at most 3.4e38, float32's largest), e.g. 1e-3")
-        must(is_number(self.adamw_weight_decay) and 0 <= self.adamw_weight_decay <= FLOAT32_MAX,
-             "optim.adamw_weight_decay", self.adamw_weight_decay, "a number >= 0 (at most 3.4e38)")
         must(is_number(self.momentum) and 0 <= self.momentum < 1, "optim.momentum", self.momentum, "a number in [0, 1)")
         must(self.adjust_lr_fn in ("original", "match_rms_adamw"), "optim.adjust_lr_fn", self.adjust_lr_fn,
              "original or match_rms_adamw")

@@ -119,8 +119,6 @@ class CharTokenizer:
     """The character vocabulary: the sorted distinct characters of a corpus, one id each."""
 
     def __init__(self, chars: str) -> None:
-        if len(set(chars)) != len(chars):
-            raise ValueError("vocabulary characters must be distinct")
         self.chars = chars  # stored in checkpoints as this plain string
         self.stoi = {ch: i for i, ch in enumerate(chars)}
 
@@ -152,9 +150,6 @@ class CharTokenizer:
         vocabulary fits a byte (through str.translate, a byte a character), else int32."""
         import torch  # here: train.py checks corpus paths before torch loads
 
-        missing = set(text) - self.stoi.keys()
-        if missing:
-            self.encode("".join(sorted(missing)))  # the same error as encode()
         if len(self) > 256:
             return torch.from_numpy(np.fromiter(map(self.stoi.__getitem__, text), dtype=np.int32, count=len(text)))
         ids = text.translate({ord(ch): i for i, ch in enumerate(self.chars)}).encode("latin-1")

@@ -74,16 +74,10 @@ class CharDataModule(L.LightningDataModule):
         self.seed, self.decode_errors = seed, decode_errors
         self.tokenizer: CharTokenizer | None = None
 
-    def _file(self):
-        return corpus.resolve(self.name, self.data_dir, self.path, self.url, self.sha256)
-
-    def prepare_data(self) -> None:
-        self._file()  # downloads and verifies on first use
-
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
             return
-        file = self._file()
+        file = corpus.resolve(self.name, self.data_dir, self.path, self.url, self.sha256)  # downloaded on first use
         # read as bytes, decoded (up to 4 bytes a character), encoded to a byte a character: ~6x the file at the peak
         check_fits(6 * file.stat().st_size, f"reading the corpus {file}", "train on a smaller file")
         text = corpus.read_text(file, self.decode_errors)

@@ -106,10 +106,6 @@ class MuonWithAdamW(torch.optim.Optimizer):
         self.muon.state = self.adamw.state = self.state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups) or "momentum" not in groups[0]:
-            raise FrostyError("the checkpoint's optimizer is not optim=muon's: start from it with the optim it was "
-                              "trained with (its hyper_parameters.optim.name; none: adamw)")
         super().load_state_dict(state_dict)
         self._share()
 
@@ -129,13 +125,13 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
               min_lr_ratio: float = 0.1) -> Callable[..., float]:
     """The lr multiplier (for torch's LambdaLR). constant: linear warm-up, then the base lr. cosine: warm-up (at
     most half of decay_steps, so that short runs still decay), then cosine decay to min_lr_ratio at decay_steps. A
-    cosine run limited by time also gives budget_step: warm-up counts steps but ends by half the budget; decay
-    follows it."""
+    cosine run limited by time also gives `at`, where timed() places it: warm-up counts steps but ends by half the
+    budget; decay follows it."""
     if name == "cosine":
         warmup_steps = min(warmup_steps, decay_steps // 2)
 
     def factor(step: float, at: float | None = None) -> float:
-        at = step if at is None else at  # where the schedule stands: the step, or budget_step when time is ahead
+        at = step if at is None else at  # where the schedule stands: the step, or timed()'s place when time is ahead
         warm = min(1.0, (step + 1) / warmup_steps) if step < warmup_steps else 1.0
         if name == "constant":
             return warm
@@ -147,18 +143,14 @@ def lr_lambda(name: str = "constant", warmup_steps: int = 0, decay_steps: int | 
     return factor
 
 
-def budget_step(step: int, max_steps: int, elapsed: float, max_time: float) -> float:
-    """Where a run limited by time stands in a schedule laid out in steps: the larger of the steps done and the
-    share of its time budget spent, in steps of max_steps, so that the decay follows whichever runs out first."""
-    return max(step, elapsed / max_time * max_steps)
-
-
 def timed(factor: Callable[..., float], max_steps: int, max_time: float,
           clock: Callable[[], float]) -> Callable[[int], float]:
-    """factor (an lr_lambda) at budget_step, from the seconds of training that clock() returns. A function, not an
-    object: LambdaLR keeps an object's attributes in checkpoints, and the clock is no data to keep."""
+    """factor (an lr_lambda) where a run limited by time stands in a schedule laid out in steps: the larger of the
+    steps done and the share of its time budget spent (clock(): seconds of training), in steps of max_steps, so that
+    the decay follows whichever runs out first. A function, not an object: LambdaLR keeps an object's attributes in
+    checkpoints, and the clock is no data to keep."""
 
     def timed_factor(step: int) -> float:
-        return factor(step, budget_step(step, max_steps, clock(), max_time))
+        return factor(step, max(step, clock() / max_time * max_steps))
 
     return timed_factor

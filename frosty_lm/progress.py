@@ -17,7 +17,6 @@ from frosty_lm.config import is_int, is_number, must
 log = logging.getLogger("frosty")
 
 
-
 class StepProgressBar(RichProgressBar):
     """One bar over the whole run (global step of max_steps), not one per epoch: an epoch is only a nominal pass."""
 

@@ -51,7 +51,7 @@ def test_a_missing_corpus_is_reported_before_torch_loads_in_the_real_paths_words
     name, data_dir, path = keys.get("data.name", "text"), keys.get("data.data_dir", "data"), keys.get("data.path")
     monkeypatch.chdir(tmp_path)  # data_dir is relative, as train.py sees it from its working directory
     with pytest.raises(FrostyError) as training_says:  # what training itself reports
-        CharDataModule(name, data_dir, block_size=8, path=path).prepare_data()
+        CharDataModule(name, data_dir, block_size=8, path=path).setup()
     assert_one_line_error(code, err)
     assert err.strip().splitlines()[-1] == f"error: {training_says.value}"
     assert not packages & set(HEAVY), f"train.py imported {sorted(packages & set(HEAVY))} before its error"

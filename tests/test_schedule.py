@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY
-from frosty_lm.optim import budget_step, lr_lambda, timed
+from frosty_lm.optim import lr_lambda, timed
 
 # a tiny run limited by its time budget alone, every step's lr logged; no warm-up, so that a schedule by steps
 # would keep the lr near 1e-3 all along
@@ -31,11 +31,13 @@ def test_constant_is_one_after_the_warm_up():
 
 
 def test_a_time_budget_moves_the_schedule_by_the_larger_share_spent():
-    """budget_step: the steps done, or the share of max_time spent in steps of max_steps, whichever is further."""
-    assert budget_step(10, max_steps=1000, elapsed=0.0, max_time=60.0) == 10  # the step itself, an int
-    assert budget_step(10, max_steps=1000, elapsed=30.0, max_time=60.0) == pytest.approx(500)
-    assert budget_step(900, max_steps=1000, elapsed=30.0, max_time=60.0) == 900  # steps ahead of time
-    assert budget_step(10, max_steps=1000, elapsed=90.0, max_time=60.0) == pytest.approx(1500)
+    """timed: the schedule at the steps done, or the share of max_time spent in steps of max_steps, if further."""
+    def at(step, elapsed):  # where timed puts a schedule that returns its position
+        return timed(lambda _, position: position, 1000, 60.0, lambda: elapsed)(step)
+    assert at(10, 0.0) == 10  # the step itself, an int
+    assert at(10, 30.0) == pytest.approx(500)
+    assert at(900, 30.0) == 900  # steps ahead of time
+    assert at(10, 90.0) == pytest.approx(1500)
 
 
 def test_a_timed_cosine_warms_up_by_steps_and_decays_with_the_clock():
