@@ -2,15 +2,17 @@
 Torch only, no Lightning, so that it starts quickly; the decoding itself is frosty_lm/generation.py."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-from frosty_lm.cli import exit_on_user_error, run_entry_point, stdout_failed
+from frosty_lm.cli import exit_on_user_error, read_small, run_entry_point, stdout_failed
 from frosty_lm.config import FrostyError, is_int, is_number, must
 from frosty_lm.generation import check_prompt, check_sampling, check_text, default_prompt, stream_text
 from frosty_lm.run_dirs import BEST, all_runs, newest_run
@@ -71,7 +73,7 @@ def run_corpus(run: Path) -> str | None:
     """The corpus a run trained on: data.name in its .hydra/config.yaml, with data.path if it names a file ("text:FILE",
     so that two files do not compare); None if the file is missing, damaged or foreign."""
     try:  # as written, nothing resolved: the file may come from someone else
-        data = OmegaConf.to_container(OmegaConf.load(run / ".hydra" / "config.yaml"), resolve=False)["data"]
+        data = yaml.safe_load(read_small(run / ".hydra" / "config.yaml"))["data"]  # (YAML's aliases stay shared)
         name, path = data["name"], data.get("path")
     except Exception:  # unreadable, not YAML, not a mapping, no data.name: whatever the error, the corpus is unknown
         return None
@@ -143,7 +145,7 @@ def main(cfg: DictConfig) -> None:
         if torch.device(device).type == "meta":  # tensors without data: nothing to sample from
             raise ValueError("a meta device holds no data")
         model.to(device)
-    except (RuntimeError, ValueError, AssertionError) as err:
+    except (RuntimeError, ValueError, AssertionError, ImportError) as err:  # (ImportError: torch.hpu, ...)
         raise FrostyError(f"device={device!r} cannot be used here ({' '.join(str(err).split())[:120]}): "
                           "use device=cpu, or device=cuda on a machine with a GPU") from None
     try:
@@ -160,4 +162,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if sys.stderr is None:  # started with it closed (2>&-): print's notes would go to stdout, into the samples
+        sys.stderr = open(os.devnull, "w")
     run_entry_point(main)

@@ -6,6 +6,7 @@ import atexit
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -15,9 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm import cli, corpus
-from frosty_lm.cli import command_arg, exit_on_user_error, in_sweep, make, parallel_jobs, user_message
+from frosty_lm.cli import command_arg, exit_on_user_error, in_sweep, job_log_only, make, parallel_jobs, user_message
 from frosty_lm.config import FrostyError, GPTConfig, check_config, is_int
-from frosty_lm.run_dirs import LAST, forget_refused_resume, resume_if_asked
+from frosty_lm.run_dirs import LAST, resume_if_asked
 from frosty_lm.status import RunLock, RunRecord, summarise
 
 log = logging.getLogger("frosty")
@@ -51,9 +52,9 @@ def run_training(cfg: DictConfig) -> float | None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from frosty_lm.callbacks import StopOnInterrupt, Stopped
-    from frosty_lm.progress import keep_off_console
+    from frosty_lm.progress import keep_off_console, quiet_lightning
 
-    cli.quiet_lightning()  # once Lightning is imported: it adds its console handler then
+    quiet_lightning()  # once Lightning is imported: it adds its console handler then
     keep_off_console(f"[job {HydraConfig.get().job.num}] " if parallel_jobs() > 1 else "")  # its directory: N_...
     resumed = bool(cfg.get("resume"))
     try:
@@ -121,7 +122,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
     from frosty_lm.data import CharDataModule
     from frosty_lm.lit_module import FrostyLM, NonFiniteLoss
     from frosty_lm.machine import check_gpu_present, check_training_fits, precision_line
-    from frosty_lm.progress import ProgressLines, job_log_only
+    from frosty_lm.progress import ProgressLines
 
     check_config(cfg)  # before threads and seed reach torch
     check_gpu_present(cfg.trainer.get("accelerator"))  # before the corpus is read
@@ -216,6 +217,15 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
     except KeyboardInterrupt:  # the run itself is complete and saved: Ctrl-C only cuts its summary short
         log.info("summary skipped (Ctrl-C); the run is complete")
     return best
+
+
+def forget_refused_resume() -> None:
+    """A resume refused before training leaves its run as it found it: the config Hydra saved for it goes too."""
+    if not HydraConfig.initialized():
+        return
+    hydra = HydraConfig.get()
+    if (subdir := hydra.output_subdir) and Path(subdir).match(".hydra/resumed-*"):
+        shutil.rmtree(Path(hydra.runtime.output_dir) / subdir, ignore_errors=True)
 
 
 def spawn_ranks_inside_sweep(cfg: DictConfig) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from frosty_lm.cli import run_entry_point
+from frosty_lm.cli import replace_file, run_entry_point
 from frosty_lm.config import FrostyError
 from frosty_lm.corpus import CharTokenizer
 from frosty_lm.generation import check_prompt
@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         model, vocab = model_from_checkpoint(load_checkpoint(args["ckpt_path"]), args["ckpt_path"])
         check_prompt(vocab, args["prompt"])
         maps = attention_maps(model, vocab, args["prompt"])
-        Path(args["out"]).write_bytes(png_bytes(maps, args["prompt"]))
+        image = png_bytes(maps, args["prompt"])
+        replace_file(Path(args["out"]), lambda f: f.write(image))  # whole or not at all: the old one stays
     except FrostyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+import yaml
 
 from frosty_lm.config import FrostyError, GPTConfig, is_int, max_time_seconds
 from frosty_lm.model import GPT, Bigram, build
@@ -89,9 +89,16 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "the checkpoint") -> tu
         raise FrostyError(f"{path} is damaged: its vocabulary is not the sorted, distinct characters train.py "
                           "stores; use a checkpoint written by train.py")
     try:
-        model = build(GPTConfig(vocab_size=len(vocab), **hparams["model"]))
+        cfg = GPTConfig(vocab_size=len(vocab), **hparams["model"])
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)  # strict: the names and shapes the options give (no pos_emb with rope, ...)
+        with torch.device("meta"):  # the names and shapes its settings give, before any memory is taken for them
+            shapes = {k: v.shape for k, v in build(cfg).state_dict().items()}
+        keys = [*shapes, *(k for k in state if k not in shapes)]  # (no pos_emb with rope, ...)
+        if wrong := next((k for k in keys if k not in state or k not in shapes or state[k].shape != shapes[k]), None):
+            raise ValueError(f"{wrong}: {'missing' if wrong not in state else tuple(state[wrong].shape)} in the "
+                             f"file, {tuple(shapes[wrong]) if wrong in shapes else 'none'} for its settings")
+        model = build(cfg)
+        model.load_state_dict(state)
         if isinstance(model, GPT) and model.cfg.tie_weights and not torch.equal(state["head.weight"],
                                                                                 state["tok_emb.weight"]):
             raise ValueError("model.tie_weights=true, but head.weight and tok_emb.weight differ")
@@ -185,7 +192,7 @@ def recorded_overrides(run: Path, this_subdir: str | None) -> list[str]:
                if not this_subdir or file.parent != run / this_subdir]
     for file in [first, *resumes]:
         try:
-            listed = OmegaConf.to_container(OmegaConf.load(file))
+            listed = yaml.safe_load(file.read_bytes())  # plainly: YAML's aliases stay shared, nothing resolves
         except Exception:  # not YAML, not UTF-8, unreadable: the same answer
             listed = None
         if not (isinstance(listed, list) and all(isinstance(o, str) for o in listed)):

@@ -2,8 +2,6 @@
 last.ckpt: BestAndLastCheckpoint). Reading them is checkpoint.py's."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -14,9 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from frosty_lm.callbacks import Stopped
 from frosty_lm.checkpoint import read_safely, same_file
-
-UMASK = os.umask(0o022)
-os.umask(UMASK)  # (reading the umask means setting it: set back at once)
+from frosty_lm.cli import replace_file
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,14 +32,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             for stale in target.parent.glob(".*.ckpt.*.tmp"):
                 stale.unlink(missing_ok=True)
             self._cleaned.add(target.parent)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
-            os.chmod(tmp, 0o666 & ~UMASK)  # as the run's other files (mkstemp makes it private)
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            replace_file(target, lambda f: torch.save(checkpoint, f))
         except Exception as err:  # the line names the checkpoint, whatever layer met the full or read-only disk
             cause = err
             while cause is not None and not (isinstance(cause, OSError) and cause.errno):
@@ -51,8 +41,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if cause is None:
                 raise
             raise OSError(cause.errno, cause.strerror, str(target)) from err
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         loaded = self._loaded.pop(same_file(path), None)  # handed over once: a later load reads the file

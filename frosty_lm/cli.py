@@ -1,7 +1,8 @@
 """What the entry points share: a user error is one `error:` line and exit status 1 (a sweep's job returns instead),
 a config node's constructor's too (make); Ctrl-C before training is one line and 130; standard output that fails; a
-directory to write in, made or refused in one line; key=value printed to paste back; Lightning quieted; sweep or not;
-and, at import, what conf/ needs registered: the resolvers frosty_cpu_precision and frosty_dirname, the schemas."""
+directory to write in, made or refused in one line; files replaced whole; a received run's records read safely;
+key=value printed to paste back; sweep or not; and, at import, what conf/ needs registered: the resolvers
+frosty_cpu_precision and frosty_dirname, the schemas."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +14,11 @@ import re
 import shlex
 import shutil
 import sys
+import tempfile
 import traceback
-import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -43,6 +46,11 @@ def parallel_jobs() -> int:
         return 1
     n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
     return (os.cpu_count() or 1) if n_jobs < 0 else n_jobs
+
+
+def job_log_only() -> dict | None:
+    """logging's `extra=` for lines that a parallel sweep keeps to the job's train.log, off the interleaved console."""
+    return FILE_ONLY if parallel_jobs() > 1 else None
 
 
 ELSEWHERE = "free some space, or put runs on another disk with paths.outputs_dir=DIR"
@@ -171,6 +179,30 @@ def stdout_failed(err: OSError) -> None:
                           "disk") from None
 
 
+os.umask(UMASK := os.umask(0o022))  # reading the umask means setting it: set back at once
+
+
+def replace_file(target: Path, write: Callable[[BinaryIO], None]) -> None:
+    """write(file) into a new file beside target, flushed to disk and renamed over it: a kill or a full disk leaves
+    the old file or the new one, never a part, and a link planted at the target's name is replaced, not followed."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # as other new files (mkstemp makes it private)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def read_small(file: Path, limit: int = 2**20) -> bytes | None:
+    """A record of a run directory, which may come from someone else: None unless a regular file (a FIFO would block
+    reading, a device never end) of at most limit bytes. An OSError in reading it is the caller's."""
+    return file.read_bytes() if file.is_file() and file.stat().st_size <= limit else None
+
+
 def make_dir(path: str, key: str) -> None:
     """Create path, writable, or a FrostyError naming why not and the key that moves it."""
     try:
@@ -206,26 +238,6 @@ def generate_command(path: Path, prompt: str, seed: int) -> str:
     if prompt.strip():
         command += " " + command_arg("prompt", prompt, quoted=True)
     return f"{command} seed={seed}"
-
-
-def _no_tips(record: logging.LogRecord) -> bool:
-    message = record.getMessage()  # a tip, or Lightning's own line for a Ctrl-C that train.py reports itself
-    return "Tip:" not in message and "Detected KeyboardInterrupt" not in message
-
-
-def quiet_lightning() -> None:
-    """Silence Lightning's advertisements and the warnings that do not apply: Frosty's training stream resumes exactly
-    without loader state, checkpoint directories are reused on purpose, an epoch is nominal, a GPU whose peak Lightning
-    lacks gets no MFU, loader workers would only add processes, and the val loss is summed across processes already.
-    Calling it again adds nothing."""
-    lightning = logging.getLogger("lightning")  # its lines go through Hydra's handlers only: with its own console
-    for handler in list(lightning.handlers):  # handler too, each would print twice, once without the job's prefix
-        lightning.removeHandler(handler)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
-    warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec|sync_dist=True).*")
-    warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|Checkpoint directory .* exists and is "
-                                              r"not empty|smaller than the logging interval|The dirpath has changed "
-                                              r"from|FLOPs not found for|does not have many workers).*")
 
 
 # At import, not only in train.py: sweep workers resolve the hydra node too (joblib's import train.py; submitit's import

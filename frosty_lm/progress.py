@@ -1,17 +1,19 @@
 """Following a run: the Rich bar on a terminal, and plain lines (step, train loss, characters/s, ETA; each
-validation; the run's time estimated early) everywhere else (a pipe, nohup, a batch job, CI) and in train.log."""
+validation; the run's time estimated early) everywhere else (a pipe, nohup, a batch job, CI) and in train.log; the
+console's lines (Lightning's quieted, a parallel sweep's job named, other ranks' left out)."""
 from __future__ import annotations
 
 import logging
 import math
 import time
+import warnings
 from datetime import timedelta
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar, Timer
 from lightning.pytorch.utilities import rank_zero_only
 
-from frosty_lm.cli import FILE_ONLY, parallel_jobs
+from frosty_lm.cli import FILE_ONLY
 from frosty_lm.config import is_int, is_number, must
 
 log = logging.getLogger("frosty")
@@ -35,6 +37,26 @@ class StepProgressBar(RichProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    message = record.getMessage()  # a tip, or Lightning's own line for a Ctrl-C that train.py reports itself
+    return "Tip:" not in message and "Detected KeyboardInterrupt" not in message
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's advertisements and the warnings that do not apply: Frosty's training stream resumes exactly
+    without loader state, checkpoint directories are reused on purpose, an epoch is nominal, a GPU whose peak Lightning
+    lacks gets no MFU, loader workers would only add processes, and the val loss is summed across processes already.
+    Calling it again adds nothing."""
+    lightning = logging.getLogger("lightning")  # its lines go through Hydra's handlers only: with its own console
+    for handler in list(lightning.handlers):  # handler too, each would print twice, once without the job's prefix
+        lightning.removeHandler(handler)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
+    warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec|sync_dist=True).*")
+    warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|Checkpoint directory .* exists and is "
+                                              r"not empty|smaller than the logging interval|The dirpath has changed "
+                                              r"from|FLOPs not found for|does not have many workers).*")
 
 
 def keep_off_console(prefix: str = "") -> None:
@@ -219,8 +241,3 @@ class ProgressLines(L.Callback):
         """Characters trained per second over this process's training, validation left out."""
         seconds = self._train_time(time.monotonic())
         return self.chars / seconds if self.steps and seconds > 0 else None
-
-
-def job_log_only() -> dict | None:
-    """logging's `extra=` for lines that a parallel sweep keeps to the job's train.log, off the interleaved console."""
-    return FILE_ONLY if parallel_jobs() > 1 else None

@@ -12,8 +12,9 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from frosty_lm.cli import OneLineParser, make_dir, run_entry_point, stdout_failed
+from frosty_lm.cli import OneLineParser, make_dir, read_small, replace_file, run_entry_point, stdout_failed
 from frosty_lm.config import FrostyError, is_int, is_number
 from frosty_lm.status import run_record, run_state
 
@@ -52,14 +53,14 @@ class Run:
         """A single run that failed before training: nothing to compare (a sweep's or search's job is a result)."""
         hydra = self.path / ".hydra" / "hydra.yaml"  # Hydra's record of the job says if it was a sweep's
         return (self.status.get("status") == "failed" and self.status.get("training_started") is False
-                and not (hydra.is_file() and "\n  mode: MULTIRUN\n" in hydra.read_text(errors="replace")))
+                and b"\n  mode: MULTIRUN\n" not in (read_small(hydra) or b""))
 
 
 def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[float, float]]]]:
     """The run's scalars by step, and by wall time since its first logged point (TensorBoard's events only; the
     csv logger keeps no time). A resumed run's time includes the pause between its parts."""
     times = {}
-    if list(run_dir.glob("events.out.tfevents.*")):
+    if (events := list(run_dir.glob("events.out.tfevents.*"))) and all(e.is_file() for e in events):  # (no FIFO)
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
@@ -70,7 +71,8 @@ def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[s
         times = {tag: sorted((e.wall_time - start, e.value) for e in points) for tag, points in scalars.items()}
     else:
         curves = {}
-        for metrics in sorted(run_dir.glob("**/metrics.csv"), key=lambda p: (len(str(p)), str(p))):  # version_9, 10
+        found = [p for p in run_dir.glob("**/metrics.csv") if p.is_file()]  # (a received run's FIFO would block)
+        for metrics in sorted(found, key=lambda p: (len(str(p)), str(p))):  # version_9, 10
             try:
                 with open(metrics, newline="", encoding="utf-8") as f:
                     rows = list(csv.DictReader(f))
@@ -143,7 +145,7 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[Run], path: Path, title: str, x: str = "step") -> None:
+def plot(runs: list[Run], file: BinaryIO, title: str, x: str = "step") -> None:
     """The val-loss curves of all runs on one plot, against the step or (x="time") the wall time in seconds."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
@@ -162,7 +164,7 @@ def plot(runs: list[Run], path: Path, title: str, x: str = "step") -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.savefig(path)
+    fig.savefig(file, format="png")
 
 
 def samples(runs: list[Run], chars: int, prompt: str, seed: int) -> str:
@@ -230,11 +232,12 @@ def write_report(args: argparse.Namespace) -> None:
     text += f"\n\n{table(runs)}\n"
     if args.samples > 0 and (sampled := samples(runs, args.samples, args.prompt, args.seed)):
         text += "\n" + sampled
-    # written beside and renamed into place: a link planted at either name is replaced, not written through
-    (out / ".report.md.tmp").write_text(text)
-    os.replace(out / ".report.md.tmp", out / "report.md")
-    plot(runs, out / ".val_loss.tmp.png", title, args.x)
-    os.replace(out / ".val_loss.tmp.png", out / "val_loss.png")
+    try:  # each whole or not at all, a link planted at its name replaced, not written through
+        replace_file(out / "report.md", lambda f: f.write(text.encode("utf-8")))
+        replace_file(out / "val_loss.png", lambda f: plot(runs, f, title, args.x))
+    except OSError as err:
+        raise FrostyError(f"cannot write {err.filename2 or err.filename}: {err.strerror or err}: remove what is in the "
+                          "way, or give another directory with --out DIR") from None
     try:
         print(text, flush=True)
     except OSError as err:  # its reader went away (| head), or a full disk behind > FILE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,11 +123,13 @@ def or_exit() -> Iterator[None]:  # a Hydra callback's error would be Hydra's re
 
 
 def refuse_links(run: Path) -> None:
-    """A run directory to resume may come from someone else: a symbolic link in it could send writes elsewhere."""
+    """A run directory to resume may come from someone else: a symbolic link in it could send writes elsewhere,
+    a FIFO or a device make reading it hang."""
     paths = (Path(below) / name for below, dirs, files in os.walk(run) for name in [*dirs, *files])
-    if (link := next((path for path in paths if path.is_symlink()), None)) is not None:
-        raise FrostyError(f"cannot resume {run}: {link} is a symbolic link, which could make the run write "
-                          "outside its directory; replace it with the file itself")
+    if (odd := next((p for p in paths if p.is_symlink() or not (p.is_dir() or p.is_file())), None)) is not None:
+        why = ("is a symbolic link, which could make the run write outside its directory; replace it with the file "
+               "itself") if odd.is_symlink() else "is no file or directory (a FIFO or a device would block); remove it"
+        raise FrostyError(f"cannot resume {run}: {odd} {why}")
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -215,8 +216,7 @@ def check_recorded(overrides: list, run: Path) -> None:
     `_target_`), call a resolver, download from a URL that conf/ does not name, or write outside the run."""
     urls = set(re.findall(r"^url:\s*(\S+)", "\n".join(f.read_text() for f in (CONF / "dataset").glob("*.yaml")),
                           flags=re.MULTILINE))
-    for override in overrides:
-        key, value = override.key_or_group, override.value()
+    for override, key, value in ((o, *leaf) for o in overrides for leaf in leaves(o.key_or_group, o.value())):
         why = None
         if key.startswith("hydra") or any(part.startswith("_") for part in re.split(r"[./]", key)):
             why = f"sets {key}"
@@ -233,18 +233,16 @@ def check_recorded(overrides: list, run: Path) -> None:
                               f"runs you trust (or start a new run from its weights with ckpt_path={run / LAST})")
 
 
+def leaves(key: str, value) -> list[tuple[str, object]]:  # a dict's or list's values by their dotted keys, down
+    if isinstance(value, (dict, list)) and value:  # to the scalars: `callbacks.x={_target_:...}` sets its _target_
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        return [leaf for k, v in items for leaf in leaves(f"{key}.{k}", v)]
+    return [(key, value)]
+
+
 def differences(old, new, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two plain configs (a key on one side only differs)."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [found for key in sorted(set(old) | set(new), key=str)
                 for found in differences(old.get(key, ABSENT), new.get(key, ABSENT), f"{prefix}{key}.")]
     return [] if old == new else [prefix.removesuffix(".")]
-
-
-def forget_refused_resume() -> None:
-    """A resume refused before training leaves its run as it found it: the config Hydra saved for it goes too."""
-    if not HydraConfig.initialized():
-        return
-    hydra = HydraConfig.get()
-    if (subdir := hydra.output_subdir) and Path(subdir).match(".hydra/resumed-*"):
-        shutil.rmtree(Path(hydra.runtime.output_dir) / subdir, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from frosty_lm.cli import command_arg, generate_command
+from frosty_lm.cli import command_arg, generate_command, job_log_only, read_small
 from frosty_lm.config import FrostyError, is_int
 
 say = partial(print, file=sys.stderr, flush=True)  # the sweep's lines
@@ -50,9 +50,9 @@ def rank() -> int:  # this process's rank in a multi-process run (0 alone)
 
 def run_record(run: Path) -> dict:
     """The run's status.json (RunRecord) as a dict; {} if it is missing, damaged or foreign."""
-    try:
-        record = json.loads((run / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+    try:  # (read_small: a received run's may be a FIFO, a device, a huge file)
+        record = json.loads(read_small(run / "status.json") or b"null")
+    except (OSError, ValueError, RecursionError):  # not JSON, or not UTF-8; nested too deep for the parser
         return {}
     return record if isinstance(record, dict) else {}
 
@@ -70,7 +70,7 @@ class RunRecord:
             self._previous_times = self.path.stat().st_atime_ns, self.path.stat().st_mtime_ns
         try:
             self.data: dict = dict(json.loads(self.previous)) if self.previous else {}
-        except (ValueError, TypeError):  # a damaged record: start a new one (restore() still puts it back)
+        except (ValueError, TypeError, RecursionError):  # damaged: start a new one (restore() still puts it back)
             self.data = {}
         earlier = self.data.get("wall_time_s")
         self.earlier_wall_time = earlier if isinstance(earlier, (int, float)) else 0.0
@@ -166,7 +166,7 @@ def summarise(trainer, cfg: DictConfig, loss: float, text: str) -> None:
     split's start) and the generate.py command that continues it; in a parallel sweep those two go to train.log only."""
     from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
     from frosty_lm.generation import corpus_prompt, default_prompt, sample_text
-    from frosty_lm.progress import ProgressLines, duration, job_log_only
+    from frosty_lm.progress import ProgressLines, duration
 
     if rank() != 0:
         return

@@ -1,5 +1,7 @@
 """Attention maps: the weights the model computes, rows that sum to 1, nothing above the diagonal; the PNG of
 python -m frosty_lm.attention, and the image in TensorBoard (every few validations and at the last)."""
+import errno
+
 import pytest
 import torch
 from matplotlib.image import imread
@@ -94,6 +96,23 @@ def test_out_never_writes_over_a_checkpoint(trained_run, capsys):
     before = best.read_bytes()
     assert main([f"ckpt_path={best}", "prompt=Snow", f"out={best}"]) == 1
     assert best.read_bytes() == before and "give a file name ending in .png" in capsys.readouterr().err
+
+
+def test_a_full_disk_keeps_the_earlier_image_whole(trained_run, tmp_path, capsys, monkeypatch):
+    """The image is written beside its name and renamed over it: a write that fails (here the flush to disk, as on a
+    full disk) leaves the earlier image as it was, and no temporary file."""
+    import frosty_lm.cli
+
+    out = tmp_path / "attention.png"
+    out.write_bytes(b"the earlier image")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(frosty_lm.cli.os, "fsync", full)
+    assert main([f"ckpt_path={trained_run / 'checkpoints' / 'best.ckpt'}", "prompt=Snow", f"out={out}"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: cannot write {out}: No space left on device")
+    assert out.read_bytes() == b"the earlier image" and [p.name for p in tmp_path.iterdir()] == ["attention.png"]
 
 
 def test_the_last_validation_puts_the_maps_in_tensorboards_images(trained_run):

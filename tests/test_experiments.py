@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -316,6 +317,40 @@ def test_report_of_records_and_metrics_of_the_wrong_shape_shows_what_it_can(tmp_
     assert {name: row[-1] for name, row in rows.items()} == {"list": "unknown", "text": "unknown", "types": "unknown"}
     assert rows["types"][6] == "2.5000" and rows["types"][3] == "10"  # the best val loss and steps from metrics.csv
     assert rows["text"][6] == "2.5000"
+
+
+def test_report_of_a_received_run_with_special_files_neither_blocks_nor_fails(tmp_path, capsys):
+    """FIFOs where records should be (reading one would block forever) and a record nested too deep for the JSON
+    parser: each run keeps its row, status unknown."""
+    def give_up(signum, frame):
+        raise TimeoutError("the report blocked on a special file")
+
+    for name in ("fifo", "deep"):
+        (tmp_path / name / "csv").mkdir(parents=True)
+    os.mkfifo(tmp_path / "fifo" / "status.json")
+    os.mkfifo(tmp_path / "fifo" / "csv" / "metrics.csv")
+    os.mkfifo(tmp_path / "fifo" / "events.out.tfevents.1.host")
+    (tmp_path / "deep" / "status.json").write_text("[" * 100_000 + "]" * 100_000)
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(60)
+    try:
+        rows = report_rows(capsys, tmp_path)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert {name: row[-1] for name, row in rows.items()} == {"fifo": "unknown", "deep": "unknown"}
+
+
+def test_a_directory_where_the_report_writes_is_one_line_and_leaves_nothing_behind(tmp_path, capsys):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "status.json").write_text(json.dumps({"status": "finished", "best_val_loss": 2.5}))
+    for name in ("report.md", "val_loss.png"):
+        (tmp_path / name).mkdir()
+        assert report_main([str(tmp_path), "--samples", "0"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot write {tmp_path / name}: Is a directory: remove what is in the way")
+        assert not list(tmp_path.glob(".*")) and (tmp_path / name).is_dir()  # no temporary file left behind
+        (tmp_path / name).rmdir()
 
 
 def test_a_resumed_csv_run_keeps_its_earlier_metrics(invoke, text_file, tmp_path):

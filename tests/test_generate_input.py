@@ -93,9 +93,39 @@ def test_an_output_that_cannot_be_written_is_one_line(trained_run, tmp_path, std
     assert len(lines) == 1 and lines[0].startswith(message), done.stderr
 
 
-def test_a_meta_device_is_refused(invoke, trained_run):
-    code, _, err = invoke("generate.py", f"ckpt_path={trained_run}/checkpoints/best.ckpt", "device=meta")
-    assert_one_line_error(code, err, "device='meta' cannot be used here (a meta device holds no data)")
+@pytest.mark.parametrize("device, reason", [("meta", "(a meta device holds no data)"), ("hpu", "(No module named")])
+def test_a_device_torch_cannot_use_here_is_refused(invoke, trained_run, device, reason):
+    code, _, err = invoke("generate.py", f"ckpt_path={trained_run}/checkpoints/best.ckpt", f"device={device}")
+    assert_one_line_error(code, err, f"device='{device}' cannot be used here {reason}")
+
+
+def test_settings_that_disagree_with_the_weights_are_refused_before_the_model_takes_memory(
+        invoke, trained_run, tmp_path, monkeypatch):
+    """A small file whose settings ask for a huge model: refused from the shapes alone (the meta device), before a
+    model of that size is built; the line names the first weight that differs."""
+    import frosty_lm.checkpoint
+
+    built, build = [], frosty_lm.checkpoint.build
+    monkeypatch.setattr(frosty_lm.checkpoint, "build", lambda cfg: built.append(torch.get_default_device().type)
+                        or build(cfg))
+    vocab = len(torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]["vocab"])
+    huge = damaged(trained_run, tmp_path, lambda ckpt: ckpt["hyper_parameters"]["model"].update(n_embd=2**14))
+    code, _, err = invoke("generate.py", f"ckpt_path={huge}", "prompt=Snow")
+    assert_one_line_error(code, err, "its weights do not fit its model settings or vocabulary (tok_emb.weight: "
+                          f"({vocab}, 32) in the file, ({vocab}, 16384) for its settings)")
+    assert built == ["meta"]
+
+
+@pytest.mark.slow
+def test_with_its_standard_error_closed_only_samples_reach_standard_output(trained_run, tmp_path):
+    """generate.py 2>&-: the lines meant for standard error (here the second sample's heading) go nowhere, not into
+    the samples (Python's print would fall back to standard output)."""
+    command = [sys.executable, str(ROOT / "generate.py"), f"ckpt_path={trained_run}/checkpoints/best.ckpt",
+               "prompt=Snow", "max_new_tokens=20", "num_samples=2"]
+    done = subprocess.run(command, cwd=tmp_path, stdout=subprocess.PIPE, text=True, timeout=120,
+                          preexec_fn=lambda: os.close(2))
+    assert done.returncode == 0
+    assert done.stdout.count("Snow") >= 2 and "sample" not in done.stdout, done.stdout
 
 
 def test_a_temperature_too_small_to_divide_by_decodes_greedily(invoke, trained_run):

@@ -159,7 +159,7 @@ def test_the_train_val_gap_waits_for_two_validations_and_compares_the_same_stret
 def test_lightning_warnings_that_do_not_apply_are_silenced_and_others_are_not():
     import warnings
 
-    from frosty_lm.cli import quiet_lightning
+    from frosty_lm.progress import quiet_lightning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

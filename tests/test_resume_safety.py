@@ -3,6 +3,7 @@ run recorded, and an override that would run code, read the environment or write
 the run's directory, is refused before anything is written."""
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,11 @@ def test_a_recorded_override_that_would_unpickle_a_file_is_refused(invoke, train
     ("logger.tensorboard.name=${paths.outputs_dir}", "writes outside the run's directory"),
     ("data.url=https://example.com/evil.txt", "downloads from a URL that conf/ does not name"),
     ("hydra.run.dir=/tmp/elsewhere", "sets hydra.run.dir"),
+    # a dict or list value is checked key by key, as if each were given alone
+    ("+callbacks.evil={_target_:shutil.copyfile,src:a,dst:b}", "sets callbacks.evil._target_"),
+    ("+logger.evil=[{_target_:builtins.print}]", "sets logger.evil.0._target_"),
+    ("logger.tensorboard={save_dir:/tmp/elsewhere,name:x}", "writes outside the run's directory"),
+    ("data={url:'https://example.com/evil.txt'}", "downloads from a URL that conf/ does not name"),
 ])
 @pytest.mark.parametrize("older", [False, True])
 def test_other_recorded_escapes_are_refused(invoke, trained_run, tmp_path, monkeypatch, planted, message, older):
@@ -106,6 +112,14 @@ def test_a_link_in_a_received_run_is_refused(invoke, trained_run, tmp_path, link
     assert_one_line_error(code, err, f"{run_dir / link} is a symbolic link")
     assert (snapshot(target) if target.is_dir() else {target: target.read_bytes()}) == victim
     assert snapshot(run_dir) == before
+
+
+def test_a_fifo_in_a_received_run_is_refused(invoke, trained_run, tmp_path):
+    """A FIFO where a record should be would block the resume that reads it: refused in one line instead."""
+    run_dir = received(trained_run, tmp_path)
+    (run_dir / "status.json").unlink()
+    os.mkfifo(run_dir / "status.json")
+    resume_is_refused(invoke, run_dir, tmp_path, f"{run_dir / 'status.json'} is no file or directory")
 
 
 def test_an_untouched_received_run_resumes_in_place(invoke, trained_run, tmp_path):
@@ -153,3 +167,25 @@ def test_the_best_run_search_reads_a_planted_config_without_resolving_it(trained
     config.write_text(yaml.safe_dump(planted))
     monkeypatch.setenv("CORPUS", "frost")
     assert run_corpus(run_dir) is None and not on_corpus(run_corpus(run_dir), "frost")
+
+
+def test_the_best_run_search_reads_a_planted_config_of_nested_aliases_at_once(trained_run, tmp_path):
+    """A few hundred bytes of YAML aliases nested ten-fold per level would expand to a billion values if copied out:
+    read plainly, the run's corpus is still found, at once."""
+    from generate import run_corpus
+
+    run_dir = received(trained_run, tmp_path)
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]"
+                                                         for i in range(1, 9)]
+    (run_dir / ".hydra" / "config.yaml").write_text("\n".join(levels) + "\ndata: {name: frost, path: *a8}\n")
+
+    def give_up(signum, frame):
+        raise TimeoutError("the YAML's aliases were expanded")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(30)
+    try:
+        assert run_corpus(run_dir) == "frost"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
