@@ -114,6 +114,25 @@ def test_a_link_in_a_received_run_is_refused(invoke, trained_run, tmp_path, link
     assert snapshot(run_dir) == before
 
 
+def test_a_received_checkpoint_naming_files_elsewhere_deletes_none_of_them(invoke, trained_run, tmp_path):
+    """ModelCheckpoint's state names its best checkpoints, and Lightning deletes the one a better score replaces, but
+    only inside its checkpoint directory: a file a received run's state names elsewhere stays."""
+    run_dir = received(trained_run, tmp_path)
+    victim = tmp_path / "victim.ckpt"
+    victim.write_text("mine")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    key = next(key for key in ckpt["callbacks"] if key.startswith("ModelCheckpoint"))
+    ckpt["callbacks"][key].update(dirpath=str(run_dir / "checkpoints"), best_model_path=str(victim),
+                                  kth_best_model_path=str(victim), best_k_models={str(victim): torch.tensor(99.0)},
+                                  best_model_score=torch.tensor(99.0), kth_value=torch.tensor(99.0))
+    torch.save(ckpt, last)
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
+    assert code == 0, err
+    assert victim.read_text() == "mine"
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+
 def test_a_fifo_in_a_received_run_is_refused(invoke, trained_run, tmp_path):
     """A FIFO where a record should be would block the resume that reads it: refused in one line instead."""
     run_dir = received(trained_run, tmp_path)
