@@ -50,10 +50,9 @@ class Run:
 
     @property
     def never_trained(self) -> bool:
-        """A single run that failed before training: nothing to compare (a sweep's or search's job is a result)."""
-        hydra = self.path / ".hydra" / "hydra.yaml"  # Hydra's record of the job says if it was a sweep's
+        """A single run that failed before training: nothing to compare (a sweep's job, as Hydra records, is one)."""
         return (self.status.get("status") == "failed" and self.status.get("training_started") is False
-                and b"\n  mode: MULTIRUN\n" not in (read_small(hydra) or b""))
+                and b"\n  mode: MULTIRUN\n" not in (read_small(self.path / ".hydra" / "hydra.yaml") or b""))
 
 
 def read_logs(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[float, float]]]]:
@@ -232,12 +231,13 @@ def write_report(args: argparse.Namespace) -> None:
     text += f"\n\n{table(runs)}\n"
     if args.samples > 0 and (sampled := samples(runs, args.samples, args.prompt, args.seed)):
         text += "\n" + sampled
-    try:  # each whole or not at all, a link planted at its name replaced, not written through
-        replace_file(out / "report.md", lambda f: f.write(text.encode("utf-8")))
-        replace_file(out / "val_loss.png", lambda f: plot(runs, f, title, args.x))
-    except OSError as err:
-        raise FrostyError(f"cannot write {err.filename2 or err.filename}: {err.strerror or err}: remove what is in the "
-                          "way, or give another directory with --out DIR") from None
+    for name, write in (("report.md", lambda f: f.write(text.encode("utf-8"))),
+                        ("val_loss.png", lambda f: plot(runs, f, title, args.x))):
+        try:  # whole or not at all, a link planted at its name replaced, not written through
+            replace_file(out / name, write)
+        except OSError as err:
+            raise FrostyError(f"cannot write {out / name}: {err.strerror or err}: remove what is in the way, or give "
+                              "another directory with --out DIR") from None
     try:
         print(text, flush=True)
     except OSError as err:  # its reader went away (| head), or a full disk behind > FILE

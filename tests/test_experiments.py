@@ -1,4 +1,5 @@
 """Sweeps through the real entry point (basic, joblib and Optuna), a sweep with a failing job, and the report."""
+import errno
 import json
 import os
 import re
@@ -351,6 +352,22 @@ def test_a_directory_where_the_report_writes_is_one_line_and_leaves_nothing_behi
         assert err.startswith(f"error: cannot write {tmp_path / name}: Is a directory: remove what is in the way")
         assert not list(tmp_path.glob(".*")) and (tmp_path / name).is_dir()  # no temporary file left behind
         (tmp_path / name).rmdir()
+
+
+def test_a_full_disk_keeps_the_earlier_report_whole(tmp_path, capsys, monkeypatch):
+    import frosty_lm.cli
+
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "status.json").write_text(json.dumps({"status": "finished", "best_val_loss": 2.5}))
+    (tmp_path / "report.md").write_text("the earlier report")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(frosty_lm.cli.os, "fsync", full)
+    assert report_main([str(tmp_path), "--samples", "0"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: cannot write {tmp_path / 'report.md'}: No space left on device")
+    assert (tmp_path / "report.md").read_text() == "the earlier report" and not list(tmp_path.glob(".*"))
 
 
 def test_a_resumed_csv_run_keeps_its_earlier_metrics(invoke, text_file, tmp_path):
