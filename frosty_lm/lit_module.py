@@ -42,6 +42,7 @@ class FrostyLM(L.LightningModule):
         self.model = build(GPTConfig(vocab_size=len(vocab), **model))  # the GPT, or model=bigram's table
         self.flops_per_char = self.model.flops_per_char()
         self.chars_per_batch = 0  # of the last training batch
+        self.step_sum = self.step_loss = torch.zeros(())  # the loss of the step's batches so far: sum, mean
         self.register_buffer("best_val_loss", torch.tensor(float("inf")))  # saved in checkpoints, so resume keeps it
         self.compiled = None  # with model.compile: the model's forward, compiled (configure_model)
         self._hparams_logged = False
@@ -65,8 +66,11 @@ class FrostyLM(L.LightningModule):
         _, loss = self(x, y)
         if not torch.isfinite(loss):  # stop rather than train on garbage; the checkpoints so far are kept
             raise NonFiniteLoss(f"the training loss is {loss.item()} at step {self.global_step + 1}: training stopped")
+        micro = batch_idx % self.trainer.accumulate_grad_batches  # (an epoch's last step may have fewer batches)
+        self.step_sum = loss.detach() if micro == 0 else self.step_sum + loss.detach()
+        self.step_loss = self.step_sum / (micro + 1)  # the mean of the step's batches so far: at its last, the step's
         if logs_written_at(self.trainer, self.global_step + 1):
-            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/loss", self.step_loss, prog_bar=True)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
             self.log("step", float(self.global_step + 1))  # logged at the steps done, as validation below
         return loss

@@ -146,15 +146,13 @@ class ProgressLines(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.chars += batch[0].numel() * trainer.world_size  # every process's
-        # Lightning's loss of a batch is divided by accumulate_grad_batches: a step's batches add up to its loss
-        loss = outputs.get("loss") if isinstance(outputs, dict) else None
-        if loss is not None:  # summed without a sync: read only when a line is written
-            self._loss_sum = self._loss_sum + loss.detach().float()
         if trainer.global_step == self._step_seen:  # gradients still accumulating: the step is not done
             return
         self._step_seen = trainer.global_step
         self.steps += 1
-        self._loss_count += loss is not None
+        loss = getattr(pl_module, "step_loss", None)  # FrostyLM's mean loss of the step's batches
+        if loss is not None:  # summed without a sync: read only when a line is written
+            self._loss_sum, self._loss_count = self._loss_sum + loss.float(), self._loss_count + 1
         if not trainer.is_global_zero:
             return
         now = time.monotonic()

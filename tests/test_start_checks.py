@@ -95,6 +95,23 @@ def test_a_new_run_from_a_checkpoint_with_nothing_left_to_train_is_refused(invok
     assert json.loads((tmp_path / "new" / "status.json").read_text())["status"] == "failed"
 
 
+def test_a_new_run_from_a_checkpoint_reports_its_own_best(invoke, trained_run, tmp_path):
+    """A new run's best val loss is its own, as its best.ckpt is: not the best of the run it started from (here
+    made one no validation of the new run can reach)."""
+    from frosty_lm.report import read_logs
+
+    source = edited_copy(trained_run, tmp_path, lambda ckpt: ckpt["state_dict"].update(
+        best_val_loss=torch.tensor(0.001))) / "checkpoints" / "last.ckpt"
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=45", "dataset=text",
+                          f"data.path={trained_run.parent / 'corpus.txt'}", f"ckpt_path={source}",
+                          f"hydra.run.dir={tmp_path / 'new'}")
+    assert code == 0, err
+    own = min(loss for _, loss in read_logs(tmp_path / "new")[0]["val/loss"])
+    assert json.loads((tmp_path / "new" / "status.json").read_text())["best_val_loss"] == pytest.approx(own)
+    best = torch.load(tmp_path / "new" / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert float(best["best_val_loss"]) == pytest.approx(own)
+
+
 def test_resume_and_ckpt_path_together_are_refused(invoke, trained_run, tmp_path):
     run_dir = edited_copy(trained_run, tmp_path, lambda ckpt: None)
     before, record = snapshot(run_dir / "checkpoints"), (run_dir / "status.json").read_text()

@@ -175,3 +175,23 @@ def test_val_check_interval_counts_steps_also_when_gradients_accumulate(invoke, 
                           f"hydra.run.dir={tmp_path / 'null'}")
     assert code == 0, err
     assert [step for step, _ in read_logs(tmp_path / "null")[0]["val/loss"]] == [2, 4]
+
+
+def test_with_gradients_accumulating_train_loss_is_the_steps_mean(invoke, text_file, tmp_path):
+    """train/loss at a step is the mean loss of the step's batches, as the progress lines print it: not the last
+    batch's, and over the batches a step has (Lightning ends an epoch's last step early)."""
+    import re
+
+    from frosty_lm.report import read_logs
+
+    run_dir = tmp_path / "run"
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=10", "dataset=text", f"data.path={text_file}",
+                          "+trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1",
+                          "callbacks.progress_lines.every_n_steps=1", f"hydra.run.dir={run_dir}")
+    assert code == 0, err
+    printed = {int(step): float(loss) for step, loss in
+               re.findall(r"step (\d+)/10 \(\d+%\)  train loss (\d+\.\d+)", (run_dir / "train.log").read_text())}
+    logged = dict(read_logs(run_dir)[0]["train/loss"])
+    assert sorted(printed) == list(range(1, 11))
+    off = {step: (logged[step], printed[step]) for step in printed if abs(logged[step] - printed[step]) > 1e-4}
+    assert not off  # (this corpus's epoch ends inside a step: that step has one batch)
