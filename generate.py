@@ -12,11 +12,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from frosty_lm.checkpoint import load_checkpoint, model_from_checkpoint
-from frosty_lm.cli import exit_on_user_error, read_small, run_entry_point, stdout_failed
+from frosty_lm.cli import exit_on_user_error, read_small, run_entry_point, run_record, stdout_failed
 from frosty_lm.config import FrostyError, is_int, is_number, must
 from frosty_lm.generation import check_prompt, check_sampling, check_text, default_prompt, stream_text
 from frosty_lm.run_dirs import BEST, all_runs, newest_run
-from frosty_lm.status import run_record, run_state
+from frosty_lm.status import run_state
 
 DATASETS = Path(__file__).resolve().parent / "conf" / "dataset"  # the named corpora
 

@@ -98,8 +98,6 @@ def run_training(cfg: DictConfig) -> float | None:
             record.write(status="failed", error=line, training_started=record.training_started,
                          **(record.checkpointed() if record.training_started else {}))
         raise
-    else:
-        record.write(status="finished")
     finally:
         lock.release()
     return best
@@ -121,7 +119,7 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
     from frosty_lm.checkpoint_saving import AtomicCheckpointIO
     from frosty_lm.data import CharDataModule
     from frosty_lm.lit_module import FrostyLM, NonFiniteLoss
-    from frosty_lm.machine import check_gpu_present, check_training_fits, precision_line
+    from frosty_lm.machine import FILE_ERRORS, check_gpu_present, check_training_fits, precision_line
     from frosty_lm.progress import ProgressLines
 
     check_config(cfg)  # before threads and seed reach torch
@@ -200,6 +198,10 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
         raise FrostyError(f"{err}; {advice}") from None
     except (Stopped, SIGTERMException):
         record.data["steps"] = trainer.global_step  # as last.ckpt holds them: written with the status, at once
+        raise
+    except OSError as err:  # a logger's write (TensorBoard's thread, the csv's) names no file: the run's directory
+        if err.filename is None and err.errno in FILE_ERRORS:
+            raise OSError(err.errno, err.strerror, cfg.paths.output_dir) from err
         raise
     except SystemExit as err:  # Lightning's answer to a Ctrl-C before StopOnInterrupt's handler: exit status 1
         if isinstance(err.__context__, KeyboardInterrupt):

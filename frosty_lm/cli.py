@@ -6,8 +6,8 @@ frosty_cpu_precision and frosty_dirname, the schemas."""
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
+import json
 import logging
 import os
 import re
@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationKeyError, InterpolationResolutionError
 
 from frosty_lm.config import SCHEMAS, FrostyError
-from frosty_lm.machine import cpu_precision
+from frosty_lm.machine import cpu_precision, error_line
 
 FILE_ONLY = {"file_only": True}  # logging's `extra=`: the line goes to train.log, not to the console
 
@@ -51,36 +51,6 @@ def parallel_jobs() -> int:
 def job_log_only() -> dict | None:
     """logging's `extra=` for lines that a parallel sweep keeps to the job's train.log, off the interleaved console."""
     return FILE_ONLY if parallel_jobs() > 1 else None
-
-
-ELSEWHERE = "free some space, or put runs on another disk with paths.outputs_dir=DIR"
-FILE_ERRORS = {
-    errno.ENOSPC: ("no space left on the device", ELSEWHERE),
-    errno.EDQUOT: ("disk quota exceeded", ELSEWHERE),
-    errno.EACCES: ("permission denied", "choose files and directories you may use (paths.outputs_dir=DIR for runs)"),
-    errno.EPERM: ("operation not permitted", "choose files and directories you may use (paths.outputs_dir=DIR)"),
-    errno.EROFS: ("read-only file system", "put runs on a writable disk with paths.outputs_dir=DIR"),
-    errno.EEXIST: ("a file is in the way", "move it, or put runs elsewhere with paths.outputs_dir=DIR"),
-    errno.EISDIR: ("a directory is in the way", "move it, or put runs elsewhere with paths.outputs_dir=DIR"),
-    errno.ENOTDIR: ("not a directory", "move the file in the way, or put runs elsewhere with paths.outputs_dir=DIR"),
-}
-
-
-def error_line(err: BaseException) -> str | None:
-    """One line for an error down to the file system or memory, however deep in the exception chain; else None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in FILE_ERRORS:
-            what, fix = FILE_ERRORS[err.errno]  # (a rename names its target second)
-            return f"{what}{f': {name}' if (name := err.filename2 or err.filename) else ''}: {fix}"
-        if isinstance(err, MemoryError) or "can't allocate memory" in str(err) or type(err).__name__ == (
-                "OutOfMemoryError"):  # torch's, on the CPU and on a GPU
-            return ("out of memory (more than the start's estimate, or a limit such as ulimit -v or a container's): "
-                    "lower data.batch_size, model.block_size or the model's size; the checkpoints written before "
-                    "it are kept")
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def user_message(err: BaseException) -> str | None:
@@ -203,6 +173,15 @@ def read_small(file: Path, limit: int = 2**20) -> bytes | None:
     return file.read_bytes() if file.is_file() and file.stat().st_size <= limit else None
 
 
+def run_record(run: Path) -> dict:
+    """The run's status.json (RunRecord) as a dict; {} if it is missing, damaged or foreign."""
+    try:  # (read_small: a received run's may be a FIFO, a device, a huge file)
+        record = json.loads(read_small(run / "status.json") or b"null")
+    except (OSError, ValueError, RecursionError):  # not JSON, or not UTF-8; nested too deep for the parser
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def make_dir(path: str, key: str) -> None:
     """Create path, writable, or a FrostyError naming why not and the key that moves it."""
     try:
@@ -216,6 +195,10 @@ def make_dir(path: str, key: str) -> None:
     if free < 2**20:  # Hydra writes the config next, before any of Frosty's code could say so in one line
         raise FrostyError(f"no space left on the device: {path} has {free // 1024} KiB free: free some space, or "
                           f"choose another disk with {key}")
+    files = os.statvfs(path) if hasattr(os, "statvfs") else None  # (f_files 0: a file system that counts none)
+    if files and files.f_files and files.f_favail < 64:
+        raise FrostyError(f"no space left on the device: {path} has room for {files.f_favail} more files (inodes): "
+                          f"delete some files, or choose another disk with {key}")
 
 
 def command_arg(key: str, value, quoted: bool = False) -> str:

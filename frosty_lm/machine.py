@@ -1,8 +1,10 @@
 """The machine a run trains on: its CPU precision (and the line that says why), its memory and whether training
-fits in it. Neither Hydra nor torch at import: resolving a config calls it before torch loads."""
+fits in it, and the one line for a disk or memory error. Neither Hydra nor torch at import: resolving a config
+calls it before torch loads."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -150,3 +152,34 @@ def check_fits(needed: int, what: str, fix: str, gpu: bool = False) -> None:
         where = "the GPU has" if gpu else "this machine has"
         raise FrostyError(f"{what} needs about {needed / 2**30:,.1f} GiB of memory, and {where} "
                           f"{available / 2**30:,.1f} GiB available: {fix}")
+
+
+ELSEWHERE = "free some space, or put runs on another disk with paths.outputs_dir=DIR"
+FILE_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", ELSEWHERE),
+    errno.EDQUOT: ("disk quota exceeded", ELSEWHERE),
+    errno.EACCES: ("permission denied", "choose files and directories you may use (paths.outputs_dir=DIR for runs)"),
+    errno.EPERM: ("operation not permitted", "choose files and directories you may use (paths.outputs_dir=DIR)"),
+    errno.EROFS: ("read-only file system", "put runs on a writable disk with paths.outputs_dir=DIR"),
+    errno.EEXIST: ("a file is in the way", "move it, or put runs elsewhere with paths.outputs_dir=DIR"),
+    errno.EISDIR: ("a directory is in the way", "move it, or put runs elsewhere with paths.outputs_dir=DIR"),
+    errno.ENOTDIR: ("not a directory", "move the file in the way, or put runs elsewhere with paths.outputs_dir=DIR"),
+    errno.EFBIG: ("file too large (for the file system, or a limit such as ulimit -f)", ELSEWHERE),
+}
+
+
+def error_line(err: BaseException) -> str | None:
+    """One line for an error down to the file system or memory, however deep in the exception chain; else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in FILE_ERRORS:
+            what, fix = FILE_ERRORS[err.errno]  # (a rename names its target second)
+            return f"{what}{f': {os.fsdecode(name)}' if (name := err.filename2 or err.filename) else ''}: {fix}"
+        if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError" or any(  # torch's: CPU, GPU
+                words in str(err) for words in ("can't allocate memory", "failed to map segment")):  # (a library's)
+            return ("out of memory (the machine's, or a limit such as ulimit -v or a container's): give it more; in "
+                    "training, lower data.batch_size, model.block_size or the model's size (the checkpoints written "
+                    "before it are kept)")
+        err = err.__cause__ or err.__context__
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import warnings
 from datetime import timedelta
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from frosty_lm.cli import FILE_ONLY
 from frosty_lm.config import is_int, is_number, must
+from frosty_lm.machine import error_line
 
 log = logging.getLogger("frosty")
 
@@ -53,6 +55,8 @@ def quiet_lightning() -> None:
     for handler in list(lightning.handlers):  # handler too, each would print twice, once without the job's prefix
         lightning.removeHandler(handler)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_tips)
+    if threading.excepthook is threading.__excepthook__:  # a disk error in TensorBoard's writer thread: the run's
+        threading.excepthook = lambda args: error_line(args.exc_value) or threading.__excepthook__(args)  # line
     warnings.filterwarnings("ignore", message=r".*(IterableDataset.*__len__|treespec|sync_dist=True).*")
     warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|Checkpoint directory .* exists and is "
                                               r"not empty|smaller than the logging interval|The dirpath has changed "

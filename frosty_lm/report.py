@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from frosty_lm.cli import OneLineParser, make_dir, read_small, replace_file, run_entry_point, stdout_failed
+from frosty_lm.cli import OneLineParser, make_dir, read_small, replace_file, run_entry_point, run_record, stdout_failed
 from frosty_lm.config import FrostyError, is_int, is_number
-from frosty_lm.status import run_record, run_state
+from frosty_lm.status import run_state
 
 FINAL_TRAIN_POINTS = 5  # final train loss: mean of the last logged points (each is one batch's loss)
 # status.json's fields the report reads, in train.py's types: a damaged record's others are shown blank

@@ -2,6 +2,7 @@
 sweep. Lightning and torch are imported where used: Hydra loads SweepSummary before train.py checks its config."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from frosty_lm.cli import command_arg, generate_command, job_log_only, read_small
+from frosty_lm.cli import command_arg, generate_command, job_log_only, run_record
 from frosty_lm.config import FrostyError, is_int
 
 say = partial(print, file=sys.stderr, flush=True)  # the sweep's lines
@@ -48,15 +49,6 @@ def rank() -> int:  # this process's rank in a multi-process run (0 alone)
     return rank_zero_only.rank
 
 
-def run_record(run: Path) -> dict:
-    """The run's status.json (RunRecord) as a dict; {} if it is missing, damaged or foreign."""
-    try:  # (read_small: a received run's may be a FIFO, a device, a huge file)
-        record = json.loads(read_small(run / "status.json") or b"null")
-    except (OSError, ValueError, RecursionError):  # not JSON, or not UTF-8; nested too deep for the parser
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 class RunRecord:
     """status.json in a run directory: running (pid, host), finished, interrupted or failed, and the report's numbers.
     A run killed hard stays "running": the report tells it by its pid. A resume continues the record (its start, the
@@ -83,11 +75,18 @@ class RunRecord:
         finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in self.data.items()}
         self._replace(json.dumps(finite, indent=2).encode())  # (NaN and Infinity are not JSON)
 
-    def _replace(self, content: bytes) -> None:
+    def _replace(self, content: bytes) -> None:  # whole, or on a full disk in place: in the blocks it holds already
         tmp = self.path.with_suffix(".tmp")
         try:
             tmp.write_bytes(content)
             os.replace(tmp, self.path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.path.is_file():
+                raise
+            with open(self.path, "r+b") as f:
+                f.write(content)
+                f.truncate()
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -285,6 +285,79 @@ def test_the_memory_check_counts_a_process_limit(monkeypatch):
         machine.check_fits(2 * 2**30, "training", "lower data.batch_size")
 
 
+def test_a_file_system_without_files_left_is_one_line_at_the_start(invoke, text_file, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    space = {"f_frsize": 4096, "f_blocks": 10**6, "f_bfree": 10**6, "f_bavail": 10**6}  # (shutil.disk_usage's)
+    monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_files=1000, f_favail=3, **space))
+    code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={tmp_path / 'r'}")
+    assert_one_line_error(code, err, "no space left on the device", "has room for 3 more files (inodes)")
+    assert not (tmp_path / "r" / ".hydra").exists()
+
+
+@pytest.mark.parametrize("err, line", [
+    (OSError(errno.EFBIG, "File too large", "/r/best.ckpt"), "file too large (for the file system, or a limit such "
+                                                            "as ulimit -f): /r/best.ckpt: free some space"),
+    (OSError(errno.EPERM, "Operation not permitted", b"/r/events"), "operation not permitted: /r/events: choose"),
+    (ImportError("libx.so: failed to map segment from shared object"), "out of memory (the machine's, or a limit"),
+])
+def test_disk_and_memory_errors_are_one_line_each(err, line):
+    from frosty_lm.machine import error_line
+
+    wrapped = RuntimeError("while training")
+    wrapped.__cause__ = err
+    assert error_line(wrapped).startswith(line)
+
+
+def test_a_disk_error_in_a_writer_thread_is_left_to_the_runs_own_line(capsys):
+    """TensorBoard writes events in a thread of its own, which raises the error again in the run: the thread's
+    traceback is left out; any other thread's error keeps Python's report."""
+    import threading
+
+    from frosty_lm.progress import quiet_lightning
+
+    def fail(error):
+        thread = threading.Thread(target=lambda: (_ for _ in ()).throw(error))
+        thread.start()
+        thread.join()
+
+    hook = threading.excepthook  # (pytest's own, which reports to stderr, replaced while this test runs)
+    threading.excepthook = threading.__excepthook__
+    try:
+        quiet_lightning()
+        fail(OSError(errno.ENOSPC, "No space left on device"))
+        assert capsys.readouterr().err == ""
+        fail(ValueError("a bug"))
+        assert "ValueError: a bug" in capsys.readouterr().err
+    finally:
+        threading.excepthook = hook
+
+
+def test_a_full_disk_under_a_logger_names_the_run_and_is_recorded(invoke, text_file, tmp_path, monkeypatch):
+    """A logger's write that meets a full disk names no file: the line names the run's directory; status.json,
+    whose own new copy cannot be written then, is rewritten in place and says failed, with the checkpoints' steps."""
+    from pathlib import Path
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    run_dir, logged, written = tmp_path / "r", TensorBoardLogger.log_metrics, Path.write_bytes
+
+    def full_from_step_20(self, metrics, step=None):
+        if step is not None and step >= 20:
+            monkeypatch.setattr(Path, "write_bytes", lambda path, data: written(path, data) if path.suffix != ".tmp"
+                                else (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return logged(self, metrics, step)
+
+    monkeypatch.setattr(TensorBoardLogger, "log_metrics", full_from_step_20)
+    code, _, err = invoke("train.py", *TINY, "trainer.val_check_interval=10", "dataset=text", f"data.path={text_file}",
+                          f"hydra.run.dir={run_dir}")
+    assert_one_line_error(code, err, f"no space left on the device: {run_dir}: free some space")
+    record = json.loads((run_dir / "status.json").read_text())
+    assert record["status"] == "failed" and record["steps"] == 10 and not (run_dir / "status.tmp").exists()
+
+
 def test_running_out_of_memory_during_training_is_one_line(invoke, text_file, tmp_path, monkeypatch):
     """Memory that runs out after the estimate (an allocation torch cannot make): one line with the fix, exit 1,
     and status.json says failed."""
@@ -297,7 +370,8 @@ def test_running_out_of_memory_during_training_is_one_line(invoke, text_file, tm
     monkeypatch.setattr(FrostyLM, "training_step", no_memory)
     code, _, err = invoke("train.py", *TINY, "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "out of memory", "lower data.batch_size, model.block_size or the model's size")
+    assert_one_line_error(code, err, "out of memory", "in training, lower data.batch_size, model.block_size or the "
+                          "model's size")
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "failed"
 
 
