@@ -118,7 +118,8 @@ def make(node: DictConfig, key: str, **kwargs):
 
 def run_entry_point(main) -> None:
     """Run an entry point's main(); Ctrl-C that reaches it (during training a run stops itself at a step boundary)
-    is one line and exit status 130. A console that cannot be written loses its log lines, not the run."""
+    is one line and exit status 130, a user error one line and 1. A console that cannot be written loses its log
+    lines, not the run."""
     logging.raiseExceptions = False
     try:
         main()
@@ -128,10 +129,12 @@ def run_entry_point(main) -> None:
                                    "'resume=\"RUN_DIR\"' continues one)" if sweep else "nothing more was saved"),
               file=sys.stderr, flush=True)
         sys.exit(130)
-    except ValueError as err:  # Hydra refuses two modes at once (--cfg with -m, ...) before its own error report
-        if not str(err).startswith("Only one of --run"):
+    except Exception as err:  # Hydra refusing two modes at once (--cfg with -m, ...) before its own error report; the
+        hydra = isinstance(err, ValueError) and str(err).startswith("Only one of --run")  # report's and the attention
+        message = str(err) if hydra else user_message(err)  # tool's disk and memory errors (hydra.main's: their own)
+        if message is None or os.environ.get("FROSTY_DEBUG") == "1":
             raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 

@@ -310,6 +310,26 @@ def test_disk_and_memory_errors_are_one_line_each(err, line):
     assert error_line(wrapped).startswith(line)
 
 
+def test_the_report_and_attention_tools_memory_and_disk_errors_are_one_line(capsys):
+    """run_entry_point, around python -m frosty_lm.report and frosty_lm.attention: an error with a user's line is
+    that line and exit status 1; any other error is raised as it is."""
+    from frosty_lm.cli import run_entry_point
+
+    def raising(error):
+        def main():
+            raise error
+        return main
+
+    for error, line in ((MemoryError(), "error: out of memory"),
+                        (OSError(errno.ENOSPC, "No space left on device", "/r/x.png"), "error: no space left on the "
+                                                                                       "device: /r/x.png")):
+        with pytest.raises(SystemExit) as ended:
+            run_entry_point(raising(error))
+        assert ended.value.code == 1 and capsys.readouterr().err.startswith(line)
+    with pytest.raises(ValueError, match="a bug"):
+        run_entry_point(raising(ValueError("a bug")))
+
+
 def test_a_disk_error_in_a_writer_thread_is_left_to_the_runs_own_line(capsys):
     """TensorBoard writes events in a thread of its own, which raises the error again in the run: the thread's
     traceback is left out; any other thread's error keeps Python's report."""
