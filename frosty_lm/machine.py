@@ -150,8 +150,12 @@ def check_fits(needed: int, what: str, fix: str, gpu: bool = False) -> None:
     available = gpu_free_memory() if gpu else available_memory()
     if available is not None and needed > available:
         where = "the GPU has" if gpu else "this machine has"
-        raise FrostyError(f"{what} needs about {needed / 2**30:,.1f} GiB of memory, and {where} "
-                          f"{available / 2**30:,.1f} GiB available: {fix}")
+        raise FrostyError(f"{what} needs about {size(needed)} of memory, and {where} {size(available)} available: "
+                          f"{fix}")
+
+
+def size(n: int) -> str:  # 3.2 GiB; below one, 512 MiB
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
 
 
 ELSEWHERE = "free some space, or put runs on another disk with paths.outputs_dir=DIR"

@@ -108,7 +108,8 @@ class RunDirectory(Callback):
         if resume and not os.access(run, os.W_OK | os.X_OK):
             raise FrostyError(f"cannot write to {run}: make it writable to resume it, or start a new run from its "
                               f"weights with {command_arg('ckpt_path', Path(run) / LAST)}")
-        make_dir(run, "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
+        make_dir(run, f"a new run from {command_arg('ckpt_path', Path(run) / LAST)} paths.outputs_dir=DIR" if resume
+                 else "paths.outputs_dir=DIR (or hydra.run.dir=DIR)")
 
 
 @contextmanager

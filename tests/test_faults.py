@@ -215,8 +215,8 @@ def test_a_model_that_would_not_fit_on_the_gpu_is_refused_with_the_numbers(invok
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     code, _, err = invoke("train.py", *TINY, "trainer=gpu", "dataset=text", f"data.path={text_file}",
                           f"hydra.run.dir={tmp_path / 'r'}")
-    assert_one_line_error(code, err, "training (batch 8 x 32 characters,", "and the GPU has 0.0 GiB available: "
-                          "lower data.batch_size, model.block_size or model.n_layer")
+    assert_one_line_error(code, err, "training (batch 8 x 32 characters,", "MiB of memory, and the GPU has 1 MiB "
+                          "available: lower data.batch_size, model.block_size or model.n_layer")
     assert not (tmp_path / "r" / "checkpoints").exists()
 
 
@@ -283,6 +283,19 @@ def test_the_memory_check_counts_a_process_limit(monkeypatch):
     assert 0 < machine.available_memory() <= 2**30
     with pytest.raises(FrostyError, match=r"needs about 2\.0 GiB of memory, and this machine has 1\.0 GiB"):
         machine.check_fits(2 * 2**30, "training", "lower data.batch_size")
+
+
+def test_a_full_disk_at_a_resume_gives_the_fix_a_resume_can_use(invoke, trained_run, tmp_path, monkeypatch):
+    """A resumed run cannot move to another disk: the line's other way is a new run from its last.ckpt there."""
+    import shutil
+    from types import SimpleNamespace
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9 - 4096, free=4096))
+    code, _, err = invoke("train.py", f"resume={run_dir}", "trainer.max_steps=40")
+    assert_one_line_error(code, err, "has 4 KiB free: free some space, or choose another disk with a new run from "
+                          f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'} paths.outputs_dir=DIR")
 
 
 def test_a_file_system_without_files_left_is_one_line_at_the_start(invoke, text_file, tmp_path, monkeypatch):
