@@ -152,7 +152,8 @@ def fit(cfg: DictConfig, record: RunRecord, start: dict | None = None, overrides
         check_start_state(cfg.ckpt_path, start, model)
         if not resumed_run:  # (resume= has checked this before composing the run)
             check_more_to_train(start, cfg, Path(cfg.ckpt_path))
-            start["state_dict"]["best_val_loss"] = torch.tensor(float("inf"))  # a new run: its best is its own
+            start["state_dict"]["best_val_loss"] = torch.tensor(float("inf"))  # a new run: its best, and its patience,
+            start["callbacks"] = {k: v for k, v in start.get("callbacks", {}).items() if "EarlyStop" not in k}  # own
     spawn_ranks_inside_sweep(cfg)
     # the stop is checked as a step starts, after the other callbacks' work there (status.json's record)
     callbacks = [make(c, f"callbacks.{key}") for key, c in cfg.get("callbacks", {}).items() if c is not None]

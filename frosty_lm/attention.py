@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         check_prompt(vocab, args["prompt"])
         maps = attention_maps(model, vocab, args["prompt"])
         image = png_bytes(maps, args["prompt"])
-        replace_file(Path(args["out"]), lambda f: f.write(image))  # whole or not at all: the old one stays
+        replace_file(Path(args["out"]).resolve(), lambda f: f.write(image))  # whole, or the old one stays
     except FrostyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 import traceback
@@ -132,7 +133,7 @@ def run_entry_point(main) -> None:
     except Exception as err:  # Hydra refusing two modes at once (--cfg with -m, ...) before its own error report; the
         hydra = isinstance(err, ValueError) and str(err).startswith("Only one of --run")  # report's and the attention
         message = str(err) if hydra else user_message(err)  # tool's disk and memory errors (hydra.main's: their own)
-        if message is None or os.environ.get("FROSTY_DEBUG") == "1":
+        if message is None or "1" in (os.environ.get("FROSTY_DEBUG"), os.environ.get("HYDRA_FULL_ERROR")):
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -160,7 +161,7 @@ def replace_file(target: Path, write: Callable[[BinaryIO], None]) -> None:
     the old file or the new one, never a part, and a link planted at the target's name is replaced, not followed."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~UMASK)  # as other new files (mkstemp makes it private)
+        os.chmod(tmp, stat.S_IMODE(target.stat().st_mode) if target.is_file() else 0o666 & ~UMASK)  # (mkstemp's: 600)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -82,7 +82,8 @@ class RunRecord:
             os.replace(tmp, self.path)
         except OSError as err:
             tmp.unlink(missing_ok=True)
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.path.is_file():
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.path.is_file() or len(content) > (
+                    self.path.stat().st_blocks * 512):  # (more than it holds: the old record stays whole)
                 raise
             with open(self.path, "r+b") as f:
                 f.write(content)

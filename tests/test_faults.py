@@ -341,6 +341,11 @@ def test_the_report_and_attention_tools_memory_and_disk_errors_are_one_line(caps
         assert ended.value.code == 1 and capsys.readouterr().err.startswith(line)
     with pytest.raises(ValueError, match="a bug"):
         run_entry_point(raising(ValueError("a bug")))
+    for debug in ("FROSTY_DEBUG", "HYDRA_FULL_ERROR"):  # the traceback asked for
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv(debug, "1")
+            with pytest.raises(MemoryError):
+                run_entry_point(raising(MemoryError()))
 
 
 def test_a_disk_error_in_a_writer_thread_is_left_to_the_runs_own_line(capsys):
@@ -389,6 +394,34 @@ def test_a_full_disk_under_a_logger_names_the_run_and_is_recorded(invoke, text_f
     assert_one_line_error(code, err, f"no space left on the device: {run_dir}: free some space")
     record = json.loads((run_dir / "status.json").read_text())
     assert record["status"] == "failed" and record["steps"] == 10 and not (run_dir / "status.tmp").exists()
+
+
+def test_a_record_too_large_for_its_room_on_a_full_disk_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from frosty_lm.status import RunRecord
+
+    record = RunRecord(tmp_path)
+    record.write(status="running")
+    written = Path.write_bytes
+    monkeypatch.setattr(Path, "write_bytes", lambda path, data: written(path, data) if path.suffix != ".tmp"
+                        else (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    record.write(status="failed")  # fits in the room the record holds: written in place
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+    before = (tmp_path / "status.json").read_bytes()
+    with pytest.raises(OSError):
+        record.write(error="y" * 100_000)
+    assert (tmp_path / "status.json").read_bytes() == before
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    from frosty_lm.cli import replace_file
+
+    (tmp_path / "private.png").write_bytes(b"old")
+    (tmp_path / "private.png").chmod(0o600)
+    replace_file(tmp_path / "private.png", lambda f: f.write(b"new"))
+    file = tmp_path / "private.png"
+    assert file.read_bytes() == b"new" and stat.S_IMODE(file.stat().st_mode) == 0o600
 
 
 def test_running_out_of_memory_during_training_is_one_line(invoke, text_file, tmp_path, monkeypatch):

@@ -112,6 +112,20 @@ def test_a_new_run_from_a_checkpoint_reports_its_own_best(invoke, trained_run, t
     assert float(best["best_val_loss"]) == pytest.approx(own)
 
 
+def test_a_new_run_from_a_checkpoint_counts_its_own_patience(invoke, trained_run, tmp_path):
+    """Early stopping in a new run compares its own validations, not the best of the run it started from."""
+    def excellent_and_waiting(ckpt):
+        key = next(key for key in ckpt["callbacks"] if "EarlyStop" in key)
+        ckpt["callbacks"][key].update(best_score=torch.tensor(0.001), wait_count=1, patience=2)
+
+    source = edited_copy(trained_run, tmp_path, excellent_and_waiting) / "checkpoints" / "last.ckpt"
+    code, _, err = invoke("train.py", *TINY, "trainer.max_steps=60", "callbacks.early_stopping.patience=2",
+                          "dataset=text", f"data.path={trained_run.parent / 'corpus.txt'}", f"ckpt_path={source}",
+                          f"hydra.run.dir={tmp_path / 'new'}")
+    assert code == 0, err
+    assert json.loads((tmp_path / "new" / "status.json").read_text())["steps"] == 60  # no early stop at step 45
+
+
 def test_resume_and_ckpt_path_together_are_refused(invoke, trained_run, tmp_path):
     run_dir = edited_copy(trained_run, tmp_path, lambda ckpt: None)
     before, record = snapshot(run_dir / "checkpoints"), (run_dir / "status.json").read_text()
